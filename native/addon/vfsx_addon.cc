@@ -1,0 +1,91 @@
+// vfsx_addon: the two system calls Node.js has no API for.
+//   peerCred(fd)          -> { pid, uid, gid }   (getsockopt SO_PEERCRED)
+//   tryLock(fd)           -> true | false        (flock LOCK_EX|LOCK_NB)
+// Errors are thrown Node-style: an Error with code, errno and syscall.
+#include <napi.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+namespace {
+
+Napi::Value ThrowErrno(Napi::Env env, int err, const char *syscall) {
+  const char *name = "EUNKNOWN";
+  switch (err) {
+  case EBADF: name = "EBADF"; break;
+  case EINVAL: name = "EINVAL"; break;
+  case ENOTSOCK: name = "ENOTSOCK"; break;
+  case ENOPROTOOPT: name = "ENOPROTOOPT"; break;
+  case EINTR: name = "EINTR"; break;
+  case ENOLCK: name = "ENOLCK"; break;
+  default: break;
+  }
+  std::string msg = std::string(name) + ": " + strerror(err) + ", " + syscall;
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, name));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+bool FdArg(const Napi::CallbackInfo &info, int *fd) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "expected one argument: a file descriptor")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  double v = info[0].As<Napi::Number>().DoubleValue();
+  if (v < 0 || v > 0x7fffffff || v != static_cast<int>(v)) {
+    Napi::RangeError::New(env, "file descriptor out of range")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *fd = static_cast<int>(v);
+  return true;
+}
+
+Napi::Value PeerCred(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = -1;
+  if (!FdArg(info, &fd)) return env.Undefined();
+  struct ucred cred;
+  socklen_t len = sizeof(cred);
+  memset(&cred, 0, sizeof(cred));
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+    return ThrowErrno(env, errno, "getsockopt");
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pid", Napi::Number::New(env, cred.pid));
+  out.Set("uid", Napi::Number::New(env, cred.uid));
+  out.Set("gid", Napi::Number::New(env, cred.gid));
+  return out;
+}
+
+Napi::Value TryLock(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = -1;
+  if (!FdArg(info, &fd)) return env.Undefined();
+  int rc;
+  do {
+    rc = flock(fd, LOCK_EX | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  if (rc == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  return ThrowErrno(env, errno, "flock");
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("peerCred", Napi::Function::New(env, PeerCred));
+  exports.Set("tryLock", Napi::Function::New(env, TryLock));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(vfsx_addon, Init)

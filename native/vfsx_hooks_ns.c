@@ -1,0 +1,478 @@
+/*
+ * vfsx hooks for calls that change names and metadata. Each asks for a
+ * verdict first, runs the next module, then reports the outcome.
+ */
+#include "includes.h"
+#include "system/filesys.h"
+#include "smbd/smbd.h"
+#include "vfsx_hooks.h"
+
+/* Reports op on the name dirfsp/atname. *full is freed by the caller. */
+static struct vfsx_msg *begin_at(vfs_handle_struct *handle,
+				 struct vfsx_call *c, const char *op,
+				 const struct files_struct *dirfsp,
+				 const struct smb_filename *atname,
+				 struct smb_filename **full)
+{
+	*c = (struct vfsx_call){ 0 };
+	if (g_depth > 0) {
+		return NULL;
+	}
+	*full = full_path_from_dirfsp_atname(talloc_tos(), dirfsp, atname);
+	if (*full == NULL) {
+		return NULL;
+	}
+	return report_begin(handle, c, op, *full);
+}
+
+/* Runs when begin_at could not build the full name (no memory). */
+static int lost_name(struct vfsx_call *c, struct smb_filename *full)
+{
+	return (g_depth == 0 && full == NULL) ? ENOMEM : report_ask(c);
+}
+
+int vfsx_mkdirat(vfs_handle_struct *handle, struct files_struct *dirfsp,
+		 const struct smb_filename *smb_fname, mode_t mode)
+{
+	struct smb_filename *full = NULL;
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = begin_at(handle, &c, "mkdir", dirfsp, smb_fname, &full);
+	if (m != NULL) {
+		vfsx_msg_arg_oct(m, "mode", mode);
+	}
+	err = lost_name(&c, full);
+	if (err != 0) {
+		TALLOC_FREE(full);
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_MKDIRAT(handle, dirfsp, smb_fname, mode);
+	g_depth--;
+	report_done(&c, ret);
+	TALLOC_FREE(full);
+	return ret;
+}
+
+int vfsx_unlinkat(vfs_handle_struct *handle, struct files_struct *dirfsp,
+		  const struct smb_filename *smb_fname, int flags)
+{
+	struct smb_filename *full = NULL;
+	struct vfsx_call c;
+	const char *op = (flags & AT_REMOVEDIR) ? "rmdir" : "unlink";
+	int ret, err;
+
+	begin_at(handle, &c, op, dirfsp, smb_fname, &full);
+	err = lost_name(&c, full);
+	if (err != 0) {
+		TALLOC_FREE(full);
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_UNLINKAT(handle, dirfsp, smb_fname, flags);
+	g_depth--;
+	report_done(&c, ret);
+	TALLOC_FREE(full);
+	return ret;
+}
+
+#if SMB_VFS_INTERFACE_VERSION >= 50
+int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
+		  const struct smb_filename *src, struct files_struct *dstfsp,
+		  const struct smb_filename *dst,
+		  const struct vfs_rename_how *how)
+#else
+int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
+		  const struct smb_filename *src, struct files_struct *dstfsp,
+		  const struct smb_filename *dst)
+#endif
+{
+	struct smb_filename *full = NULL, *to = NULL;
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = begin_at(handle, &c, "rename", srcfsp, src, &full);
+	if (m != NULL) {
+		to = full_path_from_dirfsp_atname(talloc_tos(), dstfsp, dst);
+		if (to == NULL) {
+			TALLOC_FREE(full);
+		} else {
+			arg_name(m, "to", "to_stream", to);
+		}
+	}
+	err = lost_name(&c, full);
+	if (err != 0) {
+		TALLOC_FREE(full);
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+#if SMB_VFS_INTERFACE_VERSION >= 50
+	ret = SMB_VFS_NEXT_RENAMEAT(handle, srcfsp, src, dstfsp, dst, how);
+#else
+	ret = SMB_VFS_NEXT_RENAMEAT(handle, srcfsp, src, dstfsp, dst);
+#endif
+	g_depth--;
+	report_done(&c, ret);
+	TALLOC_FREE(full);
+	TALLOC_FREE(to);
+	return ret;
+}
+
+int vfsx_symlinkat(vfs_handle_struct *handle,
+		   const struct smb_filename *link_contents,
+		   struct files_struct *dirfsp,
+		   const struct smb_filename *new_smb_fname)
+{
+	struct smb_filename *full = NULL;
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = begin_at(handle, &c, "symlink", dirfsp, new_smb_fname, &full);
+	if (m != NULL) {
+		vfsx_msg_arg_str(m, "target", link_contents->base_name);
+	}
+	err = lost_name(&c, full);
+	if (err != 0) {
+		TALLOC_FREE(full);
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_SYMLINKAT(handle, link_contents, dirfsp,
+				     new_smb_fname);
+	g_depth--;
+	report_done(&c, ret);
+	TALLOC_FREE(full);
+	return ret;
+}
+
+int vfsx_linkat(vfs_handle_struct *handle, struct files_struct *srcfsp,
+		const struct smb_filename *old_smb_fname,
+		struct files_struct *dstfsp,
+		const struct smb_filename *new_smb_fname, int flags)
+{
+	struct smb_filename *full = NULL, *from = NULL;
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = begin_at(handle, &c, "link", dstfsp, new_smb_fname, &full);
+	if (m != NULL) {
+		from = full_path_from_dirfsp_atname(talloc_tos(), srcfsp,
+						    old_smb_fname);
+		if (from == NULL) {
+			TALLOC_FREE(full);
+		} else {
+			arg_name(m, "from", "from_stream", from);
+		}
+	}
+	err = lost_name(&c, full);
+	if (err != 0) {
+		TALLOC_FREE(full);
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_LINKAT(handle, srcfsp, old_smb_fname, dstfsp,
+				  new_smb_fname, flags);
+	g_depth--;
+	report_done(&c, ret);
+	TALLOC_FREE(full);
+	TALLOC_FREE(from);
+	return ret;
+}
+
+int vfsx_mknodat(vfs_handle_struct *handle, struct files_struct *dirfsp,
+		 const struct smb_filename *smb_fname, mode_t mode,
+		 SMB_DEV_T dev)
+{
+	struct smb_filename *full = NULL;
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = begin_at(handle, &c, "mknod", dirfsp, smb_fname, &full);
+	if (m != NULL) {
+		vfsx_msg_arg_oct(m, "mode", mode);
+		vfsx_msg_arg_u64(m, "dev", (uint64_t)dev);
+	}
+	err = lost_name(&c, full);
+	if (err != 0) {
+		TALLOC_FREE(full);
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_MKNODAT(handle, dirfsp, smb_fname, mode, dev);
+	g_depth--;
+	report_done(&c, ret);
+	TALLOC_FREE(full);
+	return ret;
+}
+
+int vfsx_fchmod(vfs_handle_struct *handle, files_struct *fsp, mode_t mode)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "chmod", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_oct(m, "mode", mode);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_FCHMOD(handle, fsp, mode);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+static void owner_args(struct vfsx_msg *m, uid_t uid, gid_t gid)
+{
+	vfsx_msg_arg_i64(m, "uid", uid == (uid_t)-1 ? -1 : (int64_t)uid);
+	vfsx_msg_arg_i64(m, "gid", gid == (gid_t)-1 ? -1 : (int64_t)gid);
+}
+
+int vfsx_fchown(vfs_handle_struct *handle, files_struct *fsp, uid_t uid,
+		gid_t gid)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "chown", fsp->fsp_name);
+	if (m != NULL) {
+		owner_args(m, uid, gid);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_FCHOWN(handle, fsp, uid, gid);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+int vfsx_lchown(vfs_handle_struct *handle,
+		const struct smb_filename *smb_fname, uid_t uid, gid_t gid)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "chown", smb_fname);
+	if (m != NULL) {
+		owner_args(m, uid, gid);
+		vfsx_msg_arg_str(m, "nofollow", "1");
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_LCHOWN(handle, smb_fname, uid, gid);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+static void time_arg(struct vfsx_msg *m, const char *key,
+		     const struct timespec *ts)
+{
+	if (!is_omit_timespec(ts)) {
+		vfsx_msg_arg_time(m, key, ts->tv_sec, ts->tv_nsec);
+	}
+}
+
+int vfsx_fntimes(vfs_handle_struct *handle, files_struct *fsp,
+		 struct smb_file_time *ft)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "utimes", fsp->fsp_name);
+	if (m != NULL) {
+		time_arg(m, "atime", &ft->atime);
+		time_arg(m, "mtime", &ft->mtime);
+		time_arg(m, "ctime", &ft->ctime);
+		time_arg(m, "btime", &ft->create_time);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_FNTIMES(handle, fsp, ft);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+int vfsx_fchflags(vfs_handle_struct *handle, files_struct *fsp,
+		  unsigned int flags)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "chflags", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_hex(m, "flags", flags);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_FCHFLAGS(handle, fsp, flags);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+int vfsx_fsetxattr(vfs_handle_struct *handle, files_struct *fsp,
+		   const char *name, const void *value, size_t size, int flags)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "setxattr", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_str(m, "name", name);
+		vfsx_msg_arg_u64(m, "size", size);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_FSETXATTR(handle, fsp, name, value, size, flags);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+int vfsx_fremovexattr(vfs_handle_struct *handle, files_struct *fsp,
+		      const char *name)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "removexattr", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_str(m, "name", name);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_FREMOVEXATTR(handle, fsp, name);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+
+static int status_ret(NTSTATUS status)
+{
+	if (NT_STATUS_IS_OK(status)) {
+		return 0;
+	}
+	errno = map_errno_from_nt_status(status);
+	return -1;
+}
+
+NTSTATUS vfsx_fset_dos_attributes(vfs_handle_struct *handle,
+				  files_struct *fsp, uint32_t dosmode)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	NTSTATUS status;
+	int err;
+
+	m = report_begin(handle, &c, "setdosattr", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_hex(m, "attrs", dosmode);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		return map_nt_error_from_unix(err);
+	}
+	g_depth++;
+	status = SMB_VFS_NEXT_FSET_DOS_ATTRIBUTES(handle, fsp, dosmode);
+	g_depth--;
+	report_done(&c, status_ret(status));
+	return status;
+}
+
+NTSTATUS vfsx_fset_nt_acl(vfs_handle_struct *handle, files_struct *fsp,
+			  uint32_t security_info_sent,
+			  const struct security_descriptor *psd)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	NTSTATUS status;
+	int err;
+
+	m = report_begin(handle, &c, "setacl", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_str(m, "kind", "nt");
+		vfsx_msg_arg_hex(m, "secinfo", security_info_sent);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		return map_nt_error_from_unix(err);
+	}
+	g_depth++;
+	status = SMB_VFS_NEXT_FSET_NT_ACL(handle, fsp, security_info_sent, psd);
+	g_depth--;
+	report_done(&c, status_ret(status));
+	return status;
+}
+
+int vfsx_sys_acl_set_fd(vfs_handle_struct *handle, files_struct *fsp,
+			SMB_ACL_TYPE_T type, SMB_ACL_T theacl)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "setacl", fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_str(m, "kind", "posix");
+		vfsx_msg_arg_u64(m, "type", (uint64_t)type);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_SYS_ACL_SET_FD(handle, fsp, type, theacl);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}

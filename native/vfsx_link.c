@@ -1,0 +1,495 @@
+/*
+ * vfsx link: see vfsx_link.h and docs/protocol.md.
+ *
+ * States: DOWN (no socket; a retry timer is pending), HELLO (connected,
+ * hello sent, answer not yet seen), UP. Reconnects run from a tevent timer
+ * in smbd's event loop, never on the path of an operation, so an operation
+ * costs at most one bounded wait while the service is unreachable.
+ */
+#include "includes.h"
+#include "system/filesys.h"
+#include "smbd/smbd.h"
+#include "vfsx_link.h"
+
+#include <poll.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#define VFSX_MODULE_VERSION "0.1.0"
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 5000
+#define REPLY_MAX 256
+
+enum link_state { LINK_DOWN, LINK_HELLO, LINK_UP };
+static const char *const state_names[] = { "down", "hello", "up" };
+
+struct vfsx_link {
+	bool setup;
+	enum link_state state;
+	int fd;
+	struct tevent_context *ev;
+	struct tevent_fd *fde;
+	struct tevent_timer *timer;
+	char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char *spool_dir;
+	int hello_timeout_ms;
+	unsigned backoff_ms;
+	uint64_t seq;
+	pid_t pid;
+	unsigned long long start;
+	int spool_fd;
+	unsigned spool_gen;
+	size_t rlen;
+	uint8_t rbuf[4096];
+};
+
+static struct vfsx_link L = { .fd = -1, .spool_fd = -1 };
+static struct vfsx_msg hello_msg;
+
+static void link_schedule(unsigned delay_ms);
+static void link_connect(void);
+
+static void set_state(enum link_state s, const char *why)
+{
+	if (L.state != s) {
+		DBG_NOTICE("vfsx: link %s -> %s (%s)\n", state_names[L.state],
+			   state_names[s], why);
+	}
+	L.state = s;
+}
+
+static unsigned long long self_start_time(void)
+{
+	char buf[1024];
+	char *p = NULL;
+	unsigned long long v = 0;
+	ssize_t n;
+	int fd, i;
+
+	fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		return 0;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0) {
+		return 0;
+	}
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	/* field 22 (starttime); p points at the end of field 2 */
+	for (i = 2; p != NULL && i < 22; i++) {
+		p = strchr(p + 1, ' ');
+	}
+	if (p != NULL) {
+		v = strtoull(p + 1, NULL, 10);
+	}
+	return v;
+}
+
+static void build_hello(void)
+{
+	vfsx_msg_begin(&hello_msg, "root", "hello", "");
+	vfsx_msg_arg_u64(&hello_msg, "proto", VFSX_PROTO_VERSION);
+	vfsx_msg_arg_u64(&hello_msg, "pid", (uint64_t)L.pid);
+	vfsx_msg_arg_u64(&hello_msg, "start", L.start);
+	vfsx_msg_arg_str(&hello_msg, "module", VFSX_MODULE_VERSION);
+	vfsx_msg_end(&hello_msg);
+}
+
+static int write_full(int fd, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0 && errno == EINTR) {
+			continue;
+		}
+		if (w <= 0) {
+			return -errno;
+		}
+		p += w;
+		n -= w;
+	}
+	return 0;
+}
+
+static int spool_open(void)
+{
+	char tmp[PATH_MAX], final[PATH_MAX];
+	int fd, err = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s/vfsx-%d-%llu-%u.tmp", L.spool_dir,
+		 (int)L.pid, L.start, L.spool_gen);
+	snprintf(final, sizeof(final), "%s/vfsx-%d-%llu-%u.spool",
+		 L.spool_dir, (int)L.pid, L.start, L.spool_gen);
+	become_root();
+	(void)mkdir(L.spool_dir, 0700);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC,
+		  0600);
+	if (fd < 0) {
+		err = errno;
+	} else if (flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+		   rename(tmp, final) != 0) {
+		err = errno;
+		unlink(tmp);
+		close(fd);
+		fd = -1;
+	}
+	unbecome_root();
+	if (fd < 0) {
+		DBG_ERR("vfsx: cannot open spool file path=%s errno=%d\n",
+			final, err);
+		return -err;
+	}
+	DBG_WARNING("vfsx: spooling changes path=%s\n", final);
+	L.spool_fd = fd;
+	L.spool_gen++;
+	return write_full(fd, hello_msg.buf, hello_msg.len);
+}
+
+/* The service is back: hand it the spool by releasing our lock. */
+static void spool_close(void)
+{
+	if (L.spool_fd >= 0) {
+		close(L.spool_fd);
+		L.spool_fd = -1;
+	}
+}
+
+void vfsx_link_spool(struct vfsx_msg *m)
+{
+	int rc;
+
+	if (L.spool_fd < 0 && spool_open() < 0) {
+		DBG_ERR("vfsx: change not recorded (no spool)\n");
+		return;
+	}
+	rc = write_full(L.spool_fd, m->buf, m->len);
+	if (rc < 0) {
+		DBG_ERR("vfsx: change not recorded (spool write) errno=%d\n",
+			-rc);
+	}
+}
+
+static void link_close(void)
+{
+	TALLOC_FREE(L.fde);
+	if (L.fd >= 0) {
+		close(L.fd);
+		L.fd = -1;
+	}
+	L.rlen = 0;
+}
+
+static void link_fail(const char *why, int err)
+{
+	if (L.state != LINK_DOWN) {
+		DBG_WARNING("vfsx: link to %s lost: %s errno=%d\n",
+			    L.socket_path, why, err);
+	}
+	link_close();
+	set_state(LINK_DOWN, why);
+	link_schedule(L.backoff_ms);
+	L.backoff_ms = MIN(L.backoff_ms * 2, BACKOFF_MAX_MS);
+}
+
+/*
+ * Takes one whole reply frame out of rbuf. Returns 1 and the reply, 0 when
+ * more bytes are needed, or -EPROTO for a frame that is not a reply.
+ */
+static int take_reply(char *kind, uint64_t *seq, int *err)
+{
+	uint32_t n;
+	int rc;
+
+	if (L.rlen < 4) {
+		return 0;
+	}
+	n = ((uint32_t)L.rbuf[0] << 24) | ((uint32_t)L.rbuf[1] << 16) |
+	    ((uint32_t)L.rbuf[2] << 8) | L.rbuf[3];
+	if (n == 0 || n > REPLY_MAX) {
+		return -EPROTO;
+	}
+	if (L.rlen < 4 + n) {
+		return 0;
+	}
+	rc = vfsx_reply_parse(L.rbuf + 4, n, kind, seq, err);
+	memmove(L.rbuf, L.rbuf + 4 + n, L.rlen - 4 - n);
+	L.rlen -= 4 + n;
+	return rc < 0 ? rc : 1;
+}
+
+static void got_hello(void)
+{
+	set_state(LINK_UP, "hello answered");
+	L.backoff_ms = BACKOFF_MIN_MS;
+	TALLOC_FREE(L.timer);
+	spool_close();
+}
+
+/* Reads what is there without blocking. Returns 0, or -errno on EOF/error. */
+static int read_some(void)
+{
+	ssize_t n;
+
+	if (L.rlen == sizeof(L.rbuf)) {
+		return -EPROTO;
+	}
+	n = recv(L.fd, L.rbuf + L.rlen, sizeof(L.rbuf) - L.rlen, MSG_DONTWAIT);
+	if (n == 0) {
+		return -ECONNRESET;
+	}
+	if (n < 0) {
+		return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
+	}
+	L.rlen += n;
+	return 0;
+}
+
+static long ms_until(const struct timespec *deadline)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (deadline->tv_sec - now.tv_sec) * 1000 +
+	       (deadline->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+/*
+ * Waits for the hello answer (want_hello) or the verdict on want_seq.
+ * Stale verdicts (for operations that already timed out) are skipped.
+ */
+static int link_wait(bool want_hello, uint64_t want_seq, int timeout_ms,
+		     int *verdict_err)
+{
+	struct timespec deadline;
+	struct pollfd pfd = { .fd = L.fd, .events = POLLIN };
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += timeout_ms / 1000;
+	deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (deadline.tv_nsec >= 1000000000) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000;
+	}
+	for (;;) {
+		char kind = 0;
+		uint64_t seq = 0;
+		int err = 0, rc;
+		long left;
+
+		rc = take_reply(&kind, &seq, &err);
+		if (rc < 0) {
+			return rc;
+		}
+		if (rc == 1) {
+			if (kind == 'H') {
+				got_hello();
+				if (want_hello) {
+					return 0;
+				}
+			} else if (!want_hello && seq == want_seq) {
+				if (kind == 'U') {
+					/* up, but cannot record it now */
+					return -EAGAIN;
+				}
+				*verdict_err = kind == 'F' ? err : 0;
+				/* recording works again: release the spool */
+				spool_close();
+				return 0;
+			}
+			continue;
+		}
+		left = ms_until(&deadline);
+		if (left <= 0) {
+			return -ETIMEDOUT;
+		}
+		rc = poll(&pfd, 1, (int)left);
+		if (rc < 0 && errno != EINTR) {
+			return -errno;
+		}
+		if (rc > 0) {
+			rc = read_some();
+			if (rc < 0) {
+				return rc;
+			}
+		}
+	}
+}
+
+static int send_frame(struct vfsx_msg *m)
+{
+	ssize_t n;
+
+	do {
+		n = send(L.fd, m->buf, m->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	} while (n < 0 && errno == EINTR);
+	if (n == (ssize_t)m->len) {
+		return 0;
+	}
+	/* A partial frame cannot be taken back: the connection is done. */
+	return n < 0 ? -errno : -EPIPE;
+}
+
+static void link_readable(struct tevent_context *ev, struct tevent_fd *fde,
+			  uint16_t flags, void *private_data)
+{
+	char kind;
+	uint64_t seq;
+	int err, rc;
+
+	rc = read_some();
+	while (rc == 0 && (rc = take_reply(&kind, &seq, &err)) == 1) {
+		if (kind == 'H') {
+			got_hello();
+		}
+		rc = 0;
+		if (L.fd < 0) {
+			return;
+		}
+	}
+	if (rc < 0) {
+		link_fail(rc == -ECONNRESET ? "closed by service" : "read",
+			  -rc);
+	}
+}
+
+static void link_timer(struct tevent_context *ev, struct tevent_timer *te,
+		       struct timeval now, void *private_data)
+{
+	L.timer = NULL;
+	if (L.state == LINK_HELLO) {
+		link_fail("hello not answered", ETIMEDOUT);
+		return;
+	}
+	if (L.state == LINK_DOWN) {
+		link_connect();
+	}
+}
+
+static void link_schedule(unsigned delay_ms)
+{
+	unsigned jitter = delay_ms / 2;
+
+	TALLOC_FREE(L.timer);
+	if (L.ev == NULL) {
+		return;
+	}
+	if (jitter > 0) {
+		delay_ms = delay_ms - jitter + (unsigned)(random() % jitter);
+	}
+	L.timer = tevent_add_timer(L.ev, NULL,
+				   timeval_current_ofs_msec(delay_ms),
+				   link_timer, NULL);
+}
+
+static void link_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd, rc, err = 0;
+
+	link_close();
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", L.socket_path);
+	/* SO_PEERCRED records who connects: always connect as root. */
+	become_root();
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	if (rc != 0) {
+		err = errno;
+	}
+	unbecome_root();
+	if (rc != 0) {
+		if (fd >= 0) {
+			close(fd);
+		}
+		link_fail("connect", err);
+		return;
+	}
+	L.fd = fd;
+	if (send_frame(&hello_msg) != 0) {
+		link_fail("hello send", errno);
+		return;
+	}
+	set_state(LINK_HELLO, "connected");
+	if (L.ev != NULL) {
+		L.fde = tevent_add_fd(L.ev, NULL, fd, TEVENT_FD_READ,
+				      link_readable, NULL);
+		TALLOC_FREE(L.timer);
+		L.timer = tevent_add_timer(
+			L.ev, NULL, timeval_current_ofs_msec(L.hello_timeout_ms),
+			link_timer, NULL);
+	}
+}
+
+void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
+		     const char *spool_dir, int hello_timeout_ms)
+{
+	if (L.setup) {
+		if (strcmp(socket_path, L.socket_path) != 0) {
+			DBG_WARNING("vfsx: one link per smbd process; "
+				    "ignoring socket=%s, using %s\n",
+				    socket_path, L.socket_path);
+		}
+		return;
+	}
+	if (strlen(socket_path) >= sizeof(L.socket_path)) {
+		DBG_ERR("vfsx: socket path too long: %s\n", socket_path);
+	}
+	L.setup = true;
+	L.ev = ev;
+	snprintf(L.socket_path, sizeof(L.socket_path), "%s", socket_path);
+	L.spool_dir = talloc_strdup(NULL, spool_dir);
+	L.hello_timeout_ms = hello_timeout_ms;
+	L.backoff_ms = BACKOFF_MIN_MS;
+	L.pid = getpid();
+	L.start = self_start_time();
+	build_hello();
+	link_connect();
+}
+
+uint64_t vfsx_link_next_seq(void)
+{
+	return ++L.seq;
+}
+
+int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
+		  int *verdict_err)
+{
+	int rc;
+
+	if (L.state == LINK_DOWN) {
+		return -ENOTCONN;
+	}
+	if (L.state == LINK_HELLO) {
+		rc = link_wait(true, 0, timeout_ms, verdict_err);
+		if (rc < 0) {
+			link_fail("hello", -rc);
+			return rc;
+		}
+	}
+	rc = send_frame(m);
+	if (rc == 0) {
+		rc = link_wait(false, seq, timeout_ms, verdict_err);
+	}
+	if (rc < 0 && rc != -EAGAIN) {
+		link_fail(rc == -ETIMEDOUT ? "verdict timed out" : "ask", -rc);
+	}
+	return rc;
+}
+
+void vfsx_link_tell(struct vfsx_msg *m)
+{
+	int rc;
+
+	if (L.state != LINK_UP) {
+		vfsx_link_spool(m);
+		return;
+	}
+	rc = send_frame(m);
+	if (rc < 0) {
+		link_fail("tell", -rc);
+		vfsx_link_spool(m);
+	}
+}

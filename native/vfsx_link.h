@@ -1,0 +1,29 @@
+/*
+ * The per-process link from an smbd to the vfsx service: one Unix stream
+ * socket, a bounded wait for each verdict, asynchronous reconnects with
+ * capped backoff, and a spool file for whatever could not be delivered.
+ */
+#ifndef VFSX_LINK_H
+#define VFSX_LINK_H
+
+#include "vfsx_msg.h"
+
+struct tevent_context;
+
+/* Once per process (later calls with other values are logged and ignored). */
+void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
+		     const char *spool_dir, int hello_timeout_ms);
+uint64_t vfsx_link_next_seq(void);
+/*
+ * Sends a finished frame and waits up to timeout_ms for the answer to seq.
+ * Returns 0 with *verdict_err set (0 = transparent), or -errno when the
+ * link could not deliver an answer (down, timed out, protocol error).
+ */
+int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
+		  int *verdict_err);
+/* Sends a finished frame without waiting; spools it if it cannot be sent. */
+void vfsx_link_tell(struct vfsx_msg *m);
+/* Appends a finished frame to this process's spool file. */
+void vfsx_link_spool(struct vfsx_msg *m);
+
+#endif

@@ -1,0 +1,167 @@
+/*
+ * vfsx: a transparent Samba VFS module that reports every change a client
+ * makes to a share to the vfsx service, and lets the service veto it.
+ *
+ *   [share]
+ *	vfs objects = vfsx
+ *	vfsx:socket = /run/vfsx/vfsx.sock
+ *	vfsx:timeout = 1000	(ms to wait for a verdict)
+ *	vfsx:on_failure = allow	(allow: proceed and spool; deny: fail)
+ *	vfsx:spool = /var/spool/vfsx
+ *
+ * Operations that change a name or metadata ask for a verdict before they
+ * run and report their outcome ("done") afterwards without waiting. Writes
+ * cost no round trip: their byte ranges are collected per open file and
+ * reported with the next fsync or the close. Only the outermost call of a
+ * nest is reported (fset_nt_acl calls fsetxattr, for instance).
+ * See docs/protocol.md.
+ */
+#include "includes.h"
+#include "system/filesys.h"
+#include "smbd/smbd.h"
+#include "auth.h"
+#include "lib/global_contexts.h"
+#include "vfsx_hooks.h"
+
+#if SMB_VFS_INTERFACE_VERSION < 47
+#error "vfsx needs Samba 4.17 (VFS interface 47) or later"
+#endif
+
+/* Connect and disconnect */
+
+static int vfsx_connect(vfs_handle_struct *handle, const char *service,
+			const char *user)
+{
+	struct vfsx_share *sh = NULL;
+	const char *on_failure = NULL;
+	int snum = SNUM(handle->conn);
+	int ret;
+
+	ret = SMB_VFS_NEXT_CONNECT(handle, service, user);
+	if (ret < 0) {
+		return ret;
+	}
+	sh = talloc_zero(handle->conn, struct vfsx_share);
+	if (sh == NULL) {
+		SMB_VFS_NEXT_DISCONNECT(handle);
+		errno = ENOMEM;
+		return -1;
+	}
+	sh->share = talloc_strdup(sh, service);
+	sh->origpath = talloc_strdup(sh, handle->conn->connectpath);
+	sh->user = talloc_strdup(sh,
+		handle->conn->session_info->unix_info->unix_name);
+	sh->timeout_ms = lp_parm_int(snum, "vfsx", "timeout", 1000);
+	if (sh->timeout_ms < 1) {
+		sh->timeout_ms = 1;
+	}
+	on_failure = lp_parm_const_string(snum, "vfsx", "on_failure", "allow");
+	sh->deny = strequal(on_failure, "deny");
+	sh->deny_errno = EACCES;
+	if (sh->share == NULL || sh->origpath == NULL || sh->user == NULL) {
+		TALLOC_FREE(sh);
+		SMB_VFS_NEXT_DISCONNECT(handle);
+		errno = ENOMEM;
+		return -1;
+	}
+	SMB_VFS_HANDLE_SET_DATA(handle, sh, NULL, struct vfsx_share,
+				return -1);
+	vfsx_link_setup(global_event_context(),
+			lp_parm_const_string(snum, "vfsx", "socket",
+					     "/run/vfsx/vfsx.sock"),
+			lp_parm_const_string(snum, "vfsx", "spool",
+					     "/var/spool/vfsx"),
+			sh->timeout_ms);
+	DBG_INFO("vfsx: connected share=%s path=%s user=%s on_failure=%s\n",
+		 sh->share, sh->origpath, sh->user, on_failure);
+	return 0;
+}
+
+/* Opens that create or truncate */
+
+static int vfsx_openat(vfs_handle_struct *handle,
+		       const struct files_struct *dirfsp,
+		       const struct smb_filename *smb_fname,
+		       struct files_struct *fsp,
+		       const struct vfs_open_how *how)
+{
+	struct vfsx_call c = { 0 };
+	struct vfsx_msg *m = NULL;
+	struct vfsx_fsp *x = NULL;
+	char fl[4];
+	int n = 0, err, ret;
+
+	if (!(how->flags & (O_CREAT | O_TRUNC))) {
+		return SMB_VFS_NEXT_OPENAT(handle, dirfsp, smb_fname, fsp, how);
+	}
+	m = report_begin(handle, &c, "create", fsp->fsp_name);
+	if (m != NULL) {
+		if (how->flags & O_CREAT) {
+			fl[n++] = 'c';
+		}
+		if (how->flags & O_TRUNC) {
+			fl[n++] = 't';
+		}
+		if (how->flags & O_EXCL) {
+			fl[n++] = 'x';
+		}
+		fl[n] = '\0';
+		vfsx_msg_arg_str(m, "flags", fl);
+		vfsx_msg_arg_oct(m, "mode", how->mode);
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_OPENAT(handle, dirfsp, smb_fname, fsp, how);
+	g_depth--;
+	if (ret >= 0) {
+		x = fsp_ext(handle, fsp, true);
+		if (x != NULL) {
+			x->flags |= (how->flags & O_CREAT) ? F_CREATED : 0;
+			x->flags |= (how->flags & O_TRUNC) ? F_TRUNCATED : 0;
+		}
+	}
+	report_done(&c, ret);
+	return ret;
+}
+
+static struct vfs_fn_pointers vfsx_fns = {
+	.connect_fn = vfsx_connect,
+	.openat_fn = vfsx_openat,
+	.close_fn = vfsx_close,
+	.pwrite_fn = vfsx_pwrite,
+	.pwrite_send_fn = vfsx_pwrite_send,
+	.pwrite_recv_fn = vfsx_pwrite_recv,
+	.recvfile_fn = vfsx_recvfile,
+	.fsync_send_fn = vfsx_fsync_send,
+	.fsync_recv_fn = vfsx_fsync_recv,
+	.ftruncate_fn = vfsx_ftruncate,
+	.fallocate_fn = vfsx_fallocate,
+	.offload_write_send_fn = vfsx_offload_write_send,
+	.offload_write_recv_fn = vfsx_offload_write_recv,
+	.mkdirat_fn = vfsx_mkdirat,
+	.unlinkat_fn = vfsx_unlinkat,
+	.renameat_fn = vfsx_renameat,
+	.symlinkat_fn = vfsx_symlinkat,
+	.linkat_fn = vfsx_linkat,
+	.mknodat_fn = vfsx_mknodat,
+	.fchmod_fn = vfsx_fchmod,
+	.fchown_fn = vfsx_fchown,
+	.lchown_fn = vfsx_lchown,
+	.fntimes_fn = vfsx_fntimes,
+	.fchflags_fn = vfsx_fchflags,
+	.fsetxattr_fn = vfsx_fsetxattr,
+	.fremovexattr_fn = vfsx_fremovexattr,
+	.fset_dos_attributes_fn = vfsx_fset_dos_attributes,
+	.fset_nt_acl_fn = vfsx_fset_nt_acl,
+	.sys_acl_set_fd_fn = vfsx_sys_acl_set_fd,
+};
+
+NTSTATUS samba_init_module(TALLOC_CTX *ctx);
+_PUBLIC_ NTSTATUS samba_init_module(TALLOC_CTX *ctx)
+{
+	return smb_register_vfs(SMB_VFS_INTERFACE_VERSION, "vfsx", &vfsx_fns);
+}

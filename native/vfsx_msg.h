@@ -1,0 +1,60 @@
+/*
+ * vfsx wire encoding: frames, escaped fields and dirty-range lists.
+ * Pure C with no Samba dependency so that it can be tested on its own.
+ * The format is documented in docs/protocol.md.
+ */
+#ifndef VFSX_MSG_H
+#define VFSX_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VFSX_PROTO_VERSION 1
+#define VFSX_FRAME_MAX 65536	/* payload bytes; the server enforces it too */
+#define VFSX_MAX_RANGES 32
+
+struct vfsx_msg {
+	size_t len;		/* bytes used in buf, including the header */
+	unsigned nargs;
+	bool overflow;
+	uint8_t buf[4 + VFSX_FRAME_MAX];
+};
+
+struct vfsx_range {
+	uint64_t off;
+	uint64_t end;		/* exclusive */
+};
+
+struct vfsx_ranges {
+	unsigned n;
+	struct vfsx_range r[VFSX_MAX_RANGES];
+};
+
+void vfsx_msg_begin(struct vfsx_msg *m, const char *user, const char *op,
+		    const char *origpath);
+void vfsx_msg_arg_bytes(struct vfsx_msg *m, const char *key,
+			const void *val, size_t len);
+void vfsx_msg_arg_str(struct vfsx_msg *m, const char *key, const char *val);
+void vfsx_msg_arg_u64(struct vfsx_msg *m, const char *key, uint64_t val);
+void vfsx_msg_arg_i64(struct vfsx_msg *m, const char *key, int64_t val);
+void vfsx_msg_arg_oct(struct vfsx_msg *m, const char *key, unsigned val);
+void vfsx_msg_arg_hex(struct vfsx_msg *m, const char *key, uint64_t val);
+void vfsx_msg_arg_time(struct vfsx_msg *m, const char *key,
+		       int64_t sec, long nsec);
+void vfsx_msg_arg_ranges(struct vfsx_msg *m, const char *key,
+			 const struct vfsx_ranges *rs);
+/* Writes the length header. Returns 0, or -EMSGSIZE if the frame overflowed. */
+int vfsx_msg_end(struct vfsx_msg *m);
+
+void vfsx_ranges_add(struct vfsx_ranges *rs, uint64_t off, uint64_t len);
+
+/*
+ * Parses one reply payload ("transparent:SEQ", "fail:SEQ:ERRNO",
+ * "unavailable:SEQ", "hello:VERSION"). Returns 0 and fills the out values,
+ * or -EPROTO. kind: 'T', 'F', 'U' or 'H'.
+ */
+int vfsx_reply_parse(const uint8_t *p, size_t len, char *kind,
+		     uint64_t *seq, int *err);
+
+#endif

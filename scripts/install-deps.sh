@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vfsx needs to build, run and test. Idempotent.
+# Usage: scripts/install-deps.sh
+set -euo pipefail
+
+PKGS=(samba smbclient samba-testsuite redis-server
+      dpkg-dev flex bison libparse-yapp-perl libkeyutils-dev
+      gcc make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
+      rsync sqlite3 util-linux procps iproute2)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+		missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+		exit 1
+	fi
+	echo "install-deps: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-upgrade --no-install-recommends "${missing[@]}" >/dev/null
+	# The Debian packages start daemons we do not use; our tests run their own.
+	for svc in smbd nmbd samba-ad-dc winbind redis-server; do
+		systemctl disable --now "$svc" >/dev/null 2>&1 || true
+		service "$svc" stop >/dev/null 2>&1 || true
+	done
+fi

@@ -1,0 +1,43 @@
+/**
+ * `vfsx journal`: prints change records for people (a line each) or for
+ * scripts (--json: one JSON record per line).
+ */
+import type { VfsxConfig } from '../config/schema';
+import type { ChangeRecord } from '../ops/change-record';
+import { JournalReader } from '../replication-queue/journal-reader';
+
+export interface JournalCommandOptions {
+  share?: string;
+  json: boolean;
+  follow: boolean;
+  pending: boolean;
+}
+
+function human(r: ChangeRecord): string {
+  const names = Object.entries(r.names).map(([k, v]) => (k === 'path' ? v : `${k}=${JSON.stringify(v)}`));
+  const args = Object.entries(r.args).map(([k, v]) => `${k}=${v}`);
+  const ranges = r.ranges ? [`ranges=${r.ranges.map(([o, l]) => `${o}+${l}`).join(';')}`] : [];
+  const outcome = r.outcome === 'confirmed' ? '' : ` [${r.outcome}${r.errno ? ` errno=${r.errno}` : ''}]`;
+  return `${new Date(r.ts).toISOString()} ${r.share} ${r.user} ${r.op} ${[...names, ...args, ...ranges].join(' ')}${outcome}`;
+}
+
+export async function journalCommand(config: VfsxConfig, o: JournalCommandOptions): Promise<number> {
+  const reader = new JournalReader({ redis: config.redis, queueName: config.journal.queueName });
+  const print = (r: ChangeRecord) => {
+    if (o.share !== undefined && r.share !== o.share) return;
+    process.stdout.write(`${o.json ? JSON.stringify(r) : human(r)}\n`);
+  };
+  try {
+    if (o.follow) await reader.follow(print);
+    for (const r of o.pending ? await reader.pending() : await reader.queued()) print(r);
+    if (o.follow) {
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+    }
+    return 0;
+  } finally {
+    await reader.close();
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * The `vfsx` command line. The only process entry: builds every object,
+ * wires signals, and prints for humans (or JSON with --json).
+ */
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../config/load-config';
+import { VfsxError } from '../errors/vfsx-error';
+import { createLogger } from '../service/create-logger';
+import { VfsxService } from '../service/vfsx-service';
+import { journalCommand } from './journal-command';
+
+const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
+
+Usage:
+  vfsx serve [--config FILE]
+      Run the service: the Unix socket smbd's vfsx module connects to, the
+      policy, the durable change journal in Redis, spool ingestion.
+  vfsx journal [--config FILE] [--share NAME] [--pending] [--json] [--follow]
+      Print queued change records, oldest first (--pending: records still
+      awaiting their outcome). --json prints one JSON record per line.
+      --follow keeps printing records as they are added.
+  vfsx --help
+      This text.
+
+Configuration: one JSON file (--config, or $VFSX_CONFIG); every key has a
+default that works on loopback. See samba-conf/README.md and docs/.
+`;
+
+async function serve(configFile: string | undefined): Promise<number> {
+  const config = loadConfig(configFile);
+  const logger = createLogger(config.log.level);
+  const service = new VfsxService(config, logger);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    void service.close().then(() => {
+      logger.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+  await service.start();
+  logger.info({ socket: config.socket.path, spool: config.spool.dir }, 'vfsx serving');
+  return new Promise<number>(() => undefined); // runs until a signal
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      share: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      follow: { type: 'boolean', short: 'f', default: false },
+      pending: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  const [command] = positionals;
+  if (values.help || command === undefined || command === 'help') {
+    process.stdout.write(HELP);
+    return command === undefined && !values.help ? 2 : 0;
+  }
+  switch (command) {
+    case 'serve':
+      return serve(values.config);
+    case 'journal':
+      return journalCommand(loadConfig(values.config), {
+        share: values.share,
+        json: values.json === true,
+        follow: values.follow === true,
+        pending: values.pending === true,
+      });
+    default:
+      process.stderr.write(`vfsx: unknown command ${command}\n\n${HELP}`);
+      return 2;
+  }
+}
+
+export function run(): void {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      const code = err instanceof VfsxError ? ` [${err.code}]` : '';
+      process.stderr.write(`vfsx: ${(err as Error).message}${code}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

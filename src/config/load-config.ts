@@ -1,0 +1,53 @@
+/**
+ * Loads, validates (every error listed) and freezes the configuration.
+ * The only module that reads process.env.
+ */
+import { readFileSync } from 'node:fs';
+import Ajv from 'ajv';
+import { VfsxError } from '../errors/vfsx-error';
+import { configSchema, VfsxConfig } from './schema';
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o as object)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+/** Validates a plain object (after applying defaults) and returns it frozen. */
+export function validateConfig(raw: unknown): VfsxConfig {
+  const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true });
+  const validate = ajv.compile(configSchema);
+  const copy = JSON.parse(JSON.stringify(raw ?? {}));
+  if (!validate(copy)) {
+    const lines = (validate.errors ?? []).map(
+      (e) => `  ${e.instancePath || '/'} ${e.message}${e.params ? ' ' + JSON.stringify(e.params) : ''}`,
+    );
+    throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n${lines.join('\n')}`);
+  }
+  return deepFreeze(copy as VfsxConfig);
+}
+
+/** Reads FILE (or $VFSX_CONFIG, or nothing: all defaults). */
+export function loadConfig(file?: string): VfsxConfig {
+  const path = file ?? process.env.VFSX_CONFIG;
+  if (!path) return validateConfig({});
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new VfsxError('VFSX_ERR_CONFIG_READ', `cannot read config ${path}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `config ${path} is not JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  return validateConfig(raw);
+}

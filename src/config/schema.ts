@@ -1,0 +1,140 @@
+/**
+ * The one configuration schema of vfsx. Every key has a default that works
+ * on loopback; unknown keys are errors.
+ */
+export const OPERATIONS = [
+  'create', 'close', 'fsync', 'truncate', 'mkdir', 'rmdir', 'unlink', 'rename',
+  'symlink', 'link', 'mknod', 'chmod', 'chown', 'utimes', 'chflags',
+  'setxattr', 'removexattr', 'setdosattr', 'setacl',
+] as const;
+
+export const configSchema = {
+  $id: 'https://vfsx.invalid/config.json',
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    socket: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        path: { type: 'string', minLength: 1, maxLength: 107, default: '/run/vfsx/vfsx.sock' },
+        dirMode: { type: 'string', pattern: '^0?[0-7]{3}$', default: '0750' },
+        socketMode: { type: 'string', pattern: '^0?[0-7]{3}$', default: '0660' },
+        allowedUids: { type: 'array', items: { type: 'integer', minimum: 0 }, default: [0] },
+        maxFrameBytes: { type: 'integer', minimum: 1024, maximum: 16777216, default: 65536 },
+        maxConnections: { type: 'integer', minimum: 1, default: 4096 },
+      },
+    },
+    redis: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'integer', minimum: 1, maximum: 65535, default: 6379 },
+        path: { type: 'string', description: 'Unix socket; overrides host/port' },
+        db: { type: 'integer', minimum: 0, default: 0 },
+        password: { type: 'string' },
+        prefix: { type: 'string', pattern: '^[A-Za-z0-9_.-]+$', default: 'vfsx' },
+        writeTimeoutMs: { type: 'integer', minimum: 10, default: 800 },
+      },
+    },
+    spool: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        dir: { type: 'string', minLength: 1, default: '/var/spool/vfsx' },
+        scanIntervalMs: { type: 'integer', minimum: 50, default: 1000 },
+      },
+    },
+    journal: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        queueName: { type: 'string', pattern: '^[A-Za-z0-9_-]+$', default: 'journal' },
+        reconcileAfterMs: { type: 'integer', minimum: 100, default: 30000 },
+        reconcileDelayMs: { type: 'integer', minimum: 0, default: 10000 },
+        sweepIntervalMs: { type: 'integer', minimum: 50, default: 5000 },
+        keepFailedOps: { type: 'integer', minimum: 0, default: 1000 },
+      },
+    },
+    policy: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        rules: {
+          type: 'array',
+          default: [],
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['action'],
+            properties: {
+              name: { type: 'string' },
+              action: { enum: ['allow', 'deny'] },
+              errno: { type: 'string', pattern: '^E[A-Z0-9]+$', default: 'EACCES' },
+              shares: { type: 'array', items: { type: 'string' } },
+              users: { type: 'array', items: { type: 'string' } },
+              ops: { type: 'array', items: { enum: [...OPERATIONS] } },
+              paths: { type: 'array', items: { type: 'string' } },
+              extensions: { type: 'array', items: { type: 'string', pattern: '^\\.?[^/]+$' } },
+            },
+          },
+        },
+      },
+    },
+    log: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        level: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+      },
+    },
+  },
+} as const;
+
+export interface PolicyRuleConfig {
+  name?: string;
+  action: 'allow' | 'deny';
+  errno: string;
+  shares?: string[];
+  users?: string[];
+  ops?: string[];
+  paths?: string[];
+  extensions?: string[];
+}
+
+export interface VfsxConfig {
+  socket: {
+    path: string;
+    dirMode: string;
+    socketMode: string;
+    allowedUids: number[];
+    maxFrameBytes: number;
+    maxConnections: number;
+  };
+  redis: {
+    host: string;
+    port: number;
+    path?: string;
+    db: number;
+    password?: string;
+    prefix: string;
+    writeTimeoutMs: number;
+  };
+  spool: { dir: string; scanIntervalMs: number };
+  journal: {
+    queueName: string;
+    reconcileAfterMs: number;
+    reconcileDelayMs: number;
+    sweepIntervalMs: number;
+    keepFailedOps: number;
+  };
+  policy: { rules: PolicyRuleConfig[] };
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}

@@ -1,0 +1,47 @@
+/**
+ * The one error class of vfsx. `code` is stable (VFSX_ERR_<AREA>_<WHAT>);
+ * messages may change. The original error, if any, is kept as `cause`.
+ */
+export type VfsxErrorCode =
+  | 'VFSX_ERR_PROTOCOL_FRAME_TOO_LARGE'
+  | 'VFSX_ERR_PROTOCOL_EMPTY_FRAME'
+  | 'VFSX_ERR_PROTOCOL_MALFORMED'
+  | 'VFSX_ERR_PROTOCOL_NO_HELLO'
+  | 'VFSX_ERR_PROTOCOL_VERSION'
+  | 'VFSX_ERR_OPS_UNKNOWN_OP'
+  | 'VFSX_ERR_OPS_BAD_ARGS'
+  | 'VFSX_ERR_CONFIG_INVALID'
+  | 'VFSX_ERR_CONFIG_READ'
+  | 'VFSX_ERR_JOURNAL_UNAVAILABLE'
+  | 'VFSX_ERR_JOURNAL_TIMEOUT'
+  | 'VFSX_ERR_SOCKET_IN_USE'
+  | 'VFSX_ERR_NATIVE_ADDON';
+
+export class VfsxError extends Error {
+  readonly code: VfsxErrorCode;
+
+  constructor(code: VfsxErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VfsxError';
+    this.code = code;
+    Object.setPrototypeOf(this, new.target.prototype);
+  }
+}
+
+const RETRYABLE_SYSCALL_CODES = new Set([
+  'EAGAIN', 'ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENOTCONN',
+]);
+
+/**
+ * The one place that decides whether an error may go away by itself (retry it)
+ * or is final (a protocol violation, a bad argument, a missing source file).
+ */
+export function isRetryable(err: unknown): boolean {
+  if (err instanceof VfsxError) {
+    return err.code === 'VFSX_ERR_JOURNAL_UNAVAILABLE' || err.code === 'VFSX_ERR_JOURNAL_TIMEOUT';
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && RETRYABLE_SYSCALL_CODES.has(code)) return true;
+  const msg = err instanceof Error ? err.message : '';
+  return /Connection is closed|Stream isn't writeable|connect ECONNREFUSED/.test(msg);
+}

@@ -1,0 +1,26 @@
+/**
+ * Replies from the service to the module (docs/protocol.md).
+ */
+import { encodeFrame } from './frame-decoder';
+
+export const PROTOCOL_VERSION = 1;
+
+export type Verdict =
+  | { kind: 'transparent' }
+  | { kind: 'fail'; errno: number }
+  | { kind: 'unavailable' };
+
+export function encodeVerdict(seq: number, v: Verdict): Buffer {
+  switch (v.kind) {
+    case 'transparent':
+      return encodeFrame(`transparent:${seq}`);
+    case 'fail':
+      return encodeFrame(`fail:${seq}:${v.errno}`);
+    case 'unavailable':
+      return encodeFrame(`unavailable:${seq}`);
+  }
+}
+
+export function encodeHelloReply(version: number): Buffer {
+  return encodeFrame(`hello:${version}`);
+}

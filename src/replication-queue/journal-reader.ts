@@ -1,0 +1,71 @@
+/**
+ * Read access to the journal for operators: queued records, records still
+ * awaiting their outcome, and live follow of new ones.
+ */
+import { Queue, QueueEvents } from 'bullmq';
+import IORedis, { Redis } from 'ioredis';
+import type { VfsxConfig } from '../config/schema';
+import type { ChangeRecord } from '../ops/change-record';
+import { journalKeys, redisOptions } from './redis-connection';
+
+export interface JournalReaderOptions {
+  redis: VfsxConfig['redis'];
+  queueName: string;
+}
+
+export class JournalReader {
+  private readonly opts: JournalReaderOptions;
+  private readonly queue: Queue;
+  private readonly queueConn: Redis;
+  private readonly client: Redis;
+  private eventsConn: Redis | null = null;
+  private events: QueueEvents | null = null;
+
+  constructor(options: JournalReaderOptions) {
+    this.opts = options;
+    this.queueConn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
+    this.queue = new Queue(options.queueName, {
+      connection: this.queueConn,
+      prefix: options.redis.prefix,
+    });
+    this.client = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
+  }
+
+  /** Queued records (not yet taken by the replicator), oldest first. */
+  async queued(): Promise<ChangeRecord[]> {
+    const jobs = await this.queue.getJobs(['waiting', 'delayed', 'prioritized', 'active'], 0, -1, true);
+    return jobs.map((j) => j.data as ChangeRecord).sort((a, b) => a.ts - b.ts || a.seq - b.seq);
+  }
+
+  /** Records staged but still awaiting their outcome. */
+  async pending(): Promise<ChangeRecord[]> {
+    const keys = journalKeys(this.opts.redis.prefix);
+    const out: ChangeRecord[] = [];
+    for (const inst of await this.client.smembers(keys.instances)) {
+      for (const v of Object.values(await this.client.hgetall(keys.pending(inst)))) out.push(JSON.parse(v));
+    }
+    return out.sort((a, b) => a.ts - b.ts || a.seq - b.seq);
+  }
+
+  /** Calls onRecord for every record added from now on. */
+  async follow(onRecord: (rec: ChangeRecord) => void): Promise<void> {
+    this.eventsConn = new IORedis(redisOptions(this.opts.redis, { maxRetriesPerRequest: null }));
+    this.events = new QueueEvents(this.opts.queueName, {
+      connection: this.eventsConn,
+      prefix: this.opts.redis.prefix,
+    });
+    this.events.on('added', async ({ jobId }) => {
+      const job = await this.queue.getJob(jobId);
+      if (job) onRecord(job.data as ChangeRecord);
+    });
+    await this.events.waitUntilReady();
+  }
+
+  async close(): Promise<void> {
+    const conns = [this.eventsConn, this.queueConn, this.client];
+    for (const step of [() => this.events?.close(), () => this.queue.close()]) {
+      await Promise.resolve().then(step).catch(() => undefined);
+    }
+    for (const c of conns) if (c) await c.quit().catch(() => c.disconnect());
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * One accepted smbd connection: decodes frames in order, dispatches each,
+ * writes replies. A frame that breaks the protocol closes this connection
+ * (with a logged reason); nothing here can take the service down.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { VfsxError } from '../errors/vfsx-error';
+import type { BridgeSession, OpDispatcher } from '../ops/op-dispatcher';
+import { FrameDecoder } from '../protocol/frame-decoder';
+import { parseMessage } from '../protocol/message';
+
+export interface BridgeConnectionOptions {
+  socket: Socket;
+  dispatcher: OpDispatcher;
+  maxFrameBytes: number;
+  logger: Logger;
+  onClose: (conn: BridgeConnection) => void;
+}
+
+export class BridgeConnection {
+  readonly session: BridgeSession = { source: 'live' };
+  private readonly socket: Socket;
+  private readonly dispatcher: OpDispatcher;
+  private readonly decoder: FrameDecoder;
+  private readonly log: Logger;
+  private closed = false;
+  messages = 0;
+
+  constructor(options: BridgeConnectionOptions) {
+    this.socket = options.socket;
+    this.dispatcher = options.dispatcher;
+    this.decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
+    this.log = options.logger;
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('error', (err) => this.log.debug({ err }, 'connection error'));
+    this.socket.on('close', () => {
+      this.closed = true;
+      options.onClose(this);
+    });
+  }
+
+  close(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.log.info({ reason, instance: this.session.instance }, 'closing bridge connection');
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Buffer[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.protocolError(err);
+      return;
+    }
+    for (const frame of frames) this.handle(frame);
+  }
+
+  private handle(frame: Buffer): void {
+    if (this.closed) return;
+    this.messages++;
+    let msg;
+    try {
+      msg = parseMessage(frame);
+    } catch (err) {
+      this.protocolError(err);
+      return;
+    }
+    // Dispatch synchronously up to the first await, so records enter the
+    // journal's batch in arrival order.
+    this.dispatcher.dispatch(this.session, msg).then(
+      (reply) => {
+        if (reply && !this.closed) this.socket.write(reply);
+      },
+      (err) => this.protocolError(err),
+    );
+  }
+
+  private protocolError(err: unknown): void {
+    const code = err instanceof VfsxError ? err.code : 'VFSX_ERR_PROTOCOL_MALFORMED';
+    this.log.warn({ code, err, instance: this.session.instance }, 'protocol error; closing connection');
+    this.close(code);
+  }
+}
