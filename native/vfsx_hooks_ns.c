@@ -307,6 +307,12 @@ int vfsx_fntimes(vfs_handle_struct *handle, files_struct *fsp,
 	struct vfsx_msg *m = NULL;
 	int ret, err;
 
+	if (is_omit_timespec(&ft->atime) && is_omit_timespec(&ft->mtime) &&
+	    is_omit_timespec(&ft->ctime) &&
+	    is_omit_timespec(&ft->create_time)) {
+		/* smbd sets "no change" to all four on some info levels */
+		return SMB_VFS_NEXT_FNTIMES(handle, fsp, ft);
+	}
 	m = report_begin(handle, &c, "utimes", fsp->fsp_name);
 	if (m != NULL) {
 		time_arg(m, "atime", &ft->atime);

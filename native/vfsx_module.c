@@ -88,15 +88,22 @@ static int vfsx_openat(vfs_handle_struct *handle,
 	struct vfsx_call c = { 0 };
 	struct vfsx_msg *m = NULL;
 	struct vfsx_fsp *x = NULL;
+	bool created;
 	char fl[4];
 	int n = 0, err, ret;
 
-	if (!(how->flags & (O_CREAT | O_TRUNC))) {
+	/*
+	 * smbd looked the name up before opening: a valid stat means the file
+	 * exists, and O_CREAT without O_TRUNC changes nothing then.
+	 */
+	created = (how->flags & O_CREAT) &&
+		  ((how->flags & O_EXCL) || !VALID_STAT(fsp->fsp_name->st));
+	if (!created && !(how->flags & O_TRUNC)) {
 		return SMB_VFS_NEXT_OPENAT(handle, dirfsp, smb_fname, fsp, how);
 	}
 	m = report_begin(handle, &c, "create", fsp->fsp_name);
 	if (m != NULL) {
-		if (how->flags & O_CREAT) {
+		if (created) {
 			fl[n++] = 'c';
 		}
 		if (how->flags & O_TRUNC) {
@@ -120,7 +127,7 @@ static int vfsx_openat(vfs_handle_struct *handle,
 	if (ret >= 0) {
 		x = fsp_ext(handle, fsp, true);
 		if (x != NULL) {
-			x->flags |= (how->flags & O_CREAT) ? F_CREATED : 0;
+			x->flags |= created ? F_CREATED : 0;
 			x->flags |= (how->flags & O_TRUNC) ? F_TRUNCATED : 0;
 		}
 	}

@@ -1,0 +1,177 @@
+/**
+ * End to end with real parts: smbd with the vfsx module, `vfsx serve`,
+ * redis-server, smbclient and libsmbclient. Every change made through SMB
+ * must arrive in the journal as exactly the expected record.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import type { ChangeRecord } from '../src/ops/change-record';
+import { readJournal, waitForRecords } from './helpers/journal-client';
+import { RedisHarness } from './helpers/redis-harness';
+import { ServiceHarness } from './helpers/service-harness';
+import { q, smbclient } from './helpers/smbclient';
+import { smbcTruncate, smbcWrite } from './helpers/smbc';
+import { SMB_USER, SmbdHarness } from './helpers/smbd-harness';
+
+let redis: RedisHarness;
+let svc: ServiceHarness;
+let smbd: SmbdHarness;
+let local: string;
+let share: string;
+const SHARE = 'vshare';
+
+before(async () => {
+  redis = await RedisHarness.start();
+  svc = await ServiceHarness.create({
+    redisSocket: redis.socket,
+    policy: [{ name: 'ransomware', action: 'deny', extensions: ['.locked'], ops: ['create', 'rename'] }],
+  });
+  await svc.start();
+  smbd = await SmbdHarness.start([{ name: SHARE, vfsx: { socket: svc.socket, spool: svc.spool } }]);
+  share = smbd.sharePath(SHARE);
+  local = await mkdtemp(join(tmpdir(), 'vfsx-local-'));
+});
+
+after(async () => {
+  await smbd?.destroy();
+  await svc?.destroy();
+  await redis?.stop();
+});
+
+async function smb(cmds: string): Promise<void> {
+  const r = await smbclient(smbd.port, SHARE, cmds);
+  assert.equal(r.code, 0, `smbclient ${cmds}: ${r.stdout}${r.stderr}`);
+  assert.deepEqual(r.statuses, [], `smbclient ${cmds}`);
+}
+
+/** Records for one path (or rename source), after the given count of earlier records. */
+async function recordsFor(path: string, until: (r: ChangeRecord[]) => boolean): Promise<ChangeRecord[]> {
+  const all = await waitForRecords(svc, `records for ${path}`, (recs) =>
+    until(recs.filter((r) => r.names.path === path)));
+  return all.filter((r) => r.names.path === path);
+}
+
+const ops = (recs: ChangeRecord[]) => recs.map((r) => r.op);
+
+test('mkdir through SMB records mkdir (and the directory DOS attribute) for the user and share', async () => {
+  await smb('mkdir dir1');
+  const recs = await recordsFor('dir1', (r) => r.some((x) => x.op === 'setdosattr'));
+  assert.deepEqual(ops(recs), ['mkdir', 'setdosattr']);
+  const [mk] = recs;
+  assert.equal(mk.user, SMB_USER);
+  assert.equal(mk.share, SHARE);
+  assert.equal(mk.origpath, share);
+  assert.equal(mk.outcome, 'confirmed');
+  assert.match(String(mk.args.mode), /^[0-7]+$/);
+  assert.equal(recs[1].args.attrs, '10'); // FILE_ATTRIBUTE_DIRECTORY
+});
+
+test('a several-MB put records create, then a close whose dirty ranges cover exactly the file', async () => {
+  const data = randomBytes(5 * 1024 * 1024 + 123);
+  await writeFile(join(local, 'big.bin'), data);
+  await smb(`put ${join(local, 'big.bin')} big.bin`);
+  const recs = await recordsFor('big.bin', (r) => r.some((x) => x.op === 'close'));
+  assert.deepEqual(ops(recs).filter((o) => o !== 'setdosattr' && o !== 'utimes'), ['create', 'close']);
+  assert.equal(recs[0].args.flags, 'cx');
+  const close = recs.find((r) => r.op === 'close')!;
+  assert.equal(close.args.flags, 'c');
+  assert.deepEqual(close.ranges, [[0, data.length]]);
+  assert.deepEqual(await readFile(join(share, 'big.bin')), data);
+});
+
+test('overwrite, write at end (append), write in the middle and truncate each record what changed', async () => {
+  const first = randomBytes(3000);
+  await writeFile(join(local, 'f.bin'), first);
+  await smb(`put ${join(local, 'f.bin')} f.bin`);
+  await recordsFor('f.bin', (r) => r.some((x) => x.op === 'close'));
+  const before = (await readJournal(svc)).length;
+  /** Content records for f.bin since `before`, once the n-th has arrived. */
+  const since = async (n: number) => {
+    const all = await waitForRecords(svc, `${n} records for f.bin`, (recs) =>
+      recs.slice(before).filter((r) => r.names.path === 'f.bin' && r.op !== 'setdosattr' && r.op !== 'utimes').length >= n);
+    return all.slice(before).filter((r) => r.names.path === 'f.bin' && r.op !== 'setdosattr' && r.op !== 'utimes');
+  };
+
+  const second = randomBytes(2000);
+  await writeFile(join(local, 'f.bin'), second);
+  await smb(`put ${join(local, 'f.bin')} f.bin`); // overwrite: truncate to 0, write 2000
+  let recs = await since(2);
+  assert.deepEqual(ops(recs), ['truncate', 'close']);
+  assert.equal(recs[0].args.size, 0);
+  assert.deepEqual(recs[1].ranges, [[0, 2000]]);
+
+  await smbcWrite(smbd.port, SHARE, 'f.bin', 2000, Buffer.from('APPENDED')); // at the end
+  recs = await since(3);
+  assert.equal(recs[2].op, 'close');
+  assert.deepEqual(recs[2].ranges, [[2000, 8]]);
+
+  await smbcWrite(smbd.port, SHARE, 'f.bin', 100, Buffer.from('mid'));
+  recs = await since(4);
+  assert.deepEqual(recs[3].ranges, [[100, 3]]);
+
+  await smbcTruncate(smbd.port, SHARE, 'f.bin', 500);
+  recs = await since(5);
+  assert.equal(recs[4].op, 'truncate');
+  assert.equal(recs[4].args.size, 500);
+  assert.equal((await stat(join(share, 'f.bin'))).size, 500);
+});
+
+test('rename of a file and of a directory record source and target', async () => {
+  await smb('mkdir rdir; put /etc/hostname rdir/a.txt');
+  await smb('rename rdir/a.txt rdir/b.txt; rename rdir rdir2');
+  const recs = await waitForRecords(svc, 'renames', (all) => all.filter((r) => r.op === 'rename').length >= 2);
+  const renames = recs.filter((r) => r.op === 'rename').map((r) => [r.names.path, r.names.to]);
+  assert.deepEqual(renames, [['rdir/a.txt', 'rdir/b.txt'], ['rdir', 'rdir2']]);
+  assert.ok(existsSync(join(share, 'rdir2/b.txt')));
+});
+
+test('delete and rmdir record unlink and rmdir', async () => {
+  await smb('mkdir gone; put /etc/hostname gone/x');
+  await smb('del gone/x; rmdir gone');
+  const recs = await waitForRecords(svc, 'unlink+rmdir', (all) =>
+    all.some((r) => r.op === 'unlink' && r.names.path === 'gone/x') && all.some((r) => r.op === 'rmdir' && r.names.path === 'gone'));
+  const u = recs.filter((r) => r.op === 'unlink' || r.op === 'rmdir').map((r) => `${r.op} ${r.names.path}`);
+  assert.deepEqual(u.filter((s) => s.includes('gone')), ['unlink gone/x', 'rmdir gone']);
+});
+
+test('setmode and utimes record the DOS attributes and the times that were set', async () => {
+  await smb('put /etc/hostname attr.txt');
+  await smb('setmode attr.txt +rh; utimes attr.txt 2021:02:03-04:05:06 -1 2022:03:04-05:06:07 -1');
+  const recs = await waitForRecords(svc, 'setmode+utimes', (all) =>
+    all.some((r) => r.op === 'setdosattr' && r.names.path === 'attr.txt' && r.args.attrs === '23')
+    && all.some((r) => r.op === 'utimes' && r.names.path === 'attr.txt' && r.args.btime !== undefined));
+  const ut = recs.find((r) => r.op === 'utimes' && r.names.path === 'attr.txt' && r.args.btime !== undefined)!;
+  const mtime = Number(String(ut.args.mtime).split('.')[0]);
+  assert.equal(mtime, Math.floor((await stat(join(share, 'attr.txt'))).mtimeMs / 1000));
+  assert.equal(ut.args.atime, undefined); // -1: not changed, not reported
+});
+
+test('names with spaces , % # & Unicode, emoji and a 240-byte component arrive intact', async () => {
+  const names = ['a b,c%d#e&f.txt', 'Ünïcödé ÆØÅ 日本語.txt', 'emoji 😀🎉.txt', `${'x'.repeat(236)}.txt`];
+  assert.equal(Buffer.byteLength(names[3]), 240);
+  for (const n of names) await smb(`put /etc/hostname ${q(n)}`);
+  const recs = await waitForRecords(svc, 'odd names', (all) =>
+    names.every((n) => all.some((r) => r.op === 'close' && r.names.path === n)));
+  for (const n of names) {
+    assert.ok(recs.some((r) => r.op === 'create' && r.names.path === n), n);
+    assert.ok(existsSync(join(share, n)), n);
+  }
+});
+
+test('a denied extension makes smbclient report NT_STATUS_ACCESS_DENIED and nothing is created', async () => {
+  const r = await smbclient(smbd.port, SHARE, 'put /etc/hostname evil.locked');
+  assert.ok(r.statuses.includes('NT_STATUS_ACCESS_DENIED'), r.stdout + r.stderr);
+  assert.equal(existsSync(join(share, 'evil.locked')), false);
+  await smb('put /etc/hostname fine.txt');
+  const r2 = await smbclient(smbd.port, SHARE, 'rename fine.txt fine.locked');
+  assert.ok(r2.statuses.includes('NT_STATUS_ACCESS_DENIED'), r2.stdout + r2.stderr);
+  assert.ok(existsSync(join(share, 'fine.txt')));
+  const recs = await readJournal(svc);
+  assert.equal(recs.some((x) => Object.values(x.names).some((v) => v.endsWith('.locked'))), false);
+  assert.ok(svc.logs.some((l) => l.audit === 'denied' && l.rule === 'ransomware'));
+});

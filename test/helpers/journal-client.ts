@@ -1,0 +1,29 @@
+/** Reads the journal of a test service with the product's own reader. */
+import { JournalReader } from '../../src/replication-queue/journal-reader';
+import type { ChangeRecord } from '../../src/ops/change-record';
+import { validateConfig } from '../../src/config/load-config';
+import type { ServiceHarness } from './service-harness';
+import { waitFor } from './wait-for';
+
+export async function readJournal(svc: ServiceHarness): Promise<ChangeRecord[]> {
+  const cfg = validateConfig(svc.config);
+  const r = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+  try {
+    return await r.queued();
+  } finally {
+    await r.close();
+  }
+}
+
+/** Waits until the journal holds records matching pred, and returns them. */
+export async function waitForRecords(
+  svc: ServiceHarness,
+  what: string,
+  pred: (recs: ChangeRecord[]) => boolean,
+  timeoutMs = 15000,
+): Promise<ChangeRecord[]> {
+  return waitFor(what, async () => {
+    const recs = await readJournal(svc);
+    return pred(recs) ? recs : undefined;
+  }, timeoutMs, 100);
+}

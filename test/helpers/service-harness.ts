@@ -1,0 +1,109 @@
+/**
+ * The real `vfsx serve` as a child process (so tests can SIGKILL or SIGSTOP
+ * it), with a config file in a temp dir and its JSON log collected.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { waitFor } from './wait-for';
+
+export const REPO = resolve(__dirname, '..', '..', '..');
+export const VFSX_BIN = join(REPO, 'bin', 'vfsx.js');
+
+export interface ServiceOptions {
+  redisSocket: string;
+  policy?: unknown[];
+  extra?: Record<string, unknown>;
+  allowedUids?: number[];
+}
+
+export class ServiceHarness {
+  readonly dir: string;
+  readonly socket: string;
+  readonly spool: string;
+  readonly prefix: string;
+  readonly configFile: string;
+  readonly config: Record<string, unknown>;
+  logs: Array<Record<string, unknown>> = [];
+  private proc: ChildProcess | null = null;
+
+  private constructor(dir: string, o: ServiceOptions) {
+    this.dir = dir;
+    this.socket = join(dir, 'run', 'vfsx.sock');
+    this.spool = join(dir, 'spool');
+    this.prefix = `t${randomBytes(4).toString('hex')}`;
+    this.configFile = join(dir, 'vfsx.json');
+    this.config = {
+      socket: { path: this.socket, allowedUids: o.allowedUids ?? [0] },
+      redis: { path: o.redisSocket, prefix: this.prefix },
+      spool: { dir: this.spool, scanIntervalMs: 100 },
+      journal: { sweepIntervalMs: 200, reconcileAfterMs: 3000, reconcileDelayMs: 0 },
+      policy: { rules: o.policy ?? [] },
+      log: { level: 'info' },
+      ...o.extra,
+    };
+  }
+
+  static async create(o: ServiceOptions): Promise<ServiceHarness> {
+    const dir = await mkdtemp(join(tmpdir(), 'vfsx-svc-'));
+    await chmod(dir, 0o755);
+    const h = new ServiceHarness(dir, o);
+    await writeFile(h.configFile, JSON.stringify(h.config, null, 2));
+    return h;
+  }
+
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
+  async start(): Promise<void> {
+    const p = spawn(process.execPath, [VFSX_BIN, 'serve', '--config', this.configFile], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc = p;
+    let buf = '';
+    p.stdout?.on('data', (chunk: Buffer) => {
+      buf += chunk.toString('utf8');
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          this.logs.push(JSON.parse(line));
+        } catch {
+          this.logs.push({ msg: line });
+        }
+      }
+    });
+    p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
+    await waitFor('vfsx serve to start', () => this.logs.some((l) => l.msg === 'vfsx serving') || p.exitCode !== null);
+    if (p.exitCode !== null) throw new Error(`vfsx serve exited: ${JSON.stringify(this.logs)}`);
+    await waitFor('journal ready', () => this.logs.some((l) => l.msg === 'journal ready'));
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    this.proc?.kill(sig);
+  }
+
+  /** Stops the service (SIGTERM, or SIGKILL for crash tests) and waits for exit. */
+  async stop(sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const p = this.proc;
+    this.proc = null;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
+    if (sig !== 'SIGKILL') p.kill('SIGCONT');
+    p.kill(sig);
+    await exited;
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop('SIGKILL');
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  logsWith(msg: string): Array<Record<string, unknown>> {
+    return this.logs.filter((l) => l.msg === msg);
+  }
+}

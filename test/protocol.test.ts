@@ -1,0 +1,107 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { escapeBytes, unescapeBytes } from '../src/protocol/escape';
+import { encodeFrame, FrameDecoder } from '../src/protocol/frame-decoder';
+import { formatMessage, parseMessage } from '../src/protocol/message';
+import { VfsxError } from '../src/errors/vfsx-error';
+import { msgDriver } from './helpers/c-driver';
+
+const ALL = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+
+test('every byte value 0-255 round-trips through escape and unescape', () => {
+  const esc = Buffer.from(escapeBytes(ALL), 'latin1');
+  for (const c of esc) assert.ok(c > 0x20 && c < 0x7f && c !== 0x3a && c !== 0x2c && c !== 0x3d, `raw byte ${c}`);
+  assert.deepEqual(unescapeBytes(esc, 0, esc.length), ALL);
+});
+
+test('every byte value in user, origpath and argument values survives a message', () => {
+  const payload = Buffer.from(formatMessage(ALL, 'rename', ALL, [['seq', 7], ['path', ALL], ['to', Buffer.from('a:b,c=d%e\n')]]), 'latin1');
+  const m = parseMessage(payload);
+  assert.deepEqual(m.user, ALL);
+  assert.deepEqual(m.origpath, ALL);
+  assert.deepEqual(m.args.get('path'), ALL);
+  assert.equal(m.args.get('to')?.toString(), 'a:b,c=d%e\n');
+  assert.equal(m.args.get('seq')?.toString(), '7');
+});
+
+test('the C encoder of the module produces frames the service decodes byte for byte', () => {
+  const frame = msgDriver(['bytes']);
+  const frames = new FrameDecoder({ maxFrameBytes: 65536 }).push(frame);
+  assert.equal(frames.length, 1);
+  const m = parseMessage(frames[0]);
+  assert.equal(m.user.toString(), 'us:er,%=\n');
+  assert.equal(m.op, 'close');
+  assert.equal(m.origpath.toString(), '/srv/sh:are');
+  assert.deepEqual(m.args.get('path'), ALL);
+  assert.deepEqual(m.args.get('stream'), Buffer.from(ALL).reverse());
+  assert.equal(m.args.get('seq')?.toString(), '18446744073709551615');
+  assert.equal(m.args.get('share')?.toString(), 'sh are');
+  assert.equal(m.args.get('ranges')?.toString(), '0+4096;1048576+10');
+});
+
+test('the decoder yields the same messages when the stream is split at every byte boundary', () => {
+  const stream = Buffer.concat([
+    msgDriver(['bytes']),
+    encodeFrame(formatMessage('root', 'hello', '', [['proto', 1], ['pid', 1], ['start', 2]])),
+    encodeFrame(formatMessage('bob', 'mkdir', '/s', [['seq', 1], ['share', 's'], ['path', 'ä/ü 😀'], ['mode', '755']])),
+  ]);
+  const whole = new FrameDecoder({ maxFrameBytes: 65536 }).push(stream).map((f) => Buffer.from(f));
+  assert.equal(whole.length, 3);
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const d = new FrameDecoder({ maxFrameBytes: 65536 });
+    const got = [...d.push(stream.subarray(0, cut)), ...d.push(stream.subarray(cut))];
+    assert.deepEqual(got.map((f) => Buffer.from(f)), whole, `split at ${cut}`);
+    assert.equal(d.pendingBytes, 0);
+  }
+  // and byte by byte
+  const d = new FrameDecoder({ maxFrameBytes: 65536 });
+  const got: Buffer[] = [];
+  for (const b of stream) got.push(...d.push(Buffer.from([b])));
+  assert.deepEqual(got.map((f) => Buffer.from(f)), whole);
+});
+
+test('oversized and empty frames are refused with stable error codes', () => {
+  const big = Buffer.alloc(4);
+  big.writeUInt32BE(65537);
+  assert.throws(() => new FrameDecoder({ maxFrameBytes: 65536 }).push(big),
+    (e: unknown) => e instanceof VfsxError && e.code === 'VFSX_ERR_PROTOCOL_FRAME_TOO_LARGE');
+  assert.throws(() => new FrameDecoder({ maxFrameBytes: 65536 }).push(Buffer.alloc(4)),
+    (e: unknown) => e instanceof VfsxError && e.code === 'VFSX_ERR_PROTOCOL_EMPTY_FRAME');
+});
+
+test('malformed payloads are rejected, never mis-split', () => {
+  const bad = [
+    'a:b:c', 'a:b:c:d:e', 'u:op:p:seq', 'u:op:p:=1', 'u:op:p:k=1,', 'u:op:p:K=1', 'u:op:p:k=%4', 'u:op:p:k=%zz',
+    'u:OP:p:', 'u:op:p:k=1,k=2', 'u:op:p:k=a b', 'u:op:p:k=\x01',
+  ];
+  for (const s of bad) {
+    assert.throws(() => parseMessage(Buffer.from(s, 'latin1')),
+      (e: unknown) => e instanceof VfsxError && e.code === 'VFSX_ERR_PROTOCOL_MALFORMED', s);
+  }
+});
+
+test('the module coalesces dirty ranges: sequential, overlapping, adjacent, out of order', () => {
+  const r = (...n: number[]) => msgDriver(['ranges', ...n.map(String)]).toString().trim();
+  assert.equal(r(0, 4096, 4096, 4096, 8192, 100), '0+8292');
+  assert.equal(r(8192, 10, 0, 10, 4096, 10), '0+10;4096+10;8192+10');
+  assert.equal(r(0, 10, 100, 10, 5, 100), '0+110');
+  assert.equal(r(100, 10, 0, 1000), '0+1000');
+  // more than 32 ranges: the two closest neighbours merge, nothing is dropped
+  const many: number[] = [];
+  for (let i = 0; i < 33; i++) many.push(i * 1000 + (i === 20 ? 500 : 0), 10);
+  const out = r(...many).split(';');
+  assert.equal(out.length, 32);
+  assert.ok(out.includes('20500+510'), out.join(';')); // gap 490 to 21000 is the smallest
+  assert.ok(out[0] === '0+10' && out[31] === '32000+10');
+});
+
+test('the module parses replies strictly', () => {
+  const p = (s: string) => msgDriver(['reply', s]).toString().trim();
+  assert.equal(p('transparent:42'), 'T 42 0');
+  assert.equal(p('fail:42:13'), 'F 42 13');
+  assert.equal(p('unavailable:7'), 'U 7 0');
+  assert.equal(p('hello:1'), 'H 1 0');
+  for (const s of ['fail:42', 'fail:42:0', 'transparent:', 'transparent:4x', 'ok:1', 'fail:1:99999']) {
+    assert.equal(p(s), 'error', s);
+  }
+});
