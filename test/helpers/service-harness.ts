@@ -54,6 +54,11 @@ export class ServiceHarness {
     return h;
   }
 
+  /** Writes this.config again (after a test changed it). */
+  async rewriteConfig(): Promise<void> {
+    await writeFile(this.configFile, JSON.stringify(this.config, null, 2));
+  }
+
   get pid(): number | undefined {
     return this.proc?.pid;
   }

@@ -1,0 +1,76 @@
+/** A bridge client speaking the wire protocol directly, as the module does. */
+import { connect, Socket } from 'node:net';
+import { encodeFrame, FrameDecoder } from '../../src/protocol/frame-decoder';
+import { formatMessage } from '../../src/protocol/message';
+
+export class RawClient {
+  readonly socket: Socket;
+  private readonly decoder = new FrameDecoder({ maxFrameBytes: 4096 });
+  private readonly replies: string[] = [];
+  private waiters: Array<() => void> = [];
+  closed = false;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    socket.on('data', (c: Buffer) => {
+      for (const f of this.decoder.push(c)) this.replies.push(f.toString('latin1'));
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    socket.on('error', () => undefined);
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  static connect(path: string): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const s = connect(path);
+      s.once('connect', () => resolve(new RawClient(s)));
+      s.once('error', reject);
+    });
+  }
+
+  send(payload: string | Buffer): void {
+    this.socket.write(encodeFrame(payload));
+  }
+
+  sendRaw(bytes: Buffer): void {
+    this.socket.write(bytes);
+  }
+
+  hello(pid: number, start: number): Promise<string | null> {
+    this.send(formatMessage('root', 'hello', '', [['proto', 1], ['pid', pid], ['start', start]]));
+    return this.next();
+  }
+
+  /** Sends a request and waits for its reply (null when the server closed). */
+  ask(user: string, op: string, args: Array<[string, string | number | Buffer]>): Promise<string | null> {
+    this.send(formatMessage(user, op, '/srv/share', args));
+    return this.next();
+  }
+
+  /** The next reply, or null if the connection closes first. */
+  async next(timeoutMs = 10000): Promise<string | null> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.replies.length === 0) {
+      if (this.closed) return null;
+      if (Date.now() > deadline) throw new Error('no reply');
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+    return this.replies.shift() ?? null;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
