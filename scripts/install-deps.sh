@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh
 set -euo pipefail
 
-PKGS=(samba smbclient samba-testsuite redis-server
+PKGS=(samba samba-vfs-modules smbclient samba-testsuite redis-server
       dpkg-dev flex bison libparse-yapp-perl libkeyutils-dev
       gcc make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
       rsync sqlite3 util-linux procps iproute2)

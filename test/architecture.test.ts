@@ -1,0 +1,45 @@
+/**
+ * The folders are the architecture: no import cycles, and lower layers never
+ * import higher ones. Checked with madge on the TypeScript sources.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import madge from 'madge';
+import { REPO } from './helpers/service-harness';
+
+const LAYERS = ['errors', 'protocol', 'config', 'native', 'ops', 'replication-queue', 'socket-server', 'service', 'cli'];
+
+const layerOf = (file: string): number => {
+  const i = LAYERS.indexOf(file.split('/')[0]);
+  assert.ok(i >= 0, `${file} is in no known layer`);
+  return i;
+};
+
+test('src has no import cycles and no layer imports a higher one', async () => {
+  const res = await madge(join(REPO, 'src'), {
+    fileExtensions: ['ts'],
+    tsConfig: join(REPO, 'tsconfig.json'),
+    detectiveOptions: { ts: { skipTypeImports: false } },
+  });
+  assert.deepEqual(res.circular(), []);
+  const graph = res.obj();
+  assert.ok(Object.keys(graph).length >= 20, 'madge found the sources');
+  const violations: string[] = [];
+  for (const [file, deps] of Object.entries(graph)) {
+    for (const dep of deps) {
+      if (layerOf(dep) > layerOf(file)) violations.push(`${file} -> ${dep}`);
+    }
+  }
+  assert.deepEqual(violations, []);
+});
+
+test('only src/replication-queue imports bullmq, ioredis or ws', async () => {
+  const res = await madge(join(REPO, 'src'), { fileExtensions: ['ts'], includeNpm: true, tsConfig: join(REPO, 'tsconfig.json') });
+  const bad: string[] = [];
+  for (const [file, deps] of Object.entries(res.obj())) {
+    if (file.startsWith('replication-queue/')) continue;
+    for (const d of deps) if (/node_modules\/(bullmq|ioredis|ws)\//.test(d)) bad.push(`${file} -> ${d}`);
+  }
+  assert.deepEqual(bad, []);
+});
