@@ -17,6 +17,7 @@ struct vfsx_share {
 	int timeout_ms;
 	bool deny;
 	int deny_errno;
+	bool async;	/* vfsx:async: ops no policy rule can deny do not wait */
 };
 
 struct vfsx_fsp {
@@ -28,6 +29,7 @@ struct vfsx_fsp {
 struct vfsx_call {
 	struct vfsx_share *sh;
 	uint64_t seq;
+	int op;		/* index in vfsx_op_names */
 	bool active;
 	bool asked;
 };

@@ -40,11 +40,31 @@ struct vfsx_link {
 	unsigned long long start;
 	int spool_fd;
 	unsigned spool_gen;
+	uint32_t verdict_mask;	/* ops that must wait for a verdict */
+	uint64_t sent;		/* frames sent on this connection (hello = 1) */
 	size_t rlen;
 	uint8_t rbuf[4096];
 };
 
-static struct vfsx_link L = { .fd = -1, .spool_fd = -1 };
+/*
+ * Frames sent without waiting (async reports, outcomes) stay here until the
+ * service acknowledges them as durable ("ack:N", or any verdict after
+ * them). If the link fails first, they go to the spool: nothing is lost.
+ */
+#define RING_MAX 512
+#define RING_BYTES (1u << 20)
+struct unacked {
+	uint64_t idx;
+	uint32_t len;
+	uint8_t *data;
+};
+static struct unacked ring[RING_MAX];
+static unsigned ring_head, ring_n;
+static size_t ring_bytes;
+
+static struct vfsx_link L = {
+	.fd = -1, .spool_fd = -1, .verdict_mask = (1u << VFSX_N_OPS) - 1
+};
 static struct vfsx_msg hello_msg;
 
 static void link_schedule(unsigned delay_ms);
@@ -173,6 +193,56 @@ void vfsx_link_spool(struct vfsx_msg *m)
 	}
 }
 
+static void ring_prune(uint64_t upto)
+{
+	while (ring_n > 0 && ring[ring_head].idx <= upto) {
+		ring_bytes -= ring[ring_head].len;
+		free(ring[ring_head].data);
+		ring[ring_head].data = NULL;
+		ring_head = (ring_head + 1) % RING_MAX;
+		ring_n--;
+	}
+}
+
+/* The link failed: whatever was not acknowledged goes to the spool. */
+static void ring_spool(void)
+{
+	struct vfsx_msg *m = NULL;
+
+	while (ring_n > 0) {
+		struct unacked *u = &ring[ring_head];
+
+		if (m == NULL) {
+			m = talloc_zero(NULL, struct vfsx_msg);
+		}
+		if (m != NULL && u->len <= sizeof(m->buf)) {
+			memcpy(m->buf, u->data, u->len);
+			m->len = u->len;
+			vfsx_link_spool(m);
+		} else {
+			DBG_ERR("vfsx: change not recorded (no memory)\n");
+		}
+		ring_prune(u->idx);
+	}
+	TALLOC_FREE(m);
+}
+
+static int ring_push(uint64_t idx, const struct vfsx_msg *m)
+{
+	struct unacked *u = &ring[(ring_head + ring_n) % RING_MAX];
+
+	u->data = malloc(m->len);
+	if (u->data == NULL) {
+		return -ENOMEM;
+	}
+	memcpy(u->data, m->buf, m->len);
+	u->len = m->len;
+	u->idx = idx;
+	ring_n++;
+	ring_bytes += m->len;
+	return 0;
+}
+
 static void link_close(void)
 {
 	TALLOC_FREE(L.fde);
@@ -190,6 +260,7 @@ static void link_fail(const char *why, int err)
 			    L.socket_path, why, err);
 	}
 	link_close();
+	ring_spool();
 	set_state(LINK_DOWN, why);
 	link_schedule(L.backoff_ms);
 	L.backoff_ms = MIN(L.backoff_ms * 2, BACKOFF_MAX_MS);
@@ -199,8 +270,10 @@ static void link_fail(const char *why, int err)
  * Takes one whole reply frame out of rbuf. Returns 1 and the reply, 0 when
  * more bytes are needed, or -EPROTO for a frame that is not a reply.
  */
-static int take_reply(char *kind, uint64_t *seq, int *err)
+static int take_reply(char *kind, uint64_t *seq, int *err, uint32_t *mask)
 {
+	const uint8_t *ops = NULL;
+	size_t ops_len = 0;
 	uint32_t n;
 	int rc;
 
@@ -215,14 +288,18 @@ static int take_reply(char *kind, uint64_t *seq, int *err)
 	if (L.rlen < 4 + n) {
 		return 0;
 	}
-	rc = vfsx_reply_parse(L.rbuf + 4, n, kind, seq, err);
+	rc = vfsx_reply_parse(L.rbuf + 4, n, kind, seq, err, &ops, &ops_len);
+	if (rc == 0 && *kind == 'H') {
+		*mask = vfsx_ops_mask(ops, ops_len);
+	}
 	memmove(L.rbuf, L.rbuf + 4 + n, L.rlen - 4 - n);
 	L.rlen -= 4 + n;
 	return rc < 0 ? rc : 1;
 }
 
-static void got_hello(void)
+static void got_hello(uint32_t mask)
 {
+	L.verdict_mask = mask;
 	set_state(LINK_UP, "hello answered");
 	L.backoff_ms = BACKOFF_MIN_MS;
 	TALLOC_FREE(L.timer);
@@ -257,12 +334,15 @@ static long ms_until(const struct timespec *deadline)
 	       (deadline->tv_nsec - now.tv_nsec) / 1000000;
 }
 
+enum wait_for { WAIT_HELLO, WAIT_VERDICT, WAIT_ACK };
+
 /*
- * Waits for the hello answer (want_hello) or the verdict on want_seq.
+ * Reads replies until the wanted one: the hello answer, the verdict on
+ * seq `want` (sent as frame want_idx), or acknowledgement of frame `want`.
  * Stale verdicts (for operations that already timed out) are skipped.
  */
-static int link_wait(bool want_hello, uint64_t want_seq, int timeout_ms,
-		     int *verdict_err)
+static int link_wait(enum wait_for what, uint64_t want, uint64_t want_idx,
+		     int timeout_ms, int *verdict_err)
 {
 	struct timespec deadline;
 	struct pollfd pfd = { .fd = L.fd, .events = POLLIN };
@@ -277,26 +357,34 @@ static int link_wait(bool want_hello, uint64_t want_seq, int timeout_ms,
 	for (;;) {
 		char kind = 0;
 		uint64_t seq = 0;
+		uint32_t mask = 0;
 		int err = 0, rc;
 		long left;
 
-		rc = take_reply(&kind, &seq, &err);
+		if (what == WAIT_ACK &&
+		    (ring_n == 0 || ring[ring_head].idx > want)) {
+			return 0;
+		}
+		rc = take_reply(&kind, &seq, &err, &mask);
 		if (rc < 0) {
 			return rc;
 		}
 		if (rc == 1) {
 			if (kind == 'H') {
-				got_hello();
-				if (want_hello) {
+				got_hello(mask);
+				if (what == WAIT_HELLO) {
 					return 0;
 				}
-			} else if (!want_hello && seq == want_seq) {
+			} else if (kind == 'A') {
+				ring_prune(seq);
+			} else if (what == WAIT_VERDICT && seq == want) {
 				if (kind == 'U') {
 					/* up, but cannot record it now */
 					return -EAGAIN;
 				}
 				*verdict_err = kind == 'F' ? err : 0;
-				/* recording works again: release the spool */
+				/* everything up to this request is durable */
+				ring_prune(want_idx);
 				spool_close();
 				return 0;
 			}
@@ -327,6 +415,7 @@ static int send_frame(struct vfsx_msg *m)
 		n = send(L.fd, m->buf, m->len, MSG_DONTWAIT | MSG_NOSIGNAL);
 	} while (n < 0 && errno == EINTR);
 	if (n == (ssize_t)m->len) {
+		L.sent++;
 		return 0;
 	}
 	/* A partial frame cannot be taken back: the connection is done. */
@@ -338,12 +427,15 @@ static void link_readable(struct tevent_context *ev, struct tevent_fd *fde,
 {
 	char kind;
 	uint64_t seq;
+	uint32_t mask = 0;
 	int err, rc;
 
 	rc = read_some();
-	while (rc == 0 && (rc = take_reply(&kind, &seq, &err)) == 1) {
+	while (rc == 0 && (rc = take_reply(&kind, &seq, &err, &mask)) == 1) {
 		if (kind == 'H') {
-			got_hello();
+			got_hello(mask);
+		} else if (kind == 'A') {
+			ring_prune(seq);
 		}
 		rc = 0;
 		if (L.fd < 0) {
@@ -408,6 +500,7 @@ static void link_connect(void)
 		return;
 	}
 	L.fd = fd;
+	L.sent = 0;
 	if (send_frame(&hello_msg) != 0) {
 		link_fail("hello send", errno);
 		return;
@@ -463,7 +556,7 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 		return -ENOTCONN;
 	}
 	if (L.state == LINK_HELLO) {
-		rc = link_wait(true, 0, timeout_ms, verdict_err);
+		rc = link_wait(WAIT_HELLO, 0, 0, timeout_ms, verdict_err);
 		if (rc < 0) {
 			link_fail("hello", -rc);
 			return rc;
@@ -471,7 +564,8 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 	}
 	rc = send_frame(m);
 	if (rc == 0) {
-		rc = link_wait(false, seq, timeout_ms, verdict_err);
+		rc = link_wait(WAIT_VERDICT, seq, L.sent, timeout_ms,
+			       verdict_err);
 	}
 	if (rc < 0 && rc != -EAGAIN) {
 		link_fail(rc == -ETIMEDOUT ? "verdict timed out" : "ask", -rc);
@@ -479,17 +573,46 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 	return rc;
 }
 
-void vfsx_link_tell(struct vfsx_msg *m)
+bool vfsx_link_up(void)
 {
-	int rc;
+	return L.state == LINK_UP;
+}
+
+bool vfsx_link_needs_verdict(int op_index)
+{
+	return op_index < 0 || (L.verdict_mask & (1u << op_index)) != 0;
+}
+
+void vfsx_link_post(struct vfsx_msg *m)
+{
+	int verdict = 0, rc;
 
 	if (L.state != LINK_UP) {
 		vfsx_link_spool(m);
 		return;
 	}
+	if (ring_n == RING_MAX || ring_bytes + m->len > RING_BYTES) {
+		/* the service is behind: wait (bounded) for it to catch up */
+		rc = link_wait(WAIT_ACK, ring[ring_head].idx, 0,
+			       L.hello_timeout_ms, &verdict);
+		if (rc < 0) {
+			link_fail("acks not coming", -rc);
+			vfsx_link_spool(m);
+			return;
+		}
+	}
 	rc = send_frame(m);
 	if (rc < 0) {
-		link_fail("tell", -rc);
+		link_fail("post", -rc);
 		vfsx_link_spool(m);
+		return;
+	}
+	if (ring_push(L.sent, m) != 0) {
+		/* cannot keep a copy: make sure the service has it */
+		rc = link_wait(WAIT_ACK, L.sent, 0, L.hello_timeout_ms,
+			       &verdict);
+		if (rc < 0) {
+			link_fail("no memory for unacked frame", -rc);
+		}
 	}
 }

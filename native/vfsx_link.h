@@ -21,8 +21,15 @@ uint64_t vfsx_link_next_seq(void);
  */
 int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 		  int *verdict_err);
-/* Sends a finished frame without waiting; spools it if it cannot be sent. */
-void vfsx_link_tell(struct vfsx_msg *m);
+/*
+ * Sends a finished frame without waiting for a verdict. A copy is kept until
+ * the service acknowledges it as durable; if the link fails first, the copy
+ * goes to the spool. Spools the frame at once while the link is not up.
+ */
+void vfsx_link_post(struct vfsx_msg *m);
+bool vfsx_link_up(void);
+/* Whether the service's policy may deny op (index in vfsx_op_names). */
+bool vfsx_link_needs_verdict(int op_index);
 /* Appends a finished frame to this process's spool file. */
 void vfsx_link_spool(struct vfsx_msg *m);
 

@@ -8,9 +8,13 @@
  *	vfsx:timeout = 1000	(ms to wait for a verdict)
  *	vfsx:on_failure = allow	(allow: proceed and spool; deny: fail)
  *	vfsx:spool = /var/spool/vfsx
+ *	vfsx:async = yes	(ops no policy rule can deny need no verdict)
  *
  * Operations that change a name or metadata ask for a verdict before they
- * run and report their outcome ("done") afterwards without waiting. Writes
+ * run and report their outcome ("done") afterwards without waiting. An
+ * operation the service's policy cannot deny (it says which in its hello)
+ * is reported without waiting; the link keeps a copy until the service
+ * acknowledges it as durable, and spools it if the link fails first. Writes
  * cost no round trip: their byte ranges are collected per open file and
  * reported with the next fsync or the close. Only the outermost call of a
  * nest is reported (fset_nt_acl calls fsetxattr, for instance).
@@ -58,6 +62,7 @@ static int vfsx_connect(vfs_handle_struct *handle, const char *service,
 	on_failure = lp_parm_const_string(snum, "vfsx", "on_failure", "allow");
 	sh->deny = strequal(on_failure, "deny");
 	sh->deny_errno = EACCES;
+	sh->async = lp_parm_bool(snum, "vfsx", "async", true);
 	if (sh->share == NULL || sh->origpath == NULL || sh->user == NULL) {
 		TALLOC_FREE(sh);
 		SMB_VFS_NEXT_DISCONNECT(handle);

@@ -258,14 +258,63 @@ static int parse_u64(const uint8_t **pp, const uint8_t *end, uint64_t *out)
 	return 0;
 }
 
+const char *const vfsx_op_names[VFSX_N_OPS] = {
+	"create", "close", "fsync", "truncate", "mkdir", "rmdir", "unlink",
+	"rename", "symlink", "link", "mknod", "chmod", "chown", "utimes",
+	"chflags", "setxattr", "removexattr", "setdosattr", "setacl",
+};
+
+int vfsx_op_index(const char *op)
+{
+	int i;
+
+	for (i = 0; i < VFSX_N_OPS; i++) {
+		if (strcmp(op, vfsx_op_names[i]) == 0) {
+			return i;
+		}
+	}
+	return -1;
+}
+
+uint32_t vfsx_ops_mask(const uint8_t *ops, size_t len)
+{
+	const uint32_t all = (1u << VFSX_N_OPS) - 1;
+	uint32_t mask = 0;
+	size_t i = 0;
+
+	if (ops == NULL || (len == 1 && ops[0] == '*')) {
+		return all;
+	}
+	while (i < len) {
+		char name[16];
+		size_t n = 0;
+		int idx;
+
+		while (i < len && ops[i] != ',') {
+			if (n + 1 < sizeof(name)) {
+				name[n++] = (char)ops[i];
+			}
+			i++;
+		}
+		name[n] = '\0';
+		i++;
+		idx = vfsx_op_index(name);
+		mask |= idx < 0 ? 0 : (1u << idx);
+	}
+	return mask;
+}
+
 int vfsx_reply_parse(const uint8_t *p, size_t len, char *kind,
-		     uint64_t *seq, int *err)
+		     uint64_t *seq, int *err, const uint8_t **ops,
+		     size_t *ops_len)
 {
 	const uint8_t *end = p + len;
 	uint64_t e = 0;
 
 	*seq = 0;
 	*err = 0;
+	*ops = NULL;
+	*ops_len = 0;
 	if (len > 12 && memcmp(p, "transparent:", 12) == 0) {
 		*kind = 'T';
 		p += 12;
@@ -275,6 +324,9 @@ int vfsx_reply_parse(const uint8_t *p, size_t len, char *kind,
 	} else if (len > 12 && memcmp(p, "unavailable:", 12) == 0) {
 		*kind = 'U';
 		p += 12;
+	} else if (len > 4 && memcmp(p, "ack:", 4) == 0) {
+		*kind = 'A';
+		p += 4;
 	} else if (len > 6 && memcmp(p, "hello:", 6) == 0) {
 		*kind = 'H';
 		p += 6;
@@ -293,6 +345,16 @@ int vfsx_reply_parse(const uint8_t *p, size_t len, char *kind,
 			return -EPROTO;
 		}
 		*err = (int)e;
+	}
+	if (*kind == 'H' && p < end && *p == ':') {
+		*ops = p + 1;
+		*ops_len = end - p - 1;
+		for (p++; p < end; p++) {
+			if (!((*p >= 'a' && *p <= 'z') || *p == ',' ||
+			      *p == '*')) {
+				return -EPROTO;
+			}
+		}
 	}
 	return p == end ? 0 : -EPROTO;
 }

@@ -50,11 +50,22 @@ int vfsx_msg_end(struct vfsx_msg *m);
 void vfsx_ranges_add(struct vfsx_ranges *rs, uint64_t off, uint64_t len);
 
 /*
- * Parses one reply payload ("transparent:SEQ", "fail:SEQ:ERRNO",
- * "unavailable:SEQ", "hello:VERSION"). Returns 0 and fills the out values,
- * or -EPROTO. kind: 'T', 'F', 'U' or 'H'.
+ * Parses one reply payload: "transparent:SEQ", "fail:SEQ:ERRNO",
+ * "unavailable:SEQ", "ack:N" or "hello:VERSION[:OPS]" (OPS: the
+ * comma-separated operations the service's policy may deny, "*" for all).
+ * Returns 0 and fills the out values, or -EPROTO.
+ * kind: 'T', 'F', 'U', 'A' or 'H'; for 'H', ops and ops_len give OPS (or NULL).
  */
 int vfsx_reply_parse(const uint8_t *p, size_t len, char *kind,
-		     uint64_t *seq, int *err);
+		     uint64_t *seq, int *err, const uint8_t **ops,
+		     size_t *ops_len);
+
+/* Operations in the canonical order (bit i of a verdict mask = op i). */
+extern const char *const vfsx_op_names[];
+#define VFSX_N_OPS 19
+/* Index of op in vfsx_op_names, or -1. */
+int vfsx_op_index(const char *op);
+/* Verdict mask from a hello's OPS list; all bits when ops is NULL or "*". */
+uint32_t vfsx_ops_mask(const uint8_t *ops, size_t len);
 
 #endif

@@ -30,6 +30,7 @@ struct vfsx_msg *report_begin(vfs_handle_struct *handle,
 	}
 	SMB_VFS_HANDLE_GET_DATA(handle, c->sh, struct vfsx_share, return NULL);
 	c->active = true;
+	c->op = vfsx_op_index(op);
 	c->seq = vfsx_link_next_seq();
 	vfsx_msg_begin(&g_msg, c->sh->user, op, c->sh->origpath);
 	vfsx_msg_arg_u64(&g_msg, "seq", c->seq);
@@ -44,6 +45,21 @@ int report_ask(struct vfsx_call *c)
 	int verdict = 0, rc;
 
 	if (!c->active) {
+		return 0;
+	}
+	if (c->sh->async && !vfsx_link_needs_verdict(c->op)) {
+		/* No rule can deny it: record it without waiting. */
+		if (!vfsx_link_up() && c->sh->deny) {
+			return c->sh->deny_errno;
+		}
+		vfsx_msg_arg_u64(&g_msg, "async", 1);
+		if (vfsx_msg_end(&g_msg) != 0) {
+			DBG_ERR("vfsx: message too large, seq=%" PRIu64 "\n",
+				c->seq);
+			return c->sh->deny ? c->sh->deny_errno : 0;
+		}
+		vfsx_link_post(&g_msg);
+		c->asked = true;
 		return 0;
 	}
 	if (vfsx_msg_end(&g_msg) != 0) {
@@ -73,7 +89,7 @@ void report_done(struct vfsx_call *c, int ret)
 		vfsx_msg_arg_u64(&g_msg, "seq", c->seq);
 		vfsx_msg_arg_u64(&g_msg, "err", ret < 0 ? (uint64_t)saved : 0);
 		if (vfsx_msg_end(&g_msg) == 0) {
-			vfsx_link_tell(&g_msg);
+			vfsx_link_post(&g_msg);
 		}
 	}
 	errno = saved;
@@ -85,6 +101,14 @@ void report_after(struct vfsx_call *c, int ret, int err)
 	int saved = errno, verdict = 0;
 
 	vfsx_msg_arg_u64(&g_msg, "err", ret < 0 ? (uint64_t)err : 0);
+	if (c->sh->async && !vfsx_link_needs_verdict(c->op)) {
+		vfsx_msg_arg_u64(&g_msg, "async", 1);
+		if (vfsx_msg_end(&g_msg) == 0) {
+			vfsx_link_post(&g_msg);
+		}
+		errno = saved;
+		return;
+	}
 	if (vfsx_msg_end(&g_msg) != 0) {
 		DBG_ERR("vfsx: message too large, seq=%" PRIu64 "\n", c->seq);
 	} else if (vfsx_link_ask(&g_msg, c->seq, c->sh->timeout_ms,

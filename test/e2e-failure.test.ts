@@ -22,7 +22,12 @@ const TIMEOUT_MS = 400;
 
 before(async () => {
   redis = await RedisHarness.start();
-  svc = await ServiceHarness.create({ redisSocket: redis.socket, extra: { redis: { path: redis.socket, writeTimeoutMs: 200 } } });
+  svc = await ServiceHarness.create({
+    redisSocket: redis.socket,
+    // create is judged by policy, so it waits for verdicts; mkdir, close, ... are async.
+    policy: [{ action: 'deny', ops: ['create'], extensions: ['.locked'] }],
+    extra: { redis: { path: redis.socket, writeTimeoutMs: 200 } },
+  });
   (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
   await svc.rewriteConfig();
   await svc.start();
@@ -64,23 +69,44 @@ test('with the service stopped the same SMB session keeps working, the spool hol
   }
 });
 
-test('with the service frozen (SIGSTOP) an operation completes within the timeout and is not lost', async () => {
+test('with the service frozen (SIGSTOP) an operation that needs a verdict completes within the timeout and is not lost', async () => {
   const s = await SmbSession.open(smbd.port, 'open');
   try {
-    await s.run('mkdir warm');
+    await s.run('put /etc/hostname warm.txt');
     svc.signal('SIGSTOP');
-    const r = await s.run('mkdir frozen', 10000);
+    const r = await s.run('put /etc/hostname frozen.txt', 10000);
     assert.deepEqual(r.statuses, []);
-    // The op waits at most vfsx:timeout for its verdict, then proceeds.
-    assert.ok(r.ms < TIMEOUT_MS * 5, `mkdir took ${r.ms} ms with a ${TIMEOUT_MS} ms timeout`);
+    // create waits at most vfsx:timeout for its verdict, then proceeds.
+    assert.ok(r.ms < TIMEOUT_MS * 5, `put took ${r.ms} ms with a ${TIMEOUT_MS} ms timeout`);
     const r2 = await s.run('mkdir frozen2', 10000);
     assert.deepEqual(r2.statuses, []);
-    assert.ok(existsSync(join(smbd.sharePath('open'), 'frozen2')));
+    assert.ok(existsSync(join(smbd.sharePath('open'), 'frozen.txt')));
     svc.signal('SIGCONT');
     await waitForRecords(svc, 'records of the frozen period', (recs) =>
-      ['frozen', 'frozen2'].every((p) => recs.some((x) => x.op === 'mkdir' && x.names.path === p && x.outcome === 'confirmed')));
+      recs.some((x) => x.op === 'create' && x.names.path === 'frozen.txt' && x.outcome === 'confirmed')
+      && recs.some((x) => x.op === 'close' && x.names.path === 'frozen.txt')
+      && recs.some((x) => x.op === 'mkdir' && x.names.path === 'frozen2' && x.outcome === 'confirmed'));
   } finally {
     svc.signal('SIGCONT');
+    await s.close();
+  }
+});
+
+test('reports sent without waiting to a service that dies before reading them come back through the spool', async () => {
+  const s = await SmbSession.open(smbd.port, 'open');
+  try {
+    await s.run('mkdir ring');
+    await waitForRecords(svc, 'mkdir ring', (r) => r.some((x) => x.names.path === 'ring'));
+    svc.signal('SIGSTOP'); // it will never read what follows
+    for (const d of ['ring/a', 'ring/b', 'ring/c']) assert.deepEqual((await s.run(`mkdir ${d}`)).statuses, []);
+    assert.equal((await spoolFiles()).length, 0, 'async reports went to the socket, not the spool');
+    await svc.stop('SIGKILL');
+    // smbd sees the connection end, and spools the reports never acknowledged.
+    await waitFor('unacknowledged reports spooled', async () => (await spoolFiles()).length === 1);
+    await svc.start();
+    await waitForRecords(svc, 'ring/a..c from the spool', (recs) =>
+      ['ring/a', 'ring/b', 'ring/c'].every((p) => recs.some((x) => x.op === 'mkdir' && x.names.path === p && x.outcome === 'confirmed')));
+  } finally {
     await s.close();
   }
 });

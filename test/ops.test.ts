@@ -23,6 +23,21 @@ test('the op table, the config schema and the C hooks name the same operations',
 
 const args = (o: Record<string, string>) => new Map(Object.entries(o).map(([k, v]) => [k, Buffer.from(v)]));
 
+test('the C module orders operations as the config schema does (verdict masks index them)', () => {
+  const src = readFileSync(join(REPO, 'native/vfsx_msg.c'), 'utf8');
+  const table = /vfsx_op_names\[VFSX_N_OPS\] = \{([^}]*)\}/.exec(src)?.[1] ?? '';
+  assert.deepEqual([...table.matchAll(/"([a-z]+)"/g)].map((m) => m[1]), [...OPERATIONS]);
+});
+
+test('only the operations some deny rule can match need a verdict', () => {
+  assert.deepEqual(new Policy([]).verdictOps(), []);
+  assert.deepEqual(new Policy([
+    { action: 'allow', errno: 'EACCES', users: ['root'] },
+    { action: 'deny', errno: 'EACCES', ops: ['rename', 'create'], extensions: ['.x'] },
+  ]).verdictOps(), ['create', 'rename']);
+  assert.equal(new Policy([{ action: 'deny', errno: 'EROFS', paths: ['ro/**'] }]).verdictOps(), '*');
+});
+
 test('arguments are validated per operation', () => {
   const h = OP_TABLE.get('rename')!;
   const ok = parseArgs(h, args({ seq: '1', share: 's', path: 'a', to: 'b:c' }));

@@ -100,8 +100,12 @@ test('the module parses replies strictly', () => {
   assert.equal(p('transparent:42'), 'T 42 0');
   assert.equal(p('fail:42:13'), 'F 42 13');
   assert.equal(p('unavailable:7'), 'U 7 0');
-  assert.equal(p('hello:1'), 'H 1 0');
-  for (const s of ['fail:42', 'fail:42:0', 'transparent:', 'transparent:4x', 'ok:1', 'fail:1:99999']) {
+  assert.equal(p('hello:1'), 'H 1 0 7ffff'); // no list: every op waits for a verdict
+  assert.equal(p('hello:1:*'), 'H 1 0 7ffff');
+  assert.equal(p('hello:1:create,rename'), 'H 1 0 81'); // bits of create (0) and rename (7)
+  assert.equal(p('hello:1:'), 'H 1 0 0');
+  assert.equal(p('ack:12'), 'A 12 0');
+  for (const s of ['fail:42', 'fail:42:0', 'transparent:', 'transparent:4x', 'ok:1', 'fail:1:99999', 'hello:1:Create', 'ack:']) {
     assert.equal(p(s), 'error', s);
   }
 });

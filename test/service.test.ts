@@ -60,7 +60,7 @@ test('a record whose outcome never arrives (its smbd died) is reconciled as unkn
   const pid = child.pid as number;
   const start = await startTime(pid);
   const c = await RawClient.connect(svc.socket);
-  assert.equal(await c.hello(pid, start), 'hello:1');
+  assert.equal(await c.hello(pid, start), 'hello:1:');
   assert.equal(await c.ask('alice', 'mkdir', [['seq', 1], ['share', 'sh'], ['path', 'lost-dir'], ['mode', '755']]), 'transparent:1');
   assert.equal(await c.ask('alice', 'mkdir', [['seq', 2], ['share', 'sh'], ['path', 'done-dir'], ['mode', '755']]), 'transparent:2');
   c.send(formatMessage('alice', 'done', '/srv/share', [['seq', 2], ['err', 0]]));
@@ -71,6 +71,26 @@ test('a record whose outcome never arrives (its smbd died) is reconciled as unkn
   const lost = recs.find((x) => x.names.path === 'lost-dir')!;
   assert.equal(lost.outcome, 'unknown');
   assert.equal(recs.filter((x) => x.names.path === 'done-dir').length, 1);
+});
+
+test('after a SIGKILL the service resumes the journal: an outcome sent after restart confirms the record once', async () => {
+  const start = await startTime(process.pid);
+  const c = await RawClient.connect(svc.socket);
+  await c.hello(process.pid, start);
+  assert.equal(await c.ask('carol', 'mkdir', [['seq', 500], ['share', 'sh'], ['path', 'across-crash'], ['mode', '755']]), 'transparent:500');
+  assert.equal(await c.ask('carol', 'close', [['seq', 501], ['share', 'sh'], ['path', 'f'], ['flags', 'c'], ['ranges', '0+1'], ['err', 0]]), 'transparent:501');
+  await svc.stop('SIGKILL');
+  c.close();
+  await svc.start();
+  const c2 = await RawClient.connect(svc.socket);
+  await c2.hello(process.pid, start);
+  c2.send(formatMessage('carol', 'done', '/srv/share', [['seq', 500], ['err', 0]]));
+  const recs = await waitForRecords(svc, 'across-crash confirmed', (r) => r.some((x) => x.names.path === 'across-crash'));
+  const mine = recs.filter((x) => x.names.path === 'across-crash');
+  assert.equal(mine.length, 1);
+  assert.equal(mine[0].outcome, 'confirmed');
+  assert.equal(recs.filter((x) => x.id === `${process.pid}-${start}-501`).length, 1, 'the close is queued once');
+  c2.close();
 });
 
 test('a failed outcome is not queued for replication', async () => {
@@ -155,7 +175,7 @@ test('a fuzz run of 100,000 random and mutated frames never crashes or hangs the
   }
   assert.ok(connections >= 50);
   const probe = await RawClient.connect(svc.socket);
-  assert.equal(await probe.hello(process.pid, 2), 'hello:1');
+  assert.equal(await probe.hello(process.pid, 2), 'hello:1:');
   assert.equal(await probe.ask('u', 'mkdir', [['seq', 1], ['share', 's'], ['path', 'alive'], ['mode', '755']]), 'transparent:1');
   probe.close();
   assert.ok(svc.logs.some((l) => l.msg === 'protocol error; closing connection'));
@@ -163,7 +183,7 @@ test('a fuzz run of 100,000 random and mutated frames never crashes or hangs the
 
 test('100,000 mutated frames through decoder, parser and dispatcher each end in a reply or a VfsxError', async () => {
   const cfg = validateConfig({ redis: { path: redis.socket, prefix: `${svc.prefix}f` } });
-  const journal = new Journal({ redis: cfg.redis, journal: cfg.journal, logger: pino({ level: 'silent' }) });
+  const journal = new Journal({ redis: cfg.redis, logger: pino({ level: 'silent' }) });
   await journal.waitUntilReady();
   const d = new OpDispatcher({ policy: new Policy([]), sink: journal, logger: pino({ level: 'silent' }) });
   const base = Buffer.from(formatMessage('u', 'rename', '/s', [['seq', 5], ['share', 's'], ['path', 'a b'], ['to', 'c:d']]), 'latin1');
@@ -177,7 +197,8 @@ test('100,000 mutated frames through decoder, parser and dispatcher each end in 
       try {
         for (const f of decoder.push(mutate(frame))) {
           const r = await d.dispatch(session, parseMessage(f));
-          if (r !== null) counts.reply++;
+          await r.durable;
+          if (r.reply !== null || r.durable !== null) counts.reply++;
         }
       } catch (err) {
         assert.ok(err instanceof VfsxError, String(err));

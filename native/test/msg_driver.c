@@ -60,11 +60,17 @@ int main(int argc, char **argv)
 		char kind = 0;
 		uint64_t seq = 0;
 		int err = 0;
+		const uint8_t *ops = NULL;
+		size_t ops_len = 0;
 		int rc = vfsx_reply_parse((const uint8_t *)argv[2],
-					  strlen(argv[2]), &kind, &seq, &err);
+					  strlen(argv[2]), &kind, &seq, &err,
+					  &ops, &ops_len);
 
 		if (rc != 0) {
 			printf("error\n");
+		} else if (kind == 'H') {
+			printf("%c %llu %d %x\n", kind, (unsigned long long)seq,
+			       err, vfsx_ops_mask(ops, ops_len));
 		} else {
 			printf("%c %llu %d\n", kind, (unsigned long long)seq, err);
 		}

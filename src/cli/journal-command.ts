@@ -13,8 +13,11 @@ export interface JournalCommandOptions {
   pending: boolean;
 }
 
+/** A name as typed: quoted when it holds blanks, quotes, '=' or control bytes. */
+const shown = (v: string) => (/[\s"=\x00-\x1f\x7f]/.test(v) ? JSON.stringify(v) : v);
+
 function human(r: ChangeRecord): string {
-  const names = Object.entries(r.names).map(([k, v]) => (k === 'path' ? v : `${k}=${JSON.stringify(v)}`));
+  const names = Object.entries(r.names).map(([k, v]) => (k === 'path' ? shown(v) : `${k}=${shown(v)}`));
   const args = Object.entries(r.args).map(([k, v]) => `${k}=${v}`);
   const ranges = r.ranges ? [`ranges=${r.ranges.map(([o, l]) => `${o}+${l}`).join(';')}`] : [];
   const outcome = r.outcome === 'confirmed' ? '' : ` [${r.outcome}${r.errno ? ` errno=${r.errno}` : ''}]`;

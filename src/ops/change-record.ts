@@ -34,8 +34,8 @@ export interface ChangeRecord {
 export interface ChangeSink {
   /** Durably records an operation about to run (awaiting its outcome). */
   stage(rec: ChangeRecord): Promise<void>;
-  /** The outcome of a staged operation arrived (err 0 = it happened). */
-  resolve(instance: string, seq: number, err: number): void;
+  /** Durably records the outcome of a staged operation (err 0 = it happened). */
+  resolve(instance: string, seq: number, err: number): Promise<void>;
   /** Durably records an operation that already happened (close, fsync). */
   append(rec: ChangeRecord): Promise<void>;
 }

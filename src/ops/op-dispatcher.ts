@@ -1,7 +1,11 @@
 /**
- * Turns one decoded bridge message into a verdict: validate, apply policy,
+ * Turns one decoded bridge message into its answer: validate, apply policy,
  * record durably, answer. Protocol violations throw VfsxError; the caller
  * closes that one connection.
+ *
+ * A report waits for its verdict unless the module sent it async (only for
+ * operations no policy rule can deny: the hello answer lists the others);
+ * then the caller gets its durability promise and acknowledges it later.
  */
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
@@ -18,6 +22,13 @@ export interface BridgeSession {
   source: 'live' | 'spool';
   instance?: string;
   pid?: number;
+}
+
+export interface DispatchResult {
+  /** The frame to send back now (hello answer, verdict), if any. */
+  reply: Buffer | null;
+  /** For a message sent without waiting: settles when it is durable. */
+  durable: Promise<void> | null;
 }
 
 export interface OpDispatcherOptions {
@@ -37,34 +48,43 @@ function uintArg(msg: BridgeMessage, key: string): number {
   return Number(s);
 }
 
+const NONE: DispatchResult = { reply: null, durable: null };
+
 export class OpDispatcher {
   private readonly policy: Policy;
+  private readonly verdictOps: string[] | '*';
   private readonly sink: ChangeSink;
   private readonly log: Logger;
   private readonly onVerdict?: OpDispatcherOptions['onVerdict'];
 
   constructor(options: OpDispatcherOptions) {
     this.policy = options.policy;
+    this.verdictOps = options.policy.verdictOps();
     this.sink = options.sink;
     this.log = options.logger;
     this.onVerdict = options.onVerdict;
   }
 
-  /** Handles one message; returns the reply frame, or null when none is due. */
-  async dispatch(session: BridgeSession, msg: BridgeMessage): Promise<Buffer | null> {
-    if (msg.op === 'hello') return this.hello(session, msg);
+  /** Handles one message. Its synchronous part runs in call order. */
+  async dispatch(session: BridgeSession, msg: BridgeMessage): Promise<DispatchResult> {
+    if (msg.op === 'hello') return { reply: this.hello(session, msg), durable: null };
     if (session.instance === undefined) {
       throw new VfsxError('VFSX_ERR_PROTOCOL_NO_HELLO', `${msg.op} before hello`);
     }
     if (msg.op === 'done') {
-      this.sink.resolve(session.instance, uintArg(msg, 'seq'), uintArg(msg, 'err'));
-      return null;
+      return { reply: null, durable: this.sink.resolve(session.instance, uintArg(msg, 'seq'), uintArg(msg, 'err')) };
+    }
+    const seq = uintArg(msg, 'seq');
+    const rec = this.record(session, msg, seq);
+    if (rec === null) return session.source === 'live' ? { reply: encodeVerdict(seq, { kind: 'fail', errno: EINVAL }), durable: null } : NONE;
+    if (msg.args.has('async')) {
+      this.checkAsync(session, rec);
+      return { reply: null, durable: this.write(rec) };
     }
     const started = process.hrtime.bigint();
-    const seq = uintArg(msg, 'seq');
-    const verdict = await this.decide(session, msg, seq);
+    const verdict = await this.decide(session, rec);
     this.onVerdict?.(msg.op, verdict.kind, Number(process.hrtime.bigint() - started) / 1e9);
-    return session.source === 'live' ? encodeVerdict(seq, verdict) : null;
+    return { reply: session.source === 'live' ? encodeVerdict(seq, verdict) : null, durable: null };
   }
 
   private hello(session: BridgeSession, msg: BridgeMessage): Buffer {
@@ -75,22 +95,30 @@ export class OpDispatcher {
     const pid = uintArg(msg, 'pid');
     session.pid = pid;
     session.instance = `${pid}-${uintArg(msg, 'start')}`;
-    return encodeHelloReply(PROTOCOL_VERSION);
+    return encodeHelloReply(PROTOCOL_VERSION, this.verdictOps);
   }
 
-  private async decide(session: BridgeSession, msg: BridgeMessage, seq: number): Promise<Verdict> {
-    const h = OP_TABLE.get(msg.op);
-    let rec: ChangeRecord;
-    try {
-      if (h === undefined) throw new VfsxError('VFSX_ERR_OPS_UNKNOWN_OP', `unknown operation ${msg.op}`);
-      rec = this.record(session, msg, seq, h.phase, parseArgs(h, msg.args));
-    } catch (err) {
-      this.log.warn({ err, op: msg.op, seq, instance: session.instance }, 'rejected malformed report');
-      return { kind: 'fail', errno: EINVAL };
+  private write(rec: ChangeRecord): Promise<void> {
+    return rec.outcome === 'pending' ? this.sink.stage(rec) : this.sink.append(rec);
+  }
+
+  /** An async report the policy would deny means module and service disagree: say so loudly. */
+  private checkAsync(session: BridgeSession, rec: ChangeRecord): void {
+    if (session.source !== 'live' || this.policy.empty || rec.outcome !== 'pending') return;
+    const d = this.policy.evaluate(this.policyInput(rec));
+    if (d !== null) {
+      this.log.error({ rule: d.rule, op: rec.op, names: rec.names }, 'async report of an operation the policy denies');
     }
-    if (h.phase === 'pre' && session.source === 'live' && !this.policy.empty) {
-      const paths = [rec.names.path, rec.names.to, rec.names.from].filter((p): p is string => p !== undefined);
-      const d = this.policy.evaluate({ share: rec.share, user: rec.user, op: rec.op, paths });
+  }
+
+  private policyInput(rec: ChangeRecord) {
+    const paths = [rec.names.path, rec.names.to, rec.names.from].filter((p): p is string => p !== undefined);
+    return { share: rec.share, user: rec.user, op: rec.op, paths };
+  }
+
+  private async decide(session: BridgeSession, rec: ChangeRecord): Promise<Verdict> {
+    if (rec.outcome === 'pending' && session.source === 'live' && !this.policy.empty) {
+      const d = this.policy.evaluate(this.policyInput(rec));
       if (d !== null) {
         this.log.info({ audit: 'denied', rule: d.rule, op: rec.op, share: rec.share, user: rec.user, names: rec.names },
           'operation denied by policy');
@@ -98,7 +126,7 @@ export class OpDispatcher {
       }
     }
     try {
-      await (h.phase === 'pre' ? this.sink.stage(rec) : this.sink.append(rec));
+      await this.write(rec);
       return { kind: 'transparent' };
     } catch (err) {
       if (session.source === 'spool') throw err; // keep the spool file; retry later
@@ -107,38 +135,41 @@ export class OpDispatcher {
     }
   }
 
-  private record(
-    session: BridgeSession,
-    msg: BridgeMessage,
-    seq: number,
-    phase: 'pre' | 'post',
-    parsed: ReturnType<typeof parseArgs>,
-  ): ChangeRecord {
-    const share = msg.args.get('share');
-    if (share === undefined || share.length === 0) {
-      throw new VfsxError('VFSX_ERR_OPS_BAD_ARGS', `${msg.op}: missing share`);
+  /** Builds the record, or null (logged) when the report's arguments are invalid. */
+  private record(session: BridgeSession, msg: BridgeMessage, seq: number): ChangeRecord | null {
+    try {
+      const h = OP_TABLE.get(msg.op);
+      if (h === undefined) throw new VfsxError('VFSX_ERR_OPS_UNKNOWN_OP', `unknown operation ${msg.op}`);
+      const parsed = parseArgs(h, msg.args);
+      const share = msg.args.get('share');
+      if (share === undefined || share.length === 0) {
+        throw new VfsxError('VFSX_ERR_OPS_BAD_ARGS', `${msg.op}: missing share`);
+      }
+      const rec: ChangeRecord = {
+        id: `${session.instance}-${seq}`,
+        v: 1,
+        instance: session.instance as string,
+        pid: session.pid as number,
+        seq,
+        share: share.toString('utf8'),
+        user: msg.user.toString('utf8'),
+        origpath: msg.origpath.toString('utf8'),
+        op: msg.op,
+        names: parsed.names,
+        args: parsed.args,
+        ts: Date.now(),
+        outcome: h.phase === 'pre' ? 'pending' : 'confirmed',
+        source: session.source,
+      };
+      if (parsed.ranges) rec.ranges = parsed.ranges;
+      if (parsed.err) {
+        rec.errno = parsed.err;
+        rec.outcome = 'failed';
+      }
+      return rec;
+    } catch (err) {
+      this.log.warn({ err, op: msg.op, seq, instance: session.instance }, 'rejected malformed report');
+      return null;
     }
-    const rec: ChangeRecord = {
-      id: `${session.instance}-${seq}`,
-      v: 1,
-      instance: session.instance as string,
-      pid: session.pid as number,
-      seq,
-      share: share.toString('utf8'),
-      user: msg.user.toString('utf8'),
-      origpath: msg.origpath.toString('utf8'),
-      op: msg.op,
-      names: parsed.names,
-      args: parsed.args,
-      ts: Date.now(),
-      outcome: phase === 'pre' ? 'pending' : 'confirmed',
-      source: session.source,
-    };
-    if (parsed.ranges) rec.ranges = parsed.ranges;
-    if (parsed.err) {
-      rec.errno = parsed.err;
-      rec.outcome = 'failed';
-    }
-    return rec;
   }
 }

@@ -72,6 +72,20 @@ export class Policy {
     return this.rules.length === 0;
   }
 
+  /**
+   * The operations some deny rule can match: only these need a verdict
+   * before they run ('*' when a deny rule names no operation).
+   */
+  verdictOps(): string[] | '*' {
+    const ops = new Set<string>();
+    for (const r of this.rules) {
+      if (!r.deny) continue;
+      if (!r.ops) return '*';
+      for (const op of r.ops) ops.add(op);
+    }
+    return [...ops].sort();
+  }
+
   /** The deny decision for this operation, or null to let it proceed. */
   evaluate(input: PolicyInput): PolicyDecision | null {
     for (const r of this.rules) {

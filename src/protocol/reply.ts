@@ -21,6 +21,12 @@ export function encodeVerdict(seq: number, v: Verdict): Buffer {
   }
 }
 
-export function encodeHelloReply(version: number): Buffer {
-  return encodeFrame(`hello:${version}`);
+/** The hello answer; ops: what the policy may deny (they wait for verdicts). */
+export function encodeHelloReply(version: number, ops: string[] | '*'): Buffer {
+  return encodeFrame(`hello:${version}:${ops === '*' ? '*' : ops.join(',')}`);
+}
+
+/** Everything up to and including frame n of this connection is durable. */
+export function encodeAck(n: number): Buffer {
+  return encodeFrame(`ack:${n}`);
 }

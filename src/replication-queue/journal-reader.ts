@@ -7,6 +7,7 @@ import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { journalKeys, redisOptions } from './redis-connection';
+import { nextId } from './stream-ids';
 
 export interface JournalReaderOptions {
   redis: VfsxConfig['redis'];
@@ -37,14 +38,26 @@ export class JournalReader {
     return jobs.map((j) => j.data as ChangeRecord).sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
-  /** Records staged but still awaiting their outcome. */
+  /** Records whose outcome has not arrived yet, computed from the stream as the pump does. */
   async pending(): Promise<ChangeRecord[]> {
     const keys = journalKeys(this.opts.redis.prefix);
-    const out: ChangeRecord[] = [];
-    for (const inst of await this.client.smembers(keys.instances)) {
-      for (const v of Object.values(await this.client.hgetall(keys.pending(inst)))) out.push(JSON.parse(v));
+    const saved = await this.client.hgetall(keys.cursor);
+    const awaiting = new Map<string, ChangeRecord>();
+    let from = saved.low || (saved.cursor ? nextId(saved.cursor) : '-');
+    for (;;) {
+      const entries = (await this.client.xrange(keys.stream, from, '+', 'COUNT', 5000)) as Array<[string, string[]]>;
+      if (entries.length === 0) break;
+      for (const [, [kind, value]] of entries) {
+        if (kind === 'r') {
+          const rec = JSON.parse(value) as ChangeRecord;
+          if (rec.outcome === 'pending') awaiting.set(rec.id, rec);
+        } else if (kind === 'o') {
+          awaiting.delete(value.split(' ')[0]);
+        }
+      }
+      from = nextId(entries[entries.length - 1][0]);
     }
-    return out.sort((a, b) => a.ts - b.ts || a.seq - b.seq);
+    return [...awaiting.values()].sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
   /** Calls onRecord for every record added from now on. */

@@ -1,5 +1,5 @@
 /**
- * Builds ioredis connection options from the configuration.
+ * ioredis connection options and the journal's own keys.
  */
 import type { RedisOptions } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
@@ -17,11 +17,15 @@ export function redisOptions(cfg: VfsxConfig['redis'], extra: RedisOptions = {})
   };
 }
 
-/** Keys of the journal that are not BullMQ's. */
-export function journalKeys(prefix: string): { pending: (instance: string) => string; instances: string; failed: string } {
-  return {
-    pending: (instance: string) => `${prefix}:pending:${instance}`,
-    instances: `${prefix}:pending-instances`,
-    failed: `${prefix}:failed-ops`,
-  };
+export interface JournalKeys {
+  /** The Redis Stream every report is appended to, in arrival order. */
+  stream: string;
+  /** Hash: cursor (last stream id handled) and low (oldest id still needed). */
+  cursor: string;
+  /** Capped list of records whose operation failed (audit). */
+  failed: string;
+}
+
+export function journalKeys(prefix: string): JournalKeys {
+  return { stream: `${prefix}:journal`, cursor: `${prefix}:journal:cursor`, failed: `${prefix}:failed-ops` };
 }

@@ -8,13 +8,13 @@ import type { VfsxConfig } from '../config/schema';
 import { OpDispatcher } from '../ops/op-dispatcher';
 import { Policy } from '../ops/policy';
 import { Journal } from '../replication-queue/journal';
-import { JournalSweeper } from '../replication-queue/journal-sweeper';
+import { JournalPump } from '../replication-queue/journal-pump';
 import { SocketServer } from '../socket-server/socket-server';
 import { SpoolIngester } from '../socket-server/spool-ingester';
 
 export class VfsxService {
   readonly journal: Journal;
-  readonly sweeper: JournalSweeper;
+  readonly pump: JournalPump;
   readonly server: SocketServer;
   readonly spool: SpoolIngester;
   readonly dispatcher: OpDispatcher;
@@ -23,16 +23,8 @@ export class VfsxService {
 
   constructor(config: VfsxConfig, logger: Logger) {
     this.log = logger;
-    this.journal = new Journal({ redis: config.redis, journal: config.journal, logger: logger.child({ c: 'journal' }) });
-    this.sweeper = new JournalSweeper({
-      client: this.journal.client,
-      queue: this.journal.queue,
-      prefix: config.redis.prefix,
-      reconcileAfterMs: config.journal.reconcileAfterMs,
-      reconcileDelayMs: config.journal.reconcileDelayMs,
-      intervalMs: config.journal.sweepIntervalMs,
-      logger: logger.child({ c: 'sweeper' }),
-    });
+    this.journal = new Journal({ redis: config.redis, logger: logger.child({ c: 'journal' }) });
+    this.pump = new JournalPump({ redis: config.redis, journal: config.journal, logger: logger.child({ c: 'pump' }) });
     this.dispatcher = new OpDispatcher({
       policy: new Policy(config.policy.rules),
       sink: this.journal,
@@ -56,7 +48,7 @@ export class VfsxService {
   async start(): Promise<void> {
     await this.server.listen();
     await this.spool.start();
-    this.sweeper.start();
+    this.pump.start();
     this.journal.waitUntilReady().then(
       () => this.log.info('journal ready'),
       (err) => this.log.warn({ err }, 'journal not ready yet'),
@@ -72,8 +64,8 @@ export class VfsxService {
     const steps: Array<[string, () => Promise<void>]> = [
       ['socket server', () => this.server.close()],
       ['spool ingester', () => this.spool.close()],
-      ['sweeper', () => this.sweeper.close()],
       ['journal', () => this.journal.close()],
+      ['journal pump', () => this.pump.close()],
     ];
     for (const [name, step] of steps) {
       try {

@@ -9,6 +9,7 @@ import { VfsxError } from '../errors/vfsx-error';
 import type { BridgeSession, OpDispatcher } from '../ops/op-dispatcher';
 import { FrameDecoder } from '../protocol/frame-decoder';
 import { parseMessage } from '../protocol/message';
+import { encodeAck } from '../protocol/reply';
 
 export interface BridgeConnectionOptions {
   socket: Socket;
@@ -25,7 +26,11 @@ export class BridgeConnection {
   private readonly decoder: FrameDecoder;
   private readonly log: Logger;
   private closed = false;
+  /** Frames received (the hello is frame 1): what "ack:N" counts. */
   messages = 0;
+  private ackDue = 0;
+  private ackSent = 0;
+  private ackScheduled = false;
 
   constructor(options: BridgeConnectionOptions) {
     this.socket = options.socket;
@@ -68,14 +73,36 @@ export class BridgeConnection {
       this.protocolError(err);
       return;
     }
-    // Dispatch synchronously up to the first await, so records enter the
-    // journal's batch in arrival order.
+    const index = this.messages;
+    // Dispatch runs synchronously up to its first await, so records enter
+    // the journal's batch in arrival order.
     this.dispatcher.dispatch(this.session, msg).then(
-      (reply) => {
+      ({ reply, durable }) => {
         if (reply && !this.closed) this.socket.write(reply);
+        durable?.then(
+          () => this.ack(index),
+          (err) => {
+            // Not durable: closing makes the module spool what it did not see acknowledged.
+            this.log.warn({ err, index }, 'async report not recorded; closing so the module spools it');
+            this.close('journal write failed');
+          },
+        );
       },
       (err) => this.protocolError(err),
     );
+  }
+
+  /** Acknowledges frames up to index, one ack per turn of the event loop. */
+  private ack(index: number): void {
+    if (index > this.ackDue) this.ackDue = index;
+    if (this.ackScheduled) return;
+    this.ackScheduled = true;
+    setImmediate(() => {
+      this.ackScheduled = false;
+      if (this.closed || this.ackDue <= this.ackSent) return;
+      this.ackSent = this.ackDue;
+      this.socket.write(encodeAck(this.ackDue));
+    });
   }
 
   private protocolError(err: unknown): void {

@@ -104,6 +104,7 @@ export class SpoolIngester {
           pending.push(
             Promise.resolve()
               .then(() => this.opts.dispatcher.dispatch(session, parseMessage(frame)))
+              .then((r) => r.durable)
               .catch((err) => {
                 if (isRetryable(err)) throw err;
                 this.badFrames++;

@@ -50,16 +50,24 @@ export class RawClient {
     return this.next();
   }
 
-  /** Sends a request and waits for its reply (null when the server closed). */
+  /** Highest "ack:N" seen. */
+  acked = 0;
+
+  /** Sends a request and waits for its verdict (null when the server closed). */
   ask(user: string, op: string, args: Array<[string, string | number | Buffer]>): Promise<string | null> {
     this.send(formatMessage(user, op, '/srv/share', args));
     return this.next();
   }
 
-  /** The next reply, or null if the connection closes first. */
+  /** The next reply other than an ack, or null if the connection closes first. */
   async next(timeoutMs = 10000): Promise<string | null> {
     const deadline = Date.now() + timeoutMs;
-    while (this.replies.length === 0) {
+    for (;;) {
+      while (this.replies.length > 0) {
+        const r = this.replies.shift() as string;
+        if (!r.startsWith('ack:')) return r;
+        this.acked = Math.max(this.acked, Number(r.slice(4)));
+      }
       if (this.closed) return null;
       if (Date.now() > deadline) throw new Error('no reply');
       await new Promise<void>((r) => {
@@ -67,7 +75,6 @@ export class RawClient {
         setTimeout(r, 50);
       });
     }
-    return this.replies.shift() ?? null;
   }
 
   close(): void {

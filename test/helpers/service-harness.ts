@@ -64,6 +64,8 @@ export class ServiceHarness {
   }
 
   async start(): Promise<void> {
+    const from = this.logs.length; // earlier runs' lines do not count
+    const since = (msg: string) => this.logs.slice(from).some((l) => l.msg === msg);
     const p = spawn(process.execPath, [VFSX_BIN, 'serve', '--config', this.configFile], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -83,9 +85,9 @@ export class ServiceHarness {
       }
     });
     p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
-    await waitFor('vfsx serve to start', () => this.logs.some((l) => l.msg === 'vfsx serving') || p.exitCode !== null);
-    if (p.exitCode !== null) throw new Error(`vfsx serve exited: ${JSON.stringify(this.logs)}`);
-    await waitFor('journal ready', () => this.logs.some((l) => l.msg === 'journal ready'));
+    await waitFor('vfsx serve to start', () => since('vfsx serving') || p.exitCode !== null);
+    if (p.exitCode !== null) throw new Error(`vfsx serve exited: ${JSON.stringify(this.logs.slice(from))}`);
+    await waitFor('journal ready', () => since('journal ready'));
   }
 
   signal(sig: NodeJS.Signals): void {

@@ -16,7 +16,7 @@ export const SMB_PASS = 'vfsx-Test-pw1';
 
 export interface ShareSpec {
   name: string;
-  vfsx?: { socket: string; spool: string; timeoutMs?: number; onFailure?: 'allow' | 'deny' };
+  vfsx?: { socket: string; spool: string; timeoutMs?: number; onFailure?: 'allow' | 'deny'; async?: boolean };
   extra?: string[];
 }
 
@@ -101,6 +101,7 @@ export class SmbdHarness {
           `  vfsx:spool = ${s.vfsx.spool}`,
           `  vfsx:timeout = ${s.vfsx.timeoutMs ?? 1000}`,
           `  vfsx:on_failure = ${s.vfsx.onFailure ?? 'allow'}`,
+          `  vfsx:async = ${s.vfsx.async === false ? 'no' : 'yes'}`,
         );
       }
       for (const l of s.extra ?? []) lines.push(`  ${l}`);

@@ -1,0 +1,188 @@
+/**
+ * npm run bench: per-operation overhead of vfsx on the SMB path and the
+ * journal's verdict latency and ingest rate, measured side by side with a
+ * plain share on the same smbd. Prints a Markdown table for the README.
+ * Not a test: nothing here asserts a speed.
+ */
+import { execFile, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, totalmem, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BenchClient } from './bench-client';
+import { RedisHarness } from '../test/helpers/redis-harness';
+import { ServiceHarness } from '../test/helpers/service-harness';
+import { SMB_PASS, SMB_USER, SmbdHarness } from '../test/helpers/smbd-harness';
+
+const ROUNDS = Number(process.env.VFSX_BENCH_ROUNDS ?? 3);
+/** VFSX_BENCH_ONLY=journal skips the SMB workloads (for working on the service). */
+const ONLY = process.env.VFSX_BENCH_ONLY ?? '';
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
+
+function run(cmd: string, args: string[]): Promise<{ ms: number; out: string }> {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { maxBuffer: 256 << 20, timeout: 900000 }, (err, stdout, stderr) => {
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (err) reject(new Error(`${cmd} failed: ${stderr || stdout}`));
+      else resolve({ ms, out: `${stdout}\n${stderr}` });
+    });
+  });
+}
+
+interface Row { name: string; unit: string; plain: number; vfsx: number; strict: number; higherIsBetter: boolean }
+const SHARES = ['plain', 'vfsx', 'strict'];
+
+async function main(): Promise<void> {
+  const redis = await RedisHarness.start();
+  // The policy an admin would start with: ransomware names refused on create and rename.
+  const svc = await ServiceHarness.create({
+    redisSocket: redis.socket,
+    policy: [{ name: 'ransomware', action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', '.crypt'] }],
+  });
+  await svc.start();
+  const smbd = await SmbdHarness.start([
+    { name: 'plain' },
+    { name: 'vfsx', vfsx: { socket: svc.socket, spool: svc.spool } },
+    { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool, async: false } },
+  ]);
+  const local = await mkdtemp(join(tmpdir(), "vfsx-bench-"));
+  const rows: Row[] = [];
+  const smb = (share: string, cmds: string) =>
+    run('smbclient', [`//127.0.0.1/${share}`, '-p', String(smbd.port), '-U', `${SMB_USER}%${SMB_PASS}`, '-c', cmds]);
+  try {
+    // Side by side: each round measures plain then vfsx (alternating order).
+    const sideBySide = async (name: string, unit: string, higher: boolean, once: (share: string, round: number) => Promise<number>) => {
+      const r: Record<string, number[]> = { plain: [], vfsx: [], strict: [] };
+      for (let i = 0; i < ROUNDS; i++) {
+        const order = i % 2 === 0 ? SHARES : [...SHARES].reverse();
+        for (const share of order) r[share].push(await once(share, i));
+      }
+      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher });
+      process.stderr.write(`bench: ${name}: ${SHARES.map((x) => `${x} ${median(r[x]).toFixed(3)}`).join(' ')} ${unit}\n`);
+    };
+
+    if (ONLY !== 'journal') await smbWorkloads();
+    async function smbWorkloads(): Promise<void> {
+    await sideBySide('smbclient mkdir storm (2000)', 'ms/op', false, async (share, i) => {
+      const cmds = Array.from({ length: 2000 }, (_, k) => `mkdir m${i}_${k}`).join('; ');
+      return (await smb(share, cmds)).ms / 2000;
+    });
+
+    const small = join(local, 'small.bin');
+    await writeFile(small, randomBytes(4096));
+    await sideBySide('1000 x 4 KiB put', 'ms/op', false, async (share, i) => {
+      const cmds = [`mkdir p${i}`, ...Array.from({ length: 1000 }, (_, k) => `put ${small} p${i}/f${k}`)].join('; ');
+      return (await smb(share, cmds)).ms / 1000;
+    });
+
+    const big = join(local, 'big.bin');
+    const fd = openSync(big, 'w');
+    const chunk = randomBytes(8 << 20);
+    for (let i = 0; i < 128; i++) writeSync(fd, chunk);
+    closeSync(fd);
+    await sideBySide('1 GiB put', 'MiB/s', true, async (share) => {
+      const { ms } = await smb(share, `put ${big} big.bin`);
+      await rm(join(smbd.sharePath(share), 'big.bin'));
+      return 1024 / (ms / 1000);
+    });
+
+    await sideBySide('smbtorture smb2.bench.path-contention-shared', 'opens/s', true, async (share) => {
+      const { out } = await run('smbtorture', [`//127.0.0.1/${share}`, '-p', String(smbd.port), '-U', `${SMB_USER}%${SMB_PASS}`,
+        'smb2.bench.path-contention-shared', '--option=torture:timelimit=5']);
+      const rates = [...out.matchAll(/open\[num\/s=(\d+)/g)].map((m) => Number(m[1]));
+      return rates.reduce((a, b) => a + b, 0) / Math.max(1, rates.length);
+    });
+    }
+
+    // Verdict latency: one connection, sequential reports of an operation the
+    // policy judges (create), each durably journaled before its verdict.
+    const c = await BenchClient.connect(svc.socket);
+    await c.hello(process.pid);
+    const lat: number[] = [];
+    for (let seq = 1; seq <= 5000; seq++) {
+      const t0 = process.hrtime.bigint();
+      const v = await c.create(seq, `lat/${seq}`);
+      if (v !== `transparent:${seq}`) throw new Error(`unexpected verdict ${v}`);
+      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+      c.done(seq);
+    }
+    c.close();
+
+    // Ingest of reports that wait for verdicts: 64 connections, 5 seconds.
+    const conns = await Promise.all(Array.from({ length: 64 }, () => BenchClient.connect(svc.socket)));
+    let verdicts = 0;
+    const until = Date.now() + 5000;
+    let t0 = Date.now();
+    await Promise.all(conns.map(async (k, i) => {
+      await k.hello(100000 + i);
+      for (let seq = 1; Date.now() < until; seq++) {
+        const v = await k.create(seq, `in/${i}/${seq}`);
+        if (v !== `transparent:${seq}`) throw new Error(`unexpected verdict ${v}`);
+        k.done(seq);
+        verdicts++;
+      }
+      await k.allAcked();
+      k.close();
+    }));
+    const ingest = verdicts / ((Date.now() - t0) / 1000);
+
+    // Ingest of async reports (mkdir + outcome, pipelined in windows of 200), counted once acknowledged.
+    const aconns = await Promise.all(Array.from({ length: 16 }, () => BenchClient.connect(svc.socket)));
+    let reports = 0;
+    const auntil = Date.now() + 5000;
+    t0 = Date.now();
+    await Promise.all(aconns.map(async (k, i) => {
+      await k.hello(200000 + i);
+      for (let seq = 1; Date.now() < auntil;) {
+        for (let w = 0; w < 200; w++, seq++) k.postMkdir(seq, `as/${i}/${seq}`);
+        await k.allAcked();
+        reports += 200;
+      }
+      k.close();
+    }));
+    const asyncIngest = reports / ((Date.now() - t0) / 1000);
+
+    printReport(rows, { p50: pct(lat, 0.5), p99: pct(lat, 0.99), ingest, asyncIngest });
+  } finally {
+    await smbd.destroy();
+    await svc.destroy();
+    await redis.stop();
+    await rm(local, { recursive: true, force: true });
+  }
+}
+
+function machine(): string {
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  const samba = execFileSync('smbd', ['--version'], { encoding: 'utf8' }).trim();
+  const kernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
+  return `${cpu}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${kernel}, ${samba}, Node ${process.version}`;
+}
+
+function printReport(rows: Row[], j: { p50: number; p99: number; ingest: number; asyncIngest: number }): void {
+  const date = new Date().toISOString().slice(0, 10);
+  const out: string[] = [];
+  out.push(`Measured ${date} on ${machine()}; loopback, medians of ${ROUNDS} interleaved rounds.`, '');
+  out.push('| workload | plain share | vfsx | vfsx / plain | vfsx strict | strict / plain |', '|---|---|---|---|---|---|');
+  for (const r of rows) {
+    const ratio = (v: number) => (r.higherIsBetter ? v / r.plain : r.plain / v).toFixed(2);
+    const f = (v: number) => `${v.toFixed(r.unit === 'ms/op' ? 3 : 0)} ${r.unit}`;
+    out.push(`| ${r.name} | ${f(r.plain)} | ${f(r.vfsx)} | ${ratio(r.vfsx)}x | ${f(r.strict)} | ${ratio(r.strict)}x |`);
+  }
+  out.push('', '| journal | result |', '|---|---|');
+  out.push(`| verdict latency (request -> durable record -> verdict), p50 | ${j.p50.toFixed(0)} us |`);
+  out.push(`| verdict latency, p99 | ${j.p99.toFixed(0)} us |`);
+  out.push(`| journal ingest, reports waiting for verdicts, 64 connections | ${Math.round(j.ingest)} ops/s |`);
+  out.push(`| journal ingest, async reports (op + outcome) acknowledged, 16 connections | ${Math.round(j.asyncIngest)} ops/s |`);
+  out.push('', 'Ratios are speed relative to the plain share (1.00x = no overhead; higher is better).',
+    'vfsx: default settings with a ransomware policy on create/rename (those wait for verdicts; other reports are',
+    'acknowledged asynchronously). vfsx strict: vfsx:async = no, every report waits for its verdict.');
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exitCode = 1;
+});

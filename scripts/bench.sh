@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# npm run bench: installs what it needs, then measures vfsx against a plain
+# share on the same smbd (see bench/bench.ts). Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+	echo "npm run bench: run as root (it starts smbd and installs the VFS module)" >&2
+	exit 1
+fi
+bash scripts/setup.sh
+node dist/bench/bench.js

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# npm run demo: builds and starts the whole system on loopback (redis-server,
+# vfsx serve, smbd with a vfsx share), drives it with smbclient as a Windows
+# client would, and shows the change journal. The system keeps running;
+# `npm run demo -- stop` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+demo=${VFSX_DEMO_DIR:-/var/tmp/vfsx-demo}
+port=${VFSX_DEMO_PORT:-4455}
+user=vfsxdemo
+pass=vfsx-Demo-pw1
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+stop_all() {
+	[ -f "$demo/pid/smbd.pid" ] && kill "$(cat "$demo/pid/smbd.pid")" 2>/dev/null || true
+	[ -f "$demo/vfsx.pid" ] && kill "$(cat "$demo/vfsx.pid")" 2>/dev/null || true
+	[ -f "$demo/redis.pid" ] && kill "$(cat "$demo/redis.pid")" 2>/dev/null || true
+	rm -f "$demo/vfsx.pid"
+}
+
+if [ "${1:-}" = stop ]; then
+	stop_all
+	echo "demo stopped ($demo kept; remove it to start afresh)"
+	exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+	echo "npm run demo: run as root (it installs packages and the VFS module)" >&2
+	exit 1
+fi
+
+say "Installing and building (Debian packages, npm packages, the Samba module)"
+bash scripts/setup.sh
+
+stop_all
+mkdir -p "$demo"/{share,private,lock,state,cache,pid,ncalrpc,spool,run,redis}
+chmod 755 "$demo"
+chmod 777 "$demo/share"
+
+say "Starting redis-server (AOF on, noeviction) on $demo/redis/redis.sock"
+redis-server --port 0 --unixsocket "$demo/redis/redis.sock" --unixsocketperm 700 \
+	--dir "$demo/redis" --appendonly yes --maxmemory-policy noeviction \
+	--daemonize yes --pidfile "$demo/redis.pid" --logfile "$demo/redis/redis.log"
+
+cat > "$demo/vfsx.json" <<JSON
+{
+  "socket": { "path": "$demo/run/vfsx.sock" },
+  "redis": { "path": "$demo/redis/redis.sock" },
+  "spool": { "dir": "$demo/spool" },
+  "policy": { "rules": [
+    { "name": "ransomware extensions", "action": "deny", "ops": ["create", "rename"],
+      "extensions": [".locked", ".encrypted", ".crypt"] }
+  ] }
+}
+JSON
+say "Starting vfsx serve (log: $demo/vfsx.log)"
+nohup node "$repo/bin/vfsx.js" serve --config "$demo/vfsx.json" > "$demo/vfsx.log" 2>&1 &
+echo $! > "$demo/vfsx.pid"
+for _ in $(seq 100); do grep -q '"journal ready"' "$demo/vfsx.log" && break; sleep 0.1; done
+
+cat > "$demo/smb.conf" <<CONF
+[global]
+  interfaces = 127.0.0.1
+  bind interfaces only = yes
+  smb ports = $port
+  disable netbios = yes
+  server role = standalone server
+  private dir = $demo/private
+  lock directory = $demo/lock
+  state directory = $demo/state
+  cache directory = $demo/cache
+  pid directory = $demo/pid
+  ncalrpc dir = $demo/ncalrpc
+  passdb backend = tdbsam:$demo/private/passdb.tdb
+  load printers = no
+  printcap name = /dev/null
+[docs]
+  path = $demo/share
+  read only = no
+  vfs objects = vfsx
+  vfsx:socket = $demo/run/vfsx.sock
+  vfsx:spool = $demo/spool
+  vfsx:timeout = 1000
+  vfsx:on_failure = allow
+CONF
+id "$user" >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin "$user"
+printf '%s\n%s\n' "$pass" "$pass" | smbpasswd -c "$demo/smb.conf" -a -s "$user" >/dev/null
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+	echo "npm run demo: port $port is in use; set VFSX_DEMO_PORT to another port" >&2
+	exit 1
+fi
+say "Starting smbd on 127.0.0.1:$port with share [docs] (vfs objects = vfsx)"
+smbd -D -s "$demo/smb.conf"
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+
+smb() { smbclient "//127.0.0.1/docs" -p "$port" -U "$user%$pass" -c "$1" 2>&1 | grep -v '^putting\|^Try "help"' || true; }
+printf 'Quarterly figures\n' > "$demo/report.txt"
+say "A Windows user works on the share (smbclient)"
+echo '> mkdir Projects; put report.txt "Projects/Q3 report, final.txt"; rename ... "Projects/Q3 report.txt"'
+smb "mkdir Projects; put $demo/report.txt \"Projects/Q3 report, final.txt\"; rename \"Projects/Q3 report, final.txt\" \"Projects/Q3 report.txt\""
+echo '> put report.txt Projects/report.txt.locked     (a ransomware-style name: policy denies it)'
+smb "put $demo/report.txt Projects/report.txt.locked"
+
+say "The change journal in Redis (vfsx journal)"
+node "$repo/bin/vfsx.js" journal --config "$demo/vfsx.json"
+
+cat <<EOF2
+
+The system is running:
+  share        //127.0.0.1/docs  port $port  user $user  password $pass
+  journal      node bin/vfsx.js journal --config $demo/vfsx.json [--json] [--follow]
+  logs         $demo/vfsx.log
+  stop         npm run demo -- stop
+EOF2

@@ -1,0 +1,223 @@
+/**
+ * The journal's read side (docs/journal.md): follows the stream in order,
+ * pairs each operation with its outcome, and moves what really happened into
+ * the BullMQ queue the replicator consumes, in large addBulk batches, off
+ * the verdict path. A record whose outcome never arrives (its smbd died, or
+ * the outcome was lost with a connection) is reconciled: it becomes a
+ * delayed job with outcome 'unknown', and since the replicator re-reads the
+ * source for every record, it converges.
+ *
+ * Restart-safe: the cursor (last entry handled) and the low-water mark
+ * (oldest entry still awaiting its outcome) live in Redis; a restart
+ * re-reads from the low-water mark. Re-emitted jobs keep their job id, so
+ * BullMQ ignores the repeats. The stream is trimmed below the mark.
+ */
+import { readFile } from 'node:fs/promises';
+import { Queue } from 'bullmq';
+import IORedis, { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { VfsxConfig } from '../config/schema';
+import type { ChangeRecord } from '../ops/change-record';
+import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
+import { compareIds, nextId } from './stream-ids';
+
+export interface JournalPumpOptions {
+  redis: VfsxConfig['redis'];
+  journal: VfsxConfig['journal'];
+  logger: Logger;
+}
+
+export type JobEntry = { name: string; data: ChangeRecord; opts: { jobId: string; delay?: number } };
+
+export function jobFor(rec: ChangeRecord, reconcileDelayMs?: number): JobEntry {
+  if (reconcileDelayMs === undefined) return { name: rec.op, data: rec, opts: { jobId: rec.id } };
+  return { name: rec.op, data: { ...rec, outcome: 'unknown' }, opts: { jobId: `${rec.id}-r`, delay: reconcileDelayMs } };
+}
+
+/** Whether the smbd process instance `${pid}-${start}` still runs. */
+export async function instanceAlive(instance: string): Promise<boolean> {
+  const [pid, start] = instance.split('-');
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] === start; // field 22
+  } catch {
+    return false;
+  }
+}
+
+type StreamEntry = [string, string[]];
+
+const ADD_CHUNK = 10;
+const yieldToVerdicts = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+export class JournalPump {
+  readonly queue: Queue;
+  private readonly opts: JournalPumpOptions;
+  private readonly keys: JournalKeys;
+  private readonly log: Logger;
+  private readonly client: Redis;
+  private readonly reader: Redis;
+  private readonly queueConn: Redis;
+  private readonly awaiting = new Map<string, { rec: ChangeRecord; sid: string }>();
+  private cursor = '0-0';
+  private loop: Promise<void> | null = null;
+  private closed = false;
+  private lastSweep = 0;
+  readonly stats = { entries: 0, jobs: 0, failed: 0, reconciled: 0 };
+
+  constructor(options: JournalPumpOptions) {
+    this.opts = options;
+    this.log = options.logger;
+    this.keys = journalKeys(options.redis.prefix);
+    this.client = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
+    this.reader = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
+    this.queueConn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
+    for (const c of [this.client, this.reader, this.queueConn]) c.on('error', (err) => this.log.debug({ err }, 'pump redis error'));
+    this.queue = new Queue(options.journal.queueName, {
+      connection: this.queueConn,
+      prefix: options.redis.prefix,
+      defaultJobOptions: { removeOnComplete: { count: 1000 }, removeOnFail: { count: 5000 } },
+    });
+    this.queue.on('error', (err) => this.log.debug({ err }, 'pump queue error'));
+  }
+
+  /** Records still waiting for their outcome (for status and `vfsx journal --pending`). */
+  get pending(): ChangeRecord[] {
+    return [...this.awaiting.values()].map((a) => a.rec);
+  }
+
+  start(): void {
+    if (!this.loop) this.loop = this.run();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.reader.disconnect(); // breaks a blocking XREAD
+    await this.loop?.catch(() => undefined);
+    await this.queue.close().catch(() => undefined);
+    for (const c of [this.client, this.queueConn]) await c.quit().catch(() => c.disconnect());
+  }
+
+  private async run(): Promise<void> {
+    let backoff = 100;
+    let started = false;
+    while (!this.closed) {
+      try {
+        if (!started) {
+          await this.resume();
+          started = true;
+        }
+        const res = (await this.reader.xread('COUNT', 500, 'BLOCK', 500, 'STREAMS', this.keys.stream, this.cursor)) as
+          | Array<[string, StreamEntry[]]> | null;
+        const entries = res?.[0]?.[1] ?? [];
+        await this.handle(entries);
+        backoff = 100;
+        // Off the verdict path: let small trickles gather into one batch.
+        if (entries.length > 0 && entries.length < 500 && this.opts.journal.pumpIntervalMs > 0) {
+          await new Promise((r) => setTimeout(r, this.opts.journal.pumpIntervalMs));
+        }
+      } catch (err) {
+        if (this.closed) break;
+        this.log.warn({ err }, 'journal pump: retrying');
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(5000, backoff * 2);
+      }
+    }
+  }
+
+  /** After a (re)start: re-read from the oldest entry that may still matter. */
+  private async resume(): Promise<void> {
+    const saved = await this.client.hgetall(this.keys.cursor);
+    this.awaiting.clear();
+    this.cursor = saved.cursor ?? '0-0';
+    if (saved.low) {
+      let from = saved.low;
+      for (;;) {
+        const entries = (await this.client.xrange(this.keys.stream, from, this.cursor, 'COUNT', 2000)) as StreamEntry[];
+        if (entries.length === 0) break;
+        await this.handle(entries, false);
+        from = nextId(entries[entries.length - 1][0]);
+      }
+    }
+    this.log.info({ cursor: this.cursor, awaiting: this.awaiting.size }, 'journal pump resumed');
+  }
+
+  private async handle(entries: StreamEntry[], advance = true): Promise<void> {
+    const jobs: JobEntry[] = [];
+    const failed: ChangeRecord[] = [];
+    let n = 0;
+    for (const [sid, fields] of entries) {
+      // The verdict path shares this event loop: never hold it for long.
+      if (++n % 100 === 0) await yieldToVerdicts();
+      this.stats.entries++;
+      const [kind, value] = fields;
+      if (kind === 'r') {
+        const rec = JSON.parse(value) as ChangeRecord;
+        if (rec.outcome === 'pending') this.awaiting.set(rec.id, { rec, sid });
+        else if (rec.outcome === 'failed') failed.push(rec);
+        else jobs.push(jobFor(rec));
+      } else if (kind === 'o') {
+        const [id, err] = value.split(' ');
+        const a = this.awaiting.get(id);
+        if (!a) continue; // reconciled already, or a repeat
+        this.awaiting.delete(id);
+        if (err === '0') jobs.push(jobFor({ ...a.rec, outcome: 'confirmed' }));
+        else failed.push({ ...a.rec, outcome: 'failed', errno: Number(err) });
+      }
+    }
+    let reconciled = 0;
+    if (Date.now() - this.lastSweep >= this.opts.journal.sweepIntervalMs) {
+      this.lastSweep = Date.now();
+      const r = await this.reconcile();
+      reconciled = r.length;
+      jobs.push(...r);
+    }
+    await this.emit(jobs, failed);
+    if (advance && entries.length > 0) this.cursor = entries[entries.length - 1][0];
+    if (advance && entries.length + reconciled > 0) await this.checkpoint();
+  }
+
+  private async reconcile(): Promise<JobEntry[]> {
+    const now = Date.now();
+    const alive = new Map<string, boolean>();
+    const out: JobEntry[] = [];
+    for (const [id, { rec }] of this.awaiting) {
+      if (!alive.has(rec.instance)) alive.set(rec.instance, await instanceAlive(rec.instance));
+      if (!alive.get(rec.instance) || now - rec.ts >= this.opts.journal.reconcileAfterMs) {
+        out.push(jobFor(rec, this.opts.journal.reconcileDelayMs));
+        this.awaiting.delete(id);
+        this.log.info({ id, op: rec.op, alive: alive.get(rec.instance) }, 'reconciling a record without outcome');
+      }
+    }
+    this.stats.reconciled += out.length;
+    return out;
+  }
+
+  private async emit(jobs: JobEntry[], failed: ChangeRecord[]): Promise<void> {
+    // Small chunks: each job of an addBulk is a Lua call, run back to back,
+    // and the verdict path shares this Redis; 10 jobs hold it for well under
+    // a millisecond (100 held it for ~10 ms, measured with npm run bench).
+    for (let i = 0; i < jobs.length; i += ADD_CHUNK) {
+      await this.queue.addBulk(jobs.slice(i, i + ADD_CHUNK));
+      await yieldToVerdicts();
+    }
+    this.stats.jobs += jobs.length;
+    if (failed.length > 0) {
+      await this.client.pipeline()
+        .lpush(this.keys.failed, ...failed.map((r) => JSON.stringify(r)))
+        .ltrim(this.keys.failed, 0, Math.max(0, this.opts.journal.keepFailedOps - 1))
+        .exec();
+      this.stats.failed += failed.length;
+    }
+  }
+
+  private async checkpoint(): Promise<void> {
+    let low = '';
+    for (const { sid } of this.awaiting.values()) if (low === '' || compareIds(sid, low) < 0) low = sid;
+    await this.client.pipeline()
+      .hset(this.keys.cursor, 'cursor', this.cursor, 'low', low)
+      .xtrim(this.keys.stream, 'MINID', '~', low || nextId(this.cursor))
+      .exec();
+  }
+}

@@ -1,0 +1,18 @@
+/** Redis Stream ids ("ms-seq") compared and stepped without floating point. */
+export function parseId(id: string): [bigint, bigint] {
+  const [ms, seq] = id.split('-');
+  return [BigInt(ms), BigInt(seq ?? '0')];
+}
+
+export function compareIds(a: string, b: string): number {
+  const [am, as] = parseId(a);
+  const [bm, bs] = parseId(b);
+  if (am !== bm) return am < bm ? -1 : 1;
+  return as === bs ? 0 : as < bs ? -1 : 1;
+}
+
+/** The smallest id greater than id. */
+export function nextId(id: string): string {
+  const [ms, seq] = parseId(id);
+  return `${ms}-${seq + 1n}`;
+}
