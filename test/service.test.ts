@@ -112,6 +112,8 @@ test('while Redis is down the service answers unavailable at once, and records a
   const t0 = Date.now();
   assert.equal(await c.ask('eve', 'unlink', [['seq', 10], ['share', 'sh'], ['path', 'x']]), 'unavailable:10');
   assert.ok(Date.now() - t0 < 5000);
+  await waitFor('the journal link state change logged', () =>
+    svc.logs.some((l) => l.link === 'journal' && l.from === 'ready' && typeof l.to === 'string' && l.to !== 'ready'));
   await redis.startServer();
   await waitFor('journal writes again', async () =>
     (await c.ask('eve', 'unlink', [['seq', 11], ['share', 'sh'], ['path', 'back']])) === 'transparent:11', 20000, 200);

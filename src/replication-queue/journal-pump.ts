@@ -18,6 +18,7 @@ import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
+import { logLinkStatus } from './link-status';
 import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
 import { compareIds, nextId } from './stream-ids';
 
@@ -48,6 +49,13 @@ export async function instanceAlive(instance: string): Promise<boolean> {
 type StreamEntry = [string, string[]];
 
 const ADD_CHUNK = 10;
+const READ_COUNT = 500;
+/**
+ * A dead smbd's last outcome may still be on its way (in the service's
+ * current batch, or further down the stream): its records count as lost
+ * only once they are this old.
+ */
+const DEAD_GRACE_MS = 2000;
 const yieldToVerdicts = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export class JournalPump {
@@ -73,6 +81,7 @@ export class JournalPump {
     this.reader = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
     this.queueConn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
     for (const c of [this.client, this.reader, this.queueConn]) c.on('error', (err) => this.log.debug({ err }, 'pump redis error'));
+    logLinkStatus(this.client, 'pump', this.log);
     this.queue = new Queue(options.journal.queueName, {
       connection: this.queueConn,
       prefix: options.redis.prefix,
@@ -108,13 +117,13 @@ export class JournalPump {
           await this.resume();
           started = true;
         }
-        const res = (await this.reader.xread('COUNT', 500, 'BLOCK', 500, 'STREAMS', this.keys.stream, this.cursor)) as
+        const res = (await this.reader.xread('COUNT', READ_COUNT, 'BLOCK', 500, 'STREAMS', this.keys.stream, this.cursor)) as
           | Array<[string, StreamEntry[]]> | null;
         const entries = res?.[0]?.[1] ?? [];
         await this.handle(entries);
         backoff = 100;
         // Off the verdict path: let small trickles gather into one batch.
-        if (entries.length > 0 && entries.length < 500 && this.opts.journal.pumpIntervalMs > 0) {
+        if (entries.length > 0 && entries.length < READ_COUNT && this.opts.journal.pumpIntervalMs > 0) {
           await new Promise((r) => setTimeout(r, this.opts.journal.pumpIntervalMs));
         }
       } catch (err) {
@@ -167,7 +176,9 @@ export class JournalPump {
       }
     }
     let reconciled = 0;
-    if (Date.now() - this.lastSweep >= this.opts.journal.sweepIntervalMs) {
+    // Only when caught up with the stream: an outcome may be in the part not read yet.
+    const caughtUp = advance && entries.length < READ_COUNT;
+    if (caughtUp && Date.now() - this.lastSweep >= this.opts.journal.sweepIntervalMs) {
       this.lastSweep = Date.now();
       const r = await this.reconcile();
       reconciled = r.length;
@@ -183,8 +194,10 @@ export class JournalPump {
     const alive = new Map<string, boolean>();
     const out: JobEntry[] = [];
     for (const [id, { rec }] of this.awaiting) {
+      const age = now - rec.ts;
+      if (age < DEAD_GRACE_MS) continue;
       if (!alive.has(rec.instance)) alive.set(rec.instance, await instanceAlive(rec.instance));
-      if (!alive.get(rec.instance) || now - rec.ts >= this.opts.journal.reconcileAfterMs) {
+      if (!alive.get(rec.instance) || age >= this.opts.journal.reconcileAfterMs) {
         out.push(jobFor(rec, this.opts.journal.reconcileDelayMs));
         this.awaiting.delete(id);
         this.log.info({ id, op: rec.op, alive: alive.get(rec.instance) }, 'reconciling a record without outcome');

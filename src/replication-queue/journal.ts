@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord, ChangeSink } from '../ops/change-record';
+import { logLinkStatus } from './link-status';
 import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
 
 export interface JournalOptions {
@@ -49,6 +50,7 @@ export class Journal implements ChangeSink {
     // verdict says "unavailable" and the module spools without waiting.
     this.client = new IORedis(redisOptions(options.redis, { enableOfflineQueue: false, maxRetriesPerRequest: 0 }));
     this.client.on('error', (err) => this.log.debug({ err }, 'journal redis error'));
+    logLinkStatus(this.client, 'journal', this.log);
   }
 
   async waitUntilReady(): Promise<void> {

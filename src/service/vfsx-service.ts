@@ -8,13 +8,13 @@ import type { VfsxConfig } from '../config/schema';
 import { OpDispatcher } from '../ops/op-dispatcher';
 import { Policy } from '../ops/policy';
 import { Journal } from '../replication-queue/journal';
-import { JournalPump } from '../replication-queue/journal-pump';
+import { PumpThread } from '../replication-queue/pump-thread';
 import { SocketServer } from '../socket-server/socket-server';
 import { SpoolIngester } from '../socket-server/spool-ingester';
 
 export class VfsxService {
   readonly journal: Journal;
-  readonly pump: JournalPump;
+  readonly pump: PumpThread;
   readonly server: SocketServer;
   readonly spool: SpoolIngester;
   readonly dispatcher: OpDispatcher;
@@ -24,7 +24,7 @@ export class VfsxService {
   constructor(config: VfsxConfig, logger: Logger) {
     this.log = logger;
     this.journal = new Journal({ redis: config.redis, logger: logger.child({ c: 'journal' }) });
-    this.pump = new JournalPump({ redis: config.redis, journal: config.journal, logger: logger.child({ c: 'pump' }) });
+    this.pump = new PumpThread({ redis: config.redis, journal: config.journal, logLevel: config.log.level, logger: logger.child({ c: 'pump' }) });
     this.dispatcher = new OpDispatcher({
       policy: new Policy(config.policy.rules),
       sink: this.journal,

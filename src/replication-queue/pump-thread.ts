@@ -1,0 +1,69 @@
+/**
+ * Runs the JournalPump in a worker thread: its parsing, job building and
+ * garbage stay off the event loop that answers smbd's verdicts.
+ */
+import { Worker } from 'node:worker_threads';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { VfsxConfig } from '../config/schema';
+
+export interface PumpThreadOptions {
+  redis: VfsxConfig['redis'];
+  journal: VfsxConfig['journal'];
+  logLevel: string;
+  logger: Logger;
+}
+
+export interface PumpStats {
+  entries: number;
+  jobs: number;
+  failed: number;
+  reconciled: number;
+  pending: number;
+}
+
+export class PumpThread {
+  private readonly opts: PumpThreadOptions;
+  private worker: Worker | null = null;
+  private closing: Promise<void> | null = null;
+  stats: PumpStats = { entries: 0, jobs: 0, failed: 0, reconciled: 0, pending: 0 };
+
+  constructor(options: PumpThreadOptions) {
+    this.opts = options;
+  }
+
+  start(): void {
+    if (this.worker) return;
+    const w = new Worker(join(__dirname, 'pump-worker.js'), {
+      workerData: { redis: this.opts.redis, journal: this.opts.journal, logLevel: this.opts.logLevel },
+    });
+    w.on('message', (m: { stats?: PumpStats }) => {
+      if (m.stats) this.stats = m.stats;
+    });
+    w.on('error', (err) => this.opts.logger.error({ err }, 'journal pump thread failed; restarting'));
+    w.on('exit', (code) => {
+      this.worker = null;
+      if (!this.closing) {
+        this.opts.logger.error({ code }, 'journal pump thread exited; restarting');
+        setTimeout(() => this.start(), 1000).unref();
+      }
+    });
+    this.worker = w;
+  }
+
+  close(): Promise<void> {
+    if (!this.closing) {
+      this.closing = new Promise<void>((resolve) => {
+        const w = this.worker;
+        if (!w) return resolve();
+        const timer = setTimeout(() => void w.terminate(), 5000);
+        w.once('exit', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        w.postMessage('close');
+      });
+    }
+    return this.closing;
+  }
+}
