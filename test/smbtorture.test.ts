@@ -14,7 +14,7 @@ import { SMB_PASS, SMB_USER, SmbdHarness } from './helpers/smbd-harness';
 
 const SUITES = [
   'smb2.connect', 'smb2.create', 'smb2.rename', 'smb2.delete-on-close-perms', 'smb2.setinfo', 'smb2.streams',
-  'smb2.rw', 'smb2.dir', 'smb2.lock', 'smb2.compound', 'smb2.sharemode',
+  'smb2.rw', 'smb2.dir', 'smb2.lock', 'smb2.compound', 'smb2.sharemode', 'smb2.compound_async',
 ];
 
 let redis: RedisHarness;
@@ -63,9 +63,12 @@ for (const suite of SUITES) {
 test('the torture runs went through the module (the journal saw their changes)', async () => {
   const recs = await readJournal(svc);
   assert.ok(recs.length > 100, `only ${recs.length} records`);
-  for (const op of ['create', 'close', 'rename', 'unlink', 'mkdir', 'setdosattr']) {
+  // smb2.compound_async sends SMB2 FLUSH: the fsync hook reports (and clears) the file's state.
+  for (const op of ['create', 'close', 'fsync', 'rename', 'unlink', 'mkdir', 'setdosattr']) {
     assert.ok(recs.some((r) => r.op === op && r.share === 'vfsx'), `no ${op} record`);
   }
   assert.ok(recs.some((r) => r.names.stream !== undefined), 'no stream record');
+  const flushed = recs.filter((r) => r.op === 'fsync' && r.names.path === 'compound_async_flush_close');
+  assert.ok(flushed.length >= 1 && flushed.every((r) => r.args.flags === 'c'), JSON.stringify(flushed));
   assert.equal(recs.some((r) => r.share === 'plain'), false);
 });

@@ -59,12 +59,13 @@ export class Journal implements ChangeSink {
     }
   }
 
+  /** Both kinds of record go to the stream alike; the pump tells them apart by outcome. */
   stage(rec: ChangeRecord): Promise<void> {
     return this.add('r', JSON.stringify(rec), true) as Promise<void>;
   }
 
   append(rec: ChangeRecord): Promise<void> {
-    return this.add('r', JSON.stringify(rec), true) as Promise<void>;
+    return this.stage(rec);
   }
 
   resolve(instance: string, seq: number, err: number): Promise<void> {
