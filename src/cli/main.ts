@@ -5,6 +5,7 @@
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
+import { DrSiteServer } from '../dr-site/dr-site-server';
 import { createLogger } from '../service/create-logger';
 import { VfsxService } from '../service/vfsx-service';
 import { journalCommand } from './journal-command';
@@ -19,6 +20,10 @@ Usage:
       Print queued change records, oldest first (--pending: records still
       awaiting their outcome). --json prints one JSON record per line.
       --follow keeps printing records as they are added.
+  vfsx dr-site [--config FILE]
+      Run a RestFS disaster-recovery site: JSON-RPC 2.0 over WebSocket on
+      drSite.host:drSite.port (wss with drSite.tlsCert/tlsKey), blocks and
+      metadata under drSite.dataDir. drSite.token is required.
   vfsx --help
       This text.
 
@@ -48,6 +53,29 @@ async function serve(configFile: string | undefined): Promise<number> {
   return new Promise<number>(() => undefined); // runs until a signal
 }
 
+async function drSite(configFile: string | undefined): Promise<number> {
+  const config = loadConfig(configFile);
+  const d = config.drSite;
+  if (!d.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.token is required (16 characters or more)');
+  if (Boolean(d.tlsCert) !== Boolean(d.tlsKey)) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.tlsCert and drSite.tlsKey go together');
+  const logger = createLogger(config.log.level).child({ c: 'dr-site' });
+  const site = await DrSiteServer.create({
+    host: d.host, port: d.port, token: d.token, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
+    tls: d.tlsCert && d.tlsKey ? { cert: d.tlsCert, key: d.tlsKey } : undefined,
+  });
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    void site.close().finally(() => process.exit(0));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  await site.listen();
+  logger.info({ port: site.port }, 'vfsx dr-site serving');
+  return new Promise<number>(() => undefined); // runs until a signal
+}
+
 export async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -69,6 +97,8 @@ export async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'serve':
       return serve(values.config);
+    case 'dr-site':
+      return drSite(values.config);
     case 'journal':
       return journalCommand(loadConfig(values.config), {
         share: values.share,

@@ -88,6 +88,20 @@ export const configSchema = {
         },
       },
     },
+    drSite: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: 7480 },
+        token: { type: 'string', minLength: 16, description: 'clients send it as Authorization: Bearer <token>' },
+        dataDir: { type: 'string', minLength: 1, default: '/var/lib/vfsx-dr' },
+        maxFrameBytes: { type: 'integer', minimum: 65536, default: 67108864 },
+        tlsCert: { type: 'string' },
+        tlsKey: { type: 'string' },
+      },
+    },
     log: {
       type: 'object',
       additionalProperties: false,
@@ -139,5 +153,14 @@ export interface VfsxConfig {
     keepFailedOps: number;
   };
   policy: { rules: PolicyRuleConfig[] };
+  drSite: {
+    host: string;
+    port: number;
+    token?: string;
+    dataDir: string;
+    maxFrameBytes: number;
+    tlsCert?: string;
+    tlsKey?: string;
+  };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }

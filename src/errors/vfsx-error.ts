@@ -15,7 +15,12 @@ export type VfsxErrorCode =
   | 'VFSX_ERR_JOURNAL_UNAVAILABLE'
   | 'VFSX_ERR_JOURNAL_TIMEOUT'
   | 'VFSX_ERR_SOCKET_IN_USE'
-  | 'VFSX_ERR_NATIVE_ADDON';
+  | 'VFSX_ERR_NATIVE_ADDON'
+  | 'VFSX_ERR_DR_HASH_MISMATCH'
+  | 'VFSX_ERR_DR_MISSING_BLOCKS'
+  | 'VFSX_ERR_DR_INVALID_PATH'
+  | 'VFSX_ERR_DR_NOT_FOUND'
+  | 'VFSX_ERR_DR_CONFLICT';
 
 export class VfsxError extends Error {
   readonly code: VfsxErrorCode;

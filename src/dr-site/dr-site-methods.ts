@@ -1,0 +1,90 @@
+/**
+ * The DR site's JSON-RPC methods over the block and metadata stores.
+ * Every method is idempotent: a retried call is harmless.
+ */
+import { VfsxError } from '../errors/vfsx-error';
+import { BlockStore } from './block-store';
+import { MetaStore, ObjectVersion } from './meta-store';
+import { checkObjectPath } from './object-path';
+
+export interface BinaryPart {
+  hash: string;
+  data: Buffer;
+}
+
+/** What a method returns: a JSON result, or a JSON result plus binary blocks. */
+export type MethodResult = { result: unknown; binary?: BinaryPart[] };
+
+type Params = Record<string, unknown>;
+
+function publicVersion(v: ObjectVersion | null, blocks?: string[]): unknown {
+  if (!v) return null;
+  const { id, path, ts, kind, meta, size, blockSize, target } = v;
+  return { version: id, path, ts, kind, meta, size, blockSize, target, ...(blocks ? { blocks } : {}) };
+}
+
+export class DrSiteMethods {
+  readonly blocks: BlockStore;
+  readonly meta: MetaStore;
+
+  constructor(blocks: BlockStore, meta: MetaStore) {
+    this.blocks = blocks;
+    this.meta = meta;
+  }
+
+  private bucket(p: Params): string {
+    const b = p.bucket as string;
+    if (!this.meta.bucketExists(b)) throw new VfsxError('VFSX_ERR_DR_NOT_FOUND', `no bucket ${b} (call bucket.ensure)`);
+    return b;
+  }
+
+  async call(method: string, p: Params, binary: BinaryPart[]): Promise<MethodResult> {
+    switch (method) {
+      case 'bucket.ensure':
+        this.meta.ensureBucket(p.bucket as string);
+        return { result: { bucket: p.bucket } };
+      case 'blocks.missing':
+        return { result: { missing: this.meta.missingBlocks(p.hashes as string[]) } };
+      case 'blocks.put':
+        for (const b of binary) {
+          await this.blocks.put(b.hash, b.data); // verifies the hash before naming it
+          this.meta.addBlock(b.hash, b.data.length);
+        }
+        return { result: { stored: binary.length } };
+      case 'blocks.get': {
+        const hashes = p.hashes as string[];
+        const missing = this.meta.missingBlocks(hashes);
+        if (missing.length > 0) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
+        const parts = await Promise.all(hashes.map(async (hash) => ({ hash, data: await this.blocks.get(hash) })));
+        return { result: { blocks: parts.map((b) => ({ hash: b.hash, size: b.data.length })) }, binary: parts };
+      }
+      case 'object.commit': {
+        const bucket = this.bucket(p);
+        const path = checkObjectPath(p.path);
+        const kind = p.kind as 'file' | 'dir' | 'symlink';
+        const blocks = kind === 'file' ? ((p.blocks as string[]) ?? []) : [];
+        const v = this.meta.commit(bucket, path, {
+          kind, meta: p.meta as object, size: kind === 'file' ? (p.size as number) ?? 0 : 0,
+          blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? (p.target as string) ?? '' : null,
+        }, blocks);
+        return { result: publicVersion(v) };
+      }
+      case 'object.delete':
+        return { result: { ended: this.meta.delete(this.bucket(p), checkObjectPath(p.path)) } };
+      case 'object.move':
+        return { result: { moved: this.meta.move(this.bucket(p), checkObjectPath(p.from), checkObjectPath(p.to)) } };
+      case 'object.stat': {
+        const bucket = this.bucket(p);
+        const path = checkObjectPath(p.path);
+        const v = p.at === undefined ? this.meta.head(bucket, path) : this.meta.at(bucket, path, p.at as number);
+        return { result: publicVersion(v, v && p.blocks && v.kind === 'file' ? this.meta.blocksOf(v) : undefined) };
+      }
+      case 'object.list':
+        return { result: this.meta.list(this.bucket(p), p.at as number | undefined).map((v) => publicVersion(v)) };
+      case 'object.versions':
+        return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };
+      default:
+        throw new Error(`no implementation for ${method}`);
+    }
+  }
+}

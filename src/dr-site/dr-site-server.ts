@@ -1,0 +1,207 @@
+/**
+ * The RestFS DR site: JSON-RPC 2.0 over WebSocket (wss when a certificate is
+ * configured). Clients authenticate with a Bearer token at the upgrade.
+ * Text frames carry JSON-RPC requests (single or batch); binary frames carry
+ * one request whose blocks follow it: a 4-byte big-endian header length,
+ * the JSON-RPC request, then the blocks' bytes back to back. Hostile input
+ * gets a JSON-RPC error; nothing a client sends can stop the site.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { createServer as createHttp, IncomingMessage, Server } from 'node:http';
+import { createServer as createHttps } from 'node:https';
+import { join } from 'node:path';
+import Ajv, { ValidateFunction } from 'ajv';
+import type { Logger } from 'pino';
+import { WebSocket, WebSocketServer } from 'ws';
+import { VfsxError } from '../errors/vfsx-error';
+import { BlockStore } from './block-store';
+import { BinaryPart, DrSiteMethods } from './dr-site-methods';
+import { MetaStore } from './meta-store';
+import { RPC_ERRORS, RPC_PARAMS } from './rpc-schema';
+
+export interface DrSiteServerOptions {
+  host: string;
+  port: number;
+  token: string;
+  dataDir: string;
+  maxFrameBytes: number;
+  tls?: { cert: string; key: string };
+  logger: Logger;
+}
+
+type Id = string | number | null;
+interface RpcError { code: number; message: string; data?: unknown }
+interface Reply { jsonrpc: '2.0'; id: Id; result?: unknown; error?: RpcError }
+
+const CODE_OF: Partial<Record<string, number>> = {
+  VFSX_ERR_DR_MISSING_BLOCKS: RPC_ERRORS.MISSING_BLOCKS,
+  VFSX_ERR_DR_INVALID_PATH: RPC_ERRORS.INVALID_PATH,
+  VFSX_ERR_DR_NOT_FOUND: RPC_ERRORS.NOT_FOUND,
+  VFSX_ERR_DR_HASH_MISMATCH: RPC_ERRORS.HASH_MISMATCH,
+};
+
+export class DrSiteServer {
+  readonly methods: DrSiteMethods;
+  private readonly opts: DrSiteServerOptions;
+  private readonly log: Logger;
+  private readonly validators = new Map<string, ValidateFunction>();
+  private http: Server | null = null;
+  private wss: WebSocketServer | null = null;
+  port = 0;
+
+  constructor(options: DrSiteServerOptions) {
+    this.opts = options;
+    this.log = options.logger;
+    const ajv = new Ajv({ allErrors: true, strict: true });
+    for (const [m, schema] of Object.entries(RPC_PARAMS)) this.validators.set(m, ajv.compile(schema));
+    this.methods = new DrSiteMethods(
+      new BlockStore({ dir: join(options.dataDir, 'blocks') }),
+      new MetaStore(join(options.dataDir, 'meta.sqlite')),
+    );
+  }
+
+  static async create(options: DrSiteServerOptions): Promise<DrSiteServer> {
+    await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+    const s = new DrSiteServer(options);
+    await s.methods.blocks.init();
+    return s;
+  }
+
+  async listen(): Promise<void> {
+    const { tls } = this.opts;
+    this.http = tls ? createHttps({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }) : createHttp();
+    this.wss = new WebSocketServer({
+      server: this.http,
+      maxPayload: this.opts.maxFrameBytes,
+      verifyClient: (info: { req: IncomingMessage }, cb: (ok: boolean, code?: number, msg?: string) => void) =>
+        this.authorized(info.req) ? cb(true) : cb(false, 401, 'Unauthorized'),
+    });
+    this.wss.on('connection', (ws) => this.accept(ws));
+    await new Promise<void>((resolve, reject) => {
+      this.http?.once('error', reject);
+      this.http?.listen(this.opts.port, this.opts.host, () => resolve());
+    });
+    this.port = (this.http.address() as { port: number }).port;
+    this.log.info({ host: this.opts.host, port: this.port, tls: Boolean(tls) }, 'dr site listening');
+  }
+
+  private authorized(req: IncomingMessage): boolean {
+    const got = Buffer.from(String(req.headers.authorization ?? ''));
+    const want = Buffer.from(`Bearer ${this.opts.token}`);
+    const ok = got.length === want.length && timingSafeEqual(got, want);
+    if (!ok) this.log.warn({ remote: req.socket.remoteAddress }, 'refused client: bad token');
+    return ok;
+  }
+
+  private accept(ws: WebSocket): void {
+    ws.on('error', (err) => this.log.debug({ err }, 'client connection error'));
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      this.onMessage(data, isBinary).then(
+        (out) => {
+          if (out !== null && ws.readyState === WebSocket.OPEN) ws.send(out);
+        },
+        (err) => this.log.error({ err }, 'unexpected failure answering a request'),
+      );
+    });
+  }
+
+  private async onMessage(data: Buffer, isBinary: boolean): Promise<string | Buffer | null> {
+    if (isBinary) return this.onBinary(data);
+    let msg: unknown;
+    try {
+      msg = JSON.parse(data.toString('utf8'));
+    } catch {
+      return JSON.stringify(this.error(null, RPC_ERRORS.PARSE_ERROR, 'parse error'));
+    }
+    if (Array.isArray(msg)) {
+      if (msg.length === 0) return JSON.stringify(this.error(null, RPC_ERRORS.INVALID_REQUEST, 'empty batch'));
+      const replies = (await Promise.all(msg.map((m) => this.handle(m, []))))
+        .filter((r): r is Reply & { binary?: BinaryPart[] } => r !== null)
+        .map((r) => (r.binary ? this.error(r.id, RPC_ERRORS.INVALID_REQUEST, 'blocks.get cannot be batched') : r));
+      return replies.length > 0 ? JSON.stringify(replies) : null;
+    }
+    const r = await this.handle(msg, []);
+    return r ? this.encodeReply(r) : null;
+  }
+
+  private async onBinary(data: Buffer): Promise<string | Buffer | null> {
+    if (data.length < 4 || data.readUInt32BE(0) > data.length - 4) {
+      return JSON.stringify(this.error(null, RPC_ERRORS.INVALID_REQUEST, 'binary frame without a whole header'));
+    }
+    const hlen = data.readUInt32BE(0);
+    let req: { params?: { blocks?: Array<{ hash: string; size: number }> } } & Record<string, unknown>;
+    try {
+      req = JSON.parse(data.subarray(4, 4 + hlen).toString('utf8'));
+    } catch {
+      return JSON.stringify(this.error(null, RPC_ERRORS.PARSE_ERROR, 'parse error in binary header'));
+    }
+    const parts: BinaryPart[] = [];
+    const list = Array.isArray(req?.params?.blocks) ? req.params.blocks : [];
+    let off = 4 + hlen;
+    for (const b of list) {
+      const size = typeof b?.size === 'number' && Number.isInteger(b.size) && b.size >= 0 ? b.size : -1;
+      if (size < 0 || off + size > data.length) {
+        return JSON.stringify(this.error((req.id as Id) ?? null, RPC_ERRORS.INVALID_PARAMS, 'block sizes do not match the frame'));
+      }
+      parts.push({ hash: String(b.hash), data: data.subarray(off, off + size) });
+      off += size;
+    }
+    if (off !== data.length) {
+      return JSON.stringify(this.error((req.id as Id) ?? null, RPC_ERRORS.INVALID_PARAMS, 'trailing bytes after the blocks'));
+    }
+    const r = await this.handle(req, parts);
+    return r ? this.encodeReply(r) : null;
+  }
+
+  /** A reply with binary blocks goes back as a binary frame, like a request. */
+  private encodeReply(r: Reply & { binary?: BinaryPart[] }): string | Buffer {
+    if (!r.binary) return JSON.stringify(r);
+    const { binary, ...json } = r;
+    const head = Buffer.from(JSON.stringify(json));
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(head.length);
+    return Buffer.concat([len, head, ...binary.map((b) => b.data)]);
+  }
+
+  private error(id: Id, code: number, message: string, data?: unknown): Reply {
+    return { jsonrpc: '2.0', id, error: data === undefined ? { code, message } : { code, message, data } };
+  }
+
+  private async handle(m: unknown, binary: BinaryPart[]): Promise<(Reply & { binary?: BinaryPart[] }) | null> {
+    const req = m as { jsonrpc?: unknown; id?: unknown; method?: unknown; params?: unknown };
+    const idOk = req && (req.id === undefined || req.id === null || typeof req.id === 'string' || typeof req.id === 'number');
+    const id = (idOk && req.id !== undefined ? req.id : null) as Id;
+    if (!req || typeof req !== 'object' || req.jsonrpc !== '2.0' || typeof req.method !== 'string' || !idOk) {
+      return this.error(id, RPC_ERRORS.INVALID_REQUEST, 'not a JSON-RPC 2.0 request');
+    }
+    const notification = req.id === undefined;
+    const validate = this.validators.get(req.method);
+    if (!validate) return notification ? null : this.error(id, RPC_ERRORS.METHOD_NOT_FOUND, `no method ${req.method}`);
+    const params = req.params ?? {};
+    if (!validate(params)) return notification ? null : this.error(id, RPC_ERRORS.INVALID_PARAMS, 'invalid params', validate.errors);
+    if (req.method === 'blocks.put') {
+      const declared = (params as { blocks: Array<{ hash: string }> }).blocks.map((b) => b.hash).join();
+      if (declared !== binary.map((b) => b.hash).join()) {
+        return this.error(id, RPC_ERRORS.INVALID_PARAMS, 'blocks.put must come in a binary frame with its blocks');
+      }
+    }
+    try {
+      const out = await this.methods.call(req.method, params as Record<string, unknown>, binary);
+      return notification ? null : { jsonrpc: '2.0', id, result: out.result, ...(out.binary ? { binary: out.binary } : {}) };
+    } catch (err) {
+      const code = err instanceof VfsxError ? CODE_OF[err.code] : undefined;
+      if (code === undefined) this.log.error({ err, method: req.method }, 'method failed');
+      const data = err instanceof VfsxError && Array.isArray(err.cause) ? { missing: err.cause } : undefined;
+      return notification ? null : this.error(id, code ?? RPC_ERRORS.INTERNAL, code ? (err as Error).message : 'internal error', data);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.wss?.clients ?? []) c.terminate();
+    await new Promise<void>((r) => (this.wss ? this.wss.close(() => r()) : r()));
+    await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));
+    this.methods.meta.close();
+  }
+}

@@ -1,0 +1,287 @@
+/**
+ * Object metadata of the DR site in SQLite (WAL, synchronous=FULL): every
+ * commit of an object is a new version; deletions are tombstones; file data
+ * is a list of segments, each an ordered list of content-addressed blocks.
+ * Segments and blocks are reference-counted so garbage collection deletes a
+ * block only when no retained version uses it. Every mutation is one
+ * transaction, and idempotent: repeating a call changes nothing.
+ */
+import Database from 'better-sqlite3';
+import { createHash } from 'node:crypto';
+import { VfsxError } from '../errors/vfsx-error';
+import { subtreeBounds } from './object-path';
+
+export type ObjectKind = 'file' | 'dir' | 'symlink';
+
+export interface ObjectMeta {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  mtimeNs?: string;
+  dosAttrs?: number;
+  xattrs?: Record<string, string>; // name -> base64 value
+}
+
+export interface ObjectVersion {
+  id: number;
+  bucket: string;
+  path: string;
+  ts: number;
+  kind: ObjectKind | 'tombstone';
+  meta: ObjectMeta;
+  size: number;
+  blockSize: number;
+  segments: string[];
+  target: string | null;
+}
+
+interface VersionRow {
+  id: number;
+  bucket: string;
+  path: string;
+  ts: number;
+  kind: ObjectVersion['kind'];
+  meta: string;
+  size: number;
+  block_size: number;
+  segments: string;
+  target: string | null;
+}
+
+export const SEGMENT_BLOCKS = 256;
+
+export function segmentHash(blocks: string[]): string {
+  return createHash('sha256').update(blocks.join('\n')).digest('hex');
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  bucket TEXT NOT NULL, path TEXT NOT NULL, ts INTEGER NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'tombstone')),
+  meta TEXT NOT NULL, size INTEGER NOT NULL, block_size INTEGER NOT NULL,
+  segments TEXT NOT NULL, target TEXT);
+CREATE INDEX IF NOT EXISTS versions_path ON versions (bucket, path, id);
+CREATE TABLE IF NOT EXISTS heads (bucket TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (bucket, path));
+CREATE TABLE IF NOT EXISTS segments (hash TEXT PRIMARY KEY, blocks TEXT NOT NULL, refs INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (hash TEXT PRIMARY KEY, size INTEGER NOT NULL, refs INTEGER NOT NULL,
+  created INTEGER NOT NULL);
+`;
+
+function toVersion(r: VersionRow): ObjectVersion {
+  return {
+    id: r.id, bucket: r.bucket, path: r.path, ts: r.ts, kind: r.kind, meta: JSON.parse(r.meta),
+    size: r.size, blockSize: r.block_size, segments: JSON.parse(r.segments), target: r.target,
+  };
+}
+
+export interface NewVersion {
+  kind: ObjectKind;
+  meta: ObjectMeta;
+  size?: number;
+  blockSize?: number;
+  segments?: string[];
+  target?: string | null;
+}
+
+export class MetaStore {
+  private readonly db: Database.Database;
+  private readonly now: () => number;
+
+  constructor(file: string, now: () => number = Date.now) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(SCHEMA);
+    this.now = now;
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  ensureBucket(name: string): void {
+    this.db.prepare('INSERT OR IGNORE INTO buckets (name, created) VALUES (?, ?)').run(name, this.now());
+  }
+
+  bucketExists(name: string): boolean {
+    return this.db.prepare('SELECT 1 FROM buckets WHERE name = ?').get(name) !== undefined;
+  }
+
+  /** Registers a block stored on disk (refs 0 until a version uses it). */
+  addBlock(hash: string, size: number): void {
+    this.db.prepare('INSERT OR IGNORE INTO blocks (hash, size, refs, created) VALUES (?, ?, 0, ?)').run(hash, size, this.now());
+  }
+
+  /** Which of these blocks the site does not have. */
+  missingBlocks(hashes: string[]): string[] {
+    const q = this.db.prepare('SELECT 1 FROM blocks WHERE hash = ?');
+    return [...new Set(hashes)].filter((h) => q.get(h) === undefined);
+  }
+
+  head(bucket: string, path: string): ObjectVersion | null {
+    const r = this.db.prepare(
+      'SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path = ?',
+    ).get(bucket, path) as VersionRow | undefined;
+    return r ? toVersion(r) : null;
+  }
+
+  /** The object as it was at time `at` (ms), or null. */
+  at(bucket: string, path: string, at: number): ObjectVersion | null {
+    const r = this.db.prepare(
+      'SELECT * FROM versions WHERE bucket = ? AND path = ? AND ts <= ? ORDER BY id DESC LIMIT 1',
+    ).get(bucket, path, at) as VersionRow | undefined;
+    return r && r.kind !== 'tombstone' ? toVersion(r) : null;
+  }
+
+  /** Every live object (now, or at time `at`), in path order. */
+  list(bucket: string, at?: number): ObjectVersion[] {
+    const rows = at === undefined
+      ? this.db.prepare('SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? ORDER BY v.path').all(bucket)
+      : this.db.prepare(`SELECT v.* FROM versions v WHERE v.bucket = ? AND v.id = (
+           SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path AND w.ts <= ?)
+         AND v.kind != 'tombstone' ORDER BY v.path`).all(bucket, at);
+    return (rows as VersionRow[]).map(toVersion);
+  }
+
+  versions(bucket: string, path: string): ObjectVersion[] {
+    return (this.db.prepare('SELECT * FROM versions WHERE bucket = ? AND path = ? ORDER BY id').all(bucket, path) as VersionRow[])
+      .map(toVersion);
+  }
+
+  /** Block hashes of a file version, in order. */
+  blocksOf(v: ObjectVersion): string[] {
+    const q = this.db.prepare('SELECT blocks FROM segments WHERE hash = ?');
+    return v.segments.flatMap((s) => JSON.parse((q.get(s) as { blocks: string }).blocks) as string[]);
+  }
+
+  /**
+   * Commits a new version of bucket/path unless the head is already the
+   * same (idempotent). File blocks must all be stored. Returns the head.
+   */
+  commit(bucket: string, path: string, nv: NewVersion, blocks: string[] = []): ObjectVersion {
+    return this.db.transaction(() => {
+      const missing = this.missingBlocks(blocks);
+      if (missing.length > 0) {
+        throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
+      }
+      const segments: string[] = nv.segments ?? [];
+      if (nv.kind === 'file' && nv.segments === undefined) {
+        for (let i = 0; i < blocks.length; i += SEGMENT_BLOCKS) {
+          const seg = blocks.slice(i, i + SEGMENT_BLOCKS);
+          const h = segmentHash(seg);
+          this.db.prepare('INSERT OR IGNORE INTO segments (hash, blocks, refs) VALUES (?, ?, 0)').run(h, JSON.stringify(seg));
+          segments.push(h);
+        }
+      }
+      const head = this.head(bucket, path);
+      const same = head && head.kind === nv.kind && JSON.stringify(head.meta) === JSON.stringify(nv.meta)
+        && head.size === (nv.size ?? 0) && JSON.stringify(head.segments) === JSON.stringify(segments)
+        && head.target === (nv.target ?? null);
+      if (same) return head;
+      return this.insert(bucket, path, { ...nv, segments });
+    })();
+  }
+
+  /** Tombstones path and everything below it. Returns how many objects ended. */
+  delete(bucket: string, path: string): number {
+    return this.db.transaction(() => {
+      const [lo, hi] = subtreeBounds(path);
+      const rows = this.db.prepare(
+        'SELECT path FROM heads WHERE bucket = ? AND (path = ? OR (path >= ? AND path < ?))',
+      ).all(bucket, path, lo, hi) as Array<{ path: string }>;
+      for (const { path: p } of rows) this.tombstone(bucket, p);
+      return rows.length;
+    })();
+  }
+
+  /**
+   * Moves path (and its subtree) to `to`, replacing whatever was there.
+   * Idempotent: when `from` is gone and `to` exists, it already happened.
+   */
+  move(bucket: string, from: string, to: string): number {
+    return this.db.transaction(() => {
+      const [lo, hi] = subtreeBounds(from);
+      const rows = (this.db.prepare(
+        `SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
+         WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`,
+      ).all(bucket, from, lo, hi) as VersionRow[]).map(toVersion);
+      if (rows.length === 0) {
+        if (this.head(bucket, to)) return 0;
+        throw new VfsxError('VFSX_ERR_DR_NOT_FOUND', `no object ${from} to move`);
+      }
+      this.delete(bucket, to);
+      for (const v of rows) {
+        this.insert(bucket, to + v.path.slice(from.length), v);
+        this.tombstone(bucket, v.path);
+      }
+      return rows.length;
+    })();
+  }
+
+  private insert(bucket: string, path: string, nv: NewVersion | ObjectVersion): ObjectVersion {
+    const segments = nv.segments ?? [];
+    const info = this.db.prepare(
+      `INSERT INTO versions (bucket, path, ts, kind, meta, size, block_size, segments, target)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(bucket, path, this.now(), nv.kind, JSON.stringify(nv.meta), nv.size ?? 0, nv.blockSize ?? 0,
+      JSON.stringify(segments), nv.target ?? null);
+    for (const s of segments) this.refSegment(s, +1);
+    const id = Number(info.lastInsertRowid);
+    this.db.prepare('INSERT INTO heads (bucket, path, version) VALUES (?, ?, ?) ON CONFLICT (bucket, path) DO UPDATE SET version = excluded.version')
+      .run(bucket, path, id);
+    return toVersion(this.db.prepare('SELECT * FROM versions WHERE id = ?').get(id) as VersionRow);
+  }
+
+  private tombstone(bucket: string, path: string): void {
+    this.db.prepare(
+      `INSERT INTO versions (bucket, path, ts, kind, meta, size, block_size, segments, target)
+       VALUES (?, ?, ?, 'tombstone', '{}', 0, 0, '[]', NULL)`,
+    ).run(bucket, path, this.now());
+    this.db.prepare('DELETE FROM heads WHERE bucket = ? AND path = ?').run(bucket, path);
+  }
+
+  private refSegment(hash: string, delta: number): void {
+    const seg = this.db.prepare('SELECT blocks, refs FROM segments WHERE hash = ?').get(hash) as { blocks: string; refs: number };
+    const first = seg.refs === 0 && delta > 0;
+    const last = seg.refs + delta === 0;
+    this.db.prepare('UPDATE segments SET refs = refs + ? WHERE hash = ?').run(delta, hash);
+    if (first || last) {
+      const q = this.db.prepare('UPDATE blocks SET refs = refs + ? WHERE hash = ?');
+      for (const b of JSON.parse(seg.blocks) as string[]) q.run(delta, b);
+    }
+    if (last) this.db.prepare('DELETE FROM segments WHERE hash = ?').run(hash);
+  }
+
+  /**
+   * Retention: drops versions (and tombstones) older than `before` that a
+   * restore at or after `before` no longer needs, then returns the blocks no
+   * retained version uses and that are older than `orphanBefore`.
+   * The caller deletes those files, then calls forgetBlocks().
+   */
+  collect(before: number, orphanBefore: number): string[] {
+    return this.db.transaction(() => {
+      const old = this.db.prepare(
+        `SELECT v.* FROM versions v WHERE v.ts < ? AND v.id < (
+           SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path AND w.ts < ?)`,
+      ).all(before, before) as VersionRow[];
+      const lastTombs = this.db.prepare(
+        `SELECT v.* FROM versions v WHERE v.kind = 'tombstone' AND v.ts < ? AND v.id = (
+           SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path)`,
+      ).all(before) as VersionRow[];
+      for (const r of [...old, ...lastTombs]) {
+        for (const s of JSON.parse(r.segments) as string[]) this.refSegment(s, -1);
+        this.db.prepare('DELETE FROM versions WHERE id = ?').run(r.id);
+      }
+      return (this.db.prepare('SELECT hash FROM blocks WHERE refs <= 0 AND created < ?').all(orphanBefore) as Array<{ hash: string }>)
+        .map((r) => r.hash);
+    })();
+  }
+
+  forgetBlocks(hashes: string[]): void {
+    const q = this.db.prepare('DELETE FROM blocks WHERE hash = ? AND refs <= 0');
+    this.db.transaction(() => hashes.forEach((h) => q.run(h)))();
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * The published JSON-RPC interface of the DR site: one params schema per
+ * method (docs/dr-site.md). Every request is validated against it.
+ */
+const bucket = { type: 'string', pattern: '^[A-Za-z0-9._-]{1,64}$' } as const;
+const path = { type: 'string', minLength: 1, maxLength: 4096 } as const;
+const hash = { type: 'string', pattern: '^[0-9a-f]{64}$' } as const;
+const meta = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    mode: { type: 'integer', minimum: 0, maximum: 0o177777 },
+    uid: { type: 'integer', minimum: 0 },
+    gid: { type: 'integer', minimum: 0 },
+    mtimeNs: { type: 'string', pattern: '^-?[0-9]{1,30}$' },
+    dosAttrs: { type: 'integer', minimum: 0 },
+    xattrs: { type: 'object', additionalProperties: { type: 'string', maxLength: 1 << 20 }, maxProperties: 256 },
+  },
+} as const;
+const at = { type: 'integer', minimum: 0 } as const;
+
+const obj = (properties: Record<string, unknown>, required: string[]) =>
+  ({ type: 'object', additionalProperties: false, properties, required }) as const;
+
+export const RPC_PARAMS: Record<string, object> = {
+  'bucket.ensure': obj({ bucket }, ['bucket']),
+  'blocks.missing': obj({ hashes: { type: 'array', items: hash, maxItems: 100000 } }, ['hashes']),
+  'blocks.put': obj({ blocks: { type: 'array', maxItems: 4096, items: obj({ hash, size: { type: 'integer', minimum: 0 } }, ['hash', 'size']) } }, ['blocks']),
+  'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 } }, ['hashes']),
+  'object.commit': obj({
+    bucket, path, meta,
+    kind: { enum: ['file', 'dir', 'symlink'] },
+    size: { type: 'integer', minimum: 0 },
+    blockSize: { type: 'integer', minimum: 512, maximum: 1 << 26 },
+    blocks: { type: 'array', items: hash, maxItems: 1 << 22 },
+    target: { type: 'string', maxLength: 4096 },
+  }, ['bucket', 'path', 'kind', 'meta']),
+  'object.delete': obj({ bucket, path }, ['bucket', 'path']),
+  'object.move': obj({ bucket, from: path, to: path }, ['bucket', 'from', 'to']),
+  'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' } }, ['bucket', 'path']),
+  'object.list': obj({ bucket, at }, ['bucket']),
+  'object.versions': obj({ bucket, path }, ['bucket', 'path']),
+};
+
+/** JSON-RPC error codes: the standard ones, and the site's own (stable). */
+export const RPC_ERRORS = {
+  PARSE_ERROR: -32700,
+  INVALID_REQUEST: -32600,
+  METHOD_NOT_FOUND: -32601,
+  INVALID_PARAMS: -32602,
+  INTERNAL: -32603,
+  MISSING_BLOCKS: -32001,
+  INVALID_PATH: -32002,
+  NOT_FOUND: -32003,
+  HASH_MISMATCH: -32004,
+  NO_BUCKET: -32005,
+} as const;

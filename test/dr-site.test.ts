@@ -1,0 +1,195 @@
+/**
+ * The RestFS DR site, as a real `vfsx dr-site` process over a real
+ * WebSocket: versions, content-addressed blocks, idempotent namespace calls,
+ * point-in-time reads, and hostile input.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import WebSocket from 'ws';
+import { MetaStore } from '../src/dr-site/meta-store';
+import { blockHash, DrClient, DrRpcError } from '../src/replication-queue/dr-client';
+import { DrSiteHarness } from './helpers/dr-site-harness';
+
+let site: DrSiteHarness;
+let c: DrClient;
+const B = 'docs';
+
+before(async () => {
+  site = await DrSiteHarness.start();
+  c = await site.client();
+  await c.call('bucket.ensure', { bucket: B });
+});
+
+after(async () => {
+  c?.close();
+  await site?.destroy();
+});
+
+const rpcError = async (p: Promise<unknown>): Promise<DrRpcError> => {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof DrRpcError) return err;
+    throw err;
+  }
+  throw new Error('expected a JSON-RPC error');
+};
+
+test('a file commits as a version of content-addressed blocks; identical blocks are stored once; a retried commit is harmless', async () => {
+  const a = randomBytes(4096);
+  const b = randomBytes(4096);
+  const hashes = [a, b, a].map(blockHash);
+  assert.deepEqual((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing, [hashes[0], hashes[1]]);
+  assert.equal(await c.putBlocks([a, b]), 2);
+  assert.deepEqual((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing, []);
+  const commit = { bucket: B, path: 'f.bin', kind: 'file', meta: { mode: 0o644, mtimeNs: '1700000000000000000' }, size: 12288, blockSize: 4096, blocks: hashes };
+  const v1 = await c.call<{ version: number }>('object.commit', commit);
+  const v2 = await c.call<{ version: number }>('object.commit', commit);
+  assert.equal(v2.version, v1.version, 'same content and metadata: no new version');
+  const st = await c.call<{ blocks: string[]; size: number }>('object.stat', { bucket: B, path: 'f.bin', blocks: true });
+  assert.deepEqual(st.blocks, hashes);
+  const data = await c.getBlocks(st.blocks);
+  assert.deepEqual(Buffer.concat(data), Buffer.concat([a, b, a]));
+  const blockFiles = readdirSync(join(site.dataDir, 'blocks'), { recursive: true }).filter((n) => String(n).length > 60);
+  assert.equal(blockFiles.length, 2);
+});
+
+test('directories and symlinks commit; move and delete act on whole subtrees and are idempotent', async () => {
+  await c.call('object.commit', { bucket: B, path: 'd', kind: 'dir', meta: { mode: 0o755 } });
+  await c.call('object.commit', { bucket: B, path: 'd/sub', kind: 'dir', meta: { mode: 0o755 } });
+  await c.call('object.commit', { bucket: B, path: 'd/sub/l', kind: 'symlink', meta: {}, target: '../f.bin' });
+  assert.deepEqual(await c.call('object.move', { bucket: B, from: 'd', to: 'e' }), { moved: 3 });
+  assert.deepEqual(await c.call('object.move', { bucket: B, from: 'd', to: 'e' }), { moved: 0 }, 'retried move');
+  const paths = (await c.call<Array<{ path: string }>>('object.list', { bucket: B })).map((o) => o.path);
+  assert.deepEqual(paths.filter((p) => p !== 'f.bin'), ['e', 'e/sub', 'e/sub/l']);
+  assert.equal((await c.call<{ target: string }>('object.stat', { bucket: B, path: 'e/sub/l' })).target, '../f.bin');
+  assert.deepEqual(await c.call('object.delete', { bucket: B, path: 'e' }), { ended: 3 });
+  assert.deepEqual(await c.call('object.delete', { bucket: B, path: 'e' }), { ended: 0 }, 'retried delete');
+  assert.equal(await c.call('object.stat', { bucket: B, path: 'e/sub' }), null);
+  const vs = await c.call<Array<{ kind: string }>>('object.versions', { bucket: B, path: 'e' });
+  assert.deepEqual(vs.map((v) => v.kind), ['dir', 'tombstone']);
+});
+
+test('reading at a time between two versions gives the older content', async () => {
+  const one = Buffer.from('version one');
+  const two = Buffer.from('version two!');
+  await c.putBlocks([one, two]);
+  await c.call('object.commit', { bucket: B, path: 'pit.txt', kind: 'file', meta: {}, size: one.length, blockSize: 4096, blocks: [blockHash(one)] });
+  await new Promise((r) => setTimeout(r, 20));
+  const between = Date.now();
+  await new Promise((r) => setTimeout(r, 20));
+  await c.call('object.commit', { bucket: B, path: 'pit.txt', kind: 'file', meta: {}, size: two.length, blockSize: 4096, blocks: [blockHash(two)] });
+  const old = await c.call<{ blocks: string[] }>('object.stat', { bucket: B, path: 'pit.txt', at: between, blocks: true });
+  assert.deepEqual(Buffer.concat(await c.getBlocks(old.blocks)), one);
+  const now = await c.call<{ blocks: string[] }>('object.stat', { bucket: B, path: 'pit.txt', blocks: true });
+  assert.deepEqual(Buffer.concat(await c.getBlocks(now.blocks)), two);
+  const listed = await c.call<Array<{ path: string; size: number }>>('object.list', { bucket: B, at: between });
+  assert.equal(listed.find((o) => o.path === 'pit.txt')?.size, one.length);
+});
+
+test('a commit naming blocks the site lacks is refused with their list', async () => {
+  const missing = blockHash(randomBytes(10));
+  const e = await rpcError(c.call('object.commit', { bucket: B, path: 'x', kind: 'file', meta: {}, size: 10, blockSize: 4096, blocks: [missing] }));
+  assert.equal(e.code, -32001);
+  assert.deepEqual((e.data as { missing: string[] }).missing, [missing]);
+  assert.equal(await c.call('object.stat', { bucket: B, path: 'x' }), null);
+});
+
+function raw(token = site.token): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(site.url, { headers: { authorization: `Bearer ${token}` } });
+    ws.once('open', () => resolve(ws));
+    ws.once('unexpected-response', (_q, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+    ws.once('error', reject);
+  });
+}
+
+function exchange(ws: WebSocket, data: string | Buffer): Promise<unknown> {
+  return new Promise((resolve) => {
+    ws.once('message', (d: Buffer) => resolve(JSON.parse(d.toString())));
+    ws.send(data);
+  });
+}
+
+test('hostile JSON-RPC gets error objects with stable codes and the site keeps serving', async () => {
+  const ws = await raw();
+  const code = async (data: string | Buffer) => ((await exchange(ws, data)) as { error: { code: number } }).error.code;
+  assert.equal(await code('{not json'), -32700);
+  assert.equal(await code('42'), -32600);
+  assert.equal(await code('[]'), -32600);
+  assert.equal(await code(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'no.such' })), -32601);
+  assert.equal(await code(JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'object.stat', params: { bucket: B } })), -32602);
+  assert.equal(await code(JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'object.stat', params: { bucket: B, path: 'a', evil: 1 } })), -32602);
+  assert.equal(await code(JSON.stringify({ jsonrpc: '2.0', id: 4, method: 'blocks.put', params: { blocks: [] + '' } })), -32602);
+  assert.equal(await code(Buffer.from([0, 0, 0, 200, 1, 2])), -32600, 'binary frame with a truncated header');
+  const batch = (await exchange(ws, JSON.stringify([
+    { jsonrpc: '2.0', id: 5, method: 'bucket.ensure', params: { bucket: B } },
+    { jsonrpc: '2.0', id: 6, method: 'nope' },
+  ]))) as Array<{ id: number; error?: { code: number } }>;
+  assert.deepEqual(batch.map((r) => [r.id, r.error?.code ?? 0]), [[5, 0], [6, -32601]]);
+  ws.close();
+});
+
+test('path traversal and absolute names are refused and nothing is written outside the bucket', async () => {
+  for (const path of ['../escape', '/etc/passwd', 'a/../../b', 'a//b', './a', 'a/.', 'a\u0000b']) {
+    const e = await rpcError(c.call('object.commit', { bucket: B, path, kind: 'dir', meta: {} }));
+    assert.equal(e.code, -32002, path);
+  }
+  const e = await rpcError(c.call('object.move', { bucket: B, from: 'f.bin', to: '../../outside' }));
+  assert.equal(e.code, -32002);
+  assert.equal((await rpcError(c.call('bucket.ensure', { bucket: '../x' }))).code, -32602);
+  assert.equal(existsSync(join(site.dataDir, '..', 'escape')), false);
+  assert.equal(existsSync(join(site.dir, '..', 'outside')), false);
+});
+
+test('a block whose bytes do not match its hash is refused and not stored', async () => {
+  const data = randomBytes(100);
+  const wrong = blockHash(randomBytes(100));
+  const ws = await raw();
+  const head = Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'blocks.put', params: { blocks: [{ hash: wrong, size: 100 }] } }));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(head.length);
+  const r = (await exchange(ws, Buffer.concat([len, head, data]))) as { error: { code: number } };
+  assert.equal(r.error.code, -32004);
+  ws.close();
+  assert.deepEqual((await c.call<{ missing: string[] }>('blocks.missing', { hashes: [wrong] })).missing, [wrong]);
+});
+
+test('a wrong token is refused at the upgrade and an oversized frame closes only that connection', async () => {
+  await assert.rejects(raw('not-the-token-at-all'), /HTTP 401/);
+  const ws = await raw();
+  const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
+  ws.send(Buffer.alloc((1 << 20) + 1));
+  assert.equal(await closed, 1009);
+  assert.ok(site.alive);
+  assert.deepEqual(await c.call('bucket.ensure', { bucket: B }), { bucket: B });
+  assert.ok(site.logs.some((l) => l.msg === 'refused client: bad token'));
+});
+
+test('retention keeps every block a retained version needs and frees the rest', () => {
+  let now = 1000;
+  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
+  const m = new MetaStore(join(dir, 'm.sqlite'), () => now);
+  try {
+    m.ensureBucket('b');
+    for (const h of ['a', 'b', 'c'].map((x) => x.repeat(64))) m.addBlock(h, 1);
+    m.commit('b', 'f', { kind: 'file', meta: {}, size: 1 }, ['a'.repeat(64)]);
+    now = 2000;
+    m.commit('b', 'f', { kind: 'file', meta: {}, size: 1 }, ['b'.repeat(64)]);
+    now = 3000;
+    m.commit('b', 'g', { kind: 'file', meta: {}, size: 1 }, ['a'.repeat(64)]);
+    now = 4000;
+    m.delete('b', 'g');
+    now = 10000;
+    // Keep what a restore at 2500 or later needs: f's second version; g is gone before 4000 only.
+    assert.deepEqual(m.collect(2500, 9000).sort(), ['c'.repeat(64)], 'only the never-used block');
+    assert.deepEqual(m.collect(5000, 9000).sort(), ['a'.repeat(64), 'c'.repeat(64)], 'g deleted before 5000: a is free');
+    assert.equal(m.at('b', 'f', 2500)?.size, 1);
+  } finally {
+    m.close();
+  }
+});

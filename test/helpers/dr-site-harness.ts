@@ -1,0 +1,83 @@
+/** The real `vfsx dr-site` as a child process on a loopback port. */
+import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DrClient } from '../../src/replication-queue/dr-client';
+import { freePort } from './ports';
+import { VFSX_BIN } from './service-harness';
+import { waitFor } from './wait-for';
+
+export class DrSiteHarness {
+  readonly dir: string;
+  readonly dataDir: string;
+  readonly token = randomBytes(16).toString('hex');
+  port = 0;
+  logs: Array<Record<string, unknown>> = [];
+  private proc: ChildProcess | null = null;
+
+  private constructor(dir: string) {
+    this.dir = dir;
+    this.dataDir = join(dir, 'data');
+  }
+
+  static async start(): Promise<DrSiteHarness> {
+    const h = new DrSiteHarness(await mkdtemp(join(tmpdir(), 'vfsx-dr-')));
+    h.port = await freePort();
+    await h.startServer();
+    return h;
+  }
+
+  get url(): string {
+    return `ws://127.0.0.1:${this.port}/`;
+  }
+
+  async startServer(): Promise<void> {
+    const cfg = join(this.dir, 'dr.json');
+    await writeFile(cfg, JSON.stringify({ drSite: { port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 1 << 20 } }));
+    const from = this.logs.length;
+    const p = spawn(process.execPath, [VFSX_BIN, 'dr-site', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = p;
+    let buf = '';
+    p.stdout?.on('data', (c: Buffer) => {
+      buf += c.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          this.logs.push(JSON.parse(line));
+        } catch {
+          this.logs.push({ msg: line });
+        }
+      }
+    });
+    p.stderr?.on('data', (c: Buffer) => this.logs.push({ stderr: c.toString() }));
+    await waitFor('dr site to listen', () => this.logs.slice(from).some((l) => l.msg === 'vfsx dr-site serving') || p.exitCode !== null);
+    if (p.exitCode !== null) throw new Error(`dr-site exited: ${JSON.stringify(this.logs.slice(from))}`);
+  }
+
+  client(token = this.token): Promise<DrClient> {
+    return DrClient.connect({ url: this.url, token });
+  }
+
+  get alive(): boolean {
+    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  async stop(sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const p = this.proc;
+    this.proc = null;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    await new Promise<void>((r) => {
+      p.once('exit', () => r());
+      p.kill(sig);
+    });
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop('SIGKILL');
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
