@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -13,6 +13,7 @@ import WebSocket from 'ws';
 import { MetaStore } from '../src/dr-site/meta-store';
 import { blockHash, DrClient, DrRpcError } from '../src/replication-queue/dr-client';
 import { DrSiteHarness } from './helpers/dr-site-harness';
+import { waitFor } from './helpers/wait-for';
 
 let site: DrSiteHarness;
 let c: DrClient;
@@ -192,4 +193,49 @@ test('retention keeps every block a retained version needs and frees the rest', 
   } finally {
     m.close();
   }
+});
+
+test('the site frees, on its retention timer, blocks that no retained version uses', async () => {
+  const gcSite = await DrSiteHarness.start({ retentionMs: 0, gcIntervalMs: 100, orphanGraceMs: 0 });
+  const k = await gcSite.client();
+  try {
+    await k.call('bucket.ensure', { bucket: 'g' });
+    const kept = Buffer.from('kept block');
+    const orphan = Buffer.from('never committed');
+    await k.putBlocks([kept, orphan]);
+    await k.call('object.commit', { bucket: 'g', path: 'k', kind: 'file', meta: {}, size: kept.length, blockSize: 4096, blocks: [blockHash(kept)] });
+    await waitFor('the orphan block freed', async () =>
+      (await k.call<{ missing: string[] }>('blocks.missing', { hashes: [blockHash(orphan)] })).missing.length === 1);
+    assert.deepEqual((await k.call<{ missing: string[] }>('blocks.missing', { hashes: [blockHash(kept)] })).missing, []);
+    const st = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'g', path: 'k', blocks: true });
+    assert.deepEqual(Buffer.concat(await k.getBlocks(st.blocks)), kept);
+    assert.ok(gcSite.logs.some((l) => l.msg === 'retention freed blocks'));
+  } finally {
+    k.close();
+    await gcSite.destroy();
+  }
+});
+
+test('a DR site killed during an upload restarts with no partial block and no block it claims but lacks', async () => {
+  const k = await site.client();
+  const blocks = Array.from({ length: 60 }, () => randomBytes(16 * 1024));
+  const put = k.putBlocks(blocks).catch(() => 0); // the site dies under it
+  await new Promise((r) => setTimeout(r, 5));
+  await site.stop('SIGKILL');
+  await put;
+  k.close();
+  await site.startServer();
+  c = await site.client();
+  const files = readdirSync(join(site.dataDir, 'blocks'), { recursive: true, withFileTypes: true })
+    .filter((d) => d.isFile()).map((d) => join(d.parentPath ?? (d as unknown as { path: string }).path, d.name));
+  assert.equal(files.filter((f) => f.includes(`${join('blocks', 'tmp')}`)).length, 0, 'no temp files after restart');
+  for (const f of files) assert.equal(blockHash(readFileSync(f)), f.slice(-64), `${f} holds its hash's bytes`);
+  const hashes = blocks.map(blockHash);
+  const missing = new Set((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing);
+  for (const h of hashes) {
+    if (!missing.has(h)) assert.ok(files.some((f) => f.endsWith(h)), `the site claims ${h} and has its file`);
+  }
+  // and the upload can simply be retried
+  assert.equal(await c.putBlocks(blocks), 60);
+  assert.deepEqual((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing, []);
 });

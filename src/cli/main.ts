@@ -61,6 +61,7 @@ async function drSite(configFile: string | undefined): Promise<number> {
   const logger = createLogger(config.log.level).child({ c: 'dr-site' });
   const site = await DrSiteServer.create({
     host: d.host, port: d.port, token: d.token, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
+    retentionMs: d.retentionMs, gcIntervalMs: d.gcIntervalMs, orphanGraceMs: d.orphanGraceMs,
     tls: d.tlsCert && d.tlsKey ? { cert: d.tlsCert, key: d.tlsKey } : undefined,
   });
   let stopping = false;

@@ -100,6 +100,9 @@ export const configSchema = {
         maxFrameBytes: { type: 'integer', minimum: 65536, default: 67108864 },
         tlsCert: { type: 'string' },
         tlsKey: { type: 'string' },
+        retentionMs: { type: 'integer', minimum: 0, default: 30 * 24 * 3600 * 1000 },
+        gcIntervalMs: { type: 'integer', minimum: 100, default: 3600 * 1000 },
+        orphanGraceMs: { type: 'integer', minimum: 0, default: 3600 * 1000 },
       },
     },
     log: {
@@ -161,6 +164,11 @@ export interface VfsxConfig {
     maxFrameBytes: number;
     tlsCert?: string;
     tlsKey?: string;
+    /** Versions and tombstones older than this are dropped unless a restore needs them. */
+    retentionMs: number;
+    gcIntervalMs: number;
+    /** Unreferenced blocks younger than this are kept (an upload may be under way). */
+    orphanGraceMs: number;
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }

@@ -28,6 +28,9 @@ export interface DrSiteServerOptions {
   dataDir: string;
   maxFrameBytes: number;
   tls?: { cert: string; key: string };
+  retentionMs: number;
+  gcIntervalMs: number;
+  orphanGraceMs: number;
   logger: Logger;
 }
 
@@ -49,6 +52,8 @@ export class DrSiteServer {
   private readonly validators = new Map<string, ValidateFunction>();
   private http: Server | null = null;
   private wss: WebSocketServer | null = null;
+  private gcTimer: NodeJS.Timeout | null = null;
+  private gcRunning: Promise<number> | null = null;
   port = 0;
 
   constructor(options: DrSiteServerOptions) {
@@ -84,6 +89,8 @@ export class DrSiteServer {
       this.http?.listen(this.opts.port, this.opts.host, () => resolve());
     });
     this.port = (this.http.address() as { port: number }).port;
+    this.gcTimer = setInterval(() => void this.gc(), this.opts.gcIntervalMs);
+    this.gcTimer.unref();
     this.log.info({ host: this.opts.host, port: this.port, tls: Boolean(tls) }, 'dr site listening');
   }
 
@@ -198,7 +205,34 @@ export class DrSiteServer {
     }
   }
 
+  /**
+   * Retention: drops versions no restore within retentionMs needs, then
+   * deletes the blocks nothing references any more. Returns blocks freed.
+   */
+  gc(): Promise<number> {
+    if (!this.gcRunning) {
+      this.gcRunning = (async () => {
+        const now = Date.now();
+        const free = this.methods.meta.collect(now - this.opts.retentionMs, now - this.opts.orphanGraceMs);
+        for (const h of free) await this.methods.blocks.delete(h); // files first: a crash leaves rows, never dangling refs
+        this.methods.meta.forgetBlocks(free);
+        if (free.length > 0) this.log.info({ blocks: free.length }, 'retention freed blocks');
+        return free.length;
+      })()
+        .catch((err) => {
+          this.log.error({ err }, 'retention run failed');
+          return 0;
+        })
+        .finally(() => {
+          this.gcRunning = null;
+        });
+    }
+    return this.gcRunning;
+  }
+
   async close(): Promise<void> {
+    if (this.gcTimer) clearInterval(this.gcTimer);
+    await this.gcRunning;
     for (const c of this.wss?.clients ?? []) c.terminate();
     await new Promise<void>((r) => (this.wss ? this.wss.close(() => r()) : r()));
     await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));

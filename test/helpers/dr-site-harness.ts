@@ -22,8 +22,11 @@ export class DrSiteHarness {
     this.dataDir = join(dir, 'data');
   }
 
-  static async start(): Promise<DrSiteHarness> {
+  extra: Record<string, unknown> = {};
+
+  static async start(extra: Record<string, unknown> = {}): Promise<DrSiteHarness> {
     const h = new DrSiteHarness(await mkdtemp(join(tmpdir(), 'vfsx-dr-')));
+    h.extra = extra;
     h.port = await freePort();
     await h.startServer();
     return h;
@@ -35,7 +38,7 @@ export class DrSiteHarness {
 
   async startServer(): Promise<void> {
     const cfg = join(this.dir, 'dr.json');
-    await writeFile(cfg, JSON.stringify({ drSite: { port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 1 << 20 } }));
+    await writeFile(cfg, JSON.stringify({ drSite: { port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 1 << 20, ...this.extra } }));
     const from = this.logs.length;
     const p = spawn(process.execPath, [VFSX_BIN, 'dr-site', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
