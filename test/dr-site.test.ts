@@ -164,7 +164,7 @@ test('a wrong token is refused at the upgrade and an oversized frame closes only
   await assert.rejects(raw('not-the-token-at-all'), /HTTP 401/);
   const ws = await raw();
   const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
-  ws.send(Buffer.alloc((1 << 20) + 1));
+  ws.send(Buffer.alloc((16 << 20) + 1));
   assert.equal(await closed, 1009);
   assert.ok(site.alive);
   assert.deepEqual(await c.call('bucket.ensure', { bucket: B }), { bucket: B });

@@ -88,6 +88,17 @@ export const configSchema = {
         },
       },
     },
+    replication: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        enabled: { type: 'boolean', default: false },
+        siteUrl: { type: 'string', pattern: '^wss?://', default: 'ws://127.0.0.1:7480/' },
+        token: { type: 'string', minLength: 16 },
+        blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
+      },
+    },
     drSite: {
       type: 'object',
       additionalProperties: false,
@@ -97,7 +108,7 @@ export const configSchema = {
         port: { type: 'integer', minimum: 0, maximum: 65535, default: 7480 },
         token: { type: 'string', minLength: 16, description: 'clients send it as Authorization: Bearer <token>' },
         dataDir: { type: 'string', minLength: 1, default: '/var/lib/vfsx-dr' },
-        maxFrameBytes: { type: 'integer', minimum: 65536, default: 67108864 },
+        maxFrameBytes: { type: 'integer', minimum: 8388608, default: 67108864 },
         tlsCert: { type: 'string' },
         tlsKey: { type: 'string' },
         retentionMs: { type: 'integer', minimum: 0, default: 30 * 24 * 3600 * 1000 },
@@ -156,6 +167,13 @@ export interface VfsxConfig {
     keepFailedOps: number;
   };
   policy: { rules: PolicyRuleConfig[] };
+  replication: {
+    enabled: boolean;
+    siteUrl: string;
+    token?: string;
+    /** Block size of new objects at the DR site. */
+    blockSize: number;
+  };
   drSite: {
     host: string;
     port: number;

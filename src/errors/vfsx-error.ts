@@ -20,7 +20,9 @@ export type VfsxErrorCode =
   | 'VFSX_ERR_DR_MISSING_BLOCKS'
   | 'VFSX_ERR_DR_INVALID_PATH'
   | 'VFSX_ERR_DR_NOT_FOUND'
-  | 'VFSX_ERR_DR_CONFLICT';
+  | 'VFSX_ERR_DR_CONFLICT'
+  | 'VFSX_ERR_REPL_TORN'
+  | 'VFSX_ERR_REPL_SITE_DOWN';
 
 export class VfsxError extends Error {
   readonly code: VfsxErrorCode;
@@ -43,7 +45,8 @@ const RETRYABLE_SYSCALL_CODES = new Set([
  */
 export function isRetryable(err: unknown): boolean {
   if (err instanceof VfsxError) {
-    return err.code === 'VFSX_ERR_JOURNAL_UNAVAILABLE' || err.code === 'VFSX_ERR_JOURNAL_TIMEOUT';
+    return err.code === 'VFSX_ERR_JOURNAL_UNAVAILABLE' || err.code === 'VFSX_ERR_JOURNAL_TIMEOUT'
+      || err.code === 'VFSX_ERR_REPL_TORN' || err.code === 'VFSX_ERR_REPL_SITE_DOWN';
   }
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && RETRYABLE_SYSCALL_CODES.has(code)) return true;

@@ -106,6 +106,10 @@ export class DrClient {
     return (await this.send('blocks.get', { hashes })).binary;
   }
 
+  onClose(fn: () => void): void {
+    this.ws.once('close', fn);
+  }
+
   close(): void {
     this.ws.close();
   }

@@ -85,7 +85,8 @@ export class JournalPump {
     this.queue = new Queue(options.journal.queueName, {
       connection: this.queueConn,
       prefix: options.redis.prefix,
-      defaultJobOptions: { removeOnComplete: { count: 1000 }, removeOnFail: { count: 5000 } },
+      // Replication retries until it succeeds (capped backoff in the replicator's worker).
+      defaultJobOptions: { removeOnComplete: { count: 1000 }, removeOnFail: { count: 5000 }, attempts: 1_000_000, backoff: { type: 'custom' } },
     });
     this.queue.on('error', (err) => this.log.debug({ err }, 'pump queue error'));
   }

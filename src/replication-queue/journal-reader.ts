@@ -60,6 +60,20 @@ export class JournalReader {
     return [...awaiting.values()].sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
+  /** What is not replicated yet: queued jobs, records awaiting outcomes, stream entries not pumped. */
+  async backlog(): Promise<{ queued: number; pending: number; unpumped: number }> {
+    const keys = journalKeys(this.opts.redis.prefix);
+    const counts = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+    const saved = await this.client.hgetall(keys.cursor);
+    const from = saved.cursor ? nextId(saved.cursor) : '-';
+    const unpumped = ((await this.client.xrange(keys.stream, from, '+', 'COUNT', 1000)) as unknown[]).length;
+    return {
+      queued: Object.values(counts).reduce((a, b) => a + b, 0),
+      pending: (await this.pending()).length,
+      unpumped,
+    };
+  }
+
   /** Calls onRecord for every record added from now on. */
   async follow(onRecord: (rec: ChangeRecord) => void): Promise<void> {
     this.eventsConn = new IORedis(redisOptions(this.opts.redis, { maxRetriesPerRequest: null }));

@@ -1,6 +1,7 @@
 /**
- * Runs the JournalPump in a worker thread: its parsing, job building and
- * garbage stay off the event loop that answers smbd's verdicts.
+ * Runs the JournalPump (and, when enabled, the Replicator) in a worker
+ * thread: parsing, hashing, file reads and garbage stay off the event loop
+ * that answers smbd's verdicts.
  */
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
@@ -10,6 +11,7 @@ import type { VfsxConfig } from '../config/schema';
 export interface PumpThreadOptions {
   redis: VfsxConfig['redis'];
   journal: VfsxConfig['journal'];
+  replication: VfsxConfig['replication'];
   logLevel: string;
   logger: Logger;
 }
@@ -35,7 +37,7 @@ export class PumpThread {
   start(): void {
     if (this.worker) return;
     const w = new Worker(join(__dirname, 'pump-worker.js'), {
-      workerData: { redis: this.opts.redis, journal: this.opts.journal, logLevel: this.opts.logLevel },
+      workerData: { redis: this.opts.redis, journal: this.opts.journal, replication: this.opts.replication, logLevel: this.opts.logLevel },
     });
     w.on('message', (m: { stats?: PumpStats }) => {
       if (m.stats) this.stats = m.stats;

@@ -24,7 +24,9 @@ export class VfsxService {
   constructor(config: VfsxConfig, logger: Logger) {
     this.log = logger;
     this.journal = new Journal({ redis: config.redis, logger: logger.child({ c: 'journal' }) });
-    this.pump = new PumpThread({ redis: config.redis, journal: config.journal, logLevel: config.log.level, logger: logger.child({ c: 'pump' }) });
+    this.pump = new PumpThread({
+      redis: config.redis, journal: config.journal, replication: config.replication, logLevel: config.log.level, logger: logger.child({ c: 'pump' }),
+    });
     this.dispatcher = new OpDispatcher({
       policy: new Policy(config.policy.rules),
       sink: this.journal,

@@ -38,7 +38,7 @@ export class DrSiteHarness {
 
   async startServer(): Promise<void> {
     const cfg = join(this.dir, 'dr.json');
-    await writeFile(cfg, JSON.stringify({ drSite: { port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 1 << 20, ...this.extra } }));
+    await writeFile(cfg, JSON.stringify({ drSite: { port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 16 << 20, ...this.extra } }));
     const from = this.logs.length;
     const p = spawn(process.execPath, [VFSX_BIN, 'dr-site', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
