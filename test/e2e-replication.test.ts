@@ -5,8 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { execFile, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -16,7 +17,7 @@ import { JournalReader } from '../src/replication-queue/journal-reader';
 import { verifyShare } from '../src/replication-queue/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { RedisHarness } from './helpers/redis-harness';
-import { ServiceHarness } from './helpers/service-harness';
+import { ServiceHarness, VFSX_BIN } from './helpers/service-harness';
 import { q, smbclient } from './helpers/smbclient';
 import { smbcWrite } from './helpers/smbc';
 import { SmbdHarness } from './helpers/smbd-harness';
@@ -116,4 +117,52 @@ test('names with odd characters replicate intact', async () => {
   const listed = new Set((await site.call<Array<{ path: string }>>('object.list', { bucket: SHARE })).map((o) => o.path));
   for (const n of names) assert.ok(listed.has(n), n);
   assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+});
+
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [VFSX_BIN, ...args, '--config', svc.configFile], { timeout: 300000, maxBuffer: 16 << 20 },
+      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+  });
+}
+
+test('vfsx verify finds drift, vfsx resync repairs it, and vfsx restore rebuilds the share (diff -r) now and --at an earlier time', async () => {
+  const root = smbd.sharePath(SHARE);
+  let v = await cli(['verify', SHARE, '--source', root, '--json']);
+  assert.equal(v.code, 0, v.stdout + v.stderr);
+  assert.equal(JSON.parse(v.stdout).identical, true);
+
+  await writeFile(join(root, 'behind-samba.txt'), 'written locally, not through SMB');
+  await rm(join(root, 'report.docx'));
+  v = await cli(['verify', SHARE, '--source', root, '--json']);
+  assert.equal(v.code, 1);
+  assert.deepEqual(JSON.parse(v.stdout).differences.map((d: { path: string; what: string }) => `${d.path}: ${d.what}`).sort(),
+    ['behind-samba.txt: missing at the DR site', 'report.docx: at the DR site only']);
+
+  const r = await cli(['resync', SHARE, '--source', root, '--json']);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.equal(JSON.parse(r.stdout).deleted, 1);
+  const again = await cli(['verify', SHARE, '--source', root]);
+  assert.equal(again.code, 0, again.stdout + again.stderr);
+
+  const dest = join(local, 'restored');
+  const res = await cli(['restore', SHARE, dest, '--json']);
+  assert.equal(res.code, 0, res.stdout + res.stderr);
+  const diff = spawnSync('diff', ['-r', root, dest], { encoding: 'utf8' });
+  assert.equal(diff.status, 0, diff.stdout + diff.stderr);
+
+  await writeFile(join(local, 'v1'), 'version one');
+  await writeFile(join(local, 'v2'), 'version two, longer');
+  await smb(`put ${local}/v1 pit.txt`);
+  await drained();
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const between = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  await smb(`put ${local}/v2 pit.txt`);
+  await drained();
+  const old = join(local, 'restored-at');
+  const ra = await cli(['restore', SHARE, old, '--at', String(between), '--json']);
+  assert.equal(ra.code, 0, ra.stdout + ra.stderr);
+  assert.equal(await readFile(join(old, 'pit.txt'), 'utf8'), 'version one');
+  assert.equal(await readFile(join(smbd.sharePath(SHARE), 'pit.txt'), 'utf8'), 'version two, longer');
 });

@@ -8,6 +8,7 @@ import { VfsxError } from '../errors/vfsx-error';
 import { DrSiteServer } from '../dr-site/dr-site-server';
 import { createLogger } from '../service/create-logger';
 import { VfsxService } from '../service/vfsx-service';
+import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
 import { journalCommand } from './journal-command';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
@@ -24,6 +25,16 @@ Usage:
       Run a RestFS disaster-recovery site: JSON-RPC 2.0 over WebSocket on
       drSite.host:drSite.port (wss with drSite.tlsCert/tlsKey), blocks and
       metadata under drSite.dataDir. drSite.token is required.
+  vfsx resync SHARE [--config FILE] [--source DIR] [--json]
+      Make the DR site match the share: push what it lacks (blocks it has
+      are not sent again), delete what the source no longer has.
+  vfsx verify SHARE [--config FILE] [--source DIR] [--json]
+      Compare the share with the DR site (type, size, mode, mtime, content);
+      list every difference. Exit 0 only when identical.
+  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--json]
+      Rebuild the share from the DR site into DEST (latest, or as it was at
+      TIME: ISO 8601 or ms since the epoch), with contents, modes and mtimes.
+      The share's path comes from --source or from smbd's configuration.
   vfsx --help
       This text.
 
@@ -87,6 +98,8 @@ export async function main(argv: string[]): Promise<number> {
       json: { type: 'boolean', default: false },
       follow: { type: 'boolean', short: 'f', default: false },
       pending: { type: 'boolean', default: false },
+      source: { type: 'string' },
+      at: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -100,6 +113,20 @@ export async function main(argv: string[]): Promise<number> {
       return serve(values.config);
     case 'dr-site':
       return drSite(values.config);
+    case 'resync':
+    case 'verify':
+    case 'restore': {
+      const [, share, dest] = positionals;
+      if (!share || (command === 'restore' && !dest)) {
+        process.stderr.write(`vfsx ${command}: missing ${share ? 'DEST' : 'SHARE'}\n\n${HELP}`);
+        return 2;
+      }
+      const cfg = loadConfig(values.config);
+      const o = { json: values.json === true, source: values.source, at: values.at };
+      if (command === 'resync') return resyncCommand(cfg, share, o);
+      if (command === 'verify') return verifyCommand(cfg, share, o);
+      return restoreCommand(cfg, share, dest as string, o);
+    }
     case 'journal':
       return journalCommand(loadConfig(values.config), {
         share: values.share,

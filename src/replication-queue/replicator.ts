@@ -8,17 +8,15 @@
  *   the record has none), and of those only what the site lacks;
  * - a file that changes while it is read is retried, never committed torn.
  */
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Job, Worker } from 'bullmq';
 import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
-import { DrClient, DrRpcError } from './dr-client';
+import { DrClient } from './dr-client';
 import { redisOptions } from './redis-connection';
-import { lstatOrNull, metaOf, readBlocks, readTarget } from './source-tree';
+import { SiteSync } from './site-sync';
 
 export interface ReplicatorOptions {
   redis: VfsxConfig['redis'];
@@ -27,17 +25,6 @@ export interface ReplicatorOptions {
   logger: Logger;
 }
 
-interface Head {
-  kind: string;
-  size: number;
-  blockSize: number;
-  meta: { mode?: number; uid?: number; gid?: number; mtimeNs?: string };
-  blocks?: string[];
-}
-
-/** Blocks per binary frame stay under this; the site must accept frames of 8 MiB or more. */
-const MAX_PUT_BYTES = 4 << 20;
-const NOT_FOUND = -32003;
 
 export class Replicator {
   private readonly opts: ReplicatorOptions;
@@ -113,120 +100,13 @@ export class Replicator {
       await site.call('bucket.ensure', { bucket: rec.share });
       this.buckets.add(rec.share);
     }
-    const ctx = { site, bucket: rec.share, root: rec.origpath };
+    const sync = new SiteSync({ site, bucket: rec.share, root: rec.origpath, blockSize: this.opts.replication.blockSize, stats: this.stats });
     if (rec.op === 'rename' && rec.names.to !== undefined && rec.names.stream === undefined) {
-      await this.rename(ctx, rec.names.path, rec.names.to);
+      await sync.rename(rec.names.path, rec.names.to);
       return;
     }
     const ranges = rec.op === 'close' || rec.op === 'fsync' ? rec.ranges : undefined;
-    await this.syncPath(ctx, rec.names.path, ranges);
-    if (rec.op === 'link' && rec.names.from) await this.syncPath(ctx, rec.names.from);
+    await sync.syncPath(rec.names.path, ranges);
+    if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
   }
-
-  private async rename(ctx: Ctx, from: string, to: string): Promise<void> {
-    const src = await lstatOrNull(join(ctx.root, from));
-    const dst = await lstatOrNull(join(ctx.root, to));
-    if (!src && dst) {
-      try {
-        await ctx.site.call('object.move', { bucket: ctx.bucket, from, to });
-      } catch (err) {
-        if (!(err instanceof DrRpcError && err.code === NOT_FOUND)) throw err;
-      }
-    }
-    await this.syncPath(ctx, from);
-    await this.syncPath(ctx, to);
-    // Records of paths below a renamed directory may have been handled after
-    // the rename (their old names were gone): reconcile the subtree. Files
-    // the site already has cost a stat (size and mtime match).
-    if (dst?.isDirectory()) await this.syncTree(ctx, to);
-  }
-
-  private async syncTree(ctx: Ctx, rel: string): Promise<void> {
-    let entries;
-    try {
-      entries = await readdir(join(ctx.root, rel), { withFileTypes: true });
-    } catch {
-      return; // gone meanwhile: a later record deletes it
-    }
-    for (const e of entries) {
-      const child = `${rel}/${e.name}`;
-      await this.syncPath(ctx, child);
-      if (e.isDirectory()) await this.syncTree(ctx, child);
-    }
-  }
-
-  private async syncPath(ctx: Ctx, rel: string, ranges?: Array<[number, number]>): Promise<void> {
-    const abs = join(ctx.root, rel);
-    const st = await lstatOrNull(abs);
-    const { site, bucket } = ctx;
-    if (!st) {
-      await site.call('object.delete', { bucket, path: rel });
-    } else if (st.isDirectory()) {
-      await site.call('object.commit', { bucket, path: rel, kind: 'dir', meta: metaOf(st) });
-    } else if (st.isSymbolicLink()) {
-      await site.call('object.commit', { bucket, path: rel, kind: 'symlink', meta: metaOf(st), target: await readTarget(abs) });
-    } else if (st.isFile()) {
-      await this.syncFile(ctx, abs, rel, ranges);
-    }
-    this.stats.commits++;
-  }
-
-  private async syncFile(ctx: Ctx, abs: string, rel: string, ranges?: Array<[number, number]>, full = false): Promise<void> {
-    const { site, bucket } = ctx;
-    const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
-    const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.opts.replication.blockSize;
-    let which: Set<number> | null = null;
-    if (!full && head?.kind === 'file' && head.blocks && ranges) {
-      which = new Set();
-      for (const [off, len] of ranges) {
-        if (len === 0) continue;
-        for (let i = Math.floor(off / bs); i <= Math.floor((off + len - 1) / bs); i++) which.add(i);
-      }
-    } else if (!full && head?.kind === 'file' && head.blocks && !ranges) {
-      // Metadata-only change when size and mtime still match what the site has.
-      const st = await lstatOrNull(abs);
-      if (st && Number(st.size) === head.size && st.mtimeNs.toString() === head.meta.mtimeNs) which = new Set();
-    }
-    const fb = await readBlocks(abs, bs, which);
-    const hashes: string[] = [];
-    for (let i = 0; i < fb.count; i++) {
-      const h = fb.read.get(i)?.[0] ?? head?.blocks?.[i];
-      if (h === undefined) return this.syncFile(ctx, abs, rel, undefined, true); // grew outside the ranges
-      hashes.push(h);
-    }
-    const fresh = [...fb.read.values()];
-    const missing = new Set((await site.call<{ missing: string[] }>('blocks.missing', { hashes: fresh.map(([h]) => h) })).missing);
-    let batch: Buffer[] = [];
-    let bytes = 0;
-    const flush = async () => {
-      if (batch.length === 0) return;
-      await site.putBlocks(batch);
-      this.stats.blocksSent += batch.length;
-      this.stats.bytesSent += bytes;
-      batch = [];
-      bytes = 0;
-    };
-    for (const [h, data] of fresh) {
-      if (!missing.delete(h)) continue; // not missing, or already queued (same block twice)
-      if (bytes + data.length > MAX_PUT_BYTES) await flush();
-      batch.push(data);
-      bytes += data.length;
-    }
-    await flush();
-    try {
-      await site.call('object.commit', {
-        bucket, path: rel, kind: 'file', meta: metaOf(fb.stat), size: Number(fb.stat.size), blockSize: bs, blocks: hashes,
-      });
-    } catch (err) {
-      // A block the head had is gone (retention raced us): send everything.
-      if (err instanceof DrRpcError && err.code === -32001 && !full) return this.syncFile(ctx, abs, rel, undefined, true);
-      throw err;
-    }
-  }
-}
-
-interface Ctx {
-  site: DrClient;
-  bucket: string;
-  root: string;
 }

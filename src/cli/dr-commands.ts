@@ -1,0 +1,97 @@
+/**
+ * `vfsx resync`, `vfsx verify` and `vfsx restore`: the DR operator's tools.
+ * Progress goes to a terminal as one updating line, or as JSON with --json.
+ */
+import { execFileSync } from 'node:child_process';
+import type { VfsxConfig } from '../config/schema';
+import { VfsxError } from '../errors/vfsx-error';
+import { DrClient } from '../replication-queue/dr-client';
+import { restoreShare } from '../replication-queue/restore';
+import { SiteSync } from '../replication-queue/site-sync';
+import { lstatOrNull } from '../replication-queue/source-tree';
+import { verifyShare } from '../replication-queue/verify';
+
+export interface DrCommandOptions {
+  json: boolean;
+  source?: string;
+  at?: string;
+}
+
+/** The share's path: --source, or what smbd's configuration says. */
+function shareRoot(share: string, source?: string): string {
+  if (source) return source;
+  try {
+    const out = execFileSync('testparm', ['-s', `--section-name=${share}`, '--parameter-name=path'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    if (out) return out;
+  } catch {
+    /* fall through */
+  }
+  throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `cannot find the path of share ${share}: pass --source DIR`);
+}
+
+async function connect(config: VfsxConfig): Promise<DrClient> {
+  const r = config.replication;
+  if (!r.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token is required to reach the DR site');
+  return DrClient.connect({ url: r.siteUrl, token: r.token });
+}
+
+function progressLine(json: boolean, text: string): void {
+  if (!json && process.stdout.isTTY) process.stdout.write(`\r${text}\x1b[K`);
+}
+
+export async function verifyCommand(config: VfsxConfig, share: string, o: DrCommandOptions): Promise<number> {
+  const site = await connect(config);
+  try {
+    const diffs = await verifyShare(site, share, shareRoot(share, o.source));
+    if (o.json) process.stdout.write(`${JSON.stringify({ share, identical: diffs.length === 0, differences: diffs })}\n`);
+    else if (diffs.length === 0) process.stdout.write(`${share}: the DR site is identical to the source\n`);
+    else for (const d of diffs) process.stdout.write(`${d.path}: ${d.what}\n`);
+    return diffs.length === 0 ? 0 : 1;
+  } finally {
+    site.close();
+  }
+}
+
+export async function resyncCommand(config: VfsxConfig, share: string, o: DrCommandOptions): Promise<number> {
+  const site = await connect(config);
+  const root = shareRoot(share, o.source);
+  const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+  try {
+    await site.call('bucket.ensure', { bucket: share });
+    const sync = new SiteSync({ site, bucket: share, root, blockSize: config.replication.blockSize, stats });
+    const timer = setInterval(() => progressLine(o.json, `resync ${share}: ${stats.commits} objects, ${stats.bytesSent} bytes sent`), 250);
+    try {
+      await sync.syncTree('');
+      let deleted = 0;
+      for (const obj of await site.call<Array<{ path: string }>>('object.list', { bucket: share })) {
+        if (!(await lstatOrNull(`${root}/${obj.path}`))) deleted += (await site.call<{ ended: number }>('object.delete', { bucket: share, path: obj.path })).ended;
+      }
+      progressLine(o.json, '');
+      const out = { share, objects: stats.commits, blocksSent: stats.blocksSent, bytesSent: stats.bytesSent, deleted };
+      process.stdout.write(o.json ? `${JSON.stringify(out)}\n` : `resync ${share}: ${out.objects} objects checked, ${out.blocksSent} blocks (${out.bytesSent} bytes) sent, ${deleted} deleted\n`);
+      return 0;
+    } finally {
+      clearInterval(timer);
+    }
+  } finally {
+    site.close();
+  }
+}
+
+export async function restoreCommand(config: VfsxConfig, share: string, dest: string, o: DrCommandOptions): Promise<number> {
+  let at: number | undefined;
+  if (o.at !== undefined) {
+    at = /^\d+$/.test(o.at) ? Number(o.at) : Date.parse(o.at);
+    if (!Number.isFinite(at)) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `--at: not a time: ${o.at} (ISO 8601 or ms since the epoch)`);
+  }
+  const site = await connect(config);
+  try {
+    const p = await restoreShare(site, share, dest, at, (q) => progressLine(o.json, `restore ${share}: ${q.done}/${q.objects} objects, ${q.bytes} bytes`));
+    progressLine(o.json, '');
+    const out = { share, dest, at: at ?? null, objects: p.objects, bytes: p.bytes };
+    process.stdout.write(o.json ? `${JSON.stringify(out)}\n` : `restored ${p.objects} objects (${p.bytes} bytes) of ${share} into ${dest}\n`);
+    return 0;
+  } finally {
+    site.close();
+  }
+}
