@@ -573,6 +573,24 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 	return rc;
 }
 
+void vfsx_link_drain(void)
+{
+	int verdict = 0, rc;
+
+	if (ring_n == 0) {
+		return;
+	}
+	if (L.state == LINK_UP) {
+		rc = link_wait(WAIT_ACK, ring[(ring_head + ring_n - 1) % RING_MAX].idx,
+			       0, L.hello_timeout_ms, &verdict);
+		if (rc == 0) {
+			return;
+		}
+		link_fail("acks not coming at disconnect", -rc);
+	}
+	ring_spool();
+}
+
 bool vfsx_link_up(void)
 {
 	return L.state == LINK_UP;

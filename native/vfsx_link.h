@@ -28,6 +28,11 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
  */
 void vfsx_link_post(struct vfsx_msg *m);
 bool vfsx_link_up(void);
+/*
+ * Before the process goes away: waits (bounded) until every frame sent
+ * without a verdict is acknowledged, and spools whatever is not.
+ */
+void vfsx_link_drain(void);
 /* Whether the service's policy may deny op (index in vfsx_op_names). */
 bool vfsx_link_needs_verdict(int op_index);
 /* Appends a finished frame to this process's spool file. */

@@ -82,6 +82,16 @@ static int vfsx_connect(vfs_handle_struct *handle, const char *service,
 	return 0;
 }
 
+/*
+ * A tree disconnect (also at the end of a session, before smbd exits): make
+ * sure nothing reported without a verdict is lost with the process.
+ */
+static void vfsx_disconnect(vfs_handle_struct *handle)
+{
+	vfsx_link_drain();
+	SMB_VFS_NEXT_DISCONNECT(handle);
+}
+
 /* Opens that create or truncate */
 
 static int vfsx_openat(vfs_handle_struct *handle,
@@ -142,6 +152,7 @@ static int vfsx_openat(vfs_handle_struct *handle,
 
 static struct vfs_fn_pointers vfsx_fns = {
 	.connect_fn = vfsx_connect,
+	.disconnect_fn = vfsx_disconnect,
 	.openat_fn = vfsx_openat,
 	.close_fn = vfsx_close,
 	.pwrite_fn = vfsx_pwrite,

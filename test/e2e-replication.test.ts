@@ -36,7 +36,7 @@ before(async () => {
   dr = await DrSiteHarness.start();
   svc = await ServiceHarness.create({
     redisSocket: redis.socket,
-    extra: { replication: { enabled: true, siteUrl: dr.url, token: dr.token, blockSize: 65536 } },
+    extra: { replication: { enabled: true, siteUrl: dr.url, token: dr.token, blockSize: 65536, maxBackoffMs: 1000 } },
   });
   (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
   await svc.rewriteConfig();
@@ -165,4 +165,44 @@ test('vfsx verify finds drift, vfsx resync repairs it, and vfsx restore rebuilds
   assert.equal(ra.code, 0, ra.stdout + ra.stderr);
   assert.equal(await readFile(join(old, 'pit.txt'), 'utf8'), 'version one');
   assert.equal(await readFile(join(smbd.sharePath(SHARE), 'pit.txt'), 'utf8'), 'version two, longer');
+});
+
+/** A workload touching every kind of change; `tag` keeps names apart between runs. */
+async function workload(tag: string): Promise<void> {
+  await writeFile(join(local, `${tag}-a`), randomBytes(150_000));
+  await writeFile(join(local, `${tag}-b`), randomBytes(70_000));
+  await smb(`mkdir ${tag}; mkdir ${tag}/sub; put ${local}/${tag}-a ${tag}/sub/a.bin; put ${local}/${tag}-b ${tag}/b.bin`);
+  await smb(`rename ${tag}/sub ${tag}/moved; put ${local}/${tag}-b ${tag}/moved/a.bin; del ${tag}/b.bin`);
+  await smb(`put ${local}/${tag}-a ${tag}/~tmp; rename ${tag}/moved/a.bin ${tag}/old.bak; rename ${tag}/~tmp ${tag}/moved/a.bin; del ${tag}/old.bak`);
+}
+
+test('with the DR site down during a workload, replication catches up when it returns and converges', async () => {
+  await dr.stop();
+  await workload('sitedown');
+  await new Promise((r) => setTimeout(r, 3000)); // records fail and back off while the site is away
+  await dr.startServer();
+  site.close();
+  site = await dr.client();
+  await drained();
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+});
+
+test('with the service killed (SIGKILL) during a workload and restarted, nothing is lost and the site converges', async () => {
+  const run = workload('killed');
+  await new Promise((r) => setTimeout(r, 150));
+  await svc.stop('SIGKILL');
+  await run; // smbd goes on (fail-open) and spools
+  await svc.start();
+  await drained();
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+});
+
+test('with Redis restarted during a workload, the journal and replication recover and converge', async () => {
+  const run = workload('redis');
+  await new Promise((r) => setTimeout(r, 100));
+  await redis.stopServer();
+  await run;
+  await redis.startServer();
+  await drained();
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
 });

@@ -97,6 +97,7 @@ export const configSchema = {
         siteUrl: { type: 'string', pattern: '^wss?://', default: 'ws://127.0.0.1:7480/' },
         token: { type: 'string', minLength: 16 },
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
+        maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
       },
     },
     drSite: {
@@ -173,6 +174,8 @@ export interface VfsxConfig {
     token?: string;
     /** Block size of new objects at the DR site. */
     blockSize: number;
+    /** Cap of the retry backoff while the DR site is unreachable. */
+    maxBackoffMs: number;
   };
   drSite: {
     host: string;

@@ -129,7 +129,11 @@ export class JournalPump {
         }
       } catch (err) {
         if (this.closed) break;
-        this.log.warn({ err }, 'journal pump: retrying');
+        // A batch may have failed half-way, its records already taken from
+        // the awaiting map: start again from the persisted checkpoint (it
+        // only moves after a batch is fully emitted).
+        started = false;
+        this.log.warn({ err }, 'journal pump: retrying from its checkpoint');
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(5000, backoff * 2);
       }

@@ -48,7 +48,14 @@ export class Replicator {
       connection: this.conn,
       prefix: this.opts.redis.prefix,
       concurrency: 1, // per-path order matters; records are processed as they were journaled
-      settings: { backoffStrategy: (attempts: number) => Math.min(30000, 200 * 2 ** Math.min(attempts, 8)) * (0.5 + Math.random() / 2) },
+      // A job whose worker died is picked up again within seconds, and never dropped.
+      lockDuration: 10000,
+      stalledInterval: 5000,
+      maxStalledCount: 1_000_000,
+      settings: {
+        backoffStrategy: (attempts: number) =>
+          Math.min(this.opts.replication.maxBackoffMs, 200 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2),
+      },
     });
     this.worker.on('failed', (job, err) => {
       this.stats.failures++;
