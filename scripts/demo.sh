@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # npm run demo: builds and starts the whole system on loopback (redis-server,
-# vfsx serve, smbd with a vfsx share), drives it with smbclient as a Windows
-# client would, and shows the change journal. The system keeps running;
-# `npm run demo -- stop` stops it.
+# a RestFS DR site, vfsx serve with replication, smbd with a vfsx share),
+# drives it with smbclient as a Windows client would, shows the change
+# journal, verifies the DR copy and restores from it. The system keeps
+# running; `npm run demo -- stop` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -16,8 +17,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 stop_all() {
 	[ -f "$demo/pid/smbd.pid" ] && kill "$(cat "$demo/pid/smbd.pid")" 2>/dev/null || true
 	[ -f "$demo/vfsx.pid" ] && kill "$(cat "$demo/vfsx.pid")" 2>/dev/null || true
+	[ -f "$demo/dr.pid" ] && kill "$(cat "$demo/dr.pid")" 2>/dev/null || true
 	[ -f "$demo/redis.pid" ] && kill "$(cat "$demo/redis.pid")" 2>/dev/null || true
-	rm -f "$demo/vfsx.pid"
+	rm -f "$demo/vfsx.pid" "$demo/dr.pid"
 }
 
 if [ "${1:-}" = stop ]; then
@@ -34,7 +36,7 @@ say "Installing and building (Debian packages, npm packages, the Samba module)"
 bash scripts/setup.sh
 
 stop_all
-mkdir -p "$demo"/{share,private,lock,state,cache,pid,ncalrpc,spool,run,redis}
+mkdir -p "$demo"/{share,private,lock,state,cache,pid,ncalrpc,spool,run,redis,dr}
 chmod 755 "$demo"
 chmod 777 "$demo/share"
 
@@ -43,8 +45,19 @@ redis-server --port 0 --unixsocket "$demo/redis/redis.sock" --unixsocketperm 700
 	--dir "$demo/redis" --appendonly yes --maxmemory-policy noeviction \
 	--daemonize yes --pidfile "$demo/redis.pid" --logfile "$demo/redis/redis.log"
 
+token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+drport=${VFSX_DEMO_DR_PORT:-7480}
+cat > "$demo/dr-site.json" <<JSON
+{ "drSite": { "host": "127.0.0.1", "port": $drport, "token": "$token", "dataDir": "$demo/dr" } }
+JSON
+say "Starting the RestFS DR site (vfsx dr-site) on ws://127.0.0.1:$drport/"
+nohup node "$repo/bin/vfsx.js" dr-site --config "$demo/dr-site.json" > "$demo/dr-site.log" 2>&1 &
+echo $! > "$demo/dr.pid"
+for _ in $(seq 100); do grep -q 'dr-site serving' "$demo/dr-site.log" && break; sleep 0.1; done
+
 cat > "$demo/vfsx.json" <<JSON
 {
+  "replication": { "enabled": true, "siteUrl": "ws://127.0.0.1:$drport/", "token": "$token" },
   "socket": { "path": "$demo/run/vfsx.sock" },
   "redis": { "path": "$demo/redis/redis.sock" },
   "spool": { "dir": "$demo/spool" },
@@ -102,14 +115,28 @@ smb "mkdir Projects; put $demo/report.txt \"Projects/Q3 report, final.txt\"; ren
 echo '> put report.txt Projects/report.txt.locked     (a ransomware-style name: policy denies it)'
 smb "put $demo/report.txt Projects/report.txt.locked"
 
-say "The change journal in Redis (vfsx journal)"
-node "$repo/bin/vfsx.js" journal --config "$demo/vfsx.json"
+say "The change journal in Redis (vfsx journal --all: queued and recently replicated)"
+sleep 1
+node "$repo/bin/vfsx.js" journal --all --config "$demo/vfsx.json"
+
+say "Replicated to the DR site: vfsx verify compares the share with it"
+for _ in $(seq 100); do
+	node "$repo/bin/vfsx.js" verify docs --config "$demo/vfsx.json" --source "$demo/share" >/dev/null 2>&1 && break
+	sleep 0.2
+done
+node "$repo/bin/vfsx.js" verify docs --config "$demo/vfsx.json" --source "$demo/share"
+say "And back: vfsx restore docs $demo/restored"
+rm -rf "$demo/restored"
+node "$repo/bin/vfsx.js" restore docs "$demo/restored" --config "$demo/vfsx.json"
+diff -r "$demo/share" "$demo/restored" && echo "diff -r: the restored tree is identical to the share"
 
 cat <<EOF2
 
 The system is running:
   share        //127.0.0.1/docs  port $port  user $user  password $pass
-  journal      node bin/vfsx.js journal --config $demo/vfsx.json [--json] [--follow]
+  journal      node bin/vfsx.js journal --config $demo/vfsx.json [--all] [--json] [--follow]
+  DR site      ws://127.0.0.1:$drport/  (data in $demo/dr, log $demo/dr-site.log)
+  verify       node bin/vfsx.js verify docs --config $demo/vfsx.json --source $demo/share
   logs         $demo/vfsx.log
   stop         npm run demo -- stop
 EOF2

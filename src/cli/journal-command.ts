@@ -11,6 +11,7 @@ export interface JournalCommandOptions {
   json: boolean;
   follow: boolean;
   pending: boolean;
+  all: boolean;
 }
 
 /** A name as typed: quoted when it holds blanks, quotes, '=' or control bytes. */
@@ -32,7 +33,7 @@ export async function journalCommand(config: VfsxConfig, o: JournalCommandOption
   };
   try {
     if (o.follow) await reader.follow(print);
-    for (const r of o.pending ? await reader.pending() : await reader.queued()) print(r);
+    for (const r of o.pending ? await reader.pending() : await reader.queued(o.all)) print(r);
     if (o.follow) {
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);

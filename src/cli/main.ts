@@ -17,9 +17,10 @@ Usage:
   vfsx serve [--config FILE]
       Run the service: the Unix socket smbd's vfsx module connects to, the
       policy, the durable change journal in Redis, spool ingestion.
-  vfsx journal [--config FILE] [--share NAME] [--pending] [--json] [--follow]
+  vfsx journal [--config FILE] [--share NAME] [--pending|--all] [--json] [--follow]
       Print queued change records, oldest first (--pending: records still
-      awaiting their outcome). --json prints one JSON record per line.
+      awaiting their outcome; --all: also the recently replicated ones).
+      --json prints one JSON record per line.
       --follow keeps printing records as they are added.
   vfsx dr-site [--config FILE]
       Run a RestFS disaster-recovery site: JSON-RPC 2.0 over WebSocket on
@@ -98,6 +99,7 @@ export async function main(argv: string[]): Promise<number> {
       json: { type: 'boolean', default: false },
       follow: { type: 'boolean', short: 'f', default: false },
       pending: { type: 'boolean', default: false },
+      all: { type: 'boolean', default: false },
       source: { type: 'string' },
       at: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -133,6 +135,7 @@ export async function main(argv: string[]): Promise<number> {
         json: values.json === true,
         follow: values.follow === true,
         pending: values.pending === true,
+        all: values.all === true,
       });
     default:
       process.stderr.write(`vfsx: unknown command ${command}\n\n${HELP}`);

@@ -2,7 +2,7 @@
  * Read access to the journal for operators: queued records, records still
  * awaiting their outcome, and live follow of new ones.
  */
-import { Queue, QueueEvents } from 'bullmq';
+import { JobType, Queue, QueueEvents } from 'bullmq';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
@@ -32,9 +32,11 @@ export class JournalReader {
     this.client = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
   }
 
-  /** Queued records (not yet taken by the replicator), oldest first. */
-  async queued(): Promise<ChangeRecord[]> {
-    const jobs = await this.queue.getJobs(['waiting', 'delayed', 'prioritized', 'active'], 0, -1, true);
+  /** Queued records (not yet taken by the replicator), oldest first; with `done`, also the recently replicated ones. */
+  async queued(done = false): Promise<ChangeRecord[]> {
+    const states: JobType[] = ['waiting', 'delayed', 'prioritized', 'active'];
+    if (done) states.push('completed');
+    const jobs = await this.queue.getJobs(states, 0, -1, true);
     return jobs.map((j) => j.data as ChangeRecord).sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
