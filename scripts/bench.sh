@@ -9,3 +9,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 bash scripts/setup.sh
 node dist/bench/bench.js
+node dist/bench/replication-bench.js
