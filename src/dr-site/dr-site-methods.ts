@@ -46,10 +46,11 @@ export class DrSiteMethods {
       case 'blocks.missing':
         return { result: { missing: this.meta.missingBlocks(p.hashes as string[]) } };
       case 'blocks.put':
-        for (const b of binary) {
-          await this.blocks.put(b.hash, b.data); // verifies the hash before naming it
-          this.meta.addBlock(b.hash, b.data.length);
-        }
+        // Files first (each verified, fsynced and renamed; concurrently, so
+        // the filesystem can commit the fsyncs together), then one
+        // transaction registers them: the site never claims a block it lacks.
+        await Promise.all(binary.map((b) => this.blocks.put(b.hash, b.data)));
+        this.meta.addBlocks(binary.map((b) => [b.hash, b.data.length]));
         return { result: { stored: binary.length } };
       case 'blocks.get': {
         const hashes = p.hashes as string[];

@@ -112,7 +112,14 @@ export class MetaStore {
 
   /** Registers a block stored on disk (refs 0 until a version uses it). */
   addBlock(hash: string, size: number): void {
-    this.db.prepare('INSERT OR IGNORE INTO blocks (hash, size, refs, created) VALUES (?, ?, 0, ?)').run(hash, size, this.now());
+    this.addBlocks([[hash, size]]);
+  }
+
+  /** Registers blocks stored on disk, in one transaction. */
+  addBlocks(blocks: Array<[string, number]>): void {
+    const q = this.db.prepare('INSERT OR IGNORE INTO blocks (hash, size, refs, created) VALUES (?, ?, 0, ?)');
+    const now = this.now();
+    this.db.transaction(() => blocks.forEach(([h, size]) => q.run(h, size, now)))();
   }
 
   /** Which of these blocks the site does not have. */

@@ -19,6 +19,7 @@ interface Head {
 /** Blocks per binary frame stay under this; the site must accept frames of 8 MiB or more. */
 const MAX_PUT_BYTES = 4 << 20;
 const NOT_FOUND = -32003;
+const TREE_CONCURRENCY = 16;
 
 export interface SyncStats {
   commits: number;
@@ -67,17 +68,48 @@ export class SiteSync {
     if (dst?.isDirectory()) await this.syncTree(to);
   }
 
+  /**
+   * Reconciles a whole subtree. Up to TREE_CONCURRENCY objects are in flight
+   * at once, so round trips and the site's fsyncs overlap; a directory is
+   * committed before anything below it is.
+   */
   async syncTree(rel: string): Promise<void> {
+    const queue: string[] = [rel];
+    const running = new Set<Promise<void>>();
+    let failed: unknown = null;
+    while ((queue.length > 0 || running.size > 0) && failed === null) {
+      while (queue.length > 0 && running.size < TREE_CONCURRENCY) {
+        const dir = queue.shift() as string;
+        const p = this.syncDirEntries(dir, queue).catch((err) => {
+          failed = err;
+        }).finally(() => running.delete(p));
+        running.add(p);
+      }
+      if (running.size > 0) await Promise.race(running);
+    }
+    if (failed !== null) throw failed;
+  }
+
+  /** Syncs the entries of one directory (files concurrently); queues its subdirectories. */
+  private async syncDirEntries(rel: string, dirs: string[]): Promise<void> {
     let entries;
     try {
       entries = await readdir(join(this.root, rel), { withFileTypes: true });
     } catch {
       return; // gone meanwhile: a later record deletes it
     }
+    const files: string[] = [];
     for (const e of entries) {
       const child = rel ? `${rel}/${e.name}` : e.name;
-      await this.syncPath(child);
-      if (e.isDirectory()) await this.syncTree(child);
+      if (e.isDirectory()) {
+        await this.syncPath(child); // the directory first, then what is below it
+        dirs.push(child);
+      } else {
+        files.push(child);
+      }
+    }
+    for (let i = 0; i < files.length; i += TREE_CONCURRENCY) {
+      await Promise.all(files.slice(i, i + TREE_CONCURRENCY).map((f) => this.syncPath(f)));
     }
   }
 
