@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { DrClient } from '../../src/replication-queue/dr-client';
 import { freePort } from './ports';
 import { VFSX_BIN } from './service-harness';
+import { collectJsonLines } from './json-lines';
 import { waitFor } from './wait-for';
 
 export class DrSiteHarness {
@@ -42,20 +43,7 @@ export class DrSiteHarness {
     const from = this.logs.length;
     const p = spawn(process.execPath, [VFSX_BIN, 'dr-site', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
-    let buf = '';
-    p.stdout?.on('data', (c: Buffer) => {
-      buf += c.toString();
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          this.logs.push(JSON.parse(line));
-        } catch {
-          this.logs.push({ msg: line });
-        }
-      }
-    });
+    collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (c: Buffer) => this.logs.push({ stderr: c.toString() }));
     await waitFor('dr site to listen', () => this.logs.slice(from).some((l) => l.msg === 'vfsx dr-site serving') || p.exitCode !== null);
     if (p.exitCode !== null) throw new Error(`dr-site exited: ${JSON.stringify(this.logs.slice(from))}`);

@@ -7,6 +7,7 @@ import { mkdtemp, rm, writeFile, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { collectJsonLines } from './json-lines';
 import { waitFor } from './wait-for';
 
 export const REPO = resolve(__dirname, '..', '..', '..');
@@ -70,20 +71,7 @@ export class ServiceHarness {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc = p;
-    let buf = '';
-    p.stdout?.on('data', (chunk: Buffer) => {
-      buf += chunk.toString('utf8');
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          this.logs.push(JSON.parse(line));
-        } catch {
-          this.logs.push({ msg: line });
-        }
-      }
-    });
+    collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
     await waitFor('vfsx serve to start', () => since('vfsx serving') || p.exitCode !== null);
     if (p.exitCode !== null) throw new Error(`vfsx serve exited: ${JSON.stringify(this.logs.slice(from))}`);
