@@ -35,8 +35,6 @@ export interface OpDispatcherOptions {
   policy: Policy;
   sink: ChangeSink;
   logger: Logger;
-  /** Called once per verdict with its latency in seconds (metrics). */
-  onVerdict?: (op: string, verdict: Verdict['kind'], seconds: number) => void;
 }
 
 function uintArg(msg: BridgeMessage, key: string): number {
@@ -55,14 +53,12 @@ export class OpDispatcher {
   private readonly verdictOps: string[] | '*';
   private readonly sink: ChangeSink;
   private readonly log: Logger;
-  private readonly onVerdict?: OpDispatcherOptions['onVerdict'];
 
   constructor(options: OpDispatcherOptions) {
     this.policy = options.policy;
     this.verdictOps = options.policy.verdictOps();
     this.sink = options.sink;
     this.log = options.logger;
-    this.onVerdict = options.onVerdict;
   }
 
   /** Handles one message. Its synchronous part runs in call order. */
@@ -81,9 +77,7 @@ export class OpDispatcher {
       this.checkAsync(session, rec);
       return { reply: null, durable: this.write(rec) };
     }
-    const started = process.hrtime.bigint();
     const verdict = await this.decide(session, rec);
-    this.onVerdict?.(msg.op, verdict.kind, Number(process.hrtime.bigint() - started) / 1e9);
     return { reply: session.source === 'live' ? encodeVerdict(seq, verdict) : null, durable: null };
   }
 
