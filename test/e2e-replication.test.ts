@@ -16,6 +16,7 @@ import { DrClient } from '../src/replication-queue/dr-client';
 import { JournalReader } from '../src/replication-queue/journal-reader';
 import { verifyShare } from '../src/replication-queue/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
+import { RandomWorkload, treeDiffers } from './helpers/random-workload';
 import { RedisHarness } from './helpers/redis-harness';
 import { ServiceHarness, VFSX_BIN } from './helpers/service-harness';
 import { q, smbclient } from './helpers/smbclient';
@@ -167,42 +168,75 @@ test('vfsx verify finds drift, vfsx resync repairs it, and vfsx restore rebuilds
   assert.equal(await readFile(join(smbd.sharePath(SHARE), 'pit.txt'), 'utf8'), 'version two, longer');
 });
 
-/** A workload touching every kind of change; `tag` keeps names apart between runs. */
-async function workload(tag: string): Promise<void> {
-  await writeFile(join(local, `${tag}-a`), randomBytes(150_000));
-  await writeFile(join(local, `${tag}-b`), randomBytes(70_000));
-  await smb(`mkdir ${tag}; mkdir ${tag}/sub; put ${local}/${tag}-a ${tag}/sub/a.bin; put ${local}/${tag}-b ${tag}/b.bin`);
-  await smb(`rename ${tag}/sub ${tag}/moved; put ${local}/${tag}-b ${tag}/moved/a.bin; del ${tag}/b.bin`);
-  await smb(`put ${local}/${tag}-a ${tag}/~tmp; rename ${tag}/moved/a.bin ${tag}/old.bak; rename ${tag}/~tmp ${tag}/moved/a.bin; del ${tag}/old.bak`);
+let seed = Number(process.env.VFSX_SEED ?? Date.now() % 100000);
+
+/** A random workload of `ops` operations through SMB in its own directory; the share must then match its model. */
+async function randomWorkload(tag: string, ops = 2000): Promise<void> {
+  const w = new RandomWorkload(++seed, `${tag}`, join(local, `rw-${tag}`));
+  w.plan(ops);
+  const res = await w.run(smbd.port, SHARE);
+  assert.ok(res.ops >= ops, `${res.ops} ops`);
+  assert.deepEqual(await treeDiffers(smbd.sharePath(SHARE), tag, res.expected), [], `seed ${w.seed}: the share does not match the workload's model`);
+  process.stdout.write(`# ${tag}: seed ${w.seed}, ${JSON.stringify(res.counts)}\n`);
 }
 
-test('with the DR site down during a workload, replication catches up when it returns and converges', async () => {
+/** Drained, then verify reports identical and a restore into an empty directory is identical to the share (diff -r). */
+async function converged(tag: string): Promise<void> {
+  await drained();
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  const dest = join(local, `restore-${tag}`);
+  const res = await cli(['restore', SHARE, dest, '--json']);
+  assert.equal(res.code, 0, res.stdout + res.stderr);
+  const diff = spawnSync('diff', ['-r', smbd.sharePath(SHARE), dest], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  assert.equal(diff.status, 0, diff.stdout.slice(0, 4000) + diff.stderr);
+  await rm(dest, { recursive: true, force: true });
+}
+
+test('a random workload of 2,000 SMB operations converges: verify is identical and a restore matches diff -r', async () => {
+  await randomWorkload('random');
+  await converged('random');
+});
+
+test('with the DR site stopped for 30 s during a workload and restarted, replication catches up and converges', async () => {
+  const run = randomWorkload('sitedown');
+  await new Promise((r) => setTimeout(r, 500));
   await dr.stop();
-  await workload('sitedown');
-  await new Promise((r) => setTimeout(r, 3000)); // records fail and back off while the site is away
+  const downAt = Date.now();
+  await run;
+  await new Promise((r) => setTimeout(r, Math.max(0, 30000 - (Date.now() - downAt)))); // records fail and back off
   await dr.startServer();
   site.close();
   site = await dr.client();
-  await drained();
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  await converged('sitedown');
+});
+
+test('with the DR site killed (SIGKILL) mid-upload during a workload and restarted, replication converges', async () => {
+  const before = blockFiles();
+  const run = randomWorkload('sitekill');
+  await waitFor('blocks arriving at the site', () => blockFiles() > before + 20, 60000, 5);
+  await dr.stop('SIGKILL');
+  await run;
+  await dr.startServer();
+  site.close();
+  site = await dr.client();
+  await converged('sitekill');
 });
 
 test('with the service killed (SIGKILL) during a workload and restarted, nothing is lost and the site converges', async () => {
-  const run = workload('killed');
-  await new Promise((r) => setTimeout(r, 150));
+  const run = randomWorkload('killed');
+  await new Promise((r) => setTimeout(r, 1500));
   await svc.stop('SIGKILL');
   await run; // smbd goes on (fail-open) and spools
   await svc.start();
-  await drained();
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  await converged('killed');
 });
 
 test('with Redis restarted during a workload, the journal and replication recover and converge', async () => {
-  const run = workload('redis');
-  await new Promise((r) => setTimeout(r, 100));
+  const run = randomWorkload('redis');
+  await new Promise((r) => setTimeout(r, 1500));
   await redis.stopServer();
-  await run;
+  await new Promise((r) => setTimeout(r, 1000));
   await redis.startServer();
-  await drained();
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  await run;
+  await converged('redis');
 });

@@ -3,8 +3,11 @@
 command for: writing at an offset, appending, truncating to a size.
 Usage: smbc_ops.py URL USER PASS OP NAME [ARGS]
   write NAME OFFSET HEXBYTES | truncate NAME SIZE
+  or: smbc_ops.py URL USER PASS batch  (one JSON array [OP, NAME, ARGS...] per stdin line)
 """
 import ctypes
+import json
+import urllib.parse
 import os
 import sys
 
@@ -28,18 +31,11 @@ def check(rc, what):
     return rc
 
 
-def main():
-    url, user, password, op, name = sys.argv[1:6]
-    args = sys.argv[6:]
-
-    def auth(srv, shr, wg, wglen, un, unlen, pw, pwlen):
-        ctypes.memmove(un, user.encode() + b"\0", len(user) + 1)
-        ctypes.memmove(pw, password.encode() + b"\0", len(password) + 1)
-
-    cb = AUTH(auth)
-    check(lib.smbc_init(cb, 0), "smbc_init")
-    fd = check(lib.smbc_open((url.rstrip("/") + "/" + name).encode(),
-                             os.O_WRONLY, 0o644), "open")
+def apply(url, op, name, args):
+    # libsmbclient URL-decodes paths: escape % # and friends.
+    path = url.rstrip("/") + "/" + urllib.parse.quote(name, safe="/")
+    fd = check(lib.smbc_open(path.encode(),
+                             os.O_WRONLY, 0o644), "open " + name)
     if op == "write":
         check(lib.smbc_lseek(fd, int(args[0]), os.SEEK_SET), "lseek")
         data = bytes.fromhex(args[1])
@@ -49,6 +45,24 @@ def main():
     else:
         sys.exit("unknown op " + op)
     check(lib.smbc_close(fd), "close")
+
+
+def main():
+    url, user, password, op = sys.argv[1:5]
+
+    def auth(srv, shr, wg, wglen, un, unlen, pw, pwlen):
+        ctypes.memmove(un, user.encode() + b"\0", len(user) + 1)
+        ctypes.memmove(pw, password.encode() + b"\0", len(password) + 1)
+
+    cb = AUTH(auth)
+    check(lib.smbc_init(cb, 0), "smbc_init")
+    if op == "batch":
+        for line in sys.stdin:
+            if line.strip():
+                step = json.loads(line)
+                apply(url, step[0], step[1], [str(a) for a in step[2:]])
+    else:
+        apply(url, op, sys.argv[5], sys.argv[6:])
 
 
 main()
