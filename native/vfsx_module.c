@@ -27,9 +27,18 @@
 #include "lib/global_contexts.h"
 #include "vfsx_hooks.h"
 
+#include "version.h"
+
 #if SMB_VFS_INTERFACE_VERSION < 47
 #error "vfsx needs Samba 4.17 (VFS interface 47) or later"
 #endif
+
+#define VFSX_STR2(x) #x
+#define VFSX_STR(x) VFSX_STR2(x)
+
+/* What this build is for; `vfsx doctor` reads it from the .so and compares it with the running smbd. */
+__attribute__((used)) static const char vfsx_build_id[] =
+	"vfsx-build: samba=" SAMBA_VERSION_STRING " interface=" VFSX_STR(SMB_VFS_INTERFACE_VERSION);
 
 /* Connect and disconnect */
 

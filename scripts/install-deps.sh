@@ -6,7 +6,8 @@ set -euo pipefail
 PKGS=(samba samba-vfs-modules smbclient samba-testsuite redis-server
       dpkg-dev flex bison libparse-yapp-perl libkeyutils-dev
       gcc make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
-      rsync sqlite3 util-linux procps iproute2)
+      rsync sqlite3 util-linux procps iproute2
+      chromium)  # the dashboard test drives it with playwright-core
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -9,7 +9,9 @@ import { DrSiteServer } from '../dr-site/dr-site-server';
 import { createLogger } from '../service/create-logger';
 import { VfsxService } from '../service/vfsx-service';
 import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
+import { doctorCommand } from './doctor';
 import { journalCommand } from './journal-command';
+import { eventsCommand, statusCommand, whyCommand } from './ops-commands';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
 
@@ -36,6 +38,23 @@ Usage:
       Rebuild the share from the DR site into DEST (latest, or as it was at
       TIME: ISO 8601 or ms since the epoch), with contents, modes and mtimes.
       The share's path comes from --source or from smbd's configuration.
+  vfsx status [--config FILE] [--json] [--watch]
+      Per share: backlog (records, files, dirty bytes), RPO age (oldest
+      change not yet at the DR site), throughput over the last minute,
+      records being retried and their error; the DR site link; fail-open
+      spooling. --watch redraws every 2 s; --json prints one object (a line
+      per refresh with --watch).
+  vfsx why SHARE PATH [--config FILE] [--source DIR] [--json]
+      Everything known about one path: the source's state, the journal's
+      records of it, what holds it back, the DR site's versions.
+  vfsx events [--config FILE] [--json] [--recent]
+      Follow replication events live (committed, failed, site-down/up,
+      fail-open, rpo-threshold-crossed/recovered); --recent first prints the
+      last ones kept (all but commits).
+  vfsx doctor [--config FILE] [--json] [--modules-dir DIR] [--smb-conf FILE]
+      Check the module (installed, built for this smbd), the shares using
+      it, the socket, Redis (AOF, noeviction), the DR site and the spool.
+      Exit 1 when a check fails; each failure says how to fix it.
   vfsx --help
       This text.
 
@@ -102,6 +121,10 @@ export async function main(argv: string[]): Promise<number> {
       all: { type: 'boolean', default: false },
       source: { type: 'string' },
       at: { type: 'string' },
+      watch: { type: 'boolean', short: 'w', default: false },
+      recent: { type: 'boolean', default: false },
+      'modules-dir': { type: 'string' },
+      'smb-conf': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -129,6 +152,20 @@ export async function main(argv: string[]): Promise<number> {
       if (command === 'verify') return verifyCommand(cfg, share, o);
       return restoreCommand(cfg, share, dest as string, o);
     }
+    case 'status':
+      return statusCommand(loadConfig(values.config), { json: values.json === true, watch: values.watch === true });
+    case 'why': {
+      const [, share, path] = positionals;
+      if (!share || path === undefined) {
+        process.stderr.write(`vfsx why: missing ${share ? 'PATH' : 'SHARE'}\n\n${HELP}`);
+        return 2;
+      }
+      return whyCommand(loadConfig(values.config), share, path, { json: values.json === true, source: values.source });
+    }
+    case 'events':
+      return eventsCommand(loadConfig(values.config), { json: values.json === true, recent: values.recent === true });
+    case 'doctor':
+      return doctorCommand(loadConfig(values.config), { json: values.json === true, modulesDir: values['modules-dir'], smbConf: values['smb-conf'] });
     case 'journal':
       return journalCommand(loadConfig(values.config), {
         share: values.share,

@@ -26,6 +26,9 @@ export function validateConfig(raw: unknown): VfsxConfig {
     );
     throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n${lines.join('\n')}`);
   }
+  const hooks = (copy as VfsxConfig).alerts.hooks;
+  const bad = hooks.findIndex((h) => Boolean(h.command) === Boolean(h.url));
+  if (bad >= 0) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /alerts/hooks/${bad} needs exactly one of command and url`);
   return deepFreeze(copy as VfsxConfig);
 }
 

@@ -98,6 +98,7 @@ export const configSchema = {
         token: { type: 'string', minLength: 16 },
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
+        concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
       },
     },
     drSite: {
@@ -115,6 +116,42 @@ export const configSchema = {
         retentionMs: { type: 'integer', minimum: 0, default: 30 * 24 * 3600 * 1000 },
         gcIntervalMs: { type: 'integer', minimum: 100, default: 3600 * 1000 },
         orphanGraceMs: { type: 'integer', minimum: 0, default: 3600 * 1000 },
+      },
+    },
+    http: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description: 'the operator listener of vfsx serve: /metrics, the dashboard and its API',
+      properties: {
+        enabled: { type: 'boolean', default: true },
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: 7481 },
+        token: { type: 'string', minLength: 16, description: 'required (Bearer or ?token=) from any client when set' },
+        historySeconds: { type: 'integer', minimum: 60, default: 3600 },
+      },
+    },
+    alerts: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        rpoThresholdMs: { type: 'integer', minimum: 1000, default: 300000 },
+        checkIntervalMs: { type: 'integer', minimum: 100, default: 2000 },
+        hooks: {
+          type: 'array',
+          default: [],
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            properties: {
+              events: { type: 'array', items: { enum: ['failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered'] } },
+              command: { type: 'string', minLength: 1, description: 'run with /bin/sh -c; the event is in $VFSX_EVENT (JSON)' },
+              url: { type: 'string', pattern: '^https?://', description: 'POSTed the event as JSON' },
+              timeoutMs: { type: 'integer', minimum: 100, default: 10000 },
+            },
+          },
+        },
       },
     },
     log: {
@@ -176,6 +213,8 @@ export interface VfsxConfig {
     blockSize: number;
     /** Cap of the retry backoff while the DR site is unreachable. */
     maxBackoffMs: number;
+    /** Records replicated at once; records of related paths still run in journal order. */
+    concurrency: number;
   };
   drSite: {
     host: string;
@@ -191,5 +230,20 @@ export interface VfsxConfig {
     /** Unreferenced blocks younger than this are kept (an upload may be under way). */
     orphanGraceMs: number;
   };
+  http: { enabled: boolean; host: string; port: number; token?: string; historySeconds: number };
+  alerts: {
+    /** rpo-threshold-crossed fires when a share's oldest uncommitted change is older than this. */
+    rpoThresholdMs: number;
+    checkIntervalMs: number;
+    hooks: AlertHookConfig[];
+  };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export interface AlertHookConfig {
+  /** Event types that trigger the hook (default: site-down, site-up, fail-open, rpo-threshold-crossed, rpo-recovered). */
+  events?: string[];
+  command?: string;
+  url?: string;
+  timeoutMs: number;
 }

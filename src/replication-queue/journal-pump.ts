@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { logLinkStatus } from './link-status';
-import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
+import { journalKeys, JournalKeys, redisOptions, StateKeys, stateKeys } from './redis-connection';
 import { compareIds, nextId } from './stream-ids';
 
 export interface JournalPumpOptions {
@@ -62,6 +62,7 @@ export class JournalPump {
   readonly queue: Queue;
   private readonly opts: JournalPumpOptions;
   private readonly keys: JournalKeys;
+  private readonly state: StateKeys;
   private readonly log: Logger;
   private readonly client: Redis;
   private readonly reader: Redis;
@@ -77,6 +78,7 @@ export class JournalPump {
     this.opts = options;
     this.log = options.logger;
     this.keys = journalKeys(options.redis.prefix);
+    this.state = stateKeys(options.redis.prefix);
     this.client = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
     this.reader = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
     this.queueConn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
@@ -217,7 +219,14 @@ export class JournalPump {
     // and the verdict path shares this Redis; 10 jobs hold it for well under
     // a millisecond (100 held it for ~10 ms, measured with npm run bench).
     for (let i = 0; i < jobs.length; i += ADD_CHUNK) {
-      await this.queue.addBulk(jobs.slice(i, i + ADD_CHUNK));
+      const chunk = jobs.slice(i, i + ADD_CHUNK);
+      // The change's time joins its share's RPO set before its job exists
+      // (NX: a re-emitted record keeps its first time); the replicator
+      // removes it once the site has committed the change.
+      const rpo = this.client.pipeline();
+      for (const j of chunk) rpo.zadd(this.state.rpo(j.data.share), 'NX', j.data.ts, j.opts.jobId).sadd(this.state.shares, j.data.share);
+      for (const [err] of (await rpo.exec()) ?? []) if (err) throw err;
+      await this.queue.addBulk(chunk);
       await yieldToVerdicts();
     }
     this.stats.jobs += jobs.length;

@@ -16,7 +16,11 @@ function main(): void {
     ? new Replicator({ redis: workerData.redis, queueName: workerData.journal.queueName, replication: workerData.replication, logger: logger.child({ c: 'replicator' }) })
     : null;
   replicator?.start();
-  const report = setInterval(() => port.postMessage({ stats: { ...pump.stats, pending: pump.pending.length } }), 1000);
+  const report = setInterval(() => port.postMessage({
+    stats: { ...pump.stats, pending: pump.pending.length },
+    replication: replicator ? { ...replicator.stats } : null,
+    latencies: replicator?.takeLatencies() ?? [],
+  }), 1000);
   port.on('message', (m) => {
     if (m === 'close') {
       clearInterval(report);

@@ -1,7 +1,7 @@
 /**
  * ioredis connection options and the journal's own keys.
  */
-import type { RedisOptions } from 'ioredis';
+import IORedis, { type RedisOptions } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 
 export function redisOptions(cfg: VfsxConfig['redis'], extra: RedisOptions = {}): RedisOptions {
@@ -28,4 +28,50 @@ export interface JournalKeys {
 
 export function journalKeys(prefix: string): JournalKeys {
   return { stream: `${prefix}:journal`, cursor: `${prefix}:journal:cursor`, failed: `${prefix}:failed-ops` };
+}
+
+/** Keys of the operator surface: replication state, per-share RPO sets, events. */
+export interface StateKeys {
+  /** Hash: the DR site link (url, state, since, lastError, lastErrorAt, updatedAt, counters). */
+  site: string;
+  /** Set of share names seen by the journal pump. */
+  shares: string;
+  /** Hash per share: lastCommitAt, lastCommitPath, commits, bytesSent, opsPerSec, bytesPerSec. */
+  share: (name: string) => string;
+  /** Sorted set per share: job id -> ms of the change; the oldest member gives the RPO age. */
+  rpo: (name: string) => string;
+  /** Hash: fail-open engagement (spool files ingested, lastAt). */
+  failOpen: string;
+  /** Pub/sub channel of events, and a capped list of recent ones (commits are published only). */
+  events: string;
+  recent: string;
+}
+
+export function stateKeys(prefix: string): StateKeys {
+  return {
+    site: `${prefix}:state:site`,
+    shares: `${prefix}:state:shares`,
+    share: (name) => `${prefix}:state:share:${name}`,
+    rpo: (name) => `${prefix}:rpo:${name}`,
+    failOpen: `${prefix}:state:fail-open`,
+    events: `${prefix}:events`,
+    recent: `${prefix}:events:recent`,
+  };
+}
+
+/** What `vfsx doctor` needs to know about Redis: reachable, AOF on, noeviction. */
+export async function redisHealth(cfg: VfsxConfig['redis']): Promise<{ reachable: boolean; error?: string; appendonly?: string; policy?: string }> {
+  const c = new IORedis(redisOptions(cfg, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
+  c.on('error', () => undefined);
+  try {
+    await c.connect();
+    await c.ping();
+    const aof = (await c.config('GET', 'appendonly')) as string[];
+    const pol = (await c.config('GET', 'maxmemory-policy')) as string[];
+    return { reachable: true, appendonly: aof[1], policy: pol[1] };
+  } catch (err) {
+    return { reachable: false, error: (err as Error).message };
+  } finally {
+    c.disconnect();
+  }
 }

@@ -15,7 +15,10 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { DrClient } from './dr-client';
-import { redisOptions } from './redis-connection';
+import { EventBus } from './events';
+import { PathLocks } from './path-locks';
+import { redisOptions, StateKeys, stateKeys } from './redis-connection';
+import { RateWindow } from './rate-window';
 import { SiteSync } from './site-sync';
 
 export interface ReplicatorOptions {
@@ -34,20 +37,72 @@ export class Replicator {
   private client: DrClient | null = null;
   private connecting: Promise<DrClient> | null = null;
   private readonly buckets = new Set<string>();
+  private readonly locks = new PathLocks();
   readonly stats = { records: 0, commits: 0, blocksSent: 0, bytesSent: 0, failures: 0, lastError: '' };
+  private readonly state: StateKeys;
+  private readonly events: EventBus;
+  private readonly rates = new Map<string, RateWindow>();
+  private link: 'connecting' | 'up' | 'down' = 'connecting';
+  private linkSince = Date.now();
+  private lastError = '';
+  private lastErrorAt = 0;
+  private heartbeat: NodeJS.Timeout | null = null;
+  /** close -> committed latencies (ms) since the last take; the service turns them into a histogram. */
+  private latencies: number[] = [];
 
   constructor(options: ReplicatorOptions) {
     this.opts = options;
     this.log = options.logger;
     this.conn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: null }));
     this.conn.on('error', (err) => this.log.debug({ err }, 'replicator redis error'));
+    this.state = stateKeys(options.redis.prefix);
+    this.events = new EventBus(options.redis, this.conn.duplicate());
+  }
+
+  /** Latencies observed since the last call (ms from the service receiving a change to its commit). */
+  takeLatencies(): number[] {
+    const out = this.latencies;
+    this.latencies = [];
+    return out;
+  }
+
+  private setLink(to: 'up' | 'down', error?: string): void {
+    if (error) {
+      this.lastError = error;
+      this.lastErrorAt = Date.now();
+    }
+    if (this.link === to) return;
+    const was = this.link;
+    this.link = to;
+    this.linkSince = Date.now();
+    // The first failure to connect is news too; a first success after start is not.
+    if (to === 'down' || was === 'down') void this.events.publish({ type: to === 'up' ? 'site-up' : 'site-down', at: Date.now(), site: this.opts.replication.siteUrl, error });
+    void this.writeState();
+  }
+
+  /** Writes the link state and per-share rates for `vfsx status` (every second, and on changes). */
+  private async writeState(): Promise<void> {
+    const now = Date.now();
+    const p = this.conn.pipeline().hset(this.state.site, {
+      url: this.opts.replication.siteUrl, state: this.link, since: this.linkSince, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
+      updatedAt: now, records: this.stats.records, commits: this.stats.commits, blocksSent: this.stats.blocksSent,
+      bytesSent: this.stats.bytesSent, failures: this.stats.failures,
+    });
+    for (const [share, w] of this.rates) {
+      const r = w.perSecond(now);
+      p.hset(this.state.share(share), { opsPerSec: r.ops, bytesPerSec: r.bytes, ratesAt: now });
+    }
+    await p.exec().catch(() => undefined);
   }
 
   start(): void {
-    this.worker = new Worker(this.opts.queueName, (job: Job) => this.process(job.data as ChangeRecord), {
+    this.heartbeat = setInterval(() => void this.writeState(), 1000);
+    this.heartbeat.unref();
+    this.worker = new Worker(this.opts.queueName, (job: Job) => this.ordered(job), {
       connection: this.conn,
       prefix: this.opts.redis.prefix,
-      concurrency: 1, // per-path order matters; records are processed as they were journaled
+      // Jobs start in journal order; PathLocks keeps records of related paths in that order.
+      concurrency: this.opts.replication.concurrency,
       // A job whose worker died is picked up again within seconds, and never dropped.
       lockDuration: 10000,
       stalledInterval: 5000,
@@ -60,13 +115,20 @@ export class Replicator {
     this.worker.on('failed', (job, err) => {
       this.stats.failures++;
       this.stats.lastError = err.message;
+      this.lastError = err.message;
+      this.lastErrorAt = Date.now();
+      const rec = job?.data as ChangeRecord | undefined;
+      // One event per record, at its first failure: a site outage would otherwise repeat them at every retry.
+      if (rec && job?.attemptsMade === 1) void this.events.publish({ type: 'failed', at: Date.now(), share: rec.share, path: rec.names.path, op: rec.op, error: err.message });
       this.log.warn({ err, id: job?.id, attempts: job?.attemptsMade }, 'replication of a record failed; will retry');
     });
     this.worker.on('error', (err) => this.log.debug({ err }, 'replicator worker error'));
   }
 
   async close(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
     await this.worker?.close().catch(() => undefined);
+    await this.events.close();
     this.client?.close();
     await this.conn.quit().catch(() => this.conn.disconnect());
   }
@@ -82,11 +144,14 @@ export class Replicator {
             this.client = null;
             this.buckets.clear();
             this.log.warn('DR site link down');
+            this.setLink('down', 'connection closed');
           });
           this.log.info({ url: siteUrl }, 'DR site link up');
+          this.setLink('up');
           return c;
         },
         (err) => {
+          this.setLink('down', (err as Error).message);
           throw new VfsxError('VFSX_ERR_REPL_SITE_DOWN', `DR site unreachable: ${(err as Error).message}`, { cause: err });
         },
       ).finally(() => {
@@ -94,6 +159,32 @@ export class Replicator {
       });
     }
     return this.connecting;
+  }
+
+  /** Runs a record after every earlier record of a related path (same, above or below it) in its share. */
+  private async ordered(job: Job): Promise<void> {
+    const rec = job.data as ChangeRecord;
+    const paths = [rec.names.path, rec.names.to, rec.names.from].filter((p): p is string => typeof p === 'string');
+    const bytesBefore = this.stats.bytesSent;
+    await this.locks.run(rec.share, paths, () => this.process(rec));
+    await this.committed(rec, String(job.id), this.stats.bytesSent - bytesBefore);
+  }
+
+  /** Bookkeeping once the site holds a record's change: RPO set, per-share state, the `committed` event. */
+  private async committed(rec: ChangeRecord, jobId: string, bytes: number): Promise<void> {
+    const now = Date.now();
+    const latencyMs = now - rec.ts;
+    if (this.latencies.length < 100_000) this.latencies.push(latencyMs);
+    let w = this.rates.get(rec.share);
+    if (!w) this.rates.set(rec.share, (w = new RateWindow(60)));
+    w.add(now, 1, bytes);
+    await this.conn.pipeline()
+      .zrem(this.state.rpo(rec.share), jobId)
+      .hset(this.state.share(rec.share), { lastCommitAt: now, lastCommitPath: rec.names.path ?? '' })
+      .hincrby(this.state.share(rec.share), 'commits', 1)
+      .hincrby(this.state.share(rec.share), 'bytesSent', bytes)
+      .exec();
+    await this.events.publish({ type: 'committed', at: now, share: rec.share, path: rec.names.path, op: rec.op, latencyMs });
   }
 
   async process(rec: ChangeRecord): Promise<void> {

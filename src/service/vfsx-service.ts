@@ -8,9 +8,14 @@ import type { VfsxConfig } from '../config/schema';
 import { OpDispatcher } from '../ops/op-dispatcher';
 import { Policy } from '../ops/policy';
 import { Journal } from '../replication-queue/journal';
+import { EventBus } from '../replication-queue/events';
 import { PumpThread } from '../replication-queue/pump-thread';
+import { Status, StatusReader } from '../replication-queue/status';
 import { SocketServer } from '../socket-server/socket-server';
 import { SpoolIngester } from '../socket-server/spool-ingester';
+import { Alerts } from './alerts';
+import { HistoryPoint, historyPoint, HttpServer } from './http-server';
+import { Metrics } from './metrics';
 
 export class VfsxService {
   readonly journal: Journal;
@@ -18,10 +23,20 @@ export class VfsxService {
   readonly server: SocketServer;
   readonly spool: SpoolIngester;
   readonly dispatcher: OpDispatcher;
+  readonly status: StatusReader;
+  readonly bus: EventBus;
+  readonly metrics: Metrics;
+  readonly alerts: Alerts;
+  readonly http: HttpServer | null;
+  private readonly config: VfsxConfig;
   private readonly log: Logger;
+  private readonly history: HistoryPoint[] = [];
+  private monitor: NodeJS.Timeout | null = null;
+  private sampling = false;
   private closing: Promise<void> | null = null;
 
   constructor(config: VfsxConfig, logger: Logger) {
+    this.config = config;
     this.log = logger;
     this.journal = new Journal({ redis: config.redis, logger: logger.child({ c: 'journal' }) });
     this.pump = new PumpThread({
@@ -32,10 +47,23 @@ export class VfsxService {
       sink: this.journal,
       logger: logger.child({ c: 'ops' }),
     });
+    this.status = new StatusReader(config);
+    this.bus = new EventBus(config.redis);
+    this.metrics = new Metrics(() => this.readStatus(), {
+      connectionsAccepted: () => this.server.accepted,
+      connections: () => this.server.connections.size,
+      spoolFilesIngested: () => this.spool.files,
+      replication: () => this.pump.replication,
+    });
+    this.pump.onLatencies = (ms) => {
+      for (const v of ms) this.metrics.commitLatency.observe(v / 1000);
+    };
+    this.alerts = new Alerts({ config, bus: this.bus, logger: logger.child({ c: 'alerts' }) });
     this.server = new SocketServer({
       ...config.socket,
       dispatcher: this.dispatcher,
       logger: logger.child({ c: 'socket' }),
+      observeVerdict: (s) => this.metrics.verdictLatency.observe(s),
     });
     this.spool = new SpoolIngester({
       dir: config.spool.dir,
@@ -43,7 +71,42 @@ export class VfsxService {
       maxFrameBytes: config.socket.maxFrameBytes,
       dispatcher: this.dispatcher,
       logger: logger.child({ c: 'spool' }),
+      onScan: (found, ingested) => {
+        this.alerts.spoolSeen(found);
+        if (ingested > 0) void this.bus.spoolIngested(ingested);
+      },
     });
+    this.http = config.http.enabled
+      ? new HttpServer({
+        config, metrics: this.metrics, status: this.status, bus: this.bus, history: () => this.history, logger: logger.child({ c: 'http' }),
+      })
+      : null;
+  }
+
+  /** The status, or null while Redis cannot be read. */
+  async readStatus(): Promise<Status | null> {
+    try {
+      return await this.status.read();
+    } catch (err) {
+      this.log.debug({ err }, 'status read failed');
+      return null;
+    }
+  }
+
+  /** Every alerts.checkIntervalMs: one status read feeds the charts' history and the RPO alert. */
+  private async sample(): Promise<void> {
+    if (this.sampling) return;
+    this.sampling = true;
+    try {
+      const st = await this.readStatus();
+      if (!st) return;
+      this.history.push(historyPoint(st));
+      const keep = Math.ceil((this.config.http.historySeconds * 1000) / this.config.alerts.checkIntervalMs);
+      if (this.history.length > keep) this.history.splice(0, this.history.length - keep);
+      await this.alerts.check(st);
+    } finally {
+      this.sampling = false;
+    }
   }
 
   /** Starts listening at once; Redis may come later (ops spool meanwhile). */
@@ -51,6 +114,10 @@ export class VfsxService {
     await this.server.listen();
     await this.spool.start();
     this.pump.start();
+    await this.http?.listen();
+    this.alerts.start().catch((err) => this.log.warn({ err }, 'alert hooks not subscribed'));
+    this.monitor = setInterval(() => void this.sample(), this.config.alerts.checkIntervalMs);
+    this.monitor.unref();
     this.journal.waitUntilReady().then(
       () => this.log.info('journal ready'),
       (err) => this.log.warn({ err }, 'journal not ready yet'),
@@ -63,11 +130,16 @@ export class VfsxService {
   }
 
   private async shutdown(): Promise<void> {
+    if (this.monitor) clearInterval(this.monitor);
     const steps: Array<[string, () => Promise<void>]> = [
+      ['http', async () => this.http?.close()],
+      ['alerts', () => this.alerts.close()],
       ['socket server', () => this.server.close()],
       ['spool ingester', () => this.spool.close()],
       ['journal', () => this.journal.close()],
       ['journal pump', () => this.pump.close()],
+      ['status', () => this.status.close()],
+      ['events', () => this.bus.close()],
     ];
     for (const [name, step] of steps) {
       try {

@@ -17,6 +17,8 @@ export interface BridgeConnectionOptions {
   maxFrameBytes: number;
   logger: Logger;
   onClose: (conn: BridgeConnection) => void;
+  /** Seconds from a report's frame to its verdict being written (reports that wait for one). */
+  observeVerdict?: (seconds: number) => void;
 }
 
 export class BridgeConnection {
@@ -25,6 +27,7 @@ export class BridgeConnection {
   private readonly dispatcher: OpDispatcher;
   private readonly decoder: FrameDecoder;
   private readonly log: Logger;
+  private readonly observeVerdict?: (seconds: number) => void;
   private closed = false;
   /** Frames received (the hello is frame 1): what "ack:N" counts. */
   messages = 0;
@@ -37,6 +40,7 @@ export class BridgeConnection {
     this.dispatcher = options.dispatcher;
     this.decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
     this.log = options.logger;
+    this.observeVerdict = options.observeVerdict;
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (err) => this.log.debug({ err }, 'connection error'));
     this.socket.on('close', () => {
@@ -74,11 +78,15 @@ export class BridgeConnection {
       return;
     }
     const index = this.messages;
+    const t0 = this.observeVerdict && index > 1 ? performance.now() : 0;
     // Dispatch runs synchronously up to its first await, so records enter
     // the journal's batch in arrival order.
     this.dispatcher.dispatch(this.session, msg).then(
       ({ reply, durable }) => {
-        if (reply && !this.closed) this.socket.write(reply);
+        if (reply && !this.closed) {
+          this.socket.write(reply);
+          if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
+        }
         durable?.then(
           () => this.ack(index),
           (err) => {

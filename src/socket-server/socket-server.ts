@@ -20,6 +20,7 @@ export interface SocketServerOptions {
   maxConnections: number;
   dispatcher: OpDispatcher;
   logger: Logger;
+  observeVerdict?: (seconds: number) => void;
 }
 
 function socketFd(socket: Socket): number | undefined {
@@ -100,6 +101,7 @@ export class SocketServer {
       maxFrameBytes: this.opts.maxFrameBytes,
       logger: this.log.child({ peer: { pid: cred.pid, uid: cred.uid } }),
       onClose: (c) => this.connections.delete(c),
+      observeVerdict: this.opts.observeVerdict,
     });
     this.connections.add(conn);
     socket.resume();

@@ -20,6 +20,8 @@ export interface SpoolIngesterOptions {
   maxFrameBytes: number;
   dispatcher: OpDispatcher;
   logger: Logger;
+  /** After each scan: spool files found, and how many of them were ingested. */
+  onScan?: (found: number, ingested: number) => void;
 }
 
 export class SpoolIngester {
@@ -75,9 +77,11 @@ export class SpoolIngester {
 
   private async pass(): Promise<number> {
     let n = 0;
-    for (const name of await this.list()) {
+    const names = await this.list();
+    for (const name of names) {
       if (await this.ingest(join(this.opts.dir, name))) n++;
     }
+    this.opts.onScan?.(names.length, n);
     return n;
   }
 

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { collectJsonLines } from './json-lines';
+import { freePort } from './ports';
 import { waitFor } from './wait-for';
 
 export const REPO = resolve(__dirname, '..', '..', '..');
@@ -51,6 +52,7 @@ export class ServiceHarness {
     const dir = await mkdtemp(join(tmpdir(), 'vfsx-svc-'));
     await chmod(dir, 0o755);
     const h = new ServiceHarness(dir, o);
+    if (!o.extra?.http) h.config.http = { port: await freePort() };
     await writeFile(h.configFile, JSON.stringify(h.config, null, 2));
     return h;
   }
@@ -58,6 +60,11 @@ export class ServiceHarness {
   /** Writes this.config again (after a test changed it). */
   async rewriteConfig(): Promise<void> {
     await writeFile(this.configFile, JSON.stringify(this.config, null, 2));
+  }
+
+  /** Base URL of the dashboard, /metrics and the API. */
+  get httpUrl(): string {
+    return `http://127.0.0.1:${(this.config.http as { port: number }).port}`;
   }
 
   get pid(): number | undefined {

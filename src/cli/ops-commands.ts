@@ -1,0 +1,116 @@
+/**
+ * The operator commands: `vfsx status`, `vfsx why`, `vfsx events`.
+ * A human table on a terminal, stable JSON (--json) for scripts.
+ */
+import type { VfsxConfig } from '../config/schema';
+import { EventBus, VfsxEvent } from '../replication-queue/events';
+import { Status, StatusReader } from '../replication-queue/status';
+import { why } from '../replication-queue/why';
+
+const age = (s: number) => (s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
+const bytes = (n: number) => (n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB` : n < 1 << 30 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / (1 << 30)).toFixed(2)} GiB`);
+const when = (ms: number | null, now: number) => (ms ? `${age((now - ms) / 1000)} ago` : 'never');
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
+}
+
+export function renderStatus(st: Status): string {
+  const out: string[] = [];
+  const site = st.site;
+  out.push(`DR site ${site.url}: ${site.state.toUpperCase()}${site.since ? ` since ${new Date(site.since).toISOString()}` : ''}`
+    + `${site.replicatorRunning ? '' : ' (replicator not running: is vfsx serve up with replication.enabled?)'}`);
+  if (site.lastError && site.state !== 'up') out.push(`  last error: ${site.lastError} (${when(site.lastErrorAt, st.at)})`);
+  out.push(`journal: ${st.journal.unpumped} unpumped, ${st.journal.awaitingOutcome} awaiting outcome; queue ${Object.entries(st.journal.queued).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  out.push(st.spool.failOpenEngaged
+    ? `FAIL-OPEN ENGAGED: ${st.spool.files} spool files (${bytes(st.spool.bytes)}) in ${st.spool.dir}`
+    : `spool: empty (${st.spool.ingestedFiles} files ingested so far${st.spool.lastIngestAt ? `, last ${when(st.spool.lastIngestAt, st.at)}` : ''})`);
+  out.push('');
+  if (st.shares.length === 0) {
+    out.push('no shares have reported changes yet');
+  } else {
+    const rows = [['SHARE', 'BACKLOG', 'FILES', 'DIRTY', 'RPO AGE', 'OPS/S', 'BYTES/S', 'RETRYING', 'LAST COMMIT']];
+    for (const s of st.shares) {
+      rows.push([s.share, `${s.backlog.records}`, `${s.backlog.files}${s.backlog.exact ? '' : '+'}`, bytes(s.backlog.bytes), age(s.rpoAgeSeconds),
+        s.throughput.opsPerSec.toFixed(1), bytes(Math.round(s.throughput.bytesPerSec)), `${s.retrying.length}`, when(s.lastCommitAt, st.at)]);
+    }
+    out.push(table(rows));
+  }
+  const retrying = st.shares.flatMap((s) => s.retrying);
+  if (retrying.length > 0) {
+    out.push('', 'records waiting to be retried (newest error):');
+    for (const r of retrying.slice(0, 10)) out.push(`  ${r.share}:${r.path} ${r.op} after ${r.attempts} attempts: ${r.error}`);
+    if (retrying.length > 10) out.push(`  ... and ${retrying.length - 10} more`);
+  }
+  return `${out.join('\n')}\n`;
+}
+
+export async function statusCommand(config: VfsxConfig, o: { json: boolean; watch: boolean }): Promise<number> {
+  const reader = new StatusReader(config);
+  try {
+    for (;;) {
+      const st = await reader.read();
+      if (o.json) process.stdout.write(`${JSON.stringify(st)}\n`);
+      else process.stdout.write(`${o.watch && process.stdout.isTTY ? '\x1b[2J\x1b[H' : ''}${renderStatus(st)}`);
+      if (!o.watch) return 0;
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  } finally {
+    await reader.close();
+  }
+}
+
+export async function whyCommand(config: VfsxConfig, share: string, path: string, o: { json: boolean; source?: string }): Promise<number> {
+  const reader = new StatusReader(config);
+  try {
+    const r = await why(reader.queue, config, share, path, o.source);
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(r)}\n`);
+      return 0;
+    }
+    const lines = [`${share}:${r.path}: ${r.verdict.toUpperCase()}`];
+    lines.push(`  source: ${r.source.exists ? `${r.source.kind}, ${r.source.size} bytes, modified ${new Date(r.source.mtimeMs ?? 0).toISOString()}` : r.source.root ? 'does not exist' : 'unknown (no record names the share root; pass --source)'}`);
+    lines.push(`  DR site ${r.site.url}: ${r.site.reachable ? (r.site.head ? `${r.site.head.kind}, ${r.site.head.size} bytes, committed ${new Date(r.site.head.ts).toISOString()}, ${r.site.versions.length} versions kept` : 'no such object') : `unreachable (${r.site.error})`}`);
+    if (r.heldBackBy) lines.push(`  held back by: ${r.heldBackBy}`);
+    lines.push(`  ${r.pending} pending record(s); recent records (newest first):`);
+    for (const x of r.records.slice(0, 15)) {
+      lines.push(`    ${new Date(x.at).toISOString()} ${x.op} ${x.state}${x.attempts ? ` after ${x.attempts} attempts` : ''}${x.error && x.state !== 'committed' ? `: ${x.error}` : ''}`);
+    }
+    if (r.records.length === 0) lines.push('    none kept (replicated records are kept for the last 1000 jobs)');
+    process.stdout.write(`${lines.join('\n')}\n`);
+    return 0;
+  } finally {
+    await reader.close();
+  }
+}
+
+function renderEvent(e: VfsxEvent): string {
+  const parts = [new Date(e.at).toISOString(), e.type];
+  if (e.share) parts.push(e.share + (e.path !== undefined ? `:${e.path}` : ''));
+  if (e.op) parts.push(e.op);
+  if (e.latencyMs !== undefined) parts.push(`${e.latencyMs} ms after the change`);
+  if (e.rpoAgeMs !== undefined) parts.push(`rpo ${age(e.rpoAgeMs / 1000)} (threshold ${age((e.thresholdMs ?? 0) / 1000)})`);
+  if (e.files !== undefined) parts.push(`${e.files} spool files`);
+  if (e.site) parts.push(e.site);
+  if (e.error) parts.push(`error: ${e.error}`);
+  return parts.join(' ');
+}
+
+export async function eventsCommand(config: VfsxConfig, o: { json: boolean; recent: boolean }): Promise<number> {
+  if (o.recent) {
+    const bus = new EventBus(config.redis);
+    try {
+      for (const e of (await bus.recent(200)).reverse()) process.stdout.write(`${o.json ? JSON.stringify(e) : renderEvent(e)}\n`);
+    } finally {
+      await bus.close();
+    }
+  }
+  const stop = await EventBus.subscribe(config.redis, (e) => process.stdout.write(`${o.json ? JSON.stringify(e) : renderEvent(e)}\n`));
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await stop();
+  return 0;
+}

@@ -1,0 +1,89 @@
+/**
+ * `vfsx why`: everything known about one path of a share: the source's
+ * current state, the last changes the journal saw, records still pending
+ * (and the error holding them back), and what the DR site has committed.
+ */
+import type { Queue } from 'bullmq';
+import { join } from 'node:path';
+import type { VfsxConfig } from '../config/schema';
+import type { ChangeRecord } from '../ops/change-record';
+import { DrClient } from './dr-client';
+import { lstatOrNull } from './source-tree';
+
+export interface WhyRecord {
+  jobId: string;
+  op: string;
+  at: number;
+  state: string;
+  attempts: number;
+  error: string | null;
+  finishedAt: number | null;
+}
+
+export interface WhyReport {
+  share: string;
+  path: string;
+  source: { exists: boolean; kind?: string; size?: number; mtimeMs?: number; root: string | null };
+  /** Journal records naming the path (newest first): queued, retrying, and the recently replicated ones. */
+  records: WhyRecord[];
+  pending: number;
+  /** The error of the newest record that keeps failing, if any. */
+  heldBackBy: string | null;
+  site: {
+    url: string;
+    reachable: boolean;
+    error: string | null;
+    head: { kind: string; size: number; ts: number; mtimeNs?: string } | null;
+    versions: Array<{ version: number; ts: number; kind: string; size: number }>;
+  };
+  verdict: 'in sync' | 'pending' | 'held back' | 'site unreachable' | 'not at the site' | 'differs' | 'never seen';
+}
+
+const names = (r: ChangeRecord): string[] => [r.names.path, r.names.to, r.names.from].filter((p): p is string => typeof p === 'string');
+
+export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, share: string, path: string, sourceRoot?: string): Promise<WhyReport> {
+  const rel = path.replace(/^\/+/, '').replace(/\/+$/, '');
+  const jobs = await queue.getJobs(['active', 'waiting', 'delayed', 'prioritized', 'completed'], 0, -1, false);
+  const records: WhyRecord[] = [];
+  let root: string | null = sourceRoot ?? null;
+  for (const j of jobs) {
+    const rec = j?.data as ChangeRecord | undefined;
+    if (!rec || rec.share !== share) continue;
+    root ??= rec.origpath;
+    if (!names(rec).includes(rel)) continue;
+    const state = j.finishedOn ? 'committed' : j.attemptsMade > 0 ? 'retrying' : j.processedOn ? 'active' : 'queued';
+    records.push({ jobId: String(j.id), op: rec.op, at: rec.ts, state, attempts: j.attemptsMade, error: j.failedReason || null, finishedAt: j.finishedOn ?? null });
+  }
+  records.sort((a, b) => b.at - a.at);
+  const pending = records.filter((r) => r.state !== 'committed');
+  const heldBackBy = pending.find((r) => r.state === 'retrying')?.error ?? null;
+
+  const st = root ? await lstatOrNull(join(root, rel)) : null;
+  const source: WhyReport['source'] = st
+    ? { exists: true, kind: st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'file', size: Number(st.size), mtimeMs: Number(st.mtimeMs), root }
+    : { exists: false, root };
+
+  const site: WhyReport['site'] = { url: cfg.replication.siteUrl, reachable: false, error: null, head: null, versions: [] };
+  try {
+    const c = await DrClient.connect({ url: cfg.replication.siteUrl, token: cfg.replication.token ?? '' });
+    try {
+      site.reachable = true;
+      const head = await c.call<{ kind: string; size: number; ts: number; meta: { mtimeNs?: string } } | null>('object.stat', { bucket: share, path: rel });
+      site.head = head ? { kind: head.kind, size: head.size, ts: head.ts, mtimeNs: head.meta?.mtimeNs } : null;
+      site.versions = (await c.call<WhyReport['site']['versions']>('object.versions', { bucket: share, path: rel })).slice(-20);
+    } finally {
+      c.close();
+    }
+  } catch (err) {
+    site.error = (err as Error).message;
+  }
+
+  let verdict: WhyReport['verdict'];
+  if (!site.reachable) verdict = 'site unreachable';
+  else if (heldBackBy) verdict = 'held back';
+  else if (pending.length > 0) verdict = 'pending';
+  else if (source.exists && !site.head) verdict = records.length === 0 ? 'never seen' : 'not at the site';
+  else if (source.exists && site.head && (site.head.kind !== source.kind || (source.kind === 'file' && site.head.size !== source.size))) verdict = 'differs';
+  else verdict = 'in sync';
+  return { share, path: rel, source, records: records.slice(0, 50), pending: pending.length, heldBackBy, site, verdict };
+}

@@ -1,0 +1,104 @@
+/**
+ * Prometheus metrics of `vfsx serve` (prom-client). Gauges are filled at
+ * scrape time from the same Status `vfsx status` prints; histograms are
+ * observed as verdicts are written and as the replicator commits.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Status } from '../replication-queue/status';
+
+export interface ServiceCounters {
+  connectionsAccepted: () => number;
+  connections: () => number;
+  spoolFilesIngested: () => number;
+  replication: () => { records: number; commits: number; blocksSent: number; bytesSent: number; failures: number } | null;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly verdictLatency: Histogram;
+  readonly commitLatency: Histogram;
+  private readonly refresh: () => Promise<void>;
+
+  constructor(readStatus: () => Promise<Status | null>, counters: ServiceCounters) {
+    const r = this.registry;
+    this.verdictLatency = new Histogram({
+      name: 'vfsx_verdict_latency_seconds',
+      help: 'From a report that waits for a verdict arriving to its verdict being written (includes the durable journal write).',
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1],
+      registers: [r],
+    });
+    this.commitLatency = new Histogram({
+      name: 'vfsx_change_to_commit_seconds',
+      help: 'From the service receiving a change (close, rename, ...) to the DR site committing it.',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [r],
+    });
+    const g = (name: string, help: string, labelNames: string[] = []) => new Gauge({ name, help, labelNames, registers: [r] });
+    const up = g('vfsx_redis_up', 'Whether the status could be read from Redis (1) or not (0).');
+    const siteUp = g('vfsx_site_up', 'DR site link: 1 up, 0 down or unknown.', ['site']);
+    const replicatorUp = g('vfsx_replicator_running', 'Whether the replicator reported within the last 5 s.', ['site']);
+    const records = g('vfsx_backlog_records', 'Changes recorded but not yet committed at the DR site.', ['share']);
+    const files = g('vfsx_backlog_files', 'Distinct paths among the oldest 1000 uncommitted changes.', ['share']);
+    const bytes = g('vfsx_backlog_dirty_bytes', 'Dirty bytes of the oldest 1000 uncommitted closes/flushes.', ['share']);
+    const rpo = g('vfsx_rpo_age_seconds', 'Age of the oldest change not yet committed at the DR site (0: none).', ['share']);
+    const opsRate = g('vfsx_replicated_ops_per_second', 'Changes committed per second, averaged over the last minute.', ['share']);
+    const bytesRate = g('vfsx_replicated_bytes_per_second', 'Block bytes sent per second, averaged over the last minute.', ['share']);
+    const commits = g('vfsx_share_commits', 'Changes committed at the DR site since the journal began (per share).', ['share']);
+    const lastCommit = g('vfsx_last_commit_timestamp_seconds', 'When the last change of the share was committed.', ['share']);
+    const retrying = g('vfsx_retrying_records', 'Records that failed at least once and wait to be retried.', ['share']);
+    const unpumped = g('vfsx_journal_unpumped_records', 'Journal entries not yet turned into replication jobs (up to 1000).');
+    const awaiting = g('vfsx_journal_awaiting_outcome_records', 'Journal records whose operation outcome has not arrived.');
+    const queue = g('vfsx_queue_jobs', 'BullMQ replication jobs by state.', ['state']);
+    const spoolFiles = g('vfsx_spool_files', 'Spool files smbd wrote while the service or Redis was unavailable (fail-open).');
+    const spoolBytes = g('vfsx_spool_bytes', 'Bytes in spool files.');
+    const failOpen = g('vfsx_fail_open_engaged', '1 while spool files exist: smbd is spooling reports instead of sending them.');
+    const conns = g('vfsx_bridge_connections', 'smbd processes connected to the socket.');
+    new Counter({ name: 'vfsx_spool_files_ingested_total', help: 'Spool files ingested by this service.', registers: [r], collect() { this.reset(); this.inc(counters.spoolFilesIngested()); } });
+    new Counter({ name: 'vfsx_bridge_connections_accepted_total', help: 'smbd connections accepted by this service.', registers: [r], collect() { this.reset(); this.inc(counters.connectionsAccepted()); } });
+    const repl = (name: string, help: string, pick: (s: NonNullable<ReturnType<ServiceCounters['replication']>>) => number) =>
+      new Counter({ name, help, registers: [r], collect() { const s = counters.replication(); this.reset(); if (s) this.inc(pick(s)); } });
+    repl('vfsx_replication_records_total', 'Records the replicator processed since the service started.', (s) => s.records);
+    repl('vfsx_replication_commits_total', 'Objects committed at the DR site since the service started.', (s) => s.commits);
+    repl('vfsx_replication_blocks_sent_total', 'Blocks sent to the DR site since the service started.', (s) => s.blocksSent);
+    repl('vfsx_replication_sent_bytes_total', 'Block bytes sent to the DR site since the service started.', (s) => s.bytesSent);
+    repl('vfsx_replication_failures_total', 'Failed replication attempts (retried) since the service started.', (s) => s.failures);
+
+    const readSeconds = g('vfsx_scrape_status_read_seconds', 'Time this scrape took to read the status from Redis.');
+    // One status read per scrape, shared by every gauge, before anything is serialized.
+    this.refresh = async () => {
+      const t0 = performance.now();
+      const st = await readStatus();
+      readSeconds.set((performance.now() - t0) / 1000);
+      conns.set(counters.connections());
+      for (const m of [siteUp, replicatorUp, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue]) m.reset();
+      up.set(st ? 1 : 0);
+      if (!st) return;
+      siteUp.set({ site: st.site.url }, st.site.state === 'up' ? 1 : 0);
+      replicatorUp.set({ site: st.site.url }, st.site.replicatorRunning ? 1 : 0);
+      for (const s of st.shares) {
+        const l = { share: s.share };
+        records.set(l, s.backlog.records);
+        files.set(l, s.backlog.files);
+        bytes.set(l, s.backlog.bytes);
+        rpo.set(l, s.rpoAgeSeconds);
+        opsRate.set(l, s.throughput.opsPerSec);
+        bytesRate.set(l, s.throughput.bytesPerSec);
+        commits.set(l, s.commits);
+        if (s.lastCommitAt) lastCommit.set(l, s.lastCommitAt / 1000);
+        retrying.set(l, s.retrying.length);
+      }
+      unpumped.set(st.journal.unpumped);
+      awaiting.set(st.journal.awaitingOutcome);
+      for (const [state, n] of Object.entries(st.journal.queued)) queue.set({ state }, n);
+      spoolFiles.set(st.spool.files);
+      spoolBytes.set(st.spool.bytes);
+      failOpen.set(st.spool.failOpenEngaged ? 1 : 0);
+    };
+  }
+
+  /** The exposition text: refreshes the gauges from one status read, then serializes. */
+  async render(): Promise<string> {
+    await this.refresh();
+    return this.registry.metrics();
+  }
+}
