@@ -10,3 +10,4 @@ fi
 bash scripts/setup.sh
 node dist/bench/bench.js
 node dist/bench/replication-bench.js
+node dist/bench/commit-latency-bench.js

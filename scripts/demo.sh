@@ -47,6 +47,7 @@ redis-server --port 0 --unixsocket "$demo/redis/redis.sock" --unixsocketperm 700
 
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 drport=${VFSX_DEMO_DR_PORT:-7480}
+httpport=${VFSX_DEMO_HTTP_PORT:-7481}
 cat > "$demo/dr-site.json" <<JSON
 { "drSite": { "host": "127.0.0.1", "port": $drport, "token": "$token", "dataDir": "$demo/dr" } }
 JSON
@@ -61,6 +62,7 @@ cat > "$demo/vfsx.json" <<JSON
   "socket": { "path": "$demo/run/vfsx.sock" },
   "redis": { "path": "$demo/redis/redis.sock" },
   "spool": { "dir": "$demo/spool" },
+  "http": { "port": $httpport },
   "policy": { "rules": [
     { "name": "ransomware extensions", "action": "deny", "ops": ["create", "rename"],
       "extensions": [".locked", ".encrypted", ".crypt"] }
@@ -130,6 +132,11 @@ rm -rf "$demo/restored"
 node "$repo/bin/vfsx.js" restore docs "$demo/restored" --config "$demo/vfsx.json"
 diff -r "$demo/share" "$demo/restored" && echo "diff -r: the restored tree is identical to the share"
 
+say "vfsx doctor: every precondition of the running system"
+node "$repo/bin/vfsx.js" doctor --config "$demo/vfsx.json" --smb-conf "$demo/smb.conf" || true
+say "vfsx status: backlog, RPO age, DR site link, spool"
+node "$repo/bin/vfsx.js" status --config "$demo/vfsx.json"
+
 cat <<EOF2
 
 The system is running:
@@ -137,6 +144,9 @@ The system is running:
   journal      node bin/vfsx.js journal --config $demo/vfsx.json [--all] [--json] [--follow]
   DR site      ws://127.0.0.1:$drport/  (data in $demo/dr, log $demo/dr-site.log)
   verify       node bin/vfsx.js verify docs --config $demo/vfsx.json --source $demo/share
+  status       node bin/vfsx.js status --config $demo/vfsx.json [--watch] [--json]
+  events       node bin/vfsx.js events --config $demo/vfsx.json [--recent]
+  dashboard    http://127.0.0.1:$httpport/   (loopback only; metrics at http://127.0.0.1:$httpport/metrics)
   logs         $demo/vfsx.log
   stop         npm run demo -- stop
 EOF2

@@ -239,3 +239,40 @@ test('a DR site killed during an upload restarts with no partial block and no bl
   assert.equal(await c.putBlocks(blocks), 60);
   assert.deepEqual((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing, []);
 });
+
+test('object.commitMany commits a batch in one transaction: all or nothing; object.list takes a subtree prefix', async () => {
+  const x = randomBytes(1000);
+  const y = randomBytes(2000);
+  await c.putBlocks([x, y]);
+  const meta = { mode: 0o644, mtimeNs: '1700000000000000000' };
+  const ok = await c.call<Array<{ path: string; size: number }>>('object.commitMany', {
+    bucket: B,
+    objects: [
+      { path: 'batch/a', kind: 'file', meta, size: 1000, blockSize: 4096, blocks: [blockHash(x)] },
+      { path: 'batch/b', kind: 'file', meta, size: 2000, blockSize: 4096, blocks: [blockHash(y)] },
+      { path: 'batch/sub', kind: 'dir', meta: { mode: 0o755 } },
+    ],
+  });
+  assert.deepEqual(ok.map((v) => [v.path, v.size]), [['batch/a', 1000], ['batch/b', 2000], ['batch/sub', 0]]);
+  const listed = await c.call<Array<{ path: string }>>('object.list', { bucket: B, prefix: 'batch' });
+  assert.deepEqual(listed.map((o) => o.path), ['batch/a', 'batch/b', 'batch/sub']);
+  assert.deepEqual((await c.call<Array<{ path: string }>>('object.list', { bucket: B, prefix: 'batch/sub' })).map((o) => o.path), ['batch/sub']);
+
+  // One object lacks its block: nothing of the batch is committed.
+  const lost = randomBytes(64);
+  const e = await rpcError(c.call('object.commitMany', {
+    bucket: B,
+    objects: [
+      { path: 'batch2/ok', kind: 'file', meta, size: 1000, blockSize: 4096, blocks: [blockHash(x)] },
+      { path: 'batch2/lacks', kind: 'file', meta, size: 64, blockSize: 4096, blocks: [blockHash(lost)] },
+    ],
+  }));
+  assert.equal(e.code, -32001);
+  assert.deepEqual(await c.call('object.list', { bucket: B, prefix: 'batch2' }), []);
+  // A bad path anywhere in the batch: an error, nothing written.
+  const bad = await rpcError(c.call('object.commitMany', {
+    bucket: B, objects: [{ path: 'batch3/fine', kind: 'dir', meta: {} }, { path: '../escape', kind: 'dir', meta: {} }],
+  }));
+  assert.equal(bad.code, -32002);
+  assert.deepEqual(await c.call('object.list', { bucket: B, prefix: 'batch3' }), []);
+});

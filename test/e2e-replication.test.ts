@@ -22,6 +22,7 @@ import { ServiceHarness, VFSX_BIN } from './helpers/service-harness';
 import { q, smbclient } from './helpers/smbclient';
 import { smbcWrite } from './helpers/smbc';
 import { SmbdHarness } from './helpers/smbd-harness';
+import { xattrsOf } from '../src/replication-queue/source-tree';
 import { waitFor } from './helpers/wait-for';
 
 let redis: RedisHarness;
@@ -42,7 +43,8 @@ before(async () => {
   (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
   await svc.rewriteConfig();
   await svc.start();
-  smbd = await SmbdHarness.start([{ name: SHARE, vfsx: { socket: svc.socket, spool: svc.spool } }]);
+  // As a production share would stack it: NT ACLs and streams live in xattrs below vfsx.
+  smbd = await SmbdHarness.start([{ name: SHARE, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }]);
   site = await dr.client();
   local = await mkdtemp(join(tmpdir(), 'vfsx-repl-'));
 });
@@ -109,6 +111,32 @@ test('changing 1 byte in the middle of a 256 MiB file sends at most 2 blocks to 
   const sent = blockFiles() - before;
   assert.ok(sent >= 1 && sent <= 2, `${sent} new blocks at the site`);
   assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+});
+
+test('DOS attributes and a stream reach the site as xattrs, a metadata-only change is a new version, and restore puts them back', async () => {
+  await writeFile(join(local, 'meta'), 'metadata carrier');
+  await writeFile(join(local, 'stream'), 'alternate data stream');
+  await smb(`put ${local}/meta meta.txt; put ${local}/stream meta.txt:extra; setmode meta.txt +h`);
+  await drained();
+  const src = join(smbd.sharePath(SHARE), 'meta.txt');
+  const xattrs = await xattrsOf(src);
+  assert.ok(xattrs, 'the source file has xattrs');
+  for (const n of ['user.DOSATTRIB', 'user.DosStream.extra:$DATA']) assert.ok(n in xattrs, `${n} in ${Object.keys(xattrs).join(', ')}`);
+  const head = await site.call<{ meta: { xattrs?: Record<string, string> } }>('object.stat', { bucket: SHARE, path: 'meta.txt' });
+  assert.deepEqual(head.meta.xattrs, xattrs);
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  // A metadata-only change (hidden off) is a new version with the new DOS attributes.
+  await smb('setmode meta.txt -h');
+  await drained();
+  const after = await site.call<{ meta: { xattrs?: Record<string, string> } }>('object.stat', { bucket: SHARE, path: 'meta.txt' });
+  assert.notEqual(after.meta.xattrs?.['user.DOSATTRIB'], xattrs['user.DOSATTRIB']);
+  assert.deepEqual(after.meta.xattrs, await xattrsOf(src));
+  const dest = join(local, 'restore-meta');
+  const res = await cli(['restore', SHARE, dest, '--json']);
+  assert.equal(res.code, 0, res.stdout + res.stderr);
+  assert.deepEqual(JSON.parse(res.stdout).warnings, []);
+  assert.deepEqual(await xattrsOf(join(dest, 'meta.txt')), await xattrsOf(src));
+  await rm(dest, { recursive: true, force: true });
 });
 
 test('names with odd characters replicate intact', async () => {

@@ -88,8 +88,14 @@ export async function restoreCommand(config: VfsxConfig, share: string, dest: st
   try {
     const p = await restoreShare(site, share, dest, at, (q) => progressLine(o.json, `restore ${share}: ${q.done}/${q.objects} objects, ${q.bytes} bytes`));
     progressLine(o.json, '');
-    const out = { share, dest, at: at ?? null, objects: p.objects, bytes: p.bytes };
-    process.stdout.write(o.json ? `${JSON.stringify(out)}\n` : `restored ${p.objects} objects (${p.bytes} bytes) of ${share} into ${dest}\n`);
+    const out = { share, dest, at: at ?? null, objects: p.objects, bytes: p.bytes, warnings: p.warnings };
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(out)}\n`);
+    } else {
+      process.stdout.write(`restored ${p.objects} objects (${p.bytes} bytes) of ${share} into ${dest}\n`);
+      for (const w of p.warnings.slice(0, 20)) process.stdout.write(`  warning: ${w}\n`);
+      if (p.warnings.length > 20) process.stdout.write(`  ... and ${p.warnings.length - 20} more warnings\n`);
+    }
     return 0;
   } finally {
     site.close();

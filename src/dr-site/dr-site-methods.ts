@@ -38,6 +38,16 @@ export class DrSiteMethods {
     return b;
   }
 
+  private commitOne(bucket: string, p: Params) {
+    const path = checkObjectPath(p.path);
+    const kind = p.kind as 'file' | 'dir' | 'symlink';
+    const blocks = kind === 'file' ? ((p.blocks as string[]) ?? []) : [];
+    return this.meta.commit(bucket, path, {
+      kind, meta: p.meta as object, size: kind === 'file' ? (p.size as number) ?? 0 : 0,
+      blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? (p.target as string) ?? '' : null,
+    }, blocks);
+  }
+
   async call(method: string, p: Params, binary: BinaryPart[]): Promise<MethodResult> {
     switch (method) {
       case 'bucket.ensure':
@@ -61,14 +71,15 @@ export class DrSiteMethods {
       }
       case 'object.commit': {
         const bucket = this.bucket(p);
-        const path = checkObjectPath(p.path);
-        const kind = p.kind as 'file' | 'dir' | 'symlink';
-        const blocks = kind === 'file' ? ((p.blocks as string[]) ?? []) : [];
-        const v = this.meta.commit(bucket, path, {
-          kind, meta: p.meta as object, size: kind === 'file' ? (p.size as number) ?? 0 : 0,
-          blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? (p.target as string) ?? '' : null,
-        }, blocks);
-        return { result: publicVersion(v) };
+        return { result: publicVersion(this.commitOne(bucket, p)) };
+      }
+      case 'object.commitMany': {
+        const bucket = this.bucket(p);
+        const objects = p.objects as Params[];
+        // Paths are checked before anything is written; one transaction for all.
+        for (const o of objects) checkObjectPath(o.path);
+        const vs = this.meta.transaction(() => objects.map((o) => this.commitOne(bucket, o)));
+        return { result: vs.map((v) => publicVersion(v)) };
       }
       case 'object.delete':
         return { result: { ended: this.meta.delete(this.bucket(p), checkObjectPath(p.path)) } };
@@ -80,8 +91,10 @@ export class DrSiteMethods {
         const v = p.at === undefined ? this.meta.head(bucket, path) : this.meta.at(bucket, path, p.at as number);
         return { result: publicVersion(v, v && p.blocks && v.kind === 'file' ? this.meta.blocksOf(v) : undefined) };
       }
-      case 'object.list':
-        return { result: this.meta.list(this.bucket(p), p.at as number | undefined).map((v) => publicVersion(v)) };
+      case 'object.list': {
+        const prefix = p.prefix === undefined || p.prefix === '' ? undefined : checkObjectPath(p.prefix);
+        return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v)) };
+      }
       case 'object.versions':
         return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };
       default:

@@ -144,13 +144,26 @@ export class MetaStore {
   }
 
   /** Every live object (now, or at time `at`), in path order. */
-  list(bucket: string, at?: number): ObjectVersion[] {
+  list(bucket: string, at?: number, prefix?: string): ObjectVersion[] {
+    if (at === undefined && prefix !== undefined) {
+      const [lo, hi] = subtreeBounds(prefix);
+      return (this.db.prepare(`SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
+        WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`).all(bucket, prefix, lo, hi) as VersionRow[]).map(toVersion);
+    }
     const rows = at === undefined
       ? this.db.prepare('SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? ORDER BY v.path').all(bucket)
       : this.db.prepare(`SELECT v.* FROM versions v WHERE v.bucket = ? AND v.id = (
            SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path AND w.ts <= ?)
          AND v.kind != 'tombstone' ORDER BY v.path`).all(bucket, at);
-    return (rows as VersionRow[]).map(toVersion);
+    const all = (rows as VersionRow[]).map(toVersion);
+    if (prefix === undefined) return all;
+    const [lo, hi] = subtreeBounds(prefix);
+    return all.filter((v) => v.path === prefix || (v.path >= lo && v.path < hi));
+  }
+
+  /** Runs fn in one transaction (nested commits become savepoints). */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
   }
 
   versions(bucket: string, path: string): ObjectVersion[] {

@@ -19,6 +19,15 @@ const meta = {
 } as const;
 const at = { type: 'integer', minimum: 0 } as const;
 
+const commitProps = {
+  path, meta,
+  kind: { enum: ['file', 'dir', 'symlink'] },
+  size: { type: 'integer', minimum: 0 },
+  blockSize: { type: 'integer', minimum: 512, maximum: 1 << 26 },
+  blocks: { type: 'array', items: hash, maxItems: 1 << 22 },
+  target: { type: 'string', maxLength: 4096 },
+} as const;
+
 const obj = (properties: Record<string, unknown>, required: string[]) =>
   ({ type: 'object', additionalProperties: false, properties, required }) as const;
 
@@ -27,18 +36,16 @@ export const RPC_PARAMS: Record<string, object> = {
   'blocks.missing': obj({ hashes: { type: 'array', items: hash, maxItems: 100000 } }, ['hashes']),
   'blocks.put': obj({ blocks: { type: 'array', maxItems: 4096, items: obj({ hash, size: { type: 'integer', minimum: 0 } }, ['hash', 'size']) } }, ['blocks']),
   'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 } }, ['hashes']),
-  'object.commit': obj({
-    bucket, path, meta,
-    kind: { enum: ['file', 'dir', 'symlink'] },
-    size: { type: 'integer', minimum: 0 },
-    blockSize: { type: 'integer', minimum: 512, maximum: 1 << 26 },
-    blocks: { type: 'array', items: hash, maxItems: 1 << 22 },
-    target: { type: 'string', maxLength: 4096 },
-  }, ['bucket', 'path', 'kind', 'meta']),
+  'object.commit': obj({ bucket, ...commitProps }, ['bucket', 'path', 'kind', 'meta']),
+  /** Several commits in one transaction (one fsync): what a resync of many small files sends. */
+  'object.commitMany': obj({
+    bucket,
+    objects: { type: 'array', minItems: 1, maxItems: 512, items: obj(commitProps, ['path', 'kind', 'meta']) },
+  }, ['bucket', 'objects']),
   'object.delete': obj({ bucket, path }, ['bucket', 'path']),
   'object.move': obj({ bucket, from: path, to: path }, ['bucket', 'from', 'to']),
   'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' } }, ['bucket', 'path']),
-  'object.list': obj({ bucket, at }, ['bucket']),
+  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 4096 } }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),
 };
 

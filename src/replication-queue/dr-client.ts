@@ -26,6 +26,9 @@ export class DrRpcError extends Error {
   }
 }
 
+/** Longest wait for one answer; a 4 MiB block frame needs far less even on a slow WAN link. */
+const REQUEST_TIMEOUT_MS = 120_000;
+
 type Pending = { resolve: (v: { result: unknown; binary: Buffer[] }) => void; reject: (e: Error) => void };
 
 export const blockHash = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -79,15 +82,34 @@ export class DrClient {
     const id = this.nextId++;
     const req = { jsonrpc: '2.0', id, method, params };
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      // A request on a link that is closing or closed would never be answered: fail it now.
+      if (this.ws.readyState !== WebSocket.OPEN) {
+        reject(new Error('connection to the DR site closed'));
+        return;
+      }
+      // A site that stops answering (frozen, network black hole) must not hold a record forever.
+      const timer = setTimeout(() => {
+        if (!this.pending.delete(id)) return;
+        reject(new Error(`DR site did not answer ${method} within ${REQUEST_TIMEOUT_MS / 1000} s`));
+        this.ws.terminate(); // the link is in an unknown state: start afresh
+      }, REQUEST_TIMEOUT_MS);
+      timer.unref();
+      const settle = {
+        resolve: (v: { result: unknown; binary: Buffer[] }) => { clearTimeout(timer); resolve(v); },
+        reject: (e: Error) => { clearTimeout(timer); reject(e); },
+      };
+      this.pending.set(id, settle);
+      const sent = (err?: Error) => {
+        if (err && this.pending.delete(id)) settle.reject(new Error(`cannot send to the DR site: ${err.message}`));
+      };
       if (blocks === undefined) {
-        this.ws.send(JSON.stringify(req));
+        this.ws.send(JSON.stringify(req), sent);
         return;
       }
       const head = Buffer.from(JSON.stringify(req));
       const len = Buffer.alloc(4);
       len.writeUInt32BE(head.length);
-      this.ws.send(Buffer.concat([len, head, ...blocks]));
+      this.ws.send(Buffer.concat([len, head, ...blocks]), sent);
     });
   }
 

@@ -27,6 +27,7 @@ export interface PumpStats {
 export interface ReplicationStats {
   records: number;
   commits: number;
+  coalesced: number;
   blocksSent: number;
   bytesSent: number;
   failures: number;

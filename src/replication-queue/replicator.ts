@@ -38,7 +38,10 @@ export class Replicator {
   private connecting: Promise<DrClient> | null = null;
   private readonly buckets = new Set<string>();
   private readonly locks = new PathLocks();
-  readonly stats = { records: 0, commits: 0, blocksSent: 0, bytesSent: 0, failures: 0, lastError: '' };
+  /** Per share+path: when the last sync of it started (any / one that read every block). */
+  private readonly synced = new Map<string, number>();
+  private readonly syncedWhole = new Map<string, number>();
+  readonly stats = { records: 0, commits: 0, coalesced: 0, blocksSent: 0, bytesSent: 0, failures: 0, lastError: '' };
   private readonly state: StateKeys;
   private readonly events: EventBus;
   private readonly rates = new Map<string, RateWindow>();
@@ -47,6 +50,9 @@ export class Replicator {
   private lastError = '';
   private lastErrorAt = 0;
   private heartbeat: NodeJS.Timeout | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private reconnectDelay = 200;
+  private closed = false;
   /** close -> committed latencies (ms) since the last take; the service turns them into a histogram. */
   private latencies: number[] = [];
 
@@ -125,7 +131,28 @@ export class Replicator {
     this.worker.on('error', (err) => this.log.debug({ err }, 'replicator worker error'));
   }
 
+  /** While the link is down, reconnect by itself (capped, jittered backoff), not only when a record needs the site. */
+  private scheduleReconnect(): void {
+    if (this.reconnectTimer || this.closed) return;
+    const delay = this.reconnectDelay * (0.5 + Math.random() / 2);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.site().then(
+        () => {
+          this.reconnectDelay = 200;
+        },
+        () => {
+          this.reconnectDelay = Math.min(this.opts.replication.maxBackoffMs, this.reconnectDelay * 2);
+          this.scheduleReconnect();
+        },
+      );
+    }, delay);
+    this.reconnectTimer.unref();
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.worker?.close().catch(() => undefined);
     await this.events.close();
@@ -145,6 +172,7 @@ export class Replicator {
             this.buckets.clear();
             this.log.warn('DR site link down');
             this.setLink('down', 'connection closed');
+            this.scheduleReconnect();
           });
           this.log.info({ url: siteUrl }, 'DR site link up');
           this.setLink('up');
@@ -152,6 +180,7 @@ export class Replicator {
         },
         (err) => {
           this.setLink('down', (err as Error).message);
+          this.scheduleReconnect();
           throw new VfsxError('VFSX_ERR_REPL_SITE_DOWN', `DR site unreachable: ${(err as Error).message}`, { cause: err });
         },
       ).finally(() => {
@@ -203,8 +232,38 @@ export class Replicator {
       await sync.rename(rec.names.path, rec.names.to);
       return;
     }
-    const ranges = rec.op === 'close' || rec.op === 'fsync' ? rec.ranges : undefined;
-    await sync.syncPath(rec.names.path, ranges);
+    // A stream's ranges are not the base file's: a stream change is a metadata (xattr) change of the file.
+    const ranges = (rec.op === 'close' || rec.op === 'fsync') && rec.names.stream === undefined ? rec.ranges : undefined;
+    const key = `${rec.share}\u0000${rec.names.path}`;
+    if (rec.op !== 'link' && this.covered(key, rec.ts, ranges !== undefined && ranges.length > 0)) {
+      this.stats.coalesced++;
+      return;
+    }
+    const started = Date.now();
+    const whole = await sync.syncPath(rec.names.path, ranges);
+    this.remember(key, started, whole);
     if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
+  }
+
+  /**
+   * Coalescing: a record of a path is already replicated when a sync of that
+   * path started after the service received it (records are hints; that sync
+   * read the source after the change). Dirty ranges need a sync that read
+   * every block; a record without ranges is covered by any sync (it would
+   * only re-read metadata itself). Keeps the per-op journal intact: the
+   * record's job completes, without a call to the site.
+   */
+  private covered(key: string, ts: number, ranged: boolean): boolean {
+    const since = (ranged ? this.syncedWhole : this.synced).get(key);
+    return since !== undefined && ts < since;
+  }
+
+  private remember(key: string, started: number, whole: boolean): void {
+    for (const [m, ok] of [[this.synced, true], [this.syncedWhole, whole]] as const) {
+      if (!ok) continue;
+      if (m.size >= 100_000) m.clear(); // bounded: forgetting only costs a re-sync
+      m.delete(key);
+      m.set(key, started);
+    }
   }
 }

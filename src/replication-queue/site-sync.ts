@@ -6,7 +6,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DrClient, DrRpcError } from './dr-client';
-import { lstatOrNull, metaOf, readBlocks, readTarget } from './source-tree';
+import { fullMetaOf, lstatOrNull, metaOf, readBlocks, readTarget } from './source-tree';
 
 interface Head {
   kind: string;
@@ -20,6 +20,16 @@ interface Head {
 const MAX_PUT_BYTES = 4 << 20;
 const NOT_FOUND = -32003;
 const TREE_CONCURRENCY = 16;
+/** Files up to this size are synced in batches during a tree sync: one missing-check, put and commit per batch. */
+const SMALL_FILE = 256 << 10;
+const BATCH_FILES = 64;
+
+interface ListedObject {
+  path: string;
+  kind: string;
+  size: number;
+  meta: object;
+}
 
 export interface SyncStats {
   commits: number;
@@ -39,8 +49,10 @@ export class SiteSync {
   readonly site: DrClient;
   readonly bucket: string;
   readonly root: string;
-  private readonly blockSize: number;
+  readonly blockSize: number;
   private readonly stats: SyncStats;
+  /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
+  private heads: Map<string, ListedObject> | null = null;
 
   constructor(o: SiteSyncOptions) {
     this.site = o.site;
@@ -74,6 +86,16 @@ export class SiteSync {
    * committed before anything below it is.
    */
   async syncTree(rel: string): Promise<void> {
+    const listed = await this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
+    this.heads = new Map(listed.map((o) => [o.path, o]));
+    try {
+      await this.walkTree(rel);
+    } finally {
+      this.heads = null;
+    }
+  }
+
+  private async walkTree(rel: string): Promise<void> {
     const queue: string[] = [rel];
     const running = new Set<Promise<void>>();
     let failed: unknown = null;
@@ -108,28 +130,104 @@ export class SiteSync {
         files.push(child);
       }
     }
-    for (let i = 0; i < files.length; i += TREE_CONCURRENCY) {
-      await Promise.all(files.slice(i, i + TREE_CONCURRENCY).map((f) => this.syncPath(f)));
+    // Unchanged files (same size and metadata as the site's head) are skipped; small ones go in batches.
+    const small: string[] = [];
+    const single: string[] = [];
+    await Promise.all(files.map(async (f) => {
+      const abs = join(this.root, f);
+      const st = await lstatOrNull(abs);
+      if (!st || !st.isFile()) return void single.push(f);
+      const head = this.heads?.get(f);
+      if (head && head.kind === 'file' && head.size === Number(st.size)
+        && JSON.stringify(head.meta) === JSON.stringify(await fullMetaOf(abs, st))) return undefined;
+      (Number(st.size) <= SMALL_FILE ? small : single).push(f);
+      return undefined;
+    }));
+    for (let i = 0; i < small.length; i += BATCH_FILES) await this.syncSmallFiles(small.slice(i, i + BATCH_FILES));
+    for (let i = 0; i < single.length; i += TREE_CONCURRENCY) {
+      await Promise.all(single.slice(i, i + TREE_CONCURRENCY).map((f) => this.syncPath(f)));
     }
   }
 
-  async syncPath(rel: string, ranges?: Array<[number, number]>): Promise<void> {
+  /**
+   * Whole small files, many at once: one "which blocks are missing", the
+   * missing blocks in as few frames as fit, one commit of all of them in one
+   * transaction at the site. A file that vanishes or changes while it is
+   * read goes the one-by-one way instead.
+   */
+  private async syncSmallFiles(rels: string[]): Promise<void> {
+    const { site, bucket, blockSize: bs } = this;
+    const objects: Array<Record<string, unknown>> = [];
+    const blocks = new Map<string, Buffer>();
+    const oneByOne: string[] = [];
+    await Promise.all(rels.map(async (rel) => {
+      const abs = join(this.root, rel);
+      try {
+        const fb = await readBlocks(abs, bs, null);
+        const hashes: string[] = [];
+        for (let i = 0; i < fb.count; i++) {
+          const [h, data] = fb.read.get(i) as [string, Buffer];
+          hashes.push(h);
+          blocks.set(h, data);
+        }
+        objects.push({ path: rel, kind: 'file', meta: await fullMetaOf(abs, fb.stat), size: Number(fb.stat.size), blockSize: bs, blocks: hashes });
+      } catch {
+        oneByOne.push(rel); // gone, torn or unreadable now: the single path reports it properly
+      }
+    }));
+    if (objects.length > 0) {
+      const missing = (await site.call<{ missing: string[] }>('blocks.missing', { hashes: [...blocks.keys()] })).missing;
+      let batch: Buffer[] = [];
+      let bytes = 0;
+      for (const h of missing) {
+        const data = blocks.get(h) as Buffer;
+        if (bytes + data.length > MAX_PUT_BYTES && batch.length > 0) {
+          await site.putBlocks(batch);
+          batch = [];
+          bytes = 0;
+        }
+        batch.push(data);
+        bytes += data.length;
+        this.stats.blocksSent++;
+        this.stats.bytesSent += data.length;
+      }
+      if (batch.length > 0) await site.putBlocks(batch);
+      try {
+        await site.call('object.commitMany', { bucket, objects });
+        this.stats.commits += objects.length;
+      } catch (err) {
+        if (!(err instanceof DrRpcError && err.code === -32001)) throw err;
+        oneByOne.push(...objects.map((o) => o.path as string)); // a block went away meanwhile (retention)
+      }
+    }
+    for (const rel of oneByOne) await this.syncPath(rel);
+  }
+
+  /**
+   * Makes the site's object at rel match the source now. Returns true when
+   * the whole state was read (a file's every block, or a path that is not a
+   * regular file), false when only dirty blocks or metadata were.
+   */
+  async syncPath(rel: string, ranges?: Array<[number, number]>): Promise<boolean> {
     const abs = join(this.root, rel);
     const st = await lstatOrNull(abs);
     const { site, bucket } = this;
+    let whole = true;
     if (!st) {
       await site.call('object.delete', { bucket, path: rel });
     } else if (st.isDirectory()) {
-      await site.call('object.commit', { bucket, path: rel, kind: 'dir', meta: metaOf(st) });
+      await site.call('object.commit', { bucket, path: rel, kind: 'dir', meta: await fullMetaOf(abs, st) });
     } else if (st.isSymbolicLink()) {
       await site.call('object.commit', { bucket, path: rel, kind: 'symlink', meta: metaOf(st), target: await readTarget(abs) });
     } else if (st.isFile()) {
-      await this.syncFile(abs, rel, ranges);
+      whole = await this.syncFile(abs, rel, ranges);
     }
     this.stats.commits++;
+    return whole;
   }
 
-  private async syncFile(abs: string, rel: string, ranges?: Array<[number, number]>, full = false): Promise<void> {
+  /** Returns whether every block was read. */
+  private async syncFile(abs: string, rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
     const { site, bucket } = this;
     const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
     const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.blockSize;
@@ -146,6 +244,7 @@ export class SiteSync {
       if (st && Number(st.size) === head.size && st.mtimeNs.toString() === head.meta.mtimeNs) which = new Set();
     }
     const fb = await readBlocks(abs, bs, which);
+    const meta = await fullMetaOf(abs, fb.stat);
     const hashes: string[] = [];
     for (let i = 0; i < fb.count; i++) {
       const h = fb.read.get(i)?.[0] ?? head?.blocks?.[i];
@@ -173,8 +272,9 @@ export class SiteSync {
     await flush();
     try {
       await site.call('object.commit', {
-        bucket, path: rel, kind: 'file', meta: metaOf(fb.stat), size: Number(fb.stat.size), blockSize: bs, blocks: hashes,
+        bucket, path: rel, kind: 'file', meta, size: Number(fb.stat.size), blockSize: bs, blocks: hashes,
       });
+      return which === null;
     } catch (err) {
       // A block the head had is gone (retention raced us): send everything.
       if (err instanceof DrRpcError && err.code === -32001 && !full) return this.syncFile(abs, rel, undefined, true);

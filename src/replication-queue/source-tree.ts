@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { BigIntStats } from 'node:fs';
 import { lstat, open, readlink } from 'node:fs/promises';
+import { getAttribute, listAttributes, setAttribute } from 'fs-xattr';
 import { VfsxError } from '../errors/vfsx-error';
 
 export interface SourceMeta {
@@ -13,6 +14,47 @@ export interface SourceMeta {
   uid: number;
   gid: number;
   mtimeNs: string;
+  /** Extended attributes, values base64: Samba keeps DOS attributes (user.DOSATTRIB), NT ACLs (security.NTACL) and streams (user.DosStream.*) there. */
+  xattrs?: Record<string, string>;
+}
+
+const MISSING = new Set(['ENOENT', 'ENODATA', 'ENOTSUP', 'EOPNOTSUPP']);
+
+/** Every extended attribute of a file or directory (undefined when it has none, or the filesystem has no xattrs). */
+export async function xattrsOf(path: string): Promise<Record<string, string> | undefined> {
+  let names: string[];
+  try {
+    names = await listAttributes(path);
+  } catch (err) {
+    if (MISSING.has((err as NodeJS.ErrnoException).code ?? '')) return undefined;
+    throw err;
+  }
+  const out: Record<string, string> = {};
+  for (const n of names.sort()) {
+    try {
+      out[n] = (await getAttribute(path, n)).toString('base64');
+    } catch (err) {
+      if (!MISSING.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+    }
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
+/** Sets extended attributes (base64 values); returns the names that could not be set (e.g. security.* without privilege). */
+export async function setXattrs(path: string, xattrs: Record<string, string> | undefined): Promise<string[]> {
+  const failed: string[] = [];
+  for (const [n, v] of Object.entries(xattrs ?? {})) {
+    await setAttribute(path, n, Buffer.from(v, 'base64')).catch(() => failed.push(n));
+  }
+  return failed;
+}
+
+/** Metadata of a file or directory as the DR site stores it, xattrs included. */
+export async function fullMetaOf(path: string, st: BigIntStats): Promise<SourceMeta> {
+  const m = metaOf(st);
+  if (st.isSymbolicLink()) return m; // xattr calls would follow the link
+  const xattrs = await xattrsOf(path);
+  return xattrs ? { ...m, xattrs } : m;
 }
 
 export function metaOf(st: BigIntStats): SourceMeta {

@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DrClient } from './dr-client';
-import { lstatOrNull, metaOf, readTarget } from './source-tree';
+import { fullMetaOf, lstatOrNull, readTarget } from './source-tree';
 
 export interface Difference {
   path: string;
@@ -19,7 +19,7 @@ interface SiteObject {
   kind: string;
   size: number;
   target: string | null;
-  meta: { mode?: number; mtimeNs?: string };
+  meta: { mode?: number; mtimeNs?: string; xattrs?: Record<string, string> };
 }
 
 async function walk(root: string, rel = ''): Promise<string[]> {
@@ -65,7 +65,13 @@ export async function verifyShare(site: DrClient, bucket: string, root: string):
       diffs.push({ path: rel, what: `type: source ${kind}, site ${o.kind}` });
       continue;
     }
-    const m = metaOf(st);
+    const m = await fullMetaOf(join(root, rel), st);
+    const xs = JSON.stringify(m.xattrs ?? {});
+    if (xs !== JSON.stringify(o.meta.xattrs ?? {})) {
+      const names = new Set([...Object.keys(m.xattrs ?? {}), ...Object.keys(o.meta.xattrs ?? {})]);
+      const differ = [...names].filter((n) => m.xattrs?.[n] !== o.meta.xattrs?.[n]).sort();
+      diffs.push({ path: rel, what: `xattrs differ: ${differ.join(', ')}` });
+    }
     if (o.meta.mode !== m.mode) diffs.push({ path: rel, what: `mode: source ${m.mode.toString(8)}, site ${o.meta.mode?.toString(8)}` });
     if (kind === 'symlink' && o.target !== (await readTarget(join(root, rel)))) diffs.push({ path: rel, what: 'symlink target' });
     if (kind !== 'file') continue;

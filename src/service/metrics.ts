@@ -10,7 +10,7 @@ export interface ServiceCounters {
   connectionsAccepted: () => number;
   connections: () => number;
   spoolFilesIngested: () => number;
-  replication: () => { records: number; commits: number; blocksSent: number; bytesSent: number; failures: number } | null;
+  replication: () => { records: number; commits: number; coalesced: number; blocksSent: number; bytesSent: number; failures: number } | null;
 }
 
 export class Metrics {
@@ -59,6 +59,7 @@ export class Metrics {
       new Counter({ name, help, registers: [r], collect() { const s = counters.replication(); this.reset(); if (s) this.inc(pick(s)); } });
     repl('vfsx_replication_records_total', 'Records the replicator processed since the service started.', (s) => s.records);
     repl('vfsx_replication_commits_total', 'Objects committed at the DR site since the service started.', (s) => s.commits);
+    repl('vfsx_replication_coalesced_total', 'Records found already replicated by a later sync of their path (no site call).', (s) => s.coalesced);
     repl('vfsx_replication_blocks_sent_total', 'Blocks sent to the DR site since the service started.', (s) => s.blocksSent);
     repl('vfsx_replication_sent_bytes_total', 'Block bytes sent to the DR site since the service started.', (s) => s.bytesSent);
     repl('vfsx_replication_failures_total', 'Failed replication attempts (retried) since the service started.', (s) => s.failures);

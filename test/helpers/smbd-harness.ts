@@ -16,6 +16,8 @@ export const SMB_PASS = 'vfsx-Test-pw1';
 
 export interface ShareSpec {
   name: string;
+  /** The whole `vfs objects` line (default: vfsx). */
+  vfsObjects?: string;
   vfsx?: { socket: string; spool: string; timeoutMs?: number; onFailure?: 'allow' | 'deny'; async?: boolean };
   extra?: string[];
 }
@@ -96,7 +98,7 @@ export class SmbdHarness {
       lines.push(`[${s.name}]`, `  path = ${path}`, '  read only = no');
       if (s.vfsx) {
         lines.push(
-          '  vfs objects = vfsx',
+          `  vfs objects = ${s.vfsObjects ?? 'vfsx'}`,
           `  vfsx:socket = ${s.vfsx.socket}`,
           `  vfsx:spool = ${s.vfsx.spool}`,
           `  vfsx:timeout = ${s.vfsx.timeoutMs ?? 1000}`,
