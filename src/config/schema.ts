@@ -58,7 +58,7 @@ export const configSchema = {
         reconcileAfterMs: { type: 'integer', minimum: 100, default: 30000 },
         reconcileDelayMs: { type: 'integer', minimum: 0, default: 10000 },
         sweepIntervalMs: { type: 'integer', minimum: 50, default: 5000 },
-        pumpIntervalMs: { type: 'integer', minimum: 0, maximum: 10000, default: 100 },
+        pumpIntervalMs: { type: 'integer', minimum: 0, maximum: 10000, default: 10 },
         keepFailedOps: { type: 'integer', minimum: 0, default: 1000 },
       },
     },
