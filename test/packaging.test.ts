@@ -1,0 +1,31 @@
+/** The systemd units parse, order vfsx before smbd, and keep their hardening. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { REPO } from './helpers/service-harness';
+
+const unit = (name: string) => join(REPO, 'packaging', 'systemd', name);
+
+test('systemd-analyze verify accepts both units', () => {
+  const r = spawnSync('systemd-analyze', ['verify', unit('vfsx.service'), unit('vfsx-dr-site.service')], { encoding: 'utf8' });
+  // Only complaints about what this machine lacks (the install path, smbd, redis) are acceptable here.
+  const problems = `${r.stdout}${r.stderr}`.split('\n').filter((l) => l.trim() && !/\/opt\/vfsx|smbd\.service|redis-server\.service|Failed to prepare filename/.test(l));
+  assert.deepEqual(problems, []);
+});
+
+test('vfsx.service starts before smbd and after Redis; both units are hardened', () => {
+  const serve = readFileSync(unit('vfsx.service'), 'utf8');
+  assert.match(serve, /^Before=smbd\.service$/m);
+  assert.match(serve, /^After=.*redis-server\.service/m);
+  assert.match(serve, /^RequiredBy=smbd\.service$/m);
+  const site = readFileSync(unit('vfsx-dr-site.service'), 'utf8');
+  for (const u of [serve, site]) {
+    for (const opt of ['ProtectSystem=strict', 'NoNewPrivileges=yes', 'PrivateTmp=yes', 'ProtectKernelModules=yes', 'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6']) {
+      assert.ok(u.includes(opt), opt);
+    }
+  }
+  assert.match(site, /^DynamicUser=yes$/m);
+  assert.match(site, /^CapabilityBoundingSet=$/m);
+});
