@@ -24,7 +24,7 @@ stop_all() {
 
 if [ "${1:-}" = stop ]; then
 	stop_all
-	echo "demo stopped ($demo kept; remove it to start afresh)"
+	echo "demo stopped ($demo kept for inspection; the next npm run demo starts afresh)"
 	exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -36,6 +36,10 @@ say "Installing and building (Debian packages, npm packages, the Samba module)"
 bash scripts/setup.sh
 
 stop_all
+sleep 0.5 # let them exit
+# Each run starts from an empty share, journal and DR site.
+case "$demo" in /|"") echo "npm run demo: refusing VFSX_DEMO_DIR=$demo" >&2; exit 1 ;; esac
+rm -rf "$demo"
 mkdir -p "$demo"/{share,private,lock,state,cache,pid,ncalrpc,spool,run,redis,dr}
 chmod 755 "$demo"
 chmod 777 "$demo/share"
@@ -127,6 +131,8 @@ for _ in $(seq 100); do
 	sleep 0.2
 done
 node "$repo/bin/vfsx.js" verify docs --config "$demo/vfsx.json" --source "$demo/share"
+say "The saved file at the DR site: vfsx why docs \"Projects/Q3 report.txt\""
+node "$repo/bin/vfsx.js" why docs "Projects/Q3 report.txt" --config "$demo/vfsx.json"
 say "And back: vfsx restore docs $demo/restored"
 rm -rf "$demo/restored"
 node "$repo/bin/vfsx.js" restore docs "$demo/restored" --config "$demo/vfsx.json"

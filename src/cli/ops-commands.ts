@@ -75,7 +75,9 @@ export async function whyCommand(config: VfsxConfig, share: string, path: string
     if (r.heldBackBy) lines.push(`  held back by: ${r.heldBackBy}`);
     lines.push(`  ${r.pending} pending record(s); recent records (newest first):`);
     for (const x of r.records.slice(0, 15)) {
-      lines.push(`    ${new Date(x.at).toISOString()} ${x.op} ${x.state}${x.attempts ? ` after ${x.attempts} attempts` : ''}${x.error && x.state !== 'committed' ? `: ${x.error}` : ''}`);
+      // BullMQ counts the successful attempt too.
+      const failedAttempts = x.state === 'committed' ? x.attempts - 1 : x.attempts;
+      lines.push(`    ${new Date(x.at).toISOString()} ${x.op} ${x.state}${failedAttempts > 0 ? ` after ${failedAttempts} failed attempt(s)` : ''}${x.error && x.state !== 'committed' ? `: ${x.error}` : ''}`);
     }
     if (r.records.length === 0) lines.push('    none kept (replicated records are kept for the last 1000 jobs)');
     process.stdout.write(`${lines.join('\n')}\n`);
