@@ -94,13 +94,21 @@ test('vfsx status --json: backlog, RPO and throughput while a workload runs, and
   const w = new RandomWorkload(7, 'status', join(local, 'rw'));
   w.plan(600);
   let running = true;
+  // The site is frozen for the first seconds, so the backlog is sure to build up however fast replication is.
+  dr.signal('SIGSTOP');
+  const thaw = setTimeout(() => dr.signal('SIGCONT'), 3000);
   const run = w.run(smbd.port, SHARE).finally(() => { running = false; });
   const seen: Status[] = [];
-  while (running) {
-    seen.push(await status());
-    await new Promise((r) => setTimeout(r, 200));
+  try {
+    while (running) {
+      seen.push(await status());
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await run;
+  } finally {
+    clearTimeout(thaw);
+    dr.signal('SIGCONT');
   }
-  await run;
   const during = seen.map(share).filter((s) => s !== undefined);
   assert.ok(during.some((s) => s.backlog.records > 0 && s.rpoAgeSeconds > 0), `a backlog was seen during the workload: ${JSON.stringify(during.slice(-3))}`);
   for (const s of during) {
@@ -281,22 +289,18 @@ test('the dashboard in headless Chromium: shows the share, its charts move durin
     const chart = `#chart-backlog-${SHARE}`;
     const points0 = Number(await page.getAttribute(chart, 'data-points'));
 
-    // The charts move while a workload runs: more points, and a non-zero backlog plotted.
+    // The charts move while a workload runs: the backlog rises (the site is frozen meanwhile, so it must)
+    // and falls back to zero once the site answers again.
     const w = new RandomWorkload(11, 'dash', join(local, 'rw-dash'));
     w.plan(400);
-    let peak = 0;
-    const run = w.run(smbd.port, SHARE);
-    let done = false;
-    void run.finally(() => { done = true; });
-    while (!done) {
-      peak = Math.max(peak, Number(await page.getAttribute(chart, 'data-last')));
-      await page.waitForTimeout(250);
+    dr.signal('SIGSTOP');
+    try {
+      await w.run(smbd.port, SHARE);
+      await waitFor('the dashboard to plot a backlog', async () => Number(await page.getAttribute(chart, 'data-last')) > 0, 20000, 250);
+    } finally {
+      dr.signal('SIGCONT');
     }
-    await run;
-    await waitFor('the dashboard to plot a backlog', async () => {
-      peak = Math.max(peak, Number(await page.getAttribute(chart, 'data-last')));
-      return peak > 0;
-    }, 20000, 250);
+    await waitFor('the plotted backlog to fall back to zero', async () => Number(await page.getAttribute(chart, 'data-last')) === 0, 60000, 250);
     assert.ok(Number(await page.getAttribute(chart, 'data-points')) > points0, 'the chart gained points');
 
     // A record held back by a stopped site appears with a retry button that works.
@@ -357,4 +361,31 @@ test('records of one path queued behind an outage coalesce: one sync covers them
   assert.ok(n >= 10, `${n} records coalesced`);
   const w = JSON.parse((await cli(['why', SHARE, 'toggled.txt', '--json'])).stdout);
   assert.equal(w.verdict, 'in sync');
+});
+
+test('with the service down, status shows smbd spooling (fail-open); after a restart the spool is ingested and the fail-open hook ran', async () => {
+  await drained();
+  await svc.stop('SIGKILL');
+  try {
+    await put('spooled.txt', 'written while vfsx serve was down');
+    // The replicator's heartbeat goes stale within 5 s of the kill.
+    const st = await waitFor('status to show the spool and the replicator gone', async () => {
+      const s = await status();
+      return s.spool.failOpenEngaged && !s.site.replicatorRunning ? s : null;
+    }, 15000, 100);
+    assert.ok(st.spool.files >= 1 && st.spool.bytes > 0, JSON.stringify(st.spool));
+    assert.equal(st.site.state, 'unknown');
+    const human = await cli(['status']);
+    assert.match(human.stdout, /FAIL-OPEN ENGAGED: \d+ spool files/);
+    const doc = JSON.parse((await cli(['doctor', '--json', '--smb-conf', smbd.confPath])).stdout);
+    assert.ok(doc.checks.some((c: { name: string; result: string }) => c.name === 'spool' && c.result === 'fail'));
+  } finally {
+    await svc.start();
+  }
+  const after = await drained();
+  assert.equal(after.spool.files, 0);
+  assert.equal(after.spool.failOpenEngaged, false);
+  assert.ok(after.spool.ingestedFiles >= 1 && after.spool.lastIngestAt !== null);
+  await waitFor('the fail-open hook', async () => (await hookEvents()).find((e) => e.type === 'fail-open'), 15000, 100);
+  assert.equal(JSON.parse((await cli(['why', SHARE, 'spooled.txt', '--json'])).stdout).verdict, 'in sync');
 });

@@ -112,10 +112,13 @@ export class VfsxService {
   /** Starts listening at once; Redis may come later (ops spool meanwhile). */
   async start(): Promise<void> {
     await this.server.listen();
+    // Hooks listen before the first spool scan, so its fail-open event reaches them (Redis may be down: don't wait long).
+    const subscribed = this.alerts.start().catch((err) => this.log.warn({ err }, 'alert hooks not subscribed'));
+    await Promise.race([subscribed, new Promise((r) => setTimeout(r, 1000).unref())]);
     await this.spool.start();
     this.pump.start();
-    await this.http?.listen();
-    this.alerts.start().catch((err) => this.log.warn({ err }, 'alert hooks not subscribed'));
+    // The operator listener is not worth losing the journal for: a busy port is logged, not fatal.
+    await this.http?.listen().catch((err) => this.log.error({ err, port: this.config.http.port }, 'dashboard and /metrics not served'));
     this.monitor = setInterval(() => void this.sample(), this.config.alerts.checkIntervalMs);
     this.monitor.unref();
     this.journal.waitUntilReady().then(

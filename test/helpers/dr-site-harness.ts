@@ -57,6 +57,11 @@ export class DrSiteHarness {
     return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
   }
 
+  /** Freezes (SIGSTOP) or thaws (SIGCONT) the site: calls wait instead of failing. */
+  signal(sig: 'SIGSTOP' | 'SIGCONT'): void {
+    this.proc?.kill(sig);
+  }
+
   async stop(sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const p = this.proc;
     this.proc = null;
