@@ -378,7 +378,8 @@ test('with the service down, status shows smbd spooling (fail-open); after a res
     const human = await cli(['status']);
     assert.match(human.stdout, /FAIL-OPEN ENGAGED: \d+ spool files/);
     const doc = JSON.parse((await cli(['doctor', '--json', '--smb-conf', smbd.confPath])).stdout);
-    assert.ok(doc.checks.some((c: { name: string; result: string }) => c.name === 'spool' && c.result === 'fail'));
+    const failed = doc.checks.filter((c: { result: string }) => c.result === 'fail').map((c: { name: string }) => c.name).sort();
+    assert.deepEqual(failed, ['dashboard', 'socket', 'spool']);
   } finally {
     await svc.start();
   }

@@ -139,6 +139,19 @@ async function siteCheck(config: VfsxConfig): Promise<Check[]> {
   }
 }
 
+async function httpCheck(config: VfsxConfig): Promise<Check[]> {
+  const h = config.http;
+  if (!h.enabled) return [{ name: 'dashboard', result: 'warn', detail: 'http.enabled is false: no /metrics, no dashboard' }];
+  const url = `http://${h.host.includes(':') ? `[${h.host}]` : h.host}:${h.port}/metrics`;
+  try {
+    const res = await fetch(url, { headers: h.token ? { authorization: `Bearer ${h.token}` } : {}, signal: AbortSignal.timeout(5000) });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    return [{ name: 'dashboard', result: 'pass', detail: `${url} answers (dashboard at /)` }];
+  } catch (err) {
+    return [{ name: 'dashboard', result: 'fail', detail: `${url}: ${(err as Error).message}`, fix: 'is vfsx serve running? a port taken by another process is logged as "dashboard and /metrics not served"' }];
+  }
+}
+
 async function spoolCheck(config: VfsxConfig): Promise<Check[]> {
   const dir = config.spool.dir;
   let files: string[] = [];
@@ -154,7 +167,7 @@ async function spoolCheck(config: VfsxConfig): Promise<Check[]> {
 }
 
 export async function doctor(config: VfsxConfig, o: DoctorOptions): Promise<Check[]> {
-  const groups = await Promise.all([moduleChecks(o), shareChecks(config, o), socketCheck(config), redisChecks(config), siteCheck(config), spoolCheck(config)]);
+  const groups = await Promise.all([moduleChecks(o), shareChecks(config, o), socketCheck(config), redisChecks(config), siteCheck(config), httpCheck(config), spoolCheck(config)]);
   return groups.flat();
 }
 

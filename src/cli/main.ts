@@ -53,7 +53,8 @@ Usage:
       last ones kept (all but commits).
   vfsx doctor [--config FILE] [--json] [--modules-dir DIR] [--smb-conf FILE]
       Check the module (installed, built for this smbd), the shares using
-      it, the socket, Redis (AOF, noeviction), the DR site and the spool.
+      it, the socket, Redis (AOF, noeviction), the DR site, the dashboard
+      and /metrics listener, and the spool.
       Exit 1 when a check fails; each failure says how to fix it.
   vfsx --help
       This text.
