@@ -47,15 +47,20 @@ def apply(url, op, name, args):
     check(lib.smbc_close(fd), "close")
 
 
-def main():
-    url, user, password, op = sys.argv[1:5]
-
+def init(user, password):
+    """Initialises libsmbclient with fixed credentials; keeps the callback alive."""
     def auth(srv, shr, wg, wglen, un, unlen, pw, pwlen):
         ctypes.memmove(un, user.encode() + b"\0", len(user) + 1)
         ctypes.memmove(pw, password.encode() + b"\0", len(password) + 1)
 
     cb = AUTH(auth)
     check(lib.smbc_init(cb, 0), "smbc_init")
+    return cb
+
+
+def main():
+    url, user, password, op = sys.argv[1:5]
+    keep = init(user, password)  # noqa: F841 (the C side holds a pointer to it)
     if op == "batch":
         for line in sys.stdin:
             if line.strip():
@@ -65,4 +70,5 @@ def main():
         apply(url, op, sys.argv[5], sys.argv[6:])
 
 
-main()
+if __name__ == "__main__":
+    main()
