@@ -84,6 +84,8 @@ export class DrSiteServer {
         this.authorized(info.req) ? cb(true) : cb(false, 401, 'Unauthorized'),
     });
     this.wss.on('connection', (ws) => this.accept(ws));
+    // ws re-emits the HTTP server's errors (EADDRINUSE at listen): the listen promise reports them.
+    this.wss.on('error', (err) => this.log.debug({ err }, 'websocket server error'));
     await new Promise<void>((resolve, reject) => {
       this.http?.once('error', reject);
       this.http?.listen(this.opts.port, this.opts.host, () => resolve());

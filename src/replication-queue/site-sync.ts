@@ -18,6 +18,8 @@ interface Head {
 
 /** Blocks per binary frame stay under this; the site must accept frames of 8 MiB or more. */
 const MAX_PUT_BYTES = 4 << 20;
+/** Block frames in flight per object. */
+const PUT_WINDOW = 4;
 const NOT_FOUND = -32003;
 const TREE_CONCURRENCY = 16;
 /** Files up to this size are synced in batches during a tree sync: one missing-check, put and commit per batch. */
@@ -177,21 +179,7 @@ export class SiteSync {
     }));
     if (objects.length > 0) {
       const missing = (await site.call<{ missing: string[] }>('blocks.missing', { hashes: [...blocks.keys()] })).missing;
-      let batch: Buffer[] = [];
-      let bytes = 0;
-      for (const h of missing) {
-        const data = blocks.get(h) as Buffer;
-        if (bytes + data.length > MAX_PUT_BYTES && batch.length > 0) {
-          await site.putBlocks(batch);
-          batch = [];
-          bytes = 0;
-        }
-        batch.push(data);
-        bytes += data.length;
-        this.stats.blocksSent++;
-        this.stats.bytesSent += data.length;
-      }
-      if (batch.length > 0) await site.putBlocks(batch);
+      await this.sendBlocks(missing.map((h) => blocks.get(h) as Buffer));
       try {
         await site.call('object.commitMany', { bucket, objects });
         this.stats.commits += objects.length;
@@ -226,6 +214,38 @@ export class SiteSync {
     return whole;
   }
 
+  /**
+   * Sends blocks in frames of up to MAX_PUT_BYTES, PUT_WINDOW frames in
+   * flight: round trips to a remote site overlap, and the site stores
+   * frames concurrently. (On loopback it measured no faster than one
+   * frame at a time: there the site's disk flushes are the limit.)
+   */
+  private async sendBlocks(blocks: Buffer[]): Promise<void> {
+    const frames: Buffer[][] = [];
+    let frame: Buffer[] = [];
+    let bytes = 0;
+    for (const b of blocks) {
+      if (bytes + b.length > MAX_PUT_BYTES && frame.length > 0) {
+        frames.push(frame);
+        frame = [];
+        bytes = 0;
+      }
+      frame.push(b);
+      bytes += b.length;
+    }
+    if (frame.length > 0) frames.push(frame);
+    let next = 0;
+    const lane = async () => {
+      while (next < frames.length) {
+        const f = frames[next++];
+        await this.site.putBlocks(f);
+        this.stats.blocksSent += f.length;
+        for (const b of f) this.stats.bytesSent += b.length;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PUT_WINDOW, frames.length) }, lane));
+  }
+
   /** Returns whether every block was read. */
   private async syncFile(abs: string, rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
     const { site, bucket } = this;
@@ -253,23 +273,11 @@ export class SiteSync {
     }
     const fresh = [...fb.read.values()];
     const missing = new Set((await site.call<{ missing: string[] }>('blocks.missing', { hashes: fresh.map(([h]) => h) })).missing);
-    let batch: Buffer[] = [];
-    let bytes = 0;
-    const flush = async () => {
-      if (batch.length === 0) return;
-      await site.putBlocks(batch);
-      this.stats.blocksSent += batch.length;
-      this.stats.bytesSent += bytes;
-      batch = [];
-      bytes = 0;
-    };
+    const send: Buffer[] = [];
     for (const [h, data] of fresh) {
-      if (!missing.delete(h)) continue; // not missing, or already queued (same block twice)
-      if (bytes + data.length > MAX_PUT_BYTES) await flush();
-      batch.push(data);
-      bytes += data.length;
+      if (missing.delete(h)) send.push(data); // else not missing, or already queued (same block twice)
     }
-    await flush();
+    await this.sendBlocks(send);
     try {
       await site.call('object.commit', {
         bucket, path: rel, kind: 'file', meta, size: Number(fb.stat.size), blockSize: bs, blocks: hashes,
