@@ -20,6 +20,7 @@ import { RedisHarness } from './helpers/redis-harness';
 import { ServiceHarness, VFSX_BIN } from './helpers/service-harness';
 import { smbclient } from './helpers/smbclient';
 import { SmbdHarness } from './helpers/smbd-harness';
+import { freePort } from './helpers/ports';
 import { waitFor } from './helpers/wait-for';
 
 let redis: RedisHarness;
@@ -389,4 +390,44 @@ test('with the service down, status shows smbd spooling (fail-open); after a res
   assert.ok(after.spool.ingestedFiles >= 1 && after.spool.lastIngestAt !== null);
   await waitFor('the fail-open hook', async () => (await hookEvents()).find((e) => e.type === 'fail-open'), 15000, 100);
   assert.equal(JSON.parse((await cli(['why', SHARE, 'spooled.txt', '--json'])).stdout).verdict, 'in sync');
+});
+
+test('the HTTP API answers hostile requests with 4xx and keeps serving; a token, when set, is required', async () => {
+  const req = (path: string, init?: RequestInit) => fetch(`${svc.httpUrl}${path}`, init);
+  assert.equal((await req('/nope')).status, 404);
+  assert.equal((await req('/api/status', { method: 'DELETE' })).status, 404);
+  assert.equal((await req('/api/why')).status, 400);
+  assert.equal((await req('/api/why?share=ops')).status, 400);
+  assert.equal((await req('/api/retry', { method: 'POST' })).status, 400);
+  assert.equal((await req('/api/retry?job=no-such-job', { method: 'POST' })).status, 404);
+  assert.equal((await req('/api/events?n=abc')).status, 200);
+  assert.equal((await req('/api/events?n=-5')).status, 200);
+  for (const bad of ['../../etc/passwd', 'a/../../b', 'nul\u0000byte']) {
+    const r = await req(`/api/why?share=ops&path=${encodeURIComponent(bad)}`);
+    assert.equal(r.status, 400, bad);
+    assert.match(((await r.json()) as { error: string }).error, /not a path inside a share/);
+  }
+  const odd = await req(`/api/why?share=ops&path=${encodeURIComponent('odd % # & 😀 name')}`);
+  assert.equal(odd.status, 200);
+  assert.equal(((await odd.json()) as { source: { exists: boolean } }).source.exists, false);
+  assert.equal((await req('/api/status')).status, 200, 'still serving');
+
+  const token = 'a-token-of-enough-length';
+  const port = freePort;
+  const guarded = await ServiceHarness.create({ redisSocket: redis.socket, extra: { http: { port: await port(), token } } });
+  try {
+    await guarded.start();
+    assert.equal((await fetch(`${guarded.httpUrl}/metrics`)).status, 401);
+    assert.equal((await fetch(`${guarded.httpUrl}/metrics`, { headers: { authorization: 'Bearer wrong-token-of-same-len' } })).status, 401);
+    assert.equal((await fetch(`${guarded.httpUrl}/metrics`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+    assert.equal((await fetch(`${guarded.httpUrl}/api/status?token=${token}`)).status, 200);
+  } finally {
+    await guarded.destroy();
+  }
+  const exposed = await ServiceHarness.create({ redisSocket: redis.socket, extra: { http: { host: '0.0.0.0', port: await port() } } });
+  try {
+    await assert.rejects(exposed.start(), /http\.host 0\.0\.0\.0 is not loopback: set http\.token/);
+  } finally {
+    await exposed.destroy();
+  }
 });

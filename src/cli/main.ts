@@ -189,7 +189,8 @@ export function run(): void {
     (err) => {
       const code = err instanceof VfsxError ? ` [${err.code}]` : '';
       process.stderr.write(`vfsx: ${(err as Error).message}${code}\n`);
-      process.exitCode = 1;
+      // Exit now: a half-built service (a Redis client already connecting) would keep the process alive.
+      process.exit(1);
     },
   );
 }

@@ -6,6 +6,7 @@
 import type { Queue } from 'bullmq';
 import { join } from 'node:path';
 import type { VfsxConfig } from '../config/schema';
+import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { DrClient } from './dr-client';
 import { lstatOrNull } from './source-tree';
@@ -43,6 +44,9 @@ const names = (r: ChangeRecord): string[] => [r.names.path, r.names.to, r.names.
 
 export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, share: string, path: string, sourceRoot?: string): Promise<WhyReport> {
   const rel = path.replace(/^\/+/, '').replace(/\/+$/, '');
+  if (rel.includes('\u0000') || rel.split('/').some((c) => c === '..' || c === '.')) {
+    throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `not a path inside a share: ${JSON.stringify(path)}`);
+  }
   const jobs = await queue.getJobs(['active', 'waiting', 'delayed', 'prioritized', 'completed'], 0, -1, false);
   const records: WhyRecord[] = [];
   let root: string | null = sourceRoot ?? null;

@@ -107,12 +107,17 @@ export class HttpServer {
       case 'GET /api/history':
         return send(res, 200, this.opts.history());
       case 'GET /api/events':
-        return send(res, 200, await bus.recent(Number(url.searchParams.get('n') ?? 50)));
+        return send(res, 200, await bus.recent(Math.min(200, Math.max(1, Number.parseInt(url.searchParams.get('n') ?? '', 10) || 50))));
       case 'GET /api/why': {
         const share = url.searchParams.get('share');
         const path = url.searchParams.get('path');
         if (!share || path === null) return send(res, 400, { error: 'share and path are required' });
-        return send(res, 200, await why(status.queue, this.opts.config, share, path));
+        try {
+          return send(res, 200, await why(status.queue, this.opts.config, share, path));
+        } catch (err) {
+          if (err instanceof VfsxError && err.code === 'VFSX_ERR_DR_INVALID_PATH') return send(res, 400, { error: err.message });
+          throw err;
+        }
       }
       case 'POST /api/retry': {
         const id = url.searchParams.get('job');
