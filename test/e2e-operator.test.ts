@@ -56,12 +56,7 @@ after(async () => {
   await rm(local, { recursive: true, force: true });
 });
 
-function cli(args: string[], timeout = 120000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [VFSX_BIN, ...args, '--config', svc.configFile], { timeout, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => svc.cli(args);
 
 async function status(): Promise<Status> {
   const r = await cli(['status', '--json']);

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { execFile, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -18,7 +18,7 @@ import { verifyShare } from '../src/replication-queue/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { RandomWorkload, treeDiffers } from './helpers/random-workload';
 import { RedisHarness } from './helpers/redis-harness';
-import { ServiceHarness, VFSX_BIN } from './helpers/service-harness';
+import { ServiceHarness } from './helpers/service-harness';
 import { q, smbclient } from './helpers/smbclient';
 import { smbcWrite } from './helpers/smbc';
 import { SmbdHarness } from './helpers/smbd-harness';
@@ -148,12 +148,7 @@ test('names with odd characters replicate intact', async () => {
   assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
 });
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [VFSX_BIN, ...args, '--config', svc.configFile], { timeout: 300000, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
-  });
-}
+const cli = (args: string[]) => svc.cli(args);
 
 test('vfsx verify finds drift, vfsx resync repairs it, and vfsx restore rebuilds the share (diff -r) now and --at an earlier time', async () => {
   const root = smbd.sharePath(SHARE);

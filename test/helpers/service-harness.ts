@@ -2,7 +2,7 @@
  * The real `vfsx serve` as a child process (so tests can SIGKILL or SIGSTOP
  * it), with a config file in a temp dir and its JSON log collected.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -60,6 +60,14 @@ export class ServiceHarness {
   /** Writes this.config again (after a test changed it). */
   async rewriteConfig(): Promise<void> {
     await writeFile(this.configFile, JSON.stringify(this.config, null, 2));
+  }
+
+  /** Runs a `vfsx` command against this service's config; never rejects (the exit code tells). */
+  cli(args: string[], timeoutMs = 300000): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [VFSX_BIN, ...args, '--config', this.configFile], { timeout: timeoutMs, maxBuffer: 16 << 20 },
+        (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+    });
   }
 
   /** Base URL of the dashboard, /metrics and the API. */
