@@ -3,7 +3,7 @@
  * (`vfsx events`, the dashboard, alert hooks) can follow them. Events other
  * than `committed` are also kept in a capped list for late joiners.
  */
-import IORedis, { Redis } from 'ioredis';
+import IORedis, { ChainableCommander, Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import { redisOptions, stateKeys } from './redis-connection';
 
@@ -42,10 +42,15 @@ export class EventBus {
 
   /** Publishes one event; never throws (events are best effort, the journal is the record). */
   async publish(ev: VfsxEvent): Promise<void> {
+    await this.addTo(this.conn.pipeline(), ev).exec().catch(() => undefined);
+  }
+
+  /** Adds an event's commands to a caller's pipeline (one round trip with the caller's own writes). */
+  addTo(p: ChainableCommander, ev: VfsxEvent): ChainableCommander {
     const json = JSON.stringify(ev);
-    const p = this.conn.pipeline().publish(this.keys.events, json);
+    p.publish(this.keys.events, json);
     if (ev.type !== 'committed') p.lpush(this.keys.recent, json).ltrim(this.keys.recent, 0, KEEP_RECENT - 1);
-    await p.exec().catch(() => undefined);
+    return p;
   }
 
   /** Notes spool files ingested (fail-open happened) for `vfsx status`. */

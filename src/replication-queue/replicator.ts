@@ -207,13 +207,13 @@ export class Replicator {
     let w = this.rates.get(rec.share);
     if (!w) this.rates.set(rec.share, (w = new RateWindow(60)));
     w.add(now, 1, bytes);
-    await this.conn.pipeline()
+    // One round trip: RPO set, per-share state and the `committed` event.
+    const p = this.conn.pipeline()
       .zrem(this.state.rpo(rec.share), jobId)
       .hset(this.state.share(rec.share), { lastCommitAt: now, lastCommitPath: rec.names.path ?? '' })
       .hincrby(this.state.share(rec.share), 'commits', 1)
-      .hincrby(this.state.share(rec.share), 'bytesSent', bytes)
-      .exec();
-    await this.events.publish({ type: 'committed', at: now, share: rec.share, path: rec.names.path, op: rec.op, latencyMs });
+      .hincrby(this.state.share(rec.share), 'bytesSent', bytes);
+    await this.events.addTo(p, { type: 'committed', at: now, share: rec.share, path: rec.names.path, op: rec.op, latencyMs }).exec();
   }
 
   async process(rec: ChangeRecord): Promise<void> {
