@@ -25,6 +25,8 @@ export interface HttpServerOptions {
   config: VfsxConfig;
   metrics: Metrics;
   status: StatusReader;
+  /** The service's (briefly cached) status; null while Redis cannot be read. */
+  readStatus: () => Promise<Status | null>;
   bus: EventBus;
   history: () => HistoryPoint[];
   logger: Logger;
@@ -102,8 +104,10 @@ export class HttpServer {
         res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
         res.end(DASHBOARD_HTML);
         return;
-      case 'GET /api/status':
-        return send(res, 200, await status.read());
+      case 'GET /api/status': {
+        const st = await this.opts.readStatus();
+        return st ? send(res, 200, st) : send(res, 503, { error: 'status unavailable: Redis cannot be read' });
+      }
       case 'GET /api/history':
         return send(res, 200, this.opts.history());
       case 'GET /api/events':

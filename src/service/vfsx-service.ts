@@ -32,6 +32,7 @@ export class VfsxService {
   private readonly log: Logger;
   private readonly history: HistoryPoint[] = [];
   private monitor: NodeJS.Timeout | null = null;
+  private latest: Status | null = null;
   private sampling = false;
   private closing: Promise<void> | null = null;
 
@@ -49,7 +50,8 @@ export class VfsxService {
     });
     this.status = new StatusReader(config);
     this.bus = new EventBus(config.redis);
-    this.metrics = new Metrics(() => this.readStatus(), {
+    // Scrapes are rare and must be exact: a fresh read each.
+    this.metrics = new Metrics(() => this.freshStatus(), {
       connectionsAccepted: () => this.server.accepted,
       connections: () => this.server.connections.size,
       spoolFilesIngested: () => this.spool.files,
@@ -78,15 +80,25 @@ export class VfsxService {
     });
     this.http = config.http.enabled
       ? new HttpServer({
-        config, metrics: this.metrics, status: this.status, bus: this.bus, history: () => this.history, logger: logger.child({ c: 'http' }),
+        config, metrics: this.metrics, status: this.status, readStatus: () => this.readStatus(), bus: this.bus,
+        history: () => this.history, logger: logger.child({ c: 'http' }),
       })
       : null;
   }
 
-  /** The status, or null while Redis cannot be read. */
+  /**
+   * The status, or null while Redis cannot be read. Dashboard polls (every
+   * 2 s per open page) within one check interval share the last read.
+   */
   async readStatus(): Promise<Status | null> {
+    if (this.latest && Date.now() - this.latest.at < this.config.alerts.checkIntervalMs) return this.latest;
+    return this.freshStatus();
+  }
+
+  private async freshStatus(): Promise<Status | null> {
     try {
-      return await this.status.read();
+      this.latest = await this.status.read();
+      return this.latest;
     } catch (err) {
       this.log.debug({ err }, 'status read failed');
       return null;
@@ -98,7 +110,7 @@ export class VfsxService {
     if (this.sampling) return;
     this.sampling = true;
     try {
-      const st = await this.readStatus();
+      const st = await this.freshStatus();
       if (!st) return;
       this.history.push(historyPoint(st));
       const keep = Math.ceil((this.config.http.historySeconds * 1000) / this.config.alerts.checkIntervalMs);
