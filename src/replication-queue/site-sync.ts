@@ -77,9 +77,10 @@ export class SiteSync {
     await this.syncPath(from);
     await this.syncPath(to);
     // Records of paths below a renamed directory may have been handled after
-    // the rename (their old names were gone): reconcile the subtree. Files
-    // the site already has cost a stat (size and mtime match).
-    if (dst?.isDirectory()) await this.syncTree(to);
+    // the rename (their old names were gone), or, retried after a failure,
+    // after the site moved the subtree (a delete then missed the moved copy):
+    // reconcile the subtree both ways. Files the site already has cost a stat.
+    if (dst?.isDirectory()) await this.syncTree(to, true);
   }
 
   /**
@@ -87,13 +88,25 @@ export class SiteSync {
    * at once, so round trips and the site's fsyncs overlap; a directory is
    * committed before anything below it is.
    */
-  async syncTree(rel: string): Promise<void> {
+  async syncTree(rel: string, prune = false): Promise<void> {
     const listed = await this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
     this.heads = new Map(listed.map((o) => [o.path, o]));
     try {
       await this.walkTree(rel);
     } finally {
       this.heads = null;
+    }
+    if (prune) await this.prune(rel, listed.map((o) => o.path));
+  }
+
+  /** Deletes at the site what it has below rel and the source does not (parents first; a delete takes the subtree). */
+  private async prune(rel: string, sitePaths: string[]): Promise<void> {
+    let gone: string | null = null;
+    for (const p of [...sitePaths].sort()) {
+      if (p === rel || (gone !== null && p.startsWith(`${gone}/`))) continue;
+      if (await lstatOrNull(join(this.root, p))) continue;
+      await this.site.call('object.delete', { bucket: this.bucket, path: p });
+      gone = p;
     }
   }
 
