@@ -12,6 +12,7 @@ import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:f
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Tree } from '../src/native/tree';
 import { SiteSync } from '../src/replication-queue/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 
@@ -56,7 +57,7 @@ async function main(): Promise<void> {
 
     await client.call('bucket.ensure', { bucket: 'bench' });
     const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
-    const sync = new SiteSync({ site: client, bucket: 'bench', root: src, blockSize: 65536, stats });
+    const sync = new SiteSync({ site: client, bucket: 'bench', tree: Tree.open(src), blockSize: 65536, stats });
     settle();
     t0 = process.hrtime.bigint();
     await sync.syncTree('');
@@ -95,7 +96,7 @@ async function main(): Promise<void> {
       const bucket = `bs${bs}`;
       await client.call('bucket.ensure', { bucket });
       const st = { commits: 0, blocksSent: 0, bytesSent: 0 };
-      const s = new SiteSync({ site: client, bucket, root: large, blockSize: bs, stats: st });
+      const s = new SiteSync({ site: client, bucket, tree: Tree.open(large), blockSize: bs, stats: st });
       settle();
       t0 = process.hrtime.bigint();
       await s.syncTree('');

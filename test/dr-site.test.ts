@@ -276,3 +276,21 @@ test('object.commitMany commits a batch in one transaction: all or nothing; obje
   assert.equal(bad.code, -32002);
   assert.deepEqual(await c.call('object.list', { bucket: B, prefix: 'batch3' }), []);
 });
+
+test('nothing is placed below a symlink or a file (-32006); a file committed over a directory ends its subtree; a move into itself is refused', async () => {
+  await c.call('object.commit', { bucket: B, path: 'ns', kind: 'dir', meta: {} });
+  await c.call('object.commit', { bucket: B, path: 'ns/link', kind: 'symlink', meta: {}, target: '/etc' });
+  await c.call('object.commit', { bucket: B, path: 'ns/file', kind: 'file', meta: {}, size: 0, blockSize: 4096, blocks: [] });
+  for (const path of ['ns/link/passwd', 'ns/file/below', 'ns/link/a/b']) {
+    assert.equal((await rpcError(c.call('object.commit', { bucket: B, path, kind: 'dir', meta: {} }))).code, -32006, path);
+  }
+  assert.equal((await rpcError(c.call('object.commitMany', { bucket: B, objects: [{ path: 'ns/ok', kind: 'dir', meta: {} }, { path: 'ns/file/x', kind: 'dir', meta: {} }] }))).code, -32006);
+  assert.equal(await c.call('object.stat', { bucket: B, path: 'ns/ok' }), null, 'all or nothing');
+  assert.equal((await rpcError(c.call('object.move', { bucket: B, from: 'ns', to: 'ns/link/moved' }))).code, -32002, 'into itself');
+  assert.equal((await rpcError(c.call('object.move', { bucket: B, from: 'ns/file', to: 'ns/link/moved' }))).code, -32006, 'below a symlink');
+  await c.call('object.commit', { bucket: B, path: 'ns/sub', kind: 'dir', meta: {} });
+  await c.call('object.commit', { bucket: B, path: 'ns/sub/deep', kind: 'dir', meta: {} });
+  await c.call('object.commit', { bucket: B, path: 'ns', kind: 'file', meta: {}, size: 0, blockSize: 4096, blocks: [] });
+  assert.deepEqual((await c.call<Array<{ path: string; kind: string }>>('object.list', { bucket: B, prefix: 'ns' })).map((o) => [o.path, o.kind]), [['ns', 'file']]);
+  await c.call('object.delete', { bucket: B, path: 'ns' });
+});

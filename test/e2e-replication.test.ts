@@ -93,7 +93,7 @@ test('a scripted workload through SMB converges: the DR site holds exactly the s
   await smb(`put ${local}/doc1 report.docx`);
   await smb(`put ${local}/doc2 ~WRL0001.tmp; rename report.docx ~WRL0002.tmp; rename ~WRL0001.tmp report.docx; del ~WRL0002.tmp`);
   await drained();
-  const diffs = await verifyShare(site, SHARE, smbd.sharePath(SHARE));
+  const diffs = await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true });
   assert.deepEqual(diffs, []);
   const listed = (await site.call<Array<{ path: string }>>('object.list', { bucket: SHARE })).map((o) => o.path);
   assert.ok(listed.includes('report.docx') && listed.includes('a/c/multi.bin') && !listed.includes('a/b'), listed.join(', '));
@@ -104,13 +104,13 @@ test('changing 1 byte in the middle of a 256 MiB file sends at most 2 blocks to 
   await writeFile(big, randomBytes(256 << 20));
   await smb(`put ${big} big.bin`);
   await drained();
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
   const before = blockFiles();
   await smbcWrite(smbd.port, SHARE, 'big.bin', 128 << 20, Buffer.from([0x5a]));
   await drained();
   const sent = blockFiles() - before;
   assert.ok(sent >= 1 && sent <= 2, `${sent} new blocks at the site`);
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
 });
 
 test('DOS attributes and a stream reach the site as xattrs, a metadata-only change is a new version, and restore puts them back', async () => {
@@ -124,7 +124,7 @@ test('DOS attributes and a stream reach the site as xattrs, a metadata-only chan
   for (const n of ['user.DOSATTRIB', 'user.DosStream.extra:$DATA']) assert.ok(n in xattrs, `${n} in ${Object.keys(xattrs).join(', ')}`);
   const head = await site.call<{ meta: { xattrs?: Record<string, string> } }>('object.stat', { bucket: SHARE, path: 'meta.txt' });
   assert.deepEqual(head.meta.xattrs, xattrs);
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
   // A metadata-only change (hidden off) is a new version with the new DOS attributes.
   await smb('setmode meta.txt -h');
   await drained();
@@ -145,7 +145,7 @@ test('names with odd characters replicate intact', async () => {
   await drained();
   const listed = new Set((await site.call<Array<{ path: string }>>('object.list', { bucket: SHARE })).map((o) => o.path));
   for (const n of names) assert.ok(listed.has(n), n);
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
 });
 
 const cli = (args: string[]) => svc.cli(args);
@@ -206,7 +206,7 @@ async function randomWorkload(tag: string, ops = 2000): Promise<void> {
 /** Drained, then verify reports identical and a restore into an empty directory is identical to the share (diff -r). */
 async function converged(tag: string): Promise<void> {
   await drained();
-  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE)), []);
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
   const dest = join(local, `restore-${tag}`);
   const res = await cli(['restore', SHARE, dest, '--json']);
   assert.equal(res.code, 0, res.stdout + res.stderr);

@@ -1,6 +1,7 @@
-// vfsx_addon: the two system calls Node.js has no API for.
+// vfsx_addon: the system calls Node.js has no API for.
 //   peerCred(fd)          -> { pid, uid, gid }   (getsockopt SO_PEERCRED)
 //   tryLock(fd)           -> true | false        (flock LOCK_EX|LOCK_NB)
+//   openAt, statAt, ...   file-tree calls beneath a directory (tree_ops.cc)
 // Errors are thrown Node-style: an Error with code, errno and syscall.
 #include <napi.h>
 
@@ -11,6 +12,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
+
+#include "tree_ops.h"
 
 namespace {
 
@@ -83,6 +86,7 @@ Napi::Value TryLock(const Napi::CallbackInfo &info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
+  vfsx::RegisterTreeOps(env, exports);
   return exports;
 }
 

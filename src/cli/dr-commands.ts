@@ -8,13 +8,19 @@ import { VfsxError } from '../errors/vfsx-error';
 import { DrClient } from '../replication-queue/dr-client';
 import { restoreShare } from '../replication-queue/restore';
 import { SiteSync } from '../replication-queue/site-sync';
-import { lstatOrNull } from '../replication-queue/source-tree';
+import { Tree } from '../native/tree';
 import { verifyShare } from '../replication-queue/verify';
 
 export interface DrCommandOptions {
   json: boolean;
   source?: string;
   at?: string;
+  /** verify: compare source block hashes with the site's block ids. */
+  content?: boolean;
+  /** verify: also download every block at the site and check its bytes. */
+  deep?: boolean;
+  /** restore: into a DEST that is not empty. */
+  force?: boolean;
 }
 
 /** The share's path: --source, or what smbd's configuration says. */
@@ -42,7 +48,7 @@ function progressLine(json: boolean, text: string): void {
 export async function verifyCommand(config: VfsxConfig, share: string, o: DrCommandOptions): Promise<number> {
   const site = await connect(config);
   try {
-    const diffs = await verifyShare(site, share, shareRoot(share, o.source));
+    const diffs = await verifyShare(site, share, shareRoot(share, o.source), { content: o.content === true || o.deep === true, deep: o.deep === true });
     if (o.json) process.stdout.write(`${JSON.stringify({ share, identical: diffs.length === 0, differences: diffs })}\n`);
     else if (diffs.length === 0) process.stdout.write(`${share}: the DR site is identical to the source\n`);
     else for (const d of diffs) process.stdout.write(`${d.path}: ${d.what}\n`);
@@ -56,15 +62,18 @@ export async function resyncCommand(config: VfsxConfig, share: string, o: DrComm
   const site = await connect(config);
   const root = shareRoot(share, o.source);
   const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+  const trees: Tree[] = [];
   try {
     await site.call('bucket.ensure', { bucket: share });
-    const sync = new SiteSync({ site, bucket: share, root, blockSize: config.replication.blockSize, stats });
+    const tree = Tree.open(root);
+    trees.push(tree);
+    const sync = new SiteSync({ site, bucket: share, tree, blockSize: config.replication.blockSize, stats });
     const timer = setInterval(() => progressLine(o.json, `resync ${share}: ${stats.commits} objects, ${stats.bytesSent} bytes sent`), 250);
     try {
       await sync.syncTree('');
       let deleted = 0;
       for (const obj of await site.call<Array<{ path: string }>>('object.list', { bucket: share })) {
-        if (!(await lstatOrNull(`${root}/${obj.path}`))) deleted += (await site.call<{ ended: number }>('object.delete', { bucket: share, path: obj.path })).ended;
+        if (!sync.tree.stat(obj.path)) deleted += (await site.call<{ ended: number }>('object.delete', { bucket: share, path: obj.path })).ended;
       }
       progressLine(o.json, '');
       const out = { share, objects: stats.commits, blocksSent: stats.blocksSent, bytesSent: stats.bytesSent, deleted };
@@ -74,6 +83,7 @@ export async function resyncCommand(config: VfsxConfig, share: string, o: DrComm
       clearInterval(timer);
     }
   } finally {
+    for (const t of trees) t.close();
     site.close();
   }
 }
@@ -86,17 +96,23 @@ export async function restoreCommand(config: VfsxConfig, share: string, dest: st
   }
   const site = await connect(config);
   try {
-    const p = await restoreShare(site, share, dest, at, (q) => progressLine(o.json, `restore ${share}: ${q.done}/${q.objects} objects, ${q.bytes} bytes`));
+    const p = await restoreShare(site, share, dest, {
+      at, force: o.force === true, onProgress: (q) => progressLine(o.json, `restore ${share}: ${q.done}/${q.objects} objects, ${q.bytes} bytes`),
+    });
     progressLine(o.json, '');
-    const out = { share, dest, at: at ?? null, objects: p.objects, bytes: p.bytes, warnings: p.warnings };
+    const complete = p.refused.length === 0 && p.failed.length === 0;
+    const out = { share, dest, at: at ?? null, objects: p.objects, bytes: p.bytes, complete, refused: p.refused, failed: p.failed, warnings: p.warnings };
     if (o.json) {
       process.stdout.write(`${JSON.stringify(out)}\n`);
     } else {
-      process.stdout.write(`restored ${p.objects} objects (${p.bytes} bytes) of ${share} into ${dest}\n`);
-      for (const w of p.warnings.slice(0, 20)) process.stdout.write(`  warning: ${w}\n`);
-      if (p.warnings.length > 20) process.stdout.write(`  ... and ${p.warnings.length - 20} more warnings\n`);
+      process.stdout.write(`restored ${p.objects - p.refused.length - p.failed.length} of ${p.objects} objects (${p.bytes} bytes) of ${share} into ${dest}\n`);
+      for (const [what, list] of [['refused', p.refused], ['FAILED', p.failed], ['warning', p.warnings]] as const) {
+        for (const w of list.slice(0, 20)) process.stdout.write(`  ${what}: ${w}\n`);
+        if (list.length > 20) process.stdout.write(`  ... and ${list.length - 20} more (${what})\n`);
+      }
     }
-    return 0;
+    // Refused or damaged objects make the restore incomplete: the operator must see a failure.
+    return complete ? 0 : 1;
   } finally {
     site.close();
   }

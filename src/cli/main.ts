@@ -27,17 +27,24 @@ Usage:
   vfsx dr-site [--config FILE]
       Run a RestFS disaster-recovery site: JSON-RPC 2.0 over WebSocket on
       drSite.host:drSite.port (wss with drSite.tlsCert/tlsKey), blocks and
-      metadata under drSite.dataDir. drSite.token is required.
+      metadata under drSite.dataDir. drSite.token (admin) is required;
+      drSite.tokens adds tokens limited to buckets, read or write.
   vfsx resync SHARE [--config FILE] [--source DIR] [--json]
       Make the DR site match the share: push what it lacks (blocks it has
       are not sent again), delete what the source no longer has.
-  vfsx verify SHARE [--config FILE] [--source DIR] [--json]
-      Compare the share with the DR site (type, size, mode, mtime, content);
-      list every difference. Exit 0 only when identical.
-  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--json]
-      Rebuild the share from the DR site into DEST (latest, or as it was at
-      TIME: ISO 8601 or ms since the epoch), with contents, modes and mtimes.
+  vfsx verify SHARE [--config FILE] [--source DIR] [--content|--deep] [--json]
+      Compare the share with the DR site (type, size, mode, mtime, xattrs,
+      symlink targets); list every difference. Exit 0 only when identical.
+      --content also compares every source block's sha256 with the site's
+      block ids (nothing is downloaded); --deep also downloads every block
+      of every head at the site and checks its bytes against its id.
       The share's path comes from --source or from smbd's configuration.
+  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--json]
+      Rebuild the share from the DR site into DEST (latest, or as it was at
+      TIME: ISO 8601 or ms since the epoch), with contents, owners, modes,
+      mtimes and xattrs. Nothing is written outside DEST and no symlink is
+      followed; every block is checked against its id. DEST must be empty
+      unless --force. Exit 1 when any object was refused or failed.
   vfsx status [--config FILE] [--json] [--watch]
       Per share: backlog (records, files, dirty bytes), RPO age (oldest
       change not yet at the DR site), throughput over the last minute,
@@ -92,7 +99,7 @@ async function drSite(configFile: string | undefined): Promise<number> {
   if (Boolean(d.tlsCert) !== Boolean(d.tlsKey)) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.tlsCert and drSite.tlsKey go together');
   const logger = createLogger(config.log.level).child({ c: 'dr-site' });
   const site = await DrSiteServer.create({
-    host: d.host, port: d.port, token: d.token, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
+    host: d.host, port: d.port, token: d.token, tokens: d.tokens, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
     retentionMs: d.retentionMs, gcIntervalMs: d.gcIntervalMs, orphanGraceMs: d.orphanGraceMs,
     tls: d.tlsCert && d.tlsKey ? { cert: d.tlsCert, key: d.tlsKey } : undefined,
   });
@@ -122,6 +129,9 @@ export async function main(argv: string[]): Promise<number> {
       all: { type: 'boolean', default: false },
       source: { type: 'string' },
       at: { type: 'string' },
+      content: { type: 'boolean', default: false },
+      deep: { type: 'boolean', default: false },
+      force: { type: 'boolean', default: false },
       watch: { type: 'boolean', short: 'w', default: false },
       recent: { type: 'boolean', default: false },
       'modules-dir': { type: 'string' },
@@ -148,7 +158,10 @@ export async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const cfg = loadConfig(values.config);
-      const o = { json: values.json === true, source: values.source, at: values.at };
+      const o = {
+        json: values.json === true, source: values.source, at: values.at,
+        content: values.content === true, deep: values.deep === true, force: values.force === true,
+      };
       if (command === 'resync') return resyncCommand(cfg, share, o);
       if (command === 'verify') return verifyCommand(cfg, share, o);
       return restoreCommand(cfg, share, dest as string, o);

@@ -108,7 +108,22 @@ export const configSchema = {
       properties: {
         host: { type: 'string', default: '127.0.0.1' },
         port: { type: 'integer', minimum: 0, maximum: 65535, default: 7480 },
-        token: { type: 'string', minLength: 16, description: 'clients send it as Authorization: Bearer <token>' },
+        token: { type: 'string', minLength: 16, description: 'the admin token: clients send it as Authorization: Bearer <token>' },
+        tokens: {
+          type: 'array',
+          default: [],
+          description: 'tokens limited to some buckets: read (restore, verify) or write (a replicating server)',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['token', 'buckets', 'access'],
+            properties: {
+              token: { type: 'string', minLength: 16 },
+              buckets: { type: 'array', minItems: 1, items: { type: 'string', pattern: '^[A-Za-z0-9._-]{1,64}$' } },
+              access: { enum: ['read', 'write'] },
+            },
+          },
+        },
         dataDir: { type: 'string', minLength: 1, default: '/var/lib/vfsx-dr' },
         maxFrameBytes: { type: 'integer', minimum: 8388608, default: 67108864 },
         tlsCert: { type: 'string' },
@@ -220,6 +235,7 @@ export interface VfsxConfig {
     host: string;
     port: number;
     token?: string;
+    tokens: Array<{ token: string; buckets: string[]; access: 'read' | 'write' }>;
     dataDir: string;
     maxFrameBytes: number;
     tlsCert?: string;

@@ -48,6 +48,16 @@ export class DrSiteMethods {
     }, blocks);
   }
 
+  /** Blocks asked for by object (bucket, path, at) must be blocks of that object. */
+  private checkBlocksOf(p: Params, hashes: string[]): void {
+    const bucket = this.bucket(p);
+    const path = checkObjectPath(p.path);
+    const v = p.at === undefined ? this.meta.head(bucket, path) : this.meta.at(bucket, path, p.at as number);
+    const has = new Set(v && v.kind === 'file' ? this.meta.blocksOf(v) : []);
+    const foreign = hashes.filter((h) => !has.has(h));
+    if (foreign.length > 0) throw new VfsxError('VFSX_ERR_DR_FORBIDDEN', `${foreign.length} of the blocks asked for are not blocks of ${bucket}/${path}`);
+  }
+
   async call(method: string, p: Params, binary: BinaryPart[]): Promise<MethodResult> {
     switch (method) {
       case 'bucket.ensure':
@@ -64,6 +74,7 @@ export class DrSiteMethods {
         return { result: { stored: binary.length } };
       case 'blocks.get': {
         const hashes = p.hashes as string[];
+        if (p.path !== undefined) this.checkBlocksOf(p, hashes);
         const missing = this.meta.missingBlocks(hashes);
         if (missing.length > 0) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
         const parts = await Promise.all(hashes.map(async (hash) => ({ hash, data: await this.blocks.get(hash) })));

@@ -6,7 +6,6 @@
  * the JSON-RPC request, then the blocks' bytes back to back. Hostile input
  * gets a JSON-RPC error; nothing a client sends can stop the site.
  */
-import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { createServer as createHttp, IncomingMessage, Server } from 'node:http';
@@ -16,6 +15,7 @@ import Ajv, { ValidateFunction } from 'ajv';
 import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { VfsxError } from '../errors/vfsx-error';
+import { authorize, Rights, rightsOf, ScopedToken } from './access';
 import { BlockStore } from './block-store';
 import { BinaryPart, DrSiteMethods } from './dr-site-methods';
 import { MetaStore } from './meta-store';
@@ -24,7 +24,10 @@ import { RPC_ERRORS, RPC_PARAMS } from './rpc-schema';
 export interface DrSiteServerOptions {
   host: string;
   port: number;
+  /** The admin token: every method on every bucket. */
   token: string;
+  /** Tokens limited to some buckets, read-only or read-write (src/dr-site/access.ts). */
+  tokens?: ScopedToken[];
   dataDir: string;
   maxFrameBytes: number;
   tls?: { cert: string; key: string };
@@ -43,6 +46,8 @@ const CODE_OF: Partial<Record<string, number>> = {
   VFSX_ERR_DR_INVALID_PATH: RPC_ERRORS.INVALID_PATH,
   VFSX_ERR_DR_NOT_FOUND: RPC_ERRORS.NOT_FOUND,
   VFSX_ERR_DR_HASH_MISMATCH: RPC_ERRORS.HASH_MISMATCH,
+  VFSX_ERR_DR_NOT_A_DIRECTORY: RPC_ERRORS.NOT_A_DIRECTORY,
+  VFSX_ERR_DR_FORBIDDEN: RPC_ERRORS.FORBIDDEN,
 };
 
 export class DrSiteServer {
@@ -50,6 +55,7 @@ export class DrSiteServer {
   private readonly opts: DrSiteServerOptions;
   private readonly log: Logger;
   private readonly validators = new Map<string, ValidateFunction>();
+  private readonly rights = new WeakMap<IncomingMessage, Rights>();
   private http: Server | null = null;
   private wss: WebSocketServer | null = null;
   private gcTimer: NodeJS.Timeout | null = null;
@@ -83,7 +89,7 @@ export class DrSiteServer {
       verifyClient: (info: { req: IncomingMessage }, cb: (ok: boolean, code?: number, msg?: string) => void) =>
         this.authorized(info.req) ? cb(true) : cb(false, 401, 'Unauthorized'),
     });
-    this.wss.on('connection', (ws) => this.accept(ws));
+    this.wss.on('connection', (ws, req) => this.accept(ws, this.rights.get(req) as Rights));
     // ws re-emits the HTTP server's errors (EADDRINUSE at listen): the listen promise reports them.
     this.wss.on('error', (err) => this.log.debug({ err }, 'websocket server error'));
     await new Promise<void>((resolve, reject) => {
@@ -97,17 +103,19 @@ export class DrSiteServer {
   }
 
   private authorized(req: IncomingMessage): boolean {
-    const got = Buffer.from(String(req.headers.authorization ?? ''));
-    const want = Buffer.from(`Bearer ${this.opts.token}`);
-    const ok = got.length === want.length && timingSafeEqual(got, want);
-    if (!ok) this.log.warn({ remote: req.socket.remoteAddress }, 'refused client: bad token');
-    return ok;
+    const r = rightsOf(String(req.headers.authorization ?? ''), this.opts.token, this.opts.tokens ?? []);
+    if (!r) {
+      this.log.warn({ remote: req.socket.remoteAddress }, 'refused client: bad token');
+      return false;
+    }
+    this.rights.set(req, r);
+    return true;
   }
 
-  private accept(ws: WebSocket): void {
+  private accept(ws: WebSocket, rights: Rights): void {
     ws.on('error', (err) => this.log.debug({ err }, 'client connection error'));
     ws.on('message', (data: Buffer, isBinary: boolean) => {
-      this.onMessage(data, isBinary).then(
+      this.onMessage(data, isBinary, rights).then(
         (out) => {
           if (out !== null && ws.readyState === WebSocket.OPEN) ws.send(out);
         },
@@ -116,8 +124,8 @@ export class DrSiteServer {
     });
   }
 
-  private async onMessage(data: Buffer, isBinary: boolean): Promise<string | Buffer | null> {
-    if (isBinary) return this.onBinary(data);
+  private async onMessage(data: Buffer, isBinary: boolean, rights: Rights): Promise<string | Buffer | null> {
+    if (isBinary) return this.onBinary(data, rights);
     let msg: unknown;
     try {
       msg = JSON.parse(data.toString('utf8'));
@@ -126,16 +134,16 @@ export class DrSiteServer {
     }
     if (Array.isArray(msg)) {
       if (msg.length === 0) return JSON.stringify(this.error(null, RPC_ERRORS.INVALID_REQUEST, 'empty batch'));
-      const replies = (await Promise.all(msg.map((m) => this.handle(m, []))))
+      const replies = (await Promise.all(msg.map((m) => this.handle(m, [], rights))))
         .filter((r): r is Reply & { binary?: BinaryPart[] } => r !== null)
         .map((r) => (r.binary ? this.error(r.id, RPC_ERRORS.INVALID_REQUEST, 'blocks.get cannot be batched') : r));
       return replies.length > 0 ? JSON.stringify(replies) : null;
     }
-    const r = await this.handle(msg, []);
+    const r = await this.handle(msg, [], rights);
     return r ? this.encodeReply(r) : null;
   }
 
-  private async onBinary(data: Buffer): Promise<string | Buffer | null> {
+  private async onBinary(data: Buffer, rights: Rights): Promise<string | Buffer | null> {
     if (data.length < 4 || data.readUInt32BE(0) > data.length - 4) {
       return JSON.stringify(this.error(null, RPC_ERRORS.INVALID_REQUEST, 'binary frame without a whole header'));
     }
@@ -160,7 +168,7 @@ export class DrSiteServer {
     if (off !== data.length) {
       return JSON.stringify(this.error((req.id as Id) ?? null, RPC_ERRORS.INVALID_PARAMS, 'trailing bytes after the blocks'));
     }
-    const r = await this.handle(req, parts);
+    const r = await this.handle(req, parts, rights);
     return r ? this.encodeReply(r) : null;
   }
 
@@ -178,7 +186,7 @@ export class DrSiteServer {
     return { jsonrpc: '2.0', id, error: data === undefined ? { code, message } : { code, message, data } };
   }
 
-  private async handle(m: unknown, binary: BinaryPart[]): Promise<(Reply & { binary?: BinaryPart[] }) | null> {
+  private async handle(m: unknown, binary: BinaryPart[], rights: Rights): Promise<(Reply & { binary?: BinaryPart[] }) | null> {
     const req = m as { jsonrpc?: unknown; id?: unknown; method?: unknown; params?: unknown };
     const idOk = req && (req.id === undefined || req.id === null || typeof req.id === 'string' || typeof req.id === 'number');
     const id = (idOk && req.id !== undefined ? req.id : null) as Id;
@@ -197,6 +205,7 @@ export class DrSiteServer {
       }
     }
     try {
+      authorize(rights, req.method, params as Record<string, unknown>);
       const out = await this.methods.call(req.method, params as Record<string, unknown>, binary);
       return notification ? null : { jsonrpc: '2.0', id, result: out.result, ...(out.binary ? { binary: out.binary } : {}) };
     } catch (err) {

@@ -183,6 +183,9 @@ export class MetaStore {
    */
   commit(bucket: string, path: string, nv: NewVersion, blocks: string[] = []): ObjectVersion {
     return this.db.transaction(() => {
+      this.checkAncestors(bucket, path);
+      // Nothing lives below a file or symlink: a directory replaced by one ends its subtree.
+      if (nv.kind !== 'dir') this.deleteBelow(bucket, path);
       const missing = this.missingBlocks(blocks);
       if (missing.length > 0) {
         throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
@@ -205,6 +208,30 @@ export class MetaStore {
     })();
   }
 
+  /**
+   * Refuses a path below an object that is not a directory: a restore
+   * would otherwise have to create it beneath a symlink or a file.
+   * (An ancestor the bucket does not have at all is allowed: a restore
+   * makes it.)
+   */
+  private checkAncestors(bucket: string, path: string): void {
+    const q = this.db.prepare('SELECT v.kind FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path = ?');
+    const parts = path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const anc = parts.slice(0, i).join('/');
+      const r = q.get(bucket, anc) as { kind: string } | undefined;
+      if (r && r.kind !== 'dir') {
+        throw new VfsxError('VFSX_ERR_DR_NOT_A_DIRECTORY', `${anc} is a ${r.kind}: nothing can be placed below it (${path})`);
+      }
+    }
+  }
+
+  private deleteBelow(bucket: string, path: string): void {
+    const [lo, hi] = subtreeBounds(path);
+    const rows = this.db.prepare('SELECT path FROM heads WHERE bucket = ? AND path >= ? AND path < ?').all(bucket, lo, hi) as Array<{ path: string }>;
+    for (const { path: p } of rows) this.tombstone(bucket, p);
+  }
+
   /** Tombstones path and everything below it. Returns how many objects ended. */
   delete(bucket: string, path: string): number {
     return this.db.transaction(() => {
@@ -224,6 +251,9 @@ export class MetaStore {
   move(bucket: string, from: string, to: string): number {
     return this.db.transaction(() => {
       const [lo, hi] = subtreeBounds(from);
+      if (to.startsWith(lo)) throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `cannot move ${from} into itself (${to})`);
+      if (from === to) return 0;
+      this.checkAncestors(bucket, to);
       const rows = (this.db.prepare(
         `SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
          WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`,

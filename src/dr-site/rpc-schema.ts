@@ -35,7 +35,8 @@ export const RPC_PARAMS: Record<string, object> = {
   'bucket.ensure': obj({ bucket }, ['bucket']),
   'blocks.missing': obj({ hashes: { type: 'array', items: hash, maxItems: 100000 } }, ['hashes']),
   'blocks.put': obj({ blocks: { type: 'array', maxItems: 4096, items: obj({ hash, size: { type: 'integer', minimum: 0 } }, ['hash', 'size']) } }, ['blocks']),
-  'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 } }, ['hashes']),
+  /** With bucket and path (and at), only blocks of that object are served: what a scoped token must send. */
+  'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 }, bucket, path, at }, ['hashes']),
   'object.commit': obj({ bucket, ...commitProps }, ['bucket', 'path', 'kind', 'meta']),
   /** Several commits in one transaction (one fsync): what a resync of many small files sends. */
   'object.commitMany': obj({
@@ -61,4 +62,8 @@ export const RPC_ERRORS = {
   NOT_FOUND: -32003,
   HASH_MISMATCH: -32004,
   NO_BUCKET: -32005,
+  /** The object would be below something the bucket has as a file or symlink. */
+  NOT_A_DIRECTORY: -32006,
+  /** The client's token does not allow this method on this bucket. */
+  FORBIDDEN: -32007,
 } as const;

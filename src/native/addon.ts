@@ -1,5 +1,6 @@
 /**
- * Typed access to the native addon (native/addon): SO_PEERCRED and flock.
+ * Typed access to the native addon (native/addon): SO_PEERCRED, flock, and
+ * file-tree calls beneath a directory that never follow a symlink.
  */
 import { join } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
@@ -10,7 +11,40 @@ export interface PeerCred {
   gid: number;
 }
 
-interface AddonExports {
+/** What statAt reports of one entry (never following a symlink). */
+export interface TreeEntry {
+  kind: 'file' | 'dir' | 'symlink' | 'other';
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  ino: string;
+  dev: string;
+  mtimeNs: string;
+  ctimeNs: string;
+  /** A symlink's target, as bytes. */
+  target?: Buffer;
+  /** Every extended attribute (when asked for; files and directories only). */
+  xattrs?: Record<string, Buffer>;
+}
+
+export interface TreeOps {
+  useWalk(on: boolean): void;
+  openRoot(path: string): number;
+  openAt(root: number, rel: string, flags: number, mode: number): number;
+  statAt(root: number, rel: string, xattrs: boolean): TreeEntry | null;
+  readdirAt(root: number, rel: string): string[] | null;
+  mkdirAt(root: number, rel: string, mode: number): boolean;
+  symlinkAt(root: number, rel: string, target: string): void;
+  unlinkAt(root: number, rel: string, dir: boolean): void;
+  renameAt(root: number, from: string, to: string): void;
+  chownAt(root: number, rel: string, uid: number, gid: number): void;
+  utimesAt(root: number, rel: string, mtimeNs: string): void;
+  chmodAt(root: number, rel: string, mode: number): void;
+  setXattrAt(root: number, rel: string, name: string, value: Buffer): void;
+}
+
+interface AddonExports extends TreeOps {
   peerCred(fd: number): PeerCred;
   tryLock(fd: number): boolean;
 }
@@ -39,6 +73,11 @@ function checkFd(fd: number): void {
   if (!Number.isInteger(fd) || fd < 0) throw new TypeError(`not a file descriptor: ${fd}`);
 }
 
+/** The addon's file-tree calls; use them through Tree (src/native/tree.ts). */
+export function treeOps(): TreeOps {
+  return addon();
+}
+
 /** Credentials of the process at the other end of a Unix socket. */
 export function peerCred(fd: number): PeerCred {
   checkFd(fd);
@@ -49,4 +88,12 @@ export function peerCred(fd: number): PeerCred {
 export function tryLock(fd: number): boolean {
   checkFd(fd);
   return addon().tryLock(fd);
+}
+
+/**
+ * Resolve beneath a tree by walking one component at a time with O_NOFOLLOW
+ * even where openat2 exists: the path kernels before 5.6 take. For tests.
+ */
+export function useWalkFallback(on: boolean): void {
+  addon().useWalk(on);
 }

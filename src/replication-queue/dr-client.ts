@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import WebSocket from 'ws';
+import { VfsxError } from '../errors/vfsx-error';
 
 export interface DrClientOptions {
   url: string;
@@ -57,25 +58,30 @@ export class DrClient {
     });
   }
 
+  /**
+   * Nothing a site sends may throw out of here: a frame that cannot be
+   * parsed ends the connection (every pending request fails with the
+   * reason), it never takes the process down.
+   */
   private onMessage(data: Buffer, isBinary: boolean): void {
-    let msg: { id?: number; result?: unknown; error?: { code: number; message: string; data?: unknown } };
-    const binary: Buffer[] = [];
-    if (isBinary) {
-      const hlen = data.readUInt32BE(0);
-      msg = JSON.parse(data.subarray(4, 4 + hlen).toString('utf8'));
-      let off = 4 + hlen;
-      for (const b of (msg.result as { blocks: Array<{ size: number }> }).blocks) {
-        binary.push(data.subarray(off, off + b.size));
-        off += b.size;
-      }
-    } else {
-      msg = JSON.parse(data.toString('utf8'));
+    let reply: { id: number; result?: unknown; error?: { code: number; message: string; data?: unknown }; binary: Buffer[] } | null;
+    try {
+      reply = parseReply(data, isBinary);
+    } catch (err) {
+      this.fail(new VfsxError('VFSX_ERR_DR_BAD_REPLY', `DR site sent a malformed frame: ${(err as Error).message}`));
+      return;
     }
-    const p = typeof msg.id === 'number' ? this.pending.get(msg.id) : undefined;
-    if (!p) return;
-    this.pending.delete(msg.id as number);
-    if (msg.error) p.reject(new DrRpcError(msg.error.code, msg.error.message, msg.error.data));
-    else p.resolve({ result: msg.result, binary });
+    const p = reply ? this.pending.get(reply.id) : undefined;
+    if (!reply || !p) return;
+    this.pending.delete(reply.id);
+    if (reply.error) p.reject(new DrRpcError(reply.error.code, reply.error.message, reply.error.data));
+    else p.resolve({ result: reply.result, binary: reply.binary });
+  }
+
+  private fail(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    this.ws.terminate();
   }
 
   private send(method: string, params: unknown, blocks?: Buffer[]): Promise<{ result: unknown; binary: Buffer[] }> {
@@ -124,8 +130,21 @@ export class DrClient {
     return (r.result as { stored: number }).stored;
   }
 
-  async getBlocks(hashes: string[]): Promise<Buffer[]> {
-    return (await this.send('blocks.get', { hashes })).binary;
+  /**
+   * Fetches blocks and checks each against its id (sha256 of its bytes):
+   * a block altered at the site (bit rot, a disk fault, an attacker) is
+   * never handed on. `where` (bucket and path) lets a scoped token read.
+   */
+  async getBlocks(hashes: string[], where?: { bucket: string; path: string; at?: number }): Promise<Buffer[]> {
+    const got = (await this.send('blocks.get', where ? { hashes, ...where } : { hashes })).binary;
+    if (got.length !== hashes.length) {
+      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `DR site answered ${got.length} blocks for ${hashes.length} asked`);
+    }
+    got.forEach((b, i) => {
+      const h = blockHash(b);
+      if (h !== hashes[i]) throw new VfsxError('VFSX_ERR_DR_BAD_BLOCK', `block ${hashes[i]} from the DR site is damaged (its bytes hash to ${h})`);
+    });
+    return got;
   }
 
   onClose(fn: () => void): void {
@@ -135,4 +154,34 @@ export class DrClient {
   close(): void {
     this.ws.close();
   }
+}
+
+type Reply = { id: number; result?: unknown; error?: { code: number; message: string; data?: unknown }; binary: Buffer[] };
+
+/** Parses one frame from the site; throws on anything malformed; null for a frame without a numeric id. */
+function parseReply(data: Buffer, isBinary: boolean): Reply | null {
+  const binary: Buffer[] = [];
+  let msg: unknown;
+  if (isBinary) {
+    if (data.length < 4) throw new Error('binary frame shorter than its header');
+    const hlen = data.readUInt32BE(0);
+    if (hlen > data.length - 4) throw new Error('binary frame header longer than the frame');
+    msg = JSON.parse(data.subarray(4, 4 + hlen).toString('utf8'));
+    const blocks = (msg as { result?: { blocks?: unknown } } | null)?.result?.blocks;
+    if (!Array.isArray(blocks)) throw new Error('binary frame without a block list');
+    let off = 4 + hlen;
+    for (const b of blocks) {
+      const size = (b as { size?: unknown } | null)?.size;
+      if (!Number.isSafeInteger(size) || (size as number) < 0 || off + (size as number) > data.length) throw new Error('block sizes do not match the frame');
+      binary.push(data.subarray(off, off + (size as number)));
+      off += size as number;
+    }
+  } else {
+    msg = JSON.parse(data.toString('utf8'));
+  }
+  if (typeof msg !== 'object' || msg === null) throw new Error('not a JSON object');
+  const m = msg as Reply;
+  if (typeof m.id !== 'number') return null;
+  if (m.error !== undefined && (typeof m.error !== 'object' || m.error === null || typeof m.error.code !== 'number')) throw new Error('malformed error object');
+  return { id: m.id, result: m.result, error: m.error === undefined ? undefined : { code: m.error.code, message: String(m.error.message), data: m.error.data }, binary };
 }

@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
+import { Tree } from '../native/tree';
 import { DrClient } from './dr-client';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
@@ -37,6 +38,8 @@ export class Replicator {
   private client: DrClient | null = null;
   private connecting: Promise<DrClient> | null = null;
   private readonly buckets = new Set<string>();
+  /** Each share's source tree, opened once by its root (the path smbd reports for the share). */
+  private readonly trees = new Map<string, Tree>();
   private readonly locks = new PathLocks();
   /** Per share+path: when the last sync of it started (any / one that read every block). */
   private readonly synced = new Map<string, number>();
@@ -157,6 +160,8 @@ export class Replicator {
     await this.worker?.close().catch(() => undefined);
     await this.events.close();
     this.client?.close();
+    for (const t of this.trees.values()) t.close();
+    this.trees.clear();
     await this.conn.quit().catch(() => this.conn.disconnect());
   }
 
@@ -227,7 +232,7 @@ export class Replicator {
       await site.call('bucket.ensure', { bucket: rec.share });
       this.buckets.add(rec.share);
     }
-    const sync = new SiteSync({ site, bucket: rec.share, root: rec.origpath, blockSize: this.opts.replication.blockSize, stats: this.stats });
+    const sync = new SiteSync({ site, bucket: rec.share, tree: this.tree(rec.origpath), blockSize: this.opts.replication.blockSize, stats: this.stats });
     if (rec.op === 'rename' && rec.names.to !== undefined && rec.names.stream === undefined) {
       await sync.rename(rec.names.path, rec.names.to);
       return;
@@ -243,6 +248,15 @@ export class Replicator {
     const whole = await sync.syncPath(rec.names.path, ranges);
     this.remember(key, started, whole);
     if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
+  }
+
+  private tree(root: string): Tree {
+    let t = this.trees.get(root);
+    if (!t) {
+      t = Tree.open(root);
+      this.trees.set(root, t);
+    }
+    return t;
   }
 
   /**

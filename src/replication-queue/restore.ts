@@ -1,17 +1,30 @@
 /**
  * Rebuilds a share from its DR site bucket (as it is, or as it was at a
- * time) into a directory: contents, modes and modification times. Files are
- * written to a temp name and renamed; nothing is written outside `dest`.
+ * time) into a directory: contents, owners, modes, times and xattrs.
+ *
+ * The site is not trusted. Everything is created beneath `dest` through
+ * descriptors (src/native/tree.ts) and no symlink is ever followed; a
+ * listed object below a site symlink or file, or a path that is not a
+ * plain relative path, is refused and reported. Symlinks are created last,
+ * once nothing more is written below them. Every block is checked against
+ * its id before it is written; a file with a damaged or missing block is
+ * not restored (its temp file is removed) and is reported as failed.
  */
-import { chmod, lchown, lutimes, mkdir, open, rename, symlink, utimes } from 'node:fs/promises';
-import { dirname, resolve, sep } from 'node:path';
+import { promisify } from 'node:util';
+import { close, fsync, readdirSync, write } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
-import { DrClient } from './dr-client';
-import { setXattrs } from './source-tree';
+import { Tree } from '../native/tree';
+import { DrClient, DrRpcError } from './dr-client';
+
+const writeAsync = promisify(write);
+const fsyncAsync = promisify(fsync);
+const closeAsync = promisify(close);
 
 interface SiteObject {
   path: string;
-  kind: 'file' | 'dir' | 'symlink';
+  kind: string;
   size: number;
   target: string | null;
   meta: { mode?: number; uid?: number; gid?: number; mtimeNs?: string; xattrs?: Record<string, string> };
@@ -23,73 +36,242 @@ export interface RestoreProgress {
   bytes: number;
   /** Metadata that could not be applied (owner without privilege, an xattr the destination refuses): path: what. */
   warnings: string[];
+  /** Objects not restored because restoring them would leave DEST or follow a link: path: why. */
+  refused: string[];
+  /** Files not restored because what the site sent is damaged or incomplete: path: why. */
+  failed: string[];
 }
 
-const secs = (ns?: string) => (ns ? Number(BigInt(ns) / 1000n) / 1e6 : Date.now() / 1000);
+export interface RestoreOptions {
+  /** Restore the bucket as it was at this time (ms since the epoch). */
+  at?: number;
+  /** Restore into a DEST that is not empty (what is there with the same names is replaced). */
+  force?: boolean;
+  onProgress?: (p: RestoreProgress) => void;
+}
 
-export async function restoreShare(
-  site: DrClient,
-  bucket: string,
-  dest: string,
-  at: number | undefined,
-  onProgress: (p: RestoreProgress) => void = () => undefined,
-): Promise<RestoreProgress> {
+const BLOCKS_PER_GET = 64;
+
+const validRel = (p: unknown): p is string =>
+  typeof p === 'string' && p.length > 0 && !p.includes('\u0000') && p.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
+
+const parentOf = (rel: string) => (rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '');
+
+const validNs = (ns: unknown): ns is string => typeof ns === 'string' && /^-?\d{1,19}$/.test(ns);
+
+export async function restoreShare(site: DrClient, bucket: string, dest: string, o: RestoreOptions = {}): Promise<RestoreProgress> {
   const root = resolve(dest);
-  const inside = (rel: string) => {
-    const p = resolve(root, rel);
-    if (!p.startsWith(root + sep)) throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `refusing to restore outside ${root}: ${rel}`);
-    return p;
-  };
   await mkdir(root, { recursive: true });
-  const objects = await site.call<SiteObject[]>('object.list', at === undefined ? { bucket } : { bucket, at });
-  const progress: RestoreProgress = { objects: objects.length, done: 0, bytes: 0, warnings: [] };
-  const asRoot = process.getuid?.() === 0;
-  /** Owner and xattrs; mode and times are set by the caller after (chown clears set-id bits). */
-  const owner = async (p: string, o: SiteObject) => {
-    if (asRoot && o.meta.uid !== undefined && o.meta.gid !== undefined) {
-      await lchown(p, o.meta.uid, o.meta.gid).catch((err) => progress.warnings.push(`${o.path}: owner: ${(err as Error).message}`));
-    }
-    if (o.kind !== 'symlink') for (const n of await setXattrs(p, o.meta.xattrs)) progress.warnings.push(`${o.path}: xattr ${n} not set`);
-  };
-  const dirs: SiteObject[] = [];
-  for (const o of objects) {
-    const p = inside(o.path);
-    await mkdir(o.kind === 'dir' ? p : dirname(p), { recursive: true });
-    if (o.kind === 'dir') {
-      dirs.push(o);
-    } else if (o.kind === 'symlink') {
-      await symlink(o.target ?? '', p);
-      await owner(p, o);
-      await lutimes(p, secs(o.meta.mtimeNs), secs(o.meta.mtimeNs)).catch(() => undefined);
-    } else {
-      const st = await site.call<{ blocks: string[] }>('object.stat', at === undefined ? { bucket, path: o.path, blocks: true } : { bucket, path: o.path, at, blocks: true });
-      const tmp = `${p}.vfsx-restore`;
-      const fh = await open(tmp, 'w', 0o600);
-      try {
-        for (let i = 0; i < st.blocks.length; i += 64) {
-          for (const b of await site.getBlocks(st.blocks.slice(i, i + 64))) {
-            await fh.write(b);
-            progress.bytes += b.length;
-          }
-        }
-        await fh.sync();
-      } finally {
-        await fh.close();
+  if (!o.force && readdirSync(root).length > 0) {
+    throw new VfsxError('VFSX_ERR_RESTORE_DEST_NOT_EMPTY', `${root} is not empty: restore into an empty directory, or pass --force to replace what is there`);
+  }
+  const listed = await site.call<SiteObject[]>('object.list', o.at === undefined ? { bucket } : { bucket, at: o.at });
+  if (!Array.isArray(listed)) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list did not answer a list');
+  const tree = Tree.open(root);
+  try {
+    return await new Restore(site, bucket, tree, o).run(listed);
+  } finally {
+    tree.close();
+  }
+}
+
+class Restore {
+  private readonly progress: RestoreProgress = { objects: 0, done: 0, bytes: 0, warnings: [], refused: [], failed: [] };
+  private readonly asRoot = process.getuid?.() === 0;
+  private tmpSeq = 0;
+
+  constructor(
+    private readonly site: DrClient,
+    private readonly bucket: string,
+    private readonly tree: Tree,
+    private readonly o: RestoreOptions,
+  ) {}
+
+  async run(listed: SiteObject[]): Promise<RestoreProgress> {
+    const objects = this.admit(listed);
+    this.progress.objects = listed.length;
+    const dirs: SiteObject[] = [];
+    const links: SiteObject[] = [];
+    for (const obj of objects) {
+      if (obj.kind === 'symlink') {
+        links.push(obj);
+        continue;
       }
-      await rename(tmp, p);
-      await owner(p, o);
-      if (o.meta.mode !== undefined) await chmod(p, o.meta.mode);
-      await utimes(p, secs(o.meta.mtimeNs), secs(o.meta.mtimeNs));
+      await this.attempt(obj, async () => {
+        this.mkdirs(parentOf(obj.path));
+        if (obj.kind === 'dir') {
+          this.tree.mkdir(obj.path, 0o700);
+          dirs.push(obj);
+        } else {
+          await this.file(obj);
+        }
+      });
     }
-    progress.done++;
-    onProgress(progress);
+    // Symlinks last: nothing is written below one, so none is ever traversed.
+    for (const obj of links) await this.attempt(obj, async () => this.symlink(obj));
+    // Directories' metadata last, deepest first: filling them changed their times.
+    for (const d of dirs.reverse()) {
+      await this.attempt(d, async () => {
+        this.owner(d);
+        this.xattrs(d);
+        this.mode(d);
+        this.times(d);
+      }, false);
+    }
+    return this.progress;
   }
-  // Directories last, deepest first: filling them changed their times.
-  for (const d of dirs.reverse()) {
-    const p = inside(d.path);
-    await owner(p, d);
-    if (d.meta.mode !== undefined) await chmod(p, d.meta.mode);
-    await utimes(p, secs(d.meta.mtimeNs), secs(d.meta.mtimeNs));
+
+  /** Keeps the objects that may be restored; refuses the rest with the reason. */
+  private admit(listed: SiteObject[]): SiteObject[] {
+    const nonDirs = new Set<string>();
+    const seen = new Set<string>();
+    const ok: SiteObject[] = [];
+    for (const obj of listed) {
+      const path = (obj as { path?: unknown } | null)?.path;
+      if (!validRel(path)) {
+        this.progress.refused.push(`${JSON.stringify(path)}: not a relative path inside the share`);
+        continue;
+      }
+      if (!['file', 'dir', 'symlink'].includes(obj.kind) || typeof obj.meta !== 'object' || obj.meta === null) {
+        this.progress.refused.push(`${path}: malformed object at the DR site`);
+        continue;
+      }
+      if (seen.has(path)) {
+        this.progress.refused.push(`${path}: listed twice by the DR site`);
+        continue;
+      }
+      seen.add(path);
+      if (obj.kind !== 'dir') nonDirs.add(path);
+      ok.push(obj);
+    }
+    ok.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return ok.filter((obj) => {
+      const parts = obj.path.split('/');
+      for (let i = 1; i < parts.length; i++) {
+        const anc = parts.slice(0, i).join('/');
+        if (nonDirs.has(anc)) {
+          this.progress.refused.push(`${obj.path}: below ${anc}, which the DR site has as a non-directory`);
+          return false;
+        }
+      }
+      return true;
+    });
   }
-  return progress;
+
+  /** Runs one object's step; a refusal (something in the way) or a bad block is recorded, not thrown. */
+  private async attempt(obj: SiteObject, step: () => Promise<void>, count = true): Promise<void> {
+    try {
+      await step();
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? '';
+      const msg = (err as Error).message;
+      if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'EINVAL' || code === 'EEXIST' || code === 'EISDIR') {
+        this.progress.refused.push(`${obj.path}: ${msg}`);
+      } else if (err instanceof DrRpcError || (err instanceof VfsxError && (err.code === 'VFSX_ERR_DR_BAD_BLOCK' || err.code === 'VFSX_ERR_DR_BAD_REPLY'))) {
+        // Damaged, missing or refused by the site: this file is not restored; the rest goes on.
+        this.progress.failed.push(`${obj.path}: ${msg}`);
+      } else {
+        throw err;
+      }
+    }
+    if (count) {
+      this.progress.done++;
+      this.o.onProgress?.(this.progress);
+    }
+  }
+
+  /** Directories the listing lacks are made too (0755; a listed one gets its own mode later). */
+  private mkdirs(rel: string): void {
+    if (rel === '') return;
+    const parts = rel.split('/');
+    for (let i = 1; i <= parts.length; i++) this.tree.mkdir(parts.slice(0, i).join('/'), 0o755);
+  }
+
+  private tmpName(rel: string): string {
+    const dir = parentOf(rel);
+    const name = `.vfsx-restore.${process.pid}.${this.tmpSeq++}`;
+    return dir ? `${dir}/${name}` : name;
+  }
+
+  /** Writes a file to a temp name beneath its directory, checks every block, applies metadata, renames. */
+  private async file(obj: SiteObject): Promise<void> {
+    const where = this.o.at === undefined ? { bucket: this.bucket, path: obj.path } : { bucket: this.bucket, path: obj.path, at: this.o.at };
+    const st = await this.site.call<{ size?: unknown; blocks?: unknown } | null>('object.stat', { ...where, blocks: true });
+    const blocks = st?.blocks;
+    if (!st || !Array.isArray(blocks) || !blocks.every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h)) || st.size !== obj.size) {
+      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the DR site does not describe this file consistently');
+    }
+    const tmp = this.tmpName(obj.path);
+    const fd = this.tree.createExclusive(tmp, 0o600);
+    let closed = false;
+    try {
+      let pos = 0;
+      for (let i = 0; i < blocks.length; i += BLOCKS_PER_GET) {
+        for (const b of await this.site.getBlocks(blocks.slice(i, i + BLOCKS_PER_GET) as string[], where)) {
+          await writeAsync(fd, b, 0, b.length, pos);
+          pos += b.length;
+        }
+      }
+      if (pos !== obj.size) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `the DR site's blocks make ${pos} bytes, the file has ${obj.size}`);
+      await fsyncAsync(fd);
+      await closeAsync(fd);
+      closed = true;
+      this.progress.bytes += pos;
+      const tmpObj = { ...obj, path: tmp };
+      this.owner(tmpObj);
+      this.xattrs(tmpObj);
+      this.mode(tmpObj);
+      this.times(tmpObj);
+      this.tree.rename(tmp, obj.path);
+    } catch (err) {
+      if (!closed) await closeAsync(fd).catch(() => undefined);
+      try {
+        this.tree.unlink(tmp);
+      } catch {
+        /* already gone */
+      }
+      throw err;
+    }
+  }
+
+  private symlink(obj: SiteObject): void {
+    if (typeof obj.target !== 'string' || obj.target.length === 0 || obj.target.includes('\u0000')) {
+      throw Object.assign(new Error('malformed symlink target'), { code: 'EINVAL' });
+    }
+    this.mkdirs(parentOf(obj.path));
+    const tmp = this.tmpName(obj.path);
+    this.tree.symlink(tmp, obj.target);
+    this.owner({ ...obj, path: tmp });
+    this.times({ ...obj, path: tmp });
+    this.tree.rename(tmp, obj.path);
+  }
+
+  private owner(obj: SiteObject): void {
+    const { uid, gid } = obj.meta;
+    if (!this.asRoot || !Number.isInteger(uid) || !Number.isInteger(gid)) return;
+    try {
+      this.tree.chown(obj.path, uid as number, gid as number);
+    } catch (err) {
+      this.progress.warnings.push(`${obj.path}: owner: ${(err as Error).message}`);
+    }
+  }
+
+  private xattrs(obj: SiteObject): void {
+    for (const [n, v] of Object.entries(obj.meta.xattrs ?? {})) {
+      try {
+        this.tree.setXattr(obj.path, n, Buffer.from(String(v), 'base64'));
+      } catch {
+        this.progress.warnings.push(`${obj.path}: xattr ${n} not set`);
+      }
+    }
+  }
+
+  private mode(obj: SiteObject): void {
+    const m = obj.meta.mode;
+    if (Number.isInteger(m)) this.tree.chmod(obj.path, (m as number) & 0o7777);
+  }
+
+  private times(obj: SiteObject): void {
+    if (validNs(obj.meta.mtimeNs)) this.tree.utimes(obj.path, obj.meta.mtimeNs);
+  }
 }

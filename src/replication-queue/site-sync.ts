@@ -3,10 +3,9 @@
  * current state. Used per journal record by the Replicator and for a whole
  * share by `vfsx resync`.
  */
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { Tree } from '../native/tree';
 import { DrClient, DrRpcError } from './dr-client';
-import { fullMetaOf, lstatOrNull, metaOf, readBlocks, readTarget } from './source-tree';
+import { metaOfEntry, readBlocks, targetOf } from './source-tree';
 
 interface Head {
   kind: string;
@@ -21,6 +20,8 @@ const MAX_PUT_BYTES = 4 << 20;
 /** Block frames in flight per object. */
 const PUT_WINDOW = 4;
 const NOT_FOUND = -32003;
+/** The site refuses an object below something it has as a file or symlink. */
+const NOT_A_DIRECTORY = -32006;
 const TREE_CONCURRENCY = 16;
 /** Files up to this size are synced in batches during a tree sync: one missing-check, put and commit per batch. */
 const SMALL_FILE = 256 << 10;
@@ -42,7 +43,8 @@ export interface SyncStats {
 export interface SiteSyncOptions {
   site: DrClient;
   bucket: string;
-  root: string;
+  /** The share's source tree: read beneath its root only, never through a symlink. */
+  tree: Tree;
   blockSize: number;
   stats: SyncStats;
 }
@@ -50,7 +52,7 @@ export interface SiteSyncOptions {
 export class SiteSync {
   readonly site: DrClient;
   readonly bucket: string;
-  readonly root: string;
+  readonly tree: Tree;
   readonly blockSize: number;
   private readonly stats: SyncStats;
   /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
@@ -59,14 +61,14 @@ export class SiteSync {
   constructor(o: SiteSyncOptions) {
     this.site = o.site;
     this.bucket = o.bucket;
-    this.root = o.root;
+    this.tree = o.tree;
     this.blockSize = o.blockSize;
     this.stats = o.stats;
   }
 
   async rename(from: string, to: string): Promise<void> {
-    const src = await lstatOrNull(join(this.root, from));
-    const dst = await lstatOrNull(join(this.root, to));
+    const src = this.tree.stat(from);
+    const dst = this.tree.stat(to);
     if (!src && dst) {
       try {
         await this.site.call('object.move', { bucket: this.bucket, from, to });
@@ -80,7 +82,7 @@ export class SiteSync {
     // the rename (their old names were gone), or, retried after a failure,
     // after the site moved the subtree (a delete then missed the moved copy):
     // reconcile the subtree both ways. Files the site already has cost a stat.
-    if (dst?.isDirectory()) await this.syncTree(to, true);
+    if (dst?.kind === 'dir') await this.syncTree(to, true);
   }
 
   /**
@@ -104,7 +106,7 @@ export class SiteSync {
     let gone: string | null = null;
     for (const p of [...sitePaths].sort()) {
       if (p === rel || (gone !== null && p.startsWith(`${gone}/`))) continue;
-      if (await lstatOrNull(join(this.root, p))) continue;
+      if (this.tree.stat(p)) continue;
       await this.site.call('object.delete', { bucket: this.bucket, path: p });
       gone = p;
     }
@@ -129,35 +131,27 @@ export class SiteSync {
 
   /** Syncs the entries of one directory (files concurrently); queues its subdirectories. */
   private async syncDirEntries(rel: string, dirs: string[]): Promise<void> {
-    let entries;
-    try {
-      entries = await readdir(join(this.root, rel), { withFileTypes: true });
-    } catch {
-      return; // gone meanwhile: a later record deletes it
-    }
-    const files: string[] = [];
-    for (const e of entries) {
-      const child = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) {
-        await this.syncPath(child); // the directory first, then what is below it
-        dirs.push(child);
-      } else {
-        files.push(child);
-      }
-    }
+    const names = this.tree.readdir(rel);
+    if (!names) return; // gone meanwhile, or now a symlink: a later record handles it
     // Unchanged files (same size and metadata as the site's head) are skipped; small ones go in batches.
     const small: string[] = [];
     const single: string[] = [];
-    await Promise.all(files.map(async (f) => {
-      const abs = join(this.root, f);
-      const st = await lstatOrNull(abs);
-      if (!st || !st.isFile()) return void single.push(f);
-      const head = this.heads?.get(f);
-      if (head && head.kind === 'file' && head.size === Number(st.size)
-        && JSON.stringify(head.meta) === JSON.stringify(await fullMetaOf(abs, st))) return undefined;
-      (Number(st.size) <= SMALL_FILE ? small : single).push(f);
-      return undefined;
-    }));
+    for (const name of names) {
+      const child = rel ? `${rel}/${name}` : name;
+      const e = this.tree.stat(child, true);
+      if (e?.kind === 'dir') {
+        await this.syncPath(child); // the directory first, then what is below it
+        dirs.push(child);
+        continue;
+      }
+      if (!e || e.kind !== 'file') {
+        single.push(child);
+        continue;
+      }
+      const head = this.heads?.get(child);
+      if (head && head.kind === 'file' && head.size === e.size && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) continue;
+      (e.size <= SMALL_FILE ? small : single).push(child);
+    }
     for (let i = 0; i < small.length; i += BATCH_FILES) await this.syncSmallFiles(small.slice(i, i + BATCH_FILES));
     for (let i = 0; i < single.length; i += TREE_CONCURRENCY) {
       await Promise.all(single.slice(i, i + TREE_CONCURRENCY).map((f) => this.syncPath(f)));
@@ -176,16 +170,15 @@ export class SiteSync {
     const blocks = new Map<string, Buffer>();
     const oneByOne: string[] = [];
     await Promise.all(rels.map(async (rel) => {
-      const abs = join(this.root, rel);
       try {
-        const fb = await readBlocks(abs, bs, null);
+        const fb = await readBlocks(this.tree, rel, bs, null);
         const hashes: string[] = [];
         for (let i = 0; i < fb.count; i++) {
           const [h, data] = fb.read.get(i) as [string, Buffer];
           hashes.push(h);
           blocks.set(h, data);
         }
-        objects.push({ path: rel, kind: 'file', meta: await fullMetaOf(abs, fb.stat), size: Number(fb.stat.size), blockSize: bs, blocks: hashes });
+        objects.push({ path: rel, kind: 'file', meta: metaOfEntry(fb.entry), size: fb.entry.size, blockSize: bs, blocks: hashes });
       } catch {
         oneByOne.push(rel); // gone, torn or unreadable now: the single path reports it properly
       }
@@ -197,8 +190,9 @@ export class SiteSync {
         await site.call('object.commitMany', { bucket, objects });
         this.stats.commits += objects.length;
       } catch (err) {
-        if (!(err instanceof DrRpcError && err.code === -32001)) throw err;
-        oneByOne.push(...objects.map((o) => o.path as string)); // a block went away meanwhile (retention)
+        // A block went away meanwhile (retention), or the site has an ancestor as a file: one by one.
+        if (!(err instanceof DrRpcError && (err.code === -32001 || err.code === NOT_A_DIRECTORY))) throw err;
+        oneByOne.push(...objects.map((o) => o.path as string));
       }
     }
     for (const rel of oneByOne) await this.syncPath(rel);
@@ -210,18 +204,32 @@ export class SiteSync {
    * regular file), false when only dirty blocks or metadata were.
    */
   async syncPath(rel: string, ranges?: Array<[number, number]>): Promise<boolean> {
-    const abs = join(this.root, rel);
-    const st = await lstatOrNull(abs);
+    try {
+      return await this.syncPathOnce(rel, ranges);
+    } catch (err) {
+      if (!(err instanceof DrRpcError && err.code === NOT_A_DIRECTORY)) throw err;
+    }
+    // The site has an ancestor as a file or symlink (the source replaced it
+    // with a directory, and that record is not handled yet): bring the
+    // ancestors up to date first, then this path.
+    const parts = rel.split('/');
+    for (let i = 1; i < parts.length; i++) await this.syncPathOnce(parts.slice(0, i).join('/'));
+    return this.syncPathOnce(rel, ranges);
+  }
+
+  private async syncPathOnce(rel: string, ranges?: Array<[number, number]>): Promise<boolean> {
+    const e = this.tree.stat(rel, true);
     const { site, bucket } = this;
     let whole = true;
-    if (!st) {
+    if (!e) {
       await site.call('object.delete', { bucket, path: rel });
-    } else if (st.isDirectory()) {
-      await site.call('object.commit', { bucket, path: rel, kind: 'dir', meta: await fullMetaOf(abs, st) });
-    } else if (st.isSymbolicLink()) {
-      await site.call('object.commit', { bucket, path: rel, kind: 'symlink', meta: metaOf(st), target: await readTarget(abs) });
-    } else if (st.isFile()) {
-      whole = await this.syncFile(abs, rel, ranges);
+    } else if (e.kind === 'dir') {
+      await site.call('object.commit', { bucket, path: rel, kind: 'dir', meta: metaOfEntry(e) });
+    } else if (e.kind === 'symlink') {
+      // A symlink is replicated as a symlink; what it points to is never read.
+      await site.call('object.commit', { bucket, path: rel, kind: 'symlink', meta: metaOfEntry(e), target: targetOf(e) });
+    } else if (e.kind === 'file') {
+      whole = await this.syncFile(rel, ranges);
     }
     this.stats.commits++;
     return whole;
@@ -260,7 +268,7 @@ export class SiteSync {
   }
 
   /** Returns whether every block was read. */
-  private async syncFile(abs: string, rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
+  private async syncFile(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
     const { site, bucket } = this;
     const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
     const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.blockSize;
@@ -273,15 +281,15 @@ export class SiteSync {
       }
     } else if (!full && head?.kind === 'file' && head.blocks && !ranges) {
       // Metadata-only change when size and mtime still match what the site has.
-      const st = await lstatOrNull(abs);
-      if (st && Number(st.size) === head.size && st.mtimeNs.toString() === head.meta.mtimeNs) which = new Set();
+      const st = this.tree.stat(rel);
+      if (st && st.size === head.size && st.mtimeNs === head.meta.mtimeNs) which = new Set();
     }
-    const fb = await readBlocks(abs, bs, which);
-    const meta = await fullMetaOf(abs, fb.stat);
+    const fb = await readBlocks(this.tree, rel, bs, which);
+    const meta = metaOfEntry(fb.entry);
     const hashes: string[] = [];
     for (let i = 0; i < fb.count; i++) {
       const h = fb.read.get(i)?.[0] ?? head?.blocks?.[i];
-      if (h === undefined) return this.syncFile(abs, rel, undefined, true); // grew outside the ranges
+      if (h === undefined) return this.syncFile(rel, undefined, true); // grew outside the ranges
       hashes.push(h);
     }
     const fresh = [...fb.read.values()];
@@ -293,12 +301,12 @@ export class SiteSync {
     await this.sendBlocks(send);
     try {
       await site.call('object.commit', {
-        bucket, path: rel, kind: 'file', meta, size: Number(fb.stat.size), blockSize: bs, blocks: hashes,
+        bucket, path: rel, kind: 'file', meta, size: fb.entry.size, blockSize: bs, blocks: hashes,
       });
       return which === null;
     } catch (err) {
       // A block the head had is gone (retention raced us): send everything.
-      if (err instanceof DrRpcError && err.code === -32001 && !full) return this.syncFile(abs, rel, undefined, true);
+      if (err instanceof DrRpcError && err.code === -32001 && !full) return this.syncFile(rel, undefined, true);
       throw err;
     }
   }

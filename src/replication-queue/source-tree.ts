@@ -1,13 +1,19 @@
 /**
  * Reading the source side of a share: metadata as the DR site stores it,
  * and a file's blocks, with torn-read detection (a file that changes while
- * it is read is reported, not returned half old, half new).
+ * it is read is reported, not returned half old, half new). Everything is
+ * read beneath the share root without following a symlink (Tree).
  */
 import { createHash } from 'node:crypto';
-import { BigIntStats } from 'node:fs';
-import { lstat, open, readlink } from 'node:fs/promises';
+import { BigIntStats, close, fstat, read } from 'node:fs';
+import { promisify } from 'node:util';
 import { getAttribute, listAttributes, setAttribute } from 'fs-xattr';
 import { VfsxError } from '../errors/vfsx-error';
+import type { Tree, TreeEntry } from '../native/tree';
+
+const fstatAsync = promisify(fstat) as (fd: number, o: { bigint: true }) => Promise<BigIntStats>;
+const readAsync = promisify(read) as unknown as (fd: number, b: Buffer, off: number, len: number, pos: number) => Promise<{ bytesRead: number }>;
+const closeAsync = promisify(close);
 
 export interface SourceMeta {
   mode: number;
@@ -20,7 +26,7 @@ export interface SourceMeta {
 
 const MISSING = new Set(['ENOENT', 'ENODATA', 'ENOTSUP', 'EOPNOTSUPP']);
 
-/** Every extended attribute of a file or directory (undefined when it has none, or the filesystem has no xattrs). */
+/** Every extended attribute of a file or directory by path (tests and tools on trusted paths; undefined when it has none). */
 export async function xattrsOf(path: string): Promise<Record<string, string> | undefined> {
   let names: string[];
   try {
@@ -49,44 +55,50 @@ export async function setXattrs(path: string, xattrs: Record<string, string> | u
   return failed;
 }
 
-/** Metadata of a file or directory as the DR site stores it, xattrs included. */
-export async function fullMetaOf(path: string, st: BigIntStats): Promise<SourceMeta> {
-  const m = metaOf(st);
-  if (st.isSymbolicLink()) return m; // xattr calls would follow the link
-  const xattrs = await xattrsOf(path);
-  return xattrs ? { ...m, xattrs } : m;
+/**
+ * Metadata as the DR site stores it, from an entry read beneath the share
+ * root (xattrs included when the entry was read with them).
+ */
+export function metaOfEntry(e: TreeEntry): SourceMeta {
+  const m: SourceMeta = { mode: e.mode, uid: e.uid, gid: e.gid, mtimeNs: e.mtimeNs };
+  if (!e.xattrs) return m;
+  const names = Object.keys(e.xattrs).sort();
+  if (names.length === 0) return m;
+  const xattrs: Record<string, string> = {};
+  for (const n of names) xattrs[n] = e.xattrs[n].toString('base64');
+  return { ...m, xattrs };
 }
 
-export function metaOf(st: BigIntStats): SourceMeta {
-  return { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), mtimeNs: st.mtimeNs.toString() };
-}
+/** A symlink's target as the site stores it. */
+export const targetOf = (e: TreeEntry): string => (e.target ?? Buffer.alloc(0)).toString('utf8');
 
-export async function lstatOrNull(path: string): Promise<BigIntStats | null> {
-  try {
-    return await lstat(path, { bigint: true });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
-    throw err;
-  }
-}
-
-export const readTarget = (path: string) => readlink(path);
-
-const sameFile = (a: BigIntStats, b: BigIntStats) =>
-  a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
+const sameFile = (a: BigIntStats, e: TreeEntry) =>
+  e.kind === 'file' && a.size === BigInt(e.size) && a.mtimeNs.toString() === e.mtimeNs && a.ctimeNs.toString() === e.ctimeNs && a.ino.toString() === e.ino;
 
 export interface FileBlocks {
-  stat: BigIntStats;
+  /** The file's entry (xattrs included) as it was while every block was read. */
+  entry: TreeEntry;
   /** index -> [hash, bytes] for the blocks read */
   read: Map<number, [string, Buffer]>;
   count: number;
 }
 
-/** Reads the given block indexes (all when `which` is null) of a file. */
-export async function readBlocks(path: string, blockSize: number, which: Set<number> | null): Promise<FileBlocks> {
-  const fh = await open(path, 'r');
+/**
+ * Reads the given block indexes (all when `which` is null) of the regular
+ * file rel beneath the tree's root, never through a symlink. A file that
+ * changes while it is read, or is swapped for anything else, is torn.
+ */
+export async function readBlocks(tree: Tree, rel: string, blockSize: number, which: Set<number> | null): Promise<FileBlocks> {
+  let fd: number;
   try {
-    const before = await fh.stat({ bigint: true });
+    fd = tree.openRead(rel);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'EINVAL' || code === 'ENOENT' || code === 'ENOTDIR') throw torn(rel);
+    throw err;
+  }
+  try {
+    const before = await fstatAsync(fd, { bigint: true });
     const size = Number(before.size);
     const count = Math.ceil(size / blockSize);
     const read = new Map<number, [string, Buffer]>();
@@ -94,15 +106,17 @@ export async function readBlocks(path: string, blockSize: number, which: Set<num
       if (which && !which.has(i)) continue;
       const len = Math.min(blockSize, size - i * blockSize);
       const buf = Buffer.allocUnsafe(len);
-      const { bytesRead } = await fh.read(buf, 0, len, i * blockSize);
-      if (bytesRead !== len) throw torn(path);
+      const { bytesRead } = await readAsync(fd, buf, 0, len, i * blockSize);
+      if (bytesRead !== len) throw torn(rel);
       read.set(i, [createHash('sha256').update(buf).digest('hex'), buf]);
     }
-    const after = await fh.stat({ bigint: true });
-    if (!sameFile(before, after)) throw torn(path);
-    return { stat: after, read, count };
+    const after = await fstatAsync(fd, { bigint: true });
+    // The name must still be this file, and the file unchanged: metadata and xattrs belong to what was read.
+    const entry = tree.stat(rel, true);
+    if (!entry || !sameFile(before, entry) || !sameFile(after, entry)) throw torn(rel);
+    return { entry, read, count };
   } finally {
-    await fh.close();
+    await closeAsync(fd);
   }
 }
 

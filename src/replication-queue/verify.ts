@@ -1,17 +1,27 @@
 /**
- * Compares a share's source tree with its DR site bucket: type, size, mode,
- * mtime and content hash of every object. Lists every difference.
+ * Compares a share's source tree with its DR site bucket and lists every
+ * difference. Three depths:
+ *   metadata (default): type, size, mode, mtime, xattrs, symlink targets;
+ *   content: also every source block's sha256 against the site's block ids
+ *     (reads the source, downloads nothing);
+ *   deep: also downloads every block of every head and checks its bytes
+ *     against its id (finds damage at the site).
+ * The source is read beneath its root, never through a symlink: a symlink
+ * is compared as a symlink and what it points to is never read.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { Tree, TreeEntry } from '../native/tree';
+import { VfsxError } from '../errors/vfsx-error';
 import { DrClient } from './dr-client';
-import { fullMetaOf, lstatOrNull, readTarget } from './source-tree';
+import { metaOfEntry, readBlocks, targetOf } from './source-tree';
 
 export interface Difference {
   path: string;
   what: string;
+}
+
+export interface VerifyOptions {
+  content?: boolean;
+  deep?: boolean;
 }
 
 interface SiteObject {
@@ -22,66 +32,117 @@ interface SiteObject {
   meta: { mode?: number; mtimeNs?: string; xattrs?: Record<string, string> };
 }
 
-async function walk(root: string, rel = ''): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(join(root, rel), { withFileTypes: true })) {
-    const p = rel ? `${rel}/${e.name}` : e.name;
-    out.push(p);
-    if (e.isDirectory()) out.push(...(await walk(root, p)));
+interface SiteHead {
+  blockSize: number;
+  blocks: string[];
+}
+
+const BLOCKS_PER_GET = 64;
+
+function walk(tree: Tree, rel: string, out: Array<[string, TreeEntry]>): void {
+  for (const name of tree.readdir(rel) ?? []) {
+    const p = rel ? `${rel}/${name}` : name;
+    const e = tree.stat(p, true);
+    if (!e) continue; // vanished while we walked
+    out.push([p, e]);
+    if (e.kind === 'dir') walk(tree, p, out);
   }
-  return out;
 }
 
-function fileHash(path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const h = createHash('sha256');
-    createReadStream(path).on('data', (d) => h.update(d)).on('end', () => resolve(h.digest('hex'))).on('error', reject);
-  });
-}
-
-async function siteHash(site: DrClient, bucket: string, path: string): Promise<string> {
-  const st = await site.call<{ blocks: string[] }>('object.stat', { bucket, path, blocks: true });
-  const h = createHash('sha256');
-  for (let i = 0; i < st.blocks.length; i += 256) {
-    for (const b of await site.getBlocks(st.blocks.slice(i, i + 256))) h.update(b);
+function compareMeta(rel: string, e: TreeEntry, o: SiteObject, diffs: Difference[]): void {
+  const m = metaOfEntry(e);
+  if (JSON.stringify(m.xattrs ?? {}) !== JSON.stringify(o.meta.xattrs ?? {})) {
+    const names = new Set([...Object.keys(m.xattrs ?? {}), ...Object.keys(o.meta.xattrs ?? {})]);
+    const differ = [...names].filter((n) => m.xattrs?.[n] !== o.meta.xattrs?.[n]).sort();
+    diffs.push({ path: rel, what: `xattrs differ: ${differ.join(', ')}` });
   }
-  return h.digest('hex');
+  if (o.meta.mode !== m.mode) diffs.push({ path: rel, what: `mode: source ${m.mode.toString(8)}, site ${o.meta.mode?.toString(8)}` });
+  if (e.kind === 'symlink' && o.target !== targetOf(e)) diffs.push({ path: rel, what: 'symlink target' });
+  if (e.kind !== 'file') return;
+  if (o.meta.mtimeNs !== m.mtimeNs) diffs.push({ path: rel, what: `mtime: source ${m.mtimeNs}, site ${o.meta.mtimeNs}` });
+  if (o.size !== e.size) diffs.push({ path: rel, what: `size: source ${e.size}, site ${o.size}` });
 }
 
-export async function verifyShare(site: DrClient, bucket: string, root: string): Promise<Difference[]> {
+/** Source block hashes against the site's block ids: no block is downloaded. */
+async function compareContent(site: DrClient, bucket: string, tree: Tree, rel: string, diffs: Difference[]): Promise<void> {
+  const head = await site.call<SiteHead | null>('object.stat', { bucket, path: rel, blocks: true });
+  if (!head) return;
+  let fb;
+  try {
+    fb = await readBlocks(tree, rel, head.blockSize, null);
+  } catch (err) {
+    if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_TORN')) throw err;
+    diffs.push({ path: rel, what: 'changed while verified' });
+    return;
+  }
+  const src = Array.from({ length: fb.count }, (_, i) => (fb.read.get(i) as [string, Buffer])[0]);
+  if (src.length !== head.blocks.length || src.some((h, i) => h !== head.blocks[i])) diffs.push({ path: rel, what: 'content differs' });
+}
+
+/**
+ * Downloads every distinct block of every head and checks its bytes against
+ * its id. Blocks are asked for by the object holding them, so a read-only
+ * token limited to the bucket can run it.
+ */
+async function checkSiteBlocks(site: DrClient, bucket: string, files: string[], diffs: Difference[]): Promise<void> {
+  const seen = new Set<string>();
+  const bad = async (h: string, where: { bucket: string; path: string }) => {
+    try {
+      await site.getBlocks([h], where);
+      return false;
+    } catch (err) {
+      if (err instanceof VfsxError && (err.code === 'VFSX_ERR_DR_BAD_BLOCK' || err.code === 'VFSX_ERR_DR_BAD_REPLY')) return true;
+      if ((err as { code?: unknown }).code === -32001) return true; // missing at the site
+      throw err;
+    }
+  };
+  for (const path of files) {
+    const head = await site.call<SiteHead | null>('object.stat', { bucket, path, blocks: true });
+    const todo = [...new Set(head?.blocks ?? [])].filter((h) => !seen.has(h));
+    todo.forEach((h) => seen.add(h));
+    const where = { bucket, path };
+    for (let i = 0; i < todo.length; i += BLOCKS_PER_GET) {
+      const batch = todo.slice(i, i + BLOCKS_PER_GET);
+      try {
+        await site.getBlocks(batch, where);
+        continue;
+      } catch {
+        /* find which ones, one by one */
+      }
+      for (const h of batch) if (await bad(h, where)) diffs.push({ path, what: `block ${h} at the DR site is damaged or missing` });
+    }
+  }
+}
+
+export async function verifyShare(site: DrClient, bucket: string, root: string, o: VerifyOptions = {}): Promise<Difference[]> {
   const diffs: Difference[] = [];
-  const objects = new Map((await site.call<SiteObject[]>('object.list', { bucket })).map((o) => [o.path, o]));
-  for (const rel of (await walk(root)).sort()) {
-    const st = await lstatOrNull(join(root, rel));
-    const o = objects.get(rel);
-    objects.delete(rel);
-    if (!st) continue; // vanished while we walked
-    if (!o) {
-      diffs.push({ path: rel, what: 'missing at the DR site' });
-      continue;
+  const listed = await site.call<SiteObject[]>('object.list', { bucket });
+  const objects = new Map(listed.map((x) => [x.path, x]));
+  const tree = Tree.open(root);
+  try {
+    const entries: Array<[string, TreeEntry]> = [];
+    walk(tree, '', entries);
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const [rel, e] of entries) {
+      const obj = objects.get(rel);
+      objects.delete(rel);
+      if (!obj) {
+        diffs.push({ path: rel, what: 'missing at the DR site' });
+        continue;
+      }
+      const kind = e.kind === 'other' ? 'special file' : e.kind;
+      if (obj.kind !== kind) {
+        diffs.push({ path: rel, what: `type: source ${kind}, site ${obj.kind}` });
+        continue;
+      }
+      const before = diffs.length;
+      compareMeta(rel, e, obj, diffs);
+      if (o.content && e.kind === 'file' && diffs.length === before) await compareContent(site, bucket, tree, rel, diffs);
     }
-    const kind = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'file';
-    if (o.kind !== kind) {
-      diffs.push({ path: rel, what: `type: source ${kind}, site ${o.kind}` });
-      continue;
-    }
-    const m = await fullMetaOf(join(root, rel), st);
-    const xs = JSON.stringify(m.xattrs ?? {});
-    if (xs !== JSON.stringify(o.meta.xattrs ?? {})) {
-      const names = new Set([...Object.keys(m.xattrs ?? {}), ...Object.keys(o.meta.xattrs ?? {})]);
-      const differ = [...names].filter((n) => m.xattrs?.[n] !== o.meta.xattrs?.[n]).sort();
-      diffs.push({ path: rel, what: `xattrs differ: ${differ.join(', ')}` });
-    }
-    if (o.meta.mode !== m.mode) diffs.push({ path: rel, what: `mode: source ${m.mode.toString(8)}, site ${o.meta.mode?.toString(8)}` });
-    if (kind === 'symlink' && o.target !== (await readTarget(join(root, rel)))) diffs.push({ path: rel, what: 'symlink target' });
-    if (kind !== 'file') continue;
-    if (o.meta.mtimeNs !== m.mtimeNs) diffs.push({ path: rel, what: `mtime: source ${m.mtimeNs}, site ${o.meta.mtimeNs}` });
-    if (o.size !== Number(st.size)) {
-      diffs.push({ path: rel, what: `size: source ${st.size}, site ${o.size}` });
-    } else if ((await fileHash(join(root, rel))) !== (await siteHash(site, bucket, rel))) {
-      diffs.push({ path: rel, what: 'content differs' });
-    }
+  } finally {
+    tree.close();
   }
   for (const rel of objects.keys()) diffs.push({ path: rel, what: 'at the DR site only' });
+  if (o.deep) await checkSiteBlocks(site, bucket, listed.filter((x) => x.kind === 'file').map((x) => x.path), diffs);
   return diffs;
 }

@@ -4,12 +4,11 @@
  * (and the error holding them back), and what the DR site has committed.
  */
 import type { Queue } from 'bullmq';
-import { join } from 'node:path';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { DrClient } from './dr-client';
-import { lstatOrNull } from './source-tree';
+import { Tree } from '../native/tree';
 
 export interface WhyRecord {
   jobId: string;
@@ -62,9 +61,9 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
   const pending = records.filter((r) => r.state !== 'committed');
   const heldBackBy = pending.find((r) => r.state === 'retrying')?.error ?? null;
 
-  const st = root ? await lstatOrNull(join(root, rel)) : null;
+  const st = root ? sourceEntry(root, rel) : null;
   const source: WhyReport['source'] = st
-    ? { exists: true, kind: st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'file', size: Number(st.size), mtimeMs: Number(st.mtimeMs), root }
+    ? { exists: true, kind: st.kind, size: st.size, mtimeMs: Number(BigInt(st.mtimeNs) / 1_000_000n), root }
     : { exists: false, root };
 
   const site: WhyReport['site'] = { url: cfg.replication.siteUrl, reachable: false, error: null, head: null, versions: [] };
@@ -90,4 +89,19 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
   else if (source.exists && site.head && (site.head.kind !== source.kind || (source.kind === 'file' && site.head.size !== source.size))) verdict = 'differs';
   else verdict = 'in sync';
   return { share, path: rel, source, records: records.slice(0, 50), pending: pending.length, heldBackBy, site, verdict };
+}
+
+/** The path's entry beneath the share root (never through a symlink); null when it is not in the tree. */
+function sourceEntry(root: string, rel: string) {
+  let tree: Tree;
+  try {
+    tree = Tree.open(root);
+  } catch {
+    return null;
+  }
+  try {
+    return tree.stat(rel);
+  } finally {
+    tree.close();
+  }
 }

@@ -1,0 +1,389 @@
+// File-tree operations beneath a directory fd, never through a symlink:
+// what restore writes and what the replicator reads go through these, so
+// neither a hostile DR site nor a local user swapping a directory for a
+// symlink can make a root process read or write outside its tree.
+#include "tree_ops.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <string>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <vector>
+
+#include "beneath.h"
+
+namespace vfsx {
+
+namespace {
+
+Napi::Value Throw(Napi::Env env, int err, const char *syscall, const std::string &path) {
+  const char *name = strerrorname_np(err);
+  std::string code = name ? name : "EUNKNOWN";
+  std::string msg = code + ": " + strerror(err) + ", " + syscall + " '" + path + "'";
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  e.Set("path", Napi::String::New(env, path));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+bool ArgInt(const Napi::CallbackInfo &info, size_t i, long long *out) {
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + ": expected an integer")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (v != static_cast<double>(static_cast<long long>(v)) || v < -1 || v > 0xffffffffLL) {
+    Napi::RangeError::New(info.Env(), "argument " + std::to_string(i) + ": out of range")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = static_cast<long long>(v);
+  return true;
+}
+
+bool ArgStr(const Napi::CallbackInfo &info, size_t i, std::string *out) {
+  if (info.Length() <= i || !info[i].IsString()) {
+    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + ": expected a string")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = info[i].As<Napi::String>().Utf8Value();
+  return true;
+}
+
+bool ArgFdRel(const Napi::CallbackInfo &info, int *fd, std::string *rel) {
+  long long v = 0;
+  if (!ArgInt(info, 0, &v) || !ArgStr(info, 1, rel)) return false;
+  if (v < 0) {
+    Napi::RangeError::New(info.Env(), "not a file descriptor").ThrowAsJavaScriptException();
+    return false;
+  }
+  *fd = static_cast<int>(v);
+  return true;
+}
+
+std::string ProcPath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
+std::string Ns(const struct timespec &ts) {
+  return std::to_string(static_cast<long long>(ts.tv_sec) * 1000000000LL + ts.tv_nsec);
+}
+
+const char *KindOf(mode_t m) {
+  if (S_ISREG(m)) return "file";
+  if (S_ISDIR(m)) return "dir";
+  if (S_ISLNK(m)) return "symlink";
+  return "other";
+}
+
+// Every xattr of the inode fd names (O_PATH is enough through /proc).
+// Returns 0 or -errno; filesystems without xattrs give an empty list.
+int ReadXattrs(Napi::Env env, int fd, Napi::Object *out) {
+  std::string p = ProcPath(fd);
+  std::vector<char> names(4096);
+  ssize_t n;
+  for (;;) {
+    n = listxattr(p.c_str(), names.data(), names.size());
+    if (n >= 0) break;
+    if (errno == ENOTSUP) return 0;
+    if (errno != ERANGE) return -errno;
+    names.resize(names.size() * 4);
+  }
+  std::vector<char> val(4096);
+  for (ssize_t off = 0; off < n;) {
+    const char *name = names.data() + off;
+    off += static_cast<ssize_t>(strlen(name)) + 1;
+    ssize_t vn;
+    for (;;) {
+      vn = getxattr(p.c_str(), name, val.data(), val.size());
+      if (vn >= 0 || errno != ERANGE) break;
+      vn = getxattr(p.c_str(), name, nullptr, 0);
+      if (vn < 0) break;
+      val.resize(static_cast<size_t>(vn) + 1);
+    }
+    if (vn < 0) {
+      if (errno == ENODATA || errno == ENOTSUP) continue;  // removed meanwhile
+      return -errno;
+    }
+    out->Set(name, Napi::Buffer<char>::Copy(env, val.data(), static_cast<size_t>(vn)));
+  }
+  return 0;
+}
+
+Napi::Value UseWalk(const Napi::CallbackInfo &info) {
+  BeneathUseWalk(info.Length() > 0 && info[0].ToBoolean().Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value OpenRoot(const Napi::CallbackInfo &info) {
+  std::string path;
+  if (!ArgStr(info, 0, &path)) return info.Env().Undefined();
+  int fd = open(path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Throw(info.Env(), errno, "open", path);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+Napi::Value OpenAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel;
+  long long flags = 0, mode = 0;
+  if (!ArgFdRel(info, &root, &rel) || !ArgInt(info, 2, &flags) || !ArgInt(info, 3, &mode))
+    return info.Env().Undefined();
+  int fd = OpenBeneath(root, rel, static_cast<int>(flags), static_cast<int>(mode));
+  if (fd < 0) return Throw(info.Env(), -fd, "openat2", rel);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// statAt(root, rel, xattrs) -> entry, or null when rel is not in the tree
+// (gone, or below something that is not a directory: a symlink, a file).
+Napi::Value StatAt(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int root;
+  std::string rel;
+  if (!ArgFdRel(info, &root, &rel)) return env.Undefined();
+  bool want_xattrs = info.Length() > 2 && info[2].ToBoolean().Value();
+  int fd = OpenBeneath(root, rel, O_PATH, 0);
+  if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) return env.Null();
+  if (fd < 0) return Throw(env, -fd, "openat2", rel);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    close(fd);
+    return Throw(env, e, "fstat", rel);
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("kind", KindOf(st.st_mode));
+  o.Set("mode", Napi::Number::New(env, st.st_mode & 07777));
+  o.Set("uid", Napi::Number::New(env, st.st_uid));
+  o.Set("gid", Napi::Number::New(env, st.st_gid));
+  o.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  o.Set("ino", Napi::String::New(env, std::to_string(st.st_ino)));
+  o.Set("dev", Napi::String::New(env, std::to_string(st.st_dev)));
+  o.Set("mtimeNs", Napi::String::New(env, Ns(st.st_mtim)));
+  o.Set("ctimeNs", Napi::String::New(env, Ns(st.st_ctim)));
+  int rc = 0;
+  const char *call = "";
+  if (S_ISLNK(st.st_mode)) {
+    std::vector<char> buf(static_cast<size_t>(st.st_size > 0 ? st.st_size : 255) + 1);
+    ssize_t n = readlinkat(fd, "", buf.data(), buf.size());
+    if (n < 0) {
+      rc = -errno;
+      call = "readlinkat";
+    } else {
+      o.Set("target", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
+    }
+  } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
+    Napi::Object x = Napi::Object::New(env);
+    rc = ReadXattrs(env, fd, &x);
+    call = "getxattr";
+    if (rc == 0) o.Set("xattrs", x);
+  }
+  close(fd);
+  if (rc < 0) return Throw(env, -rc, call, rel);
+  return o;
+}
+
+// readdirAt(root, rel) -> names, or null when rel is not a directory in the tree.
+Napi::Value ReaddirAt(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int root;
+  std::string rel;
+  if (!ArgFdRel(info, &root, &rel)) return env.Undefined();
+  int fd = OpenBeneath(root, rel, O_RDONLY | O_DIRECTORY, 0);
+  if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) return env.Null();
+  if (fd < 0) return Throw(env, -fd, "openat2", rel);
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    int e = errno;
+    close(fd);
+    return Throw(env, e, "fdopendir", rel);
+  }
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  errno = 0;
+  while (struct dirent *e = readdir(d)) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    out.Set(i++, Napi::String::New(env, e->d_name));
+  }
+  int err = errno;
+  closedir(d);
+  if (err != 0) return Throw(env, err, "readdir", rel);
+  return out;
+}
+
+// Runs fn(parentfd, name) on rel's parent directory beneath root.
+template <typename Fn>
+Napi::Value AtParent(const Napi::CallbackInfo &info, int root, const std::string &rel, const char *call, Fn fn) {
+  std::string name;
+  int dirfd = OpenParentBeneath(root, rel, &name);
+  if (dirfd < 0) return Throw(info.Env(), -dirfd, "openat2", rel);
+  int rc = fn(dirfd, name.c_str());
+  int e = errno;
+  close(dirfd);
+  if (rc < 0) return Throw(info.Env(), e, call, rel);
+  return info.Env().Undefined();
+}
+
+// mkdirAt(root, rel, mode) -> true when made, false when a directory is there already.
+Napi::Value MkdirAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel;
+  long long mode = 0;
+  if (!ArgFdRel(info, &root, &rel) || !ArgInt(info, 2, &mode)) return info.Env().Undefined();
+  bool made = true;
+  Napi::Value r = AtParent(info, root, rel, "mkdirat", [&](int dirfd, const char *name) {
+    if (mkdirat(dirfd, name, static_cast<mode_t>(mode)) == 0) return 0;
+    if (errno != EEXIST) return -1;
+    struct stat st;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+      errno = S_ISLNK(st.st_mode) ? ELOOP : ENOTDIR;
+      return -1;
+    }
+    made = false;
+    return 0;
+  });
+  if (info.Env().IsExceptionPending()) return r;
+  return Napi::Boolean::New(info.Env(), made);
+}
+
+Napi::Value SymlinkAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel, target;
+  if (!ArgFdRel(info, &root, &rel) || !ArgStr(info, 2, &target)) return info.Env().Undefined();
+  return AtParent(info, root, rel, "symlinkat", [&](int dirfd, const char *name) {
+    return symlinkat(target.c_str(), dirfd, name);
+  });
+}
+
+Napi::Value UnlinkAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel;
+  if (!ArgFdRel(info, &root, &rel)) return info.Env().Undefined();
+  bool dir = info.Length() > 2 && info[2].ToBoolean().Value();
+  return AtParent(info, root, rel, "unlinkat", [&](int dirfd, const char *name) {
+    return unlinkat(dirfd, name, dir ? AT_REMOVEDIR : 0);
+  });
+}
+
+Napi::Value RenameAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string from, to;
+  if (!ArgFdRel(info, &root, &from) || !ArgStr(info, 2, &to)) return info.Env().Undefined();
+  std::string to_name;
+  int to_dir = OpenParentBeneath(root, to, &to_name);
+  if (to_dir < 0) return Throw(info.Env(), -to_dir, "openat2", to);
+  Napi::Value r = AtParent(info, root, from, "renameat", [&](int dirfd, const char *name) {
+    return renameat(dirfd, name, to_dir, to_name.c_str());
+  });
+  close(to_dir);
+  return r;
+}
+
+Napi::Value ChownAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel;
+  long long uid = 0, gid = 0;
+  if (!ArgFdRel(info, &root, &rel) || !ArgInt(info, 2, &uid) || !ArgInt(info, 3, &gid))
+    return info.Env().Undefined();
+  return AtParent(info, root, rel, "fchownat", [&](int dirfd, const char *name) {
+    return fchownat(dirfd, name, static_cast<uid_t>(uid), static_cast<gid_t>(gid), AT_SYMLINK_NOFOLLOW);
+  });
+}
+
+// utimesAt(root, rel, mtimeNs): access and modification time, the link itself for a symlink.
+Napi::Value UtimesAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel, ns;
+  if (!ArgFdRel(info, &root, &rel) || !ArgStr(info, 2, &ns)) return info.Env().Undefined();
+  char *end = nullptr;
+  errno = 0;
+  long long v = strtoll(ns.c_str(), &end, 10);
+  if (ns.empty() || *end != '\0' || errno != 0) {
+    Napi::RangeError::New(info.Env(), "mtimeNs: not an integer").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  struct timespec ts[2];
+  ts[0].tv_sec = ts[1].tv_sec = v / 1000000000LL;
+  ts[0].tv_nsec = ts[1].tv_nsec = v % 1000000000LL;
+  if (ts[0].tv_nsec < 0) {
+    ts[0].tv_sec = ts[1].tv_sec -= 1;
+    ts[0].tv_nsec = ts[1].tv_nsec += 1000000000LL;
+  }
+  return AtParent(info, root, rel, "utimensat", [&](int dirfd, const char *name) {
+    return utimensat(dirfd, name, ts, AT_SYMLINK_NOFOLLOW);
+  });
+}
+
+// Opens rel O_PATH and refuses a symlink: for calls that would follow one.
+int OpenNotLink(int root, const std::string &rel) {
+  int fd = OpenBeneath(root, rel, O_PATH, 0);
+  if (fd < 0) return fd;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || S_ISLNK(st.st_mode)) {
+    int e = S_ISLNK(st.st_mode) ? ELOOP : errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+Napi::Value ChmodAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel;
+  long long mode = 0;
+  if (!ArgFdRel(info, &root, &rel) || !ArgInt(info, 2, &mode)) return info.Env().Undefined();
+  int fd = OpenNotLink(root, rel);
+  if (fd < 0) return Throw(info.Env(), -fd, "openat2", rel);
+  int rc = chmod(ProcPath(fd).c_str(), static_cast<mode_t>(mode));
+  int e = errno;
+  close(fd);
+  if (rc != 0) return Throw(info.Env(), e, "chmod", rel);
+  return info.Env().Undefined();
+}
+
+Napi::Value SetXattrAt(const Napi::CallbackInfo &info) {
+  int root;
+  std::string rel, name;
+  if (!ArgFdRel(info, &root, &rel) || !ArgStr(info, 2, &name)) return info.Env().Undefined();
+  if (info.Length() < 4 || !info[3].IsBuffer()) {
+    Napi::TypeError::New(info.Env(), "argument 3: expected a Buffer").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  Napi::Buffer<char> v = info[3].As<Napi::Buffer<char>>();
+  int fd = OpenNotLink(root, rel);
+  if (fd < 0) return Throw(info.Env(), -fd, "openat2", rel);
+  int rc = setxattr(ProcPath(fd).c_str(), name.c_str(), v.Data(), v.Length(), 0);
+  int e = errno;
+  close(fd);
+  if (rc != 0) return Throw(info.Env(), e, "setxattr", rel);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void RegisterTreeOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("useWalk", Napi::Function::New(env, UseWalk));
+  exports.Set("openRoot", Napi::Function::New(env, OpenRoot));
+  exports.Set("openAt", Napi::Function::New(env, OpenAt));
+  exports.Set("statAt", Napi::Function::New(env, StatAt));
+  exports.Set("readdirAt", Napi::Function::New(env, ReaddirAt));
+  exports.Set("mkdirAt", Napi::Function::New(env, MkdirAt));
+  exports.Set("symlinkAt", Napi::Function::New(env, SymlinkAt));
+  exports.Set("unlinkAt", Napi::Function::New(env, UnlinkAt));
+  exports.Set("renameAt", Napi::Function::New(env, RenameAt));
+  exports.Set("chownAt", Napi::Function::New(env, ChownAt));
+  exports.Set("utimesAt", Napi::Function::New(env, UtimesAt));
+  exports.Set("chmodAt", Napi::Function::New(env, ChmodAt));
+  exports.Set("setXattrAt", Napi::Function::New(env, SetXattrAt));
+}
+
+}  // namespace vfsx

@@ -1,0 +1,109 @@
+/**
+ * A directory tree reached only beneath its root: every path is resolved
+ * by the kernel (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or an
+ * O_NOFOLLOW walk) relative to a descriptor of the root opened once, and a
+ * symlink in any component fails instead of being followed. A path below a
+ * symlink or a file is not in the tree: stat() answers null for it.
+ *
+ * Used for everything a root process reads of a share (replicator, resync,
+ * verify) and writes into a restore destination.
+ */
+import { closeSync, constants, fstatSync } from 'node:fs';
+import { treeOps, TreeEntry, TreeOps } from './addon';
+
+export type { TreeEntry } from './addon';
+
+const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NONBLOCK } = constants;
+
+export class Tree {
+  readonly path: string;
+  private fd: number;
+  private readonly ops: TreeOps;
+
+  private constructor(path: string, ops: TreeOps) {
+    this.path = path;
+    this.ops = ops;
+    this.fd = ops.openRoot(path);
+  }
+
+  /** Opens the tree at path (the root itself may be reached through symlinks: it is configuration). */
+  static open(path: string): Tree {
+    return new Tree(path, treeOps());
+  }
+
+  /** The entry at rel (never following a symlink), or null when rel is not in the tree. */
+  stat(rel: string, xattrs = false): TreeEntry | null {
+    return this.ops.statAt(this.root(), rel, xattrs);
+  }
+
+  /** Names in the directory rel, or null when it is not a directory of the tree. */
+  readdir(rel: string): string[] | null {
+    return this.ops.readdirAt(this.root(), rel);
+  }
+
+  /**
+   * Opens a regular file for reading; fails with ELOOP for a symlink and
+   * EINVAL for anything not a regular file (a FIFO swapped in never blocks).
+   */
+  openRead(rel: string): number {
+    const fd = this.ops.openAt(this.root(), rel, O_RDONLY | O_NONBLOCK, 0);
+    if (!fstatSync(fd).isFile()) {
+      closeSync(fd);
+      throw Object.assign(new Error(`EINVAL: not a regular file, open '${rel}'`), { code: 'EINVAL', path: rel });
+    }
+    return fd;
+  }
+
+  /** Creates a new file (fails if anything is at rel) and opens it for writing. */
+  createExclusive(rel: string, mode: number): number {
+    return this.ops.openAt(this.root(), rel, O_WRONLY | O_CREAT | O_EXCL, mode);
+  }
+
+  /** Makes a directory; false when one is there already; fails when anything else is. */
+  mkdir(rel: string, mode: number): boolean {
+    return this.ops.mkdirAt(this.root(), rel, mode);
+  }
+
+  symlink(rel: string, target: string): void {
+    this.ops.symlinkAt(this.root(), rel, target);
+  }
+
+  unlink(rel: string, dir = false): void {
+    this.ops.unlinkAt(this.root(), rel, dir);
+  }
+
+  rename(from: string, to: string): void {
+    this.ops.renameAt(this.root(), from, to);
+  }
+
+  /** Owner of rel itself (a symlink's own owner). */
+  chown(rel: string, uid: number, gid: number): void {
+    this.ops.chownAt(this.root(), rel, uid, gid);
+  }
+
+  /** Access and modification time of rel itself, in ns since the epoch. */
+  utimes(rel: string, mtimeNs: string): void {
+    this.ops.utimesAt(this.root(), rel, mtimeNs);
+  }
+
+  /** Mode of a file or directory; fails with ELOOP on a symlink. */
+  chmod(rel: string, mode: number): void {
+    this.ops.chmodAt(this.root(), rel, mode);
+  }
+
+  setXattr(rel: string, name: string, value: Buffer): void {
+    this.ops.setXattrAt(this.root(), rel, name, value);
+  }
+
+  /** Safe to call twice. */
+  close(): void {
+    if (this.fd < 0) return;
+    closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  private root(): number {
+    if (this.fd < 0) throw new Error(`tree ${this.path} is closed`);
+    return this.fd;
+  }
+}
