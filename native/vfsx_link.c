@@ -20,6 +20,12 @@
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
 #define REPLY_MAX 256
+/*
+ * Spooled changes are made durable (fdatasync) this long after the first
+ * write that is not yet durable: one flush per burst, not one per change.
+ * A power failure loses at most this window of spooled changes.
+ */
+#define SPOOL_SYNC_MS 5
 
 enum link_state { LINK_DOWN, LINK_HELLO, LINK_UP };
 static const char *const state_names[] = { "down", "hello", "up" };
@@ -40,6 +46,8 @@ struct vfsx_link {
 	unsigned long long start;
 	int spool_fd;
 	unsigned spool_gen;
+	bool spool_dirty;	/* written since the last fdatasync */
+	struct tevent_timer *spool_timer;
 	uint32_t verdict_mask;	/* ops that must wait for a verdict */
 	uint64_t sent;		/* frames sent on this connection (hello = 1) */
 	size_t rlen;
@@ -138,7 +146,7 @@ static int write_full(int fd, const uint8_t *p, size_t n)
 static int spool_open(void)
 {
 	char tmp[PATH_MAX], final[PATH_MAX];
-	int fd, err = 0;
+	int fd, dirfd, err = 0;
 
 	snprintf(tmp, sizeof(tmp), "%s/vfsx-%d-%llu-%u.tmp", L.spool_dir,
 		 (int)L.pid, L.start, L.spool_gen);
@@ -163,16 +171,64 @@ static int spool_open(void)
 			final, err);
 		return -err;
 	}
+	/* The file's name must survive a power failure too. */
+	become_root();
+	dirfd = open(L.spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd >= 0) {
+		(void)fsync(dirfd);
+		close(dirfd);
+	}
+	unbecome_root();
 	DBG_WARNING("vfsx: spooling changes path=%s\n", final);
 	L.spool_fd = fd;
 	L.spool_gen++;
 	return write_full(fd, hello_msg.buf, hello_msg.len);
 }
 
-/* The service is back: hand it the spool by releasing our lock. */
+static void spool_sync(void)
+{
+	TALLOC_FREE(L.spool_timer);
+	if (L.spool_fd < 0 || !L.spool_dirty) {
+		return;
+	}
+	L.spool_dirty = false;
+	if (fdatasync(L.spool_fd) != 0) {
+		DBG_ERR("vfsx: spool fdatasync failed errno=%d\n", errno);
+	}
+}
+
+static void spool_sync_timer(struct tevent_context *ev,
+			     struct tevent_timer *te, struct timeval now,
+			     void *private_data)
+{
+	L.spool_timer = NULL;
+	spool_sync();
+}
+
+/* First write of a burst: flush it (and what follows) SPOOL_SYNC_MS later. */
+static void spool_mark_dirty(void)
+{
+	if (L.spool_dirty) {
+		return;
+	}
+	L.spool_dirty = true;
+	if (L.ev == NULL) {
+		spool_sync();
+		return;
+	}
+	L.spool_timer = tevent_add_timer(L.ev, NULL,
+					 timeval_current_ofs_msec(SPOOL_SYNC_MS),
+					 spool_sync_timer, NULL);
+	if (L.spool_timer == NULL) {
+		spool_sync();
+	}
+}
+
+/* The service is back: hand it the spool (durable) by releasing our lock. */
 static void spool_close(void)
 {
 	if (L.spool_fd >= 0) {
+		spool_sync();
 		close(L.spool_fd);
 		L.spool_fd = -1;
 	}
@@ -190,7 +246,9 @@ void vfsx_link_spool(struct vfsx_msg *m)
 	if (rc < 0) {
 		DBG_ERR("vfsx: change not recorded (spool write) errno=%d\n",
 			-rc);
+		return;
 	}
+	spool_mark_dirty();
 }
 
 static void ring_prune(uint64_t upto)

@@ -11,3 +11,5 @@ bash scripts/setup.sh
 node dist/bench/bench.js
 node dist/bench/replication-bench.js
 node dist/bench/commit-latency-bench.js
+node dist/bench/scan-bench.js
+node dist/bench/spool-bench.js

@@ -14,7 +14,7 @@ bash scripts/setup.sh
 tap=$(mktemp)
 trap 'rm -f "$tap"' EXIT
 status=0
-node --test --test-concurrency=1 --test-timeout=600000 \
+node --test --test-concurrency=1 --test-timeout=1500000 \
 	--test-reporter=spec --test-reporter-destination=stdout \
 	--test-reporter=tap --test-reporter-destination="$tap" \
 	dist/test/*.test.js || status=$?

@@ -162,10 +162,12 @@ test('vfsx events follows commits live; vfsx why explains a path', async () => {
   let out = '';
   ev.stdout?.on('data', (c: Buffer) => { out += c.toString(); });
   try {
-    await new Promise((r) => setTimeout(r, 500)); // subscribed
-    await put('explained.txt', 'explain me');
-    const committed = await waitFor('a committed event', () => out.split('\n').filter(Boolean).map((l) => JSON.parse(l))
-      .find((e) => e.type === 'committed' && e.path === 'explained.txt'), 30000, 50);
+    // `vfsx events` may take a while to subscribe on a loaded machine: write again every 2 s until one is seen.
+    let polls = 0;
+    const committed = await waitFor('a committed event', async () => {
+      if (polls++ % 40 === 0) await put('explained.txt', 'explain me');
+      return out.split('\n').filter(Boolean).map((l) => JSON.parse(l)).find((e) => e.type === 'committed' && e.path === 'explained.txt');
+    }, 30000, 50);
     assert.equal(committed.share, SHARE);
     assert.ok(committed.latencyMs >= 0 && committed.latencyMs < 30000);
   } finally {

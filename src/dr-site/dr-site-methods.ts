@@ -26,6 +26,13 @@ function publicVersion(v: ObjectVersion | null, blocks?: string[]): unknown {
 export class DrSiteMethods {
   readonly blocks: BlockStore;
   readonly meta: MetaStore;
+  /**
+   * Blocks retention is deleting now (files first, then rows). Until it is
+   * done they count as missing: a commit naming one is refused (the client
+   * sends it again) and a put of one waits, so no row ever outlives its file.
+   */
+  private freeing = new Set<string>();
+  private freed: Promise<void> = Promise.resolve();
 
   constructor(blocks: BlockStore, meta: MetaStore) {
     this.blocks = blocks;
@@ -42,6 +49,7 @@ export class DrSiteMethods {
     const path = checkObjectPath(p.path);
     const kind = p.kind as 'file' | 'dir' | 'symlink';
     const blocks = kind === 'file' ? ((p.blocks as string[]) ?? []) : [];
+    this.checkNotFreeing(blocks);
     return this.meta.commit(bucket, path, {
       kind, meta: p.meta as object, size: kind === 'file' ? (p.size as number) ?? 0 : 0,
       blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? (p.target as string) ?? '' : null,
@@ -58,24 +66,50 @@ export class DrSiteMethods {
     if (foreign.length > 0) throw new VfsxError('VFSX_ERR_DR_FORBIDDEN', `${foreign.length} of the blocks asked for are not blocks of ${bucket}/${path}`);
   }
 
+  /** Deletes blocks retention found unreferenced; see `freeing`. */
+  async free(hashes: string[]): Promise<void> {
+    let done = () => undefined as void;
+    this.freed = new Promise((r) => { done = r; });
+    this.freeing = new Set(hashes);
+    try {
+      for (const h of hashes) await this.blocks.delete(h); // files first: a crash leaves rows, never dangling refs
+      this.meta.forgetBlocks(hashes);
+    } finally {
+      this.freeing = new Set();
+      done();
+    }
+  }
+
+  private missing(hashes: string[]): string[] {
+    const gone = this.meta.missingBlocks(hashes);
+    if (this.freeing.size === 0) return gone;
+    return [...new Set([...gone, ...hashes.filter((h) => this.freeing.has(h))])];
+  }
+
+  private checkNotFreeing(blocks: string[]): void {
+    const m = blocks.filter((h) => this.freeing.has(h));
+    if (m.length > 0) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${m.length} blocks are missing`, { cause: [...new Set(m)] });
+  }
+
   async call(method: string, p: Params, binary: BinaryPart[]): Promise<MethodResult> {
     switch (method) {
       case 'bucket.ensure':
         this.meta.ensureBucket(p.bucket as string);
         return { result: { bucket: p.bucket } };
       case 'blocks.missing':
-        return { result: { missing: this.meta.missingBlocks(p.hashes as string[]) } };
+        return { result: { missing: this.missing(p.hashes as string[]) } };
       case 'blocks.put':
         // Files first (each verified, fsynced and renamed; concurrently, so
         // the filesystem can commit the fsyncs together), then one
         // transaction registers them: the site never claims a block it lacks.
+        if (binary.some((b) => this.freeing.has(b.hash))) await this.freed;
         await Promise.all(binary.map((b) => this.blocks.put(b.hash, b.data)));
         this.meta.addBlocks(binary.map((b) => [b.hash, b.data.length]));
         return { result: { stored: binary.length } };
       case 'blocks.get': {
         const hashes = p.hashes as string[];
         if (p.path !== undefined) this.checkBlocksOf(p, hashes);
-        const missing = this.meta.missingBlocks(hashes);
+        const missing = this.missing(hashes);
         if (missing.length > 0) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
         const parts = await Promise.all(hashes.map(async (hash) => ({ hash, data: await this.blocks.get(hash) })));
         return { result: { blocks: parts.map((b) => ({ hash: b.hash, size: b.data.length })) }, binary: parts };

@@ -225,8 +225,7 @@ export class DrSiteServer {
       this.gcRunning = (async () => {
         const now = Date.now();
         const free = this.methods.meta.collect(now - this.opts.retentionMs, now - this.opts.orphanGraceMs);
-        for (const h of free) await this.methods.blocks.delete(h); // files first: a crash leaves rows, never dangling refs
-        this.methods.meta.forgetBlocks(free);
+        await this.methods.free(free);
         if (free.length > 0) this.log.info({ blocks: free.length }, 'retention freed blocks');
         return free.length;
       })()
