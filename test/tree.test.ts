@@ -64,6 +64,13 @@ for (const mode of ['openat2', 'walk'] as const) {
       assert.equal(t.mkdir('d', 0o755), false, 'already a directory');
       t.utimes('d/flink', '1000000000123456789');
       assert.equal(t.stat('d/flink')?.mtimeNs, '1000000000123456789');
+      const scanned = new Map(t.scan('d', true) ?? []);
+      assert.deepEqual([...scanned.keys()].sort(), ['f', 'flink']);
+      assert.equal(scanned.get('flink')?.kind, 'symlink');
+      assert.equal(scanned.get('flink')?.target?.toString(), join(out, 'secret'));
+      assert.equal(scanned.get('f')?.size, 6);
+      assert.deepEqual(scanned.get('f')?.xattrs, {});
+      assert.equal(t.scan('link', true), null, 'a symlink is not scanned through');
       assert.deepEqual(readdirSync(out), ['secret']);
       assert.equal(readFileSync(join(out, 'secret'), 'utf8'), 'secret');
     } finally {

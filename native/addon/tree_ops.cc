@@ -84,14 +84,15 @@ const char *KindOf(mode_t m) {
   return "other";
 }
 
-// Every xattr of the inode fd names (O_PATH is enough through /proc).
-// Returns 0 or -errno; filesystems without xattrs give an empty list.
-int ReadXattrs(Napi::Env env, int fd, Napi::Object *out) {
-  std::string p = ProcPath(fd);
+// Every xattr of the inode at p, a /proc/self/fd path: of an O_PATH fd of a
+// file or directory (follow: the magic link itself is the last component),
+// or of a directory fd plus a name (not follow: a symlink swapped in is not
+// followed). Returns 0 or -errno; no xattr support gives an empty list.
+int ReadXattrs(Napi::Env env, const std::string &p, bool follow, Napi::Object *out) {
   std::vector<char> names(4096);
   ssize_t n;
   for (;;) {
-    n = listxattr(p.c_str(), names.data(), names.size());
+    n = follow ? listxattr(p.c_str(), names.data(), names.size()) : llistxattr(p.c_str(), names.data(), names.size());
     if (n >= 0) break;
     if (errno == ENOTSUP) return 0;
     if (errno != ERANGE) return -errno;
@@ -103,9 +104,9 @@ int ReadXattrs(Napi::Env env, int fd, Napi::Object *out) {
     off += static_cast<ssize_t>(strlen(name)) + 1;
     ssize_t vn;
     for (;;) {
-      vn = getxattr(p.c_str(), name, val.data(), val.size());
+      vn = follow ? getxattr(p.c_str(), name, val.data(), val.size()) : lgetxattr(p.c_str(), name, val.data(), val.size());
       if (vn >= 0 || errno != ERANGE) break;
-      vn = getxattr(p.c_str(), name, nullptr, 0);
+      vn = follow ? getxattr(p.c_str(), name, nullptr, 0) : lgetxattr(p.c_str(), name, nullptr, 0);
       if (vn < 0) break;
       val.resize(static_cast<size_t>(vn) + 1);
     }
@@ -116,6 +117,20 @@ int ReadXattrs(Napi::Env env, int fd, Napi::Object *out) {
     out->Set(name, Napi::Buffer<char>::Copy(env, val.data(), static_cast<size_t>(vn)));
   }
   return 0;
+}
+
+Napi::Object EntryOf(Napi::Env env, const struct stat &st) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("kind", KindOf(st.st_mode));
+  o.Set("mode", Napi::Number::New(env, st.st_mode & 07777));
+  o.Set("uid", Napi::Number::New(env, st.st_uid));
+  o.Set("gid", Napi::Number::New(env, st.st_gid));
+  o.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  o.Set("ino", Napi::String::New(env, std::to_string(st.st_ino)));
+  o.Set("dev", Napi::String::New(env, std::to_string(st.st_dev)));
+  o.Set("mtimeNs", Napi::String::New(env, Ns(st.st_mtim)));
+  o.Set("ctimeNs", Napi::String::New(env, Ns(st.st_ctim)));
+  return o;
 }
 
 Napi::Value UseWalk(const Napi::CallbackInfo &info) {
@@ -159,16 +174,7 @@ Napi::Value StatAt(const Napi::CallbackInfo &info) {
     close(fd);
     return Throw(env, e, "fstat", rel);
   }
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("kind", KindOf(st.st_mode));
-  o.Set("mode", Napi::Number::New(env, st.st_mode & 07777));
-  o.Set("uid", Napi::Number::New(env, st.st_uid));
-  o.Set("gid", Napi::Number::New(env, st.st_gid));
-  o.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
-  o.Set("ino", Napi::String::New(env, std::to_string(st.st_ino)));
-  o.Set("dev", Napi::String::New(env, std::to_string(st.st_dev)));
-  o.Set("mtimeNs", Napi::String::New(env, Ns(st.st_mtim)));
-  o.Set("ctimeNs", Napi::String::New(env, Ns(st.st_ctim)));
+  Napi::Object o = EntryOf(env, st);
   int rc = 0;
   const char *call = "";
   if (S_ISLNK(st.st_mode)) {
@@ -182,7 +188,7 @@ Napi::Value StatAt(const Napi::CallbackInfo &info) {
     }
   } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
     Napi::Object x = Napi::Object::New(env);
-    rc = ReadXattrs(env, fd, &x);
+    rc = ReadXattrs(env, ProcPath(fd), true, &x);
     call = "getxattr";
     if (rc == 0) o.Set("xattrs", x);
   }
@@ -216,6 +222,83 @@ Napi::Value ReaddirAt(const Napi::CallbackInfo &info) {
   int err = errno;
   closedir(d);
   if (err != 0) return Throw(env, err, "readdir", rel);
+  return out;
+}
+
+// scanDir(root, rel, xattrs) -> [[name, entry], ...] for every entry of the
+// directory rel (one open of the directory, fstatat and l*xattr per entry,
+// nothing followed), or null when rel is not a directory of the tree. An
+// entry gone between readdir and fstatat is left out.
+Napi::Value ScanDir(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int root;
+  std::string rel;
+  if (!ArgFdRel(info, &root, &rel)) return env.Undefined();
+  bool want_xattrs = info.Length() > 2 && info[2].ToBoolean().Value();
+  int fd = OpenBeneath(root, rel, O_RDONLY | O_DIRECTORY, 0);
+  if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) return env.Null();
+  if (fd < 0) return Throw(env, -fd, "openat2", rel);
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    int e = errno;
+    close(fd);
+    return Throw(env, e, "fdopendir", rel);
+  }
+  const std::string base = ProcPath(fd) + "/";
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  int err = 0;
+  const char *call = "readdir";
+  errno = 0;
+  while (struct dirent *e = readdir(d)) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    struct stat st;
+    if (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) {
+        errno = 0;
+        continue;
+      }
+      err = errno;
+      call = "fstatat";
+      break;
+    }
+    Napi::Object o = EntryOf(env, st);
+    if (S_ISLNK(st.st_mode)) {
+      std::vector<char> buf(static_cast<size_t>(st.st_size > 0 ? st.st_size : 255) + 1);
+      ssize_t n = readlinkat(fd, e->d_name, buf.data(), buf.size());
+      if (n < 0 && errno == ENOENT) {
+        errno = 0;
+        continue;
+      }
+      if (n < 0) {
+        err = errno;
+        call = "readlinkat";
+        break;
+      }
+      o.Set("target", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
+    } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
+      Napi::Object x = Napi::Object::New(env);
+      int rc = ReadXattrs(env, base + e->d_name, false, &x);
+      if (rc == -ENOENT) {
+        errno = 0;
+        continue;
+      }
+      if (rc < 0) {
+        err = -rc;
+        call = "getxattr";
+        break;
+      }
+      o.Set("xattrs", x);
+    }
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, Napi::String::New(env, e->d_name));
+    pair.Set(1u, o);
+    out.Set(i++, pair);
+    errno = 0;
+  }
+  if (err == 0 && errno != 0) err = errno;
+  closedir(d);
+  if (err != 0) return Throw(env, err, call, rel);
   return out;
 }
 
@@ -376,6 +459,7 @@ void RegisterTreeOps(Napi::Env env, Napi::Object exports) {
   exports.Set("openAt", Napi::Function::New(env, OpenAt));
   exports.Set("statAt", Napi::Function::New(env, StatAt));
   exports.Set("readdirAt", Napi::Function::New(env, ReaddirAt));
+  exports.Set("scanDir", Napi::Function::New(env, ScanDir));
   exports.Set("mkdirAt", Napi::Function::New(env, MkdirAt));
   exports.Set("symlinkAt", Napi::Function::New(env, SymlinkAt));
   exports.Set("unlinkAt", Napi::Function::New(env, UnlinkAt));

@@ -4,7 +4,7 @@
  */
 import type { VfsxConfig } from '../config/schema';
 import { EventBus, VfsxEvent } from '../replication-queue/events';
-import { Status, StatusReader } from '../replication-queue/status';
+import { ShareStatus, Status, StatusReader } from '../replication-queue/status';
 import { why } from '../replication-queue/why';
 
 const age = (s: number) => (s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
@@ -30,10 +30,10 @@ export function renderStatus(st: Status): string {
   if (st.shares.length === 0) {
     out.push('no shares have reported changes yet');
   } else {
-    const rows = [['SHARE', 'BACKLOG', 'FILES', 'DIRTY', 'RPO AGE', 'OPS/S', 'BYTES/S', 'RETRYING', 'LAST COMMIT']];
+    const rows = [['SHARE', 'BACKLOG', 'FILES', 'DIRTY', 'RPO AGE', 'OPS/S', 'BYTES/S', 'RETRYING', 'LAST COMMIT', 'SCRUB']];
     for (const s of st.shares) {
       rows.push([s.share, `${s.backlog.records}`, `${s.backlog.files}${s.backlog.exact ? '' : '+'}`, bytes(s.backlog.bytes), age(s.rpoAgeSeconds),
-        s.throughput.opsPerSec.toFixed(1), bytes(Math.round(s.throughput.bytesPerSec)), `${s.retrying.length}`, when(s.lastCommitAt, st.at)]);
+        s.throughput.opsPerSec.toFixed(1), bytes(Math.round(s.throughput.bytesPerSec)), `${s.retrying.length}`, when(s.lastCommitAt, st.at), scrubText(s.scrub, st.at)]);
     }
     out.push(table(rows));
   }
@@ -44,6 +44,13 @@ export function renderStatus(st: Status): string {
     if (retrying.length > 10) out.push(`  ... and ${retrying.length - 10} more`);
   }
   return `${out.join('\n')}\n`;
+}
+
+function scrubText(sc: ShareStatus['scrub'], now: number): string {
+  if (sc.state === 'never') return 'not yet';
+  if (sc.state === 'running') return `${sc.kind} pass: ${sc.checked} checked`;
+  const found = sc.error ? `FAILED: ${sc.error}` : sc.differences === 0 ? 'no differences' : `${sc.repaired}/${sc.differences} differences repaired`;
+  return `${sc.kind} ${when(sc.finishedAt, now)}: ${found}`;
 }
 
 export async function statusCommand(config: VfsxConfig, o: { json: boolean; watch: boolean }): Promise<number> {
@@ -93,6 +100,12 @@ function renderEvent(e: VfsxEvent): string {
   if (e.op) parts.push(e.op);
   if (e.latencyMs !== undefined) parts.push(`${e.latencyMs} ms after the change`);
   if (e.rpoAgeMs !== undefined) parts.push(`rpo ${age(e.rpoAgeMs / 1000)} (threshold ${age((e.thresholdMs ?? 0) / 1000)})`);
+  if (e.type === 'scrub-finished') {
+    parts.push(`${e.scrub} pass: ${e.files} checked, ${e.differences} differences, ${e.repaired} repaired`);
+    if (e.error) parts.push(`error: ${e.error}`);
+    return parts.join(' ');
+  }
+  if (e.type === 'scrub-repaired') return [...parts, `repaired: ${e.what}`].join(' ');
   if (e.files !== undefined) parts.push(`${e.files} spool files`);
   if (e.site) parts.push(e.site);
   if (e.error) parts.push(`error: ${e.error}`);

@@ -99,6 +99,20 @@ export const configSchema = {
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
+        scrub: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          description: 'scheduled comparison of each share with the DR site; differences are repaired as ordinary replication',
+          properties: {
+            enabled: { type: 'boolean', default: true },
+            startDelayMs: { type: 'integer', minimum: 0, default: 3600000 },
+            intervalMs: { type: 'integer', minimum: 1000, default: 86400000 },
+            contentIntervalMs: { type: 'integer', minimum: 1000, default: 604800000 },
+            maxFilesPerSecond: { type: 'integer', minimum: 1, default: 20000 },
+            maxBytesPerSecond: { type: 'integer', minimum: 1, default: 67108864 },
+          },
+        },
       },
     },
     drSite: {
@@ -230,6 +244,7 @@ export interface VfsxConfig {
     maxBackoffMs: number;
     /** Records replicated at once; records of related paths still run in journal order. */
     concurrency: number;
+    scrub: ScrubConfig;
   };
   drSite: {
     host: string;
@@ -254,6 +269,19 @@ export interface VfsxConfig {
     hooks: AlertHookConfig[];
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export interface ScrubConfig {
+  enabled: boolean;
+  /** The first pass this long after the service starts. */
+  startDelayMs: number;
+  /** Metadata passes (type, size, mode, mtime, xattrs of every entry) this often. */
+  intervalMs: number;
+  /** Content passes (every source block's hash against the site's ids) this often. */
+  contentIntervalMs: number;
+  /** Throttles: entries checked per second, and source bytes read per second in a content pass. */
+  maxFilesPerSecond: number;
+  maxBytesPerSecond: number;
 }
 
 export interface AlertHookConfig {

@@ -138,7 +138,8 @@ export class DrSiteMethods {
       }
       case 'object.list': {
         const prefix = p.prefix === undefined || p.prefix === '' ? undefined : checkObjectPath(p.prefix);
-        return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v)) };
+        const withBlocks = p.blocks === true;
+        return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v, withBlocks && v.kind === 'file' ? this.meta.blocksOf(v) : undefined)) };
       }
       case 'object.versions':
         return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };

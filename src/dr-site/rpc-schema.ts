@@ -46,7 +46,8 @@ export const RPC_PARAMS: Record<string, object> = {
   'object.delete': obj({ bucket, path }, ['bucket', 'path']),
   'object.move': obj({ bucket, from: path, to: path }, ['bucket', 'from', 'to']),
   'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' } }, ['bucket', 'path']),
-  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 4096 } }, ['bucket']),
+  /** With blocks: every file's block list too (a content verify in one call). */
+  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 4096 }, blocks: { type: 'boolean' } }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),
 };
 

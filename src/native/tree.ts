@@ -17,6 +17,9 @@ const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NONBLOCK } = constants;
 
 export class Tree {
   readonly path: string;
+  /** Identity of the root directory opened (a root replaced since then is another tree). */
+  readonly dev: number;
+  readonly ino: number;
   private fd: number;
   private readonly ops: TreeOps;
 
@@ -24,6 +27,9 @@ export class Tree {
     this.path = path;
     this.ops = ops;
     this.fd = ops.openRoot(path);
+    const st = fstatSync(this.fd);
+    this.dev = st.dev;
+    this.ino = st.ino;
   }
 
   /** Opens the tree at path (the root itself may be reached through symlinks: it is configuration). */
@@ -39,6 +45,15 @@ export class Tree {
   /** Names in the directory rel, or null when it is not a directory of the tree. */
   readdir(rel: string): string[] | null {
     return this.ops.readdirAt(this.root(), rel);
+  }
+
+  /**
+   * Every entry of the directory rel with its metadata (xattrs when asked),
+   * in one call: the fast path of whole-tree passes. Null when rel is not a
+   * directory of the tree.
+   */
+  scan(rel: string, xattrs = false): Array<[string, TreeEntry]> | null {
+    return this.ops.scanDir(this.root(), rel, xattrs);
   }
 
   /**

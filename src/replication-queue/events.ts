@@ -7,7 +7,9 @@ import IORedis, { ChainableCommander, Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import { redisOptions, stateKeys } from './redis-connection';
 
-export const EVENT_TYPES = ['committed', 'failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered'] as const;
+export const EVENT_TYPES = [
+  'committed', 'failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered', 'scrub-finished', 'scrub-repaired',
+] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 /** The events alert hooks may react to by default. */
 export const ALERT_EVENTS: EventType[] = ['site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered'];
@@ -27,6 +29,12 @@ export interface VfsxEvent {
   thresholdMs?: number;
   files?: number;
   records?: number;
+  /** scrub-finished: which pass, what it found and repaired. */
+  scrub?: 'metadata' | 'content';
+  differences?: number;
+  repaired?: number;
+  /** scrub-repaired: the difference found. */
+  what?: string;
 }
 
 const KEEP_RECENT = 200;

@@ -36,8 +36,10 @@ export interface StateKeys {
   site: string;
   /** Set of share names seen by the journal pump. */
   shares: string;
-  /** Hash per share: lastCommitAt, lastCommitPath, commits, bytesSent, opsPerSec, bytesPerSec. */
+  /** Hash per share: root, lastCommitAt, lastCommitPath, commits, bytesSent, opsPerSec, bytesPerSec. */
   share: (name: string) => string;
+  /** Hash per share: the scrub's state, progress and last passes (src/replication-queue/scrubber.ts). */
+  scrub: (name: string) => string;
   /** Sorted set per share: job id -> ms of the change; the oldest member gives the RPO age. */
   rpo: (name: string) => string;
   /** Hash: fail-open engagement (spool files ingested, lastAt). */
@@ -52,6 +54,7 @@ export function stateKeys(prefix: string): StateKeys {
     site: `${prefix}:state:site`,
     shares: `${prefix}:state:shares`,
     share: (name) => `${prefix}:state:share:${name}`,
+    scrub: (name) => `${prefix}:state:scrub:${name}`,
     rpo: (name) => `${prefix}:rpo:${name}`,
     failOpen: `${prefix}:state:fail-open`,
     events: `${prefix}:events`,

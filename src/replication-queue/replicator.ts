@@ -9,6 +9,7 @@
  * - a file that changes while it is read is retried, never committed torn.
  */
 import { Job, Worker } from 'bullmq';
+import { statSync } from 'node:fs';
 import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
@@ -20,6 +21,7 @@ import { EventBus } from './events';
 import { PathLocks } from './path-locks';
 import { redisOptions, StateKeys, stateKeys } from './redis-connection';
 import { RateWindow } from './rate-window';
+import { Scrubber } from './scrubber';
 import { SiteSync } from './site-sync';
 
 export interface ReplicatorOptions {
@@ -40,6 +42,7 @@ export class Replicator {
   private readonly buckets = new Set<string>();
   /** Each share's source tree, opened once by its root (the path smbd reports for the share). */
   private readonly trees = new Map<string, Tree>();
+  private scrubber: Scrubber | null = null;
   private readonly locks = new PathLocks();
   /** Per share+path: when the last sync of it started (any / one that read every block). */
   private readonly synced = new Map<string, number>();
@@ -132,6 +135,12 @@ export class Replicator {
       this.log.warn({ err, id: job?.id, attempts: job?.attemptsMade }, 'replication of a record failed; will retry');
     });
     this.worker.on('error', (err) => this.log.debug({ err }, 'replicator worker error'));
+    this.scrubber = new Scrubber({
+      config: this.opts.replication.scrub, blockSize: this.opts.replication.blockSize, conn: this.conn, state: this.state,
+      events: this.events, locks: this.locks, stats: this.stats, site: () => this.site(), tree: (root) => this.tree(root),
+      logger: this.log.child({ c: 'scrub' }),
+    });
+    this.scrubber.start();
   }
 
   /** While the link is down, reconnect by itself (capped, jittered backoff), not only when a record needs the site. */
@@ -157,6 +166,7 @@ export class Replicator {
     this.closed = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.scrubber?.close();
     await this.worker?.close().catch(() => undefined);
     await this.events.close();
     this.client?.close();
@@ -215,7 +225,7 @@ export class Replicator {
     // One round trip: RPO set, per-share state and the `committed` event.
     const p = this.conn.pipeline()
       .zrem(this.state.rpo(rec.share), jobId)
-      .hset(this.state.share(rec.share), { lastCommitAt: now, lastCommitPath: rec.names.path ?? '' })
+      .hset(this.state.share(rec.share), { lastCommitAt: now, lastCommitPath: rec.names.path ?? '', root: rec.origpath })
       .hincrby(this.state.share(rec.share), 'commits', 1)
       .hincrby(this.state.share(rec.share), 'bytesSent', bytes);
     await this.events.addTo(p, { type: 'committed', at: now, share: rec.share, path: rec.names.path, op: rec.op, latencyMs }).exec();
@@ -250,8 +260,14 @@ export class Replicator {
     if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
   }
 
+  /** The share's tree, opened once; opened again when the root directory was replaced since. */
   private tree(root: string): Tree {
     let t = this.trees.get(root);
+    const st = statSync(root);
+    if (t && (t.dev !== st.dev || t.ino !== st.ino)) {
+      t.close();
+      t = undefined;
+    }
     if (!t) {
       t = Tree.open(root);
       this.trees.set(root, t);

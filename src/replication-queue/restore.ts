@@ -51,6 +51,12 @@ export interface RestoreOptions {
 }
 
 const BLOCKS_PER_GET = 64;
+/**
+ * What the destination says about one object (something in the way, a name
+ * it cannot hold): that object is refused and the restore goes on. Anything
+ * else (ENOSPC, EIO, EROFS) stops the restore.
+ */
+const REFUSALS = new Set(['ELOOP', 'ENOTDIR', 'EINVAL', 'EEXIST', 'EISDIR', 'ENOTEMPTY', 'ENAMETOOLONG', 'EILSEQ', 'EPERM', 'EACCES']);
 
 const validRel = (p: unknown): p is string =>
   typeof p === 'string' && p.length > 0 && !p.includes('\u0000') && p.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
@@ -165,7 +171,7 @@ class Restore {
     } catch (err) {
       const code = (err as { code?: string }).code ?? '';
       const msg = (err as Error).message;
-      if (code === 'ELOOP' || code === 'ENOTDIR' || code === 'EINVAL' || code === 'EEXIST' || code === 'EISDIR') {
+      if (REFUSALS.has(code)) {
         this.progress.refused.push(`${obj.path}: ${msg}`);
       } else if (err instanceof DrRpcError || (err instanceof VfsxError && (err.code === 'VFSX_ERR_DR_BAD_BLOCK' || err.code === 'VFSX_ERR_DR_BAD_REPLY'))) {
         // Damaged, missing or refused by the site: this file is not restored; the rest goes on.

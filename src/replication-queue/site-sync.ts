@@ -3,7 +3,7 @@
  * current state. Used per journal record by the Replicator and for a whole
  * share by `vfsx resync`.
  */
-import type { Tree } from '../native/tree';
+import type { Tree, TreeEntry } from '../native/tree';
 import { DrClient, DrRpcError } from './dr-client';
 import { metaOfEntry, readBlocks, targetOf } from './source-tree';
 
@@ -57,6 +57,8 @@ export class SiteSync {
   private readonly stats: SyncStats;
   /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
   private heads: Map<string, ListedObject> | null = null;
+  /** During syncTree: each directory's entries, scanned while the site's list was on its way. */
+  private scanned: Map<string, Array<[string, TreeEntry]> | null> | null = null;
 
   constructor(o: SiteSyncOptions) {
     this.site = o.site;
@@ -91,12 +93,23 @@ export class SiteSync {
    * committed before anything below it is.
    */
   async syncTree(rel: string, prune = false): Promise<void> {
-    const listed = await this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
+    // The site lists what it has while the source tree is scanned.
+    const listing = this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
+    try {
+      this.scanned = new Map();
+      this.prefetch(rel);
+    } catch (err) {
+      listing.catch(() => undefined);
+      this.scanned = null;
+      throw err;
+    }
+    const listed = await listing;
     this.heads = new Map(listed.map((o) => [o.path, o]));
     try {
       await this.walkTree(rel);
     } finally {
       this.heads = null;
+      this.scanned = null;
     }
     if (prune) await this.prune(rel, listed.map((o) => o.path));
   }
@@ -110,6 +123,12 @@ export class SiteSync {
       await this.site.call('object.delete', { bucket: this.bucket, path: p });
       gone = p;
     }
+  }
+
+  private prefetch(rel: string): void {
+    const entries = this.tree.scan(rel, true);
+    this.scanned?.set(rel, entries);
+    for (const [name, e] of entries ?? []) if (e.kind === 'dir') this.prefetch(rel ? `${rel}/${name}` : name);
   }
 
   private async walkTree(rel: string): Promise<void> {
@@ -131,24 +150,26 @@ export class SiteSync {
 
   /** Syncs the entries of one directory (files concurrently); queues its subdirectories. */
   private async syncDirEntries(rel: string, dirs: string[]): Promise<void> {
-    const names = this.tree.readdir(rel);
-    if (!names) return; // gone meanwhile, or now a symlink: a later record handles it
+    const pre = this.scanned?.get(rel);
+    this.scanned?.delete(rel);
+    const entries = pre !== undefined ? pre : this.tree.scan(rel, true);
+    if (!entries) return; // gone meanwhile, or now a symlink: a later record handles it
     // Unchanged files (same size and metadata as the site's head) are skipped; small ones go in batches.
     const small: string[] = [];
     const single: string[] = [];
-    for (const name of names) {
+    for (const [name, e] of entries) {
       const child = rel ? `${rel}/${name}` : name;
-      const e = this.tree.stat(child, true);
-      if (e?.kind === 'dir') {
-        await this.syncPath(child); // the directory first, then what is below it
+      const head = this.heads?.get(child);
+      if (e.kind === 'dir') {
+        // The directory first, then what is below it; an unchanged one costs no round trip.
+        if (!(head && head.kind === 'dir' && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e)))) await this.syncPath(child);
         dirs.push(child);
         continue;
       }
-      if (!e || e.kind !== 'file') {
+      if (e.kind !== 'file') {
         single.push(child);
         continue;
       }
-      const head = this.heads?.get(child);
       if (head && head.kind === 'file' && head.size === e.size && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) continue;
       (e.size <= SMALL_FILE ? small : single).push(child);
     }
@@ -217,7 +238,12 @@ export class SiteSync {
     return this.syncPathOnce(rel, ranges);
   }
 
-  private async syncPathOnce(rel: string, ranges?: Array<[number, number]>): Promise<boolean> {
+  /** Like syncPath, but a file's every block is read and sent if the site lacks it (a scrub's repair of content). */
+  async resyncPath(rel: string): Promise<void> {
+    await this.syncPathOnce(rel, undefined, true);
+  }
+
+  private async syncPathOnce(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
     const e = this.tree.stat(rel, true);
     const { site, bucket } = this;
     let whole = true;
@@ -229,7 +255,7 @@ export class SiteSync {
       // A symlink is replicated as a symlink; what it points to is never read.
       await site.call('object.commit', { bucket, path: rel, kind: 'symlink', meta: metaOfEntry(e), target: targetOf(e) });
     } else if (e.kind === 'file') {
-      whole = await this.syncFile(rel, ranges);
+      whole = await this.syncFile(rel, ranges, full);
     }
     this.stats.commits++;
     return whole;

@@ -5,7 +5,7 @@
  * read beneath the share root without following a symlink (Tree).
  */
 import { createHash } from 'node:crypto';
-import { BigIntStats, close, fstat, read } from 'node:fs';
+import { BigIntStats, closeSync, fstat, fstatSync, read, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { getAttribute, listAttributes, setAttribute } from 'fs-xattr';
 import { VfsxError } from '../errors/vfsx-error';
@@ -13,7 +13,6 @@ import type { Tree, TreeEntry } from '../native/tree';
 
 const fstatAsync = promisify(fstat) as (fd: number, o: { bigint: true }) => Promise<BigIntStats>;
 const readAsync = promisify(read) as unknown as (fd: number, b: Buffer, off: number, len: number, pos: number) => Promise<{ bytesRead: number }>;
-const closeAsync = promisify(close);
 
 export interface SourceMeta {
   mode: number;
@@ -98,7 +97,9 @@ export async function readBlocks(tree: Tree, rel: string, blockSize: number, whi
     throw err;
   }
   try {
-    const before = await fstatAsync(fd, { bigint: true });
+    // Small files are read in one synchronous go: four thread-pool round trips would cost more than the read.
+    const before = fstatSync(fd, { bigint: true });
+    const io = before.size <= BigInt(SYNC_READ_MAX) ? syncIo : asyncIo;
     const size = Number(before.size);
     const count = Math.ceil(size / blockSize);
     const read = new Map<number, [string, Buffer]>();
@@ -106,19 +107,36 @@ export async function readBlocks(tree: Tree, rel: string, blockSize: number, whi
       if (which && !which.has(i)) continue;
       const len = Math.min(blockSize, size - i * blockSize);
       const buf = Buffer.allocUnsafe(len);
-      const { bytesRead } = await readAsync(fd, buf, 0, len, i * blockSize);
-      if (bytesRead !== len) throw torn(rel);
+      if ((await io.read(fd, buf, i * blockSize)) !== len) throw torn(rel);
       read.set(i, [createHash('sha256').update(buf).digest('hex'), buf]);
     }
-    const after = await fstatAsync(fd, { bigint: true });
+    const after = await io.fstat(fd);
     // The name must still be this file, and the file unchanged: metadata and xattrs belong to what was read.
     const entry = tree.stat(rel, true);
     if (!entry || !sameFile(before, entry) || !sameFile(after, entry)) throw torn(rel);
     return { entry, read, count };
   } finally {
-    await closeAsync(fd);
+    closeSync(fd);
   }
 }
+
+/** Files up to this size are read with synchronous calls (page-cache speed; never long on the event loop). */
+const SYNC_READ_MAX = 64 << 10;
+
+interface BlockIo {
+  read(fd: number, buf: Buffer, pos: number): Promise<number> | number;
+  fstat(fd: number): Promise<BigIntStats> | BigIntStats;
+}
+
+const syncIo: BlockIo = {
+  read: (fd, buf, pos) => readSync(fd, buf, 0, buf.length, pos),
+  fstat: (fd) => fstatSync(fd, { bigint: true }),
+};
+
+const asyncIo: BlockIo = {
+  read: async (fd, buf, pos) => (await readAsync(fd, buf, 0, buf.length, pos)).bytesRead,
+  fstat: (fd) => fstatAsync(fd, { bigint: true }),
+};
 
 function torn(path: string): VfsxError {
   return new VfsxError('VFSX_ERR_REPL_TORN', `${path} changed while it was read; retrying`);

@@ -41,6 +41,23 @@ export interface ShareStatus {
   bytesSent: number;
   throughput: { opsPerSec: number; bytesPerSec: number };
   retrying: RetryingRecord[];
+  scrub: ScrubStatus;
+}
+
+/** The scheduled scrub of a share (src/replication-queue/scrubber.ts). */
+export interface ScrubStatus {
+  state: 'running' | 'idle' | 'never';
+  /** The pass running now, or the last one. */
+  kind: 'metadata' | 'content' | null;
+  startedAt: number | null;
+  finishedAt: number | null;
+  /** Entries checked so far (running) or in the last pass. */
+  checked: number;
+  differences: number;
+  repaired: number;
+  lastMetadataAt: number | null;
+  lastContentAt: number | null;
+  error: string | null;
 }
 
 export interface SiteStatus {
@@ -154,7 +171,7 @@ export class StatusReader {
 
   private async share(share: string, now: number, unpumpedAt: number | null, retrying: RetryingRecord[]): Promise<ShareStatus> {
     const sk = stateKeys(this.cfg.redis.prefix);
-    const [records, hash] = await Promise.all([this.conn.zcard(sk.rpo(share)), this.conn.hgetall(sk.share(share))]);
+    const [records, hash, scrub] = await Promise.all([this.conn.zcard(sk.rpo(share)), this.conn.hgetall(sk.share(share)), this.conn.hgetall(sk.scrub(share))]);
     let oldest = await this.oldest(share, now);
     if (unpumpedAt !== null && (oldest === null || unpumpedAt < oldest)) oldest = unpumpedAt;
     // Files and bytes of the oldest SAMPLE records (dirty bytes of closes; 0 for namespace changes).
@@ -181,6 +198,18 @@ export class StatusReader {
       bytesSent: Number(hash.bytesSent ?? 0),
       throughput: fresh ? { opsPerSec: Number(hash.opsPerSec ?? 0), bytesPerSec: Number(hash.bytesPerSec ?? 0) } : { opsPerSec: 0, bytesPerSec: 0 },
       retrying,
+      scrub: {
+        state: scrub.state === 'running' || scrub.state === 'idle' ? scrub.state : 'never',
+        kind: scrub.kind === 'metadata' || scrub.kind === 'content' ? scrub.kind : null,
+        startedAt: num(scrub.startedAt),
+        finishedAt: num(scrub.finishedAt),
+        checked: Number(scrub.checked ?? 0),
+        differences: Number(scrub.differences ?? 0),
+        repaired: Number(scrub.repaired ?? 0),
+        lastMetadataAt: num(scrub.lastMetadataAt),
+        lastContentAt: num(scrub.lastContentAt),
+        error: scrub.error || null,
+      },
     };
   }
 

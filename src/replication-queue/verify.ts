@@ -22,12 +22,19 @@ export interface Difference {
 export interface VerifyOptions {
   content?: boolean;
   deep?: boolean;
+  /** Called every PACE_EVERY entries with totals so far (a scrub throttles and reports progress here). */
+  pace?: (checked: number, bytesRead: number) => Promise<void>;
 }
+
+const PACE_EVERY = 256;
 
 interface SiteObject {
   path: string;
   kind: string;
   size: number;
+  blockSize: number;
+  /** With a content pass: the file's block ids. */
+  blocks?: string[];
   target: string | null;
   meta: { mode?: number; mtimeNs?: string; xattrs?: Record<string, string> };
 }
@@ -40,10 +47,8 @@ interface SiteHead {
 const BLOCKS_PER_GET = 64;
 
 function walk(tree: Tree, rel: string, out: Array<[string, TreeEntry]>): void {
-  for (const name of tree.readdir(rel) ?? []) {
+  for (const [name, e] of tree.scan(rel, true) ?? []) {
     const p = rel ? `${rel}/${name}` : name;
-    const e = tree.stat(p, true);
-    if (!e) continue; // vanished while we walked
     out.push([p, e]);
     if (e.kind === 'dir') walk(tree, p, out);
   }
@@ -63,20 +68,20 @@ function compareMeta(rel: string, e: TreeEntry, o: SiteObject, diffs: Difference
   if (o.size !== e.size) diffs.push({ path: rel, what: `size: source ${e.size}, site ${o.size}` });
 }
 
-/** Source block hashes against the site's block ids: no block is downloaded. */
-async function compareContent(site: DrClient, bucket: string, tree: Tree, rel: string, diffs: Difference[]): Promise<void> {
-  const head = await site.call<SiteHead | null>('object.stat', { bucket, path: rel, blocks: true });
-  if (!head) return;
+/** Source block hashes against the site's block ids (listed with the objects): no block is downloaded. */
+async function compareContent(tree: Tree, rel: string, obj: SiteObject, diffs: Difference[]): Promise<number> {
+  const ids = obj.blocks ?? [];
   let fb;
   try {
-    fb = await readBlocks(tree, rel, head.blockSize, null);
+    fb = await readBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null);
   } catch (err) {
     if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_TORN')) throw err;
     diffs.push({ path: rel, what: 'changed while verified' });
-    return;
+    return 0;
   }
   const src = Array.from({ length: fb.count }, (_, i) => (fb.read.get(i) as [string, Buffer])[0]);
-  if (src.length !== head.blocks.length || src.some((h, i) => h !== head.blocks[i])) diffs.push({ path: rel, what: 'content differs' });
+  if (src.length !== ids.length || src.some((h, i) => h !== ids[i])) diffs.push({ path: rel, what: 'content differs' });
+  return fb.entry.size;
 }
 
 /**
@@ -115,33 +120,49 @@ async function checkSiteBlocks(site: DrClient, bucket: string, files: string[], 
 }
 
 export async function verifyShare(site: DrClient, bucket: string, root: string, o: VerifyOptions = {}): Promise<Difference[]> {
-  const diffs: Difference[] = [];
-  const listed = await site.call<SiteObject[]>('object.list', { bucket });
-  const objects = new Map(listed.map((x) => [x.path, x]));
   const tree = Tree.open(root);
   try {
-    const entries: Array<[string, TreeEntry]> = [];
-    walk(tree, '', entries);
-    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    for (const [rel, e] of entries) {
-      const obj = objects.get(rel);
-      objects.delete(rel);
-      if (!obj) {
-        diffs.push({ path: rel, what: 'missing at the DR site' });
-        continue;
-      }
-      const kind = e.kind === 'other' ? 'special file' : e.kind;
-      if (obj.kind !== kind) {
-        diffs.push({ path: rel, what: `type: source ${kind}, site ${obj.kind}` });
-        continue;
-      }
-      const before = diffs.length;
-      compareMeta(rel, e, obj, diffs);
-      if (o.content && e.kind === 'file' && diffs.length === before) await compareContent(site, bucket, tree, rel, diffs);
-    }
+    return await verifyTree(site, bucket, tree, o);
   } finally {
     tree.close();
   }
+}
+
+/** verifyShare over a tree the caller holds open (the replicator's scrub). */
+export async function verifyTree(site: DrClient, bucket: string, tree: Tree, o: VerifyOptions = {}): Promise<Difference[]> {
+  const diffs: Difference[] = [];
+  // The site lists its objects while the source is walked.
+  const listing = site.call<SiteObject[]>('object.list', o.content ? { bucket, blocks: true } : { bucket });
+  const entries: Array<[string, TreeEntry]> = [];
+  try {
+    walk(tree, '', entries);
+  } catch (err) {
+    listing.catch(() => undefined);
+    throw err;
+  }
+  const listed = await listing;
+  const objects = new Map(listed.map((x) => [x.path, x]));
+  entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  let checked = 0;
+  let bytesRead = 0;
+  for (const [rel, e] of entries) {
+    if (o.pace && ++checked % PACE_EVERY === 0) await o.pace(checked, bytesRead);
+    const obj = objects.get(rel);
+    objects.delete(rel);
+    if (!obj) {
+      diffs.push({ path: rel, what: 'missing at the DR site' });
+      continue;
+    }
+    const kind = e.kind === 'other' ? 'special file' : e.kind;
+    if (obj.kind !== kind) {
+      diffs.push({ path: rel, what: `type: source ${kind}, site ${obj.kind}` });
+      continue;
+    }
+    const before = diffs.length;
+    compareMeta(rel, e, obj, diffs);
+    if (o.content && e.kind === 'file' && diffs.length === before) bytesRead += await compareContent(tree, rel, obj, diffs);
+  }
+  await o.pace?.(entries.length, bytesRead);
   for (const rel of objects.keys()) diffs.push({ path: rel, what: 'at the DR site only' });
   if (o.deep) await checkSiteBlocks(site, bucket, listed.filter((x) => x.kind === 'file').map((x) => x.path), diffs);
   return diffs;

@@ -18,7 +18,7 @@ th{background:#f0f0f0}.up{color:#080;font-weight:bold}.down,.unknown{color:#b00;
 <div>DR site <code id="site-url"></code>: <span id="site-state" class="unknown">…</span>
  · journal: <span id="journal"></span> · spool: <span id="spool"></span> · updated <span id="updated">never</span></div>
 <h2>Shares</h2>
-<table id="shares"><thead><tr><th>share</th><th>backlog records</th><th>files</th><th>dirty bytes</th><th>RPO age</th><th>ops/s (1 min)</th><th>bytes/s (1 min)</th><th>last commit</th></tr></thead><tbody></tbody></table>
+<table id="shares"><thead><tr><th>share</th><th>backlog records</th><th>files</th><th>dirty bytes</th><th>RPO age</th><th>ops/s (1 min)</th><th>bytes/s (1 min)</th><th>last commit</th><th>scrub</th></tr></thead><tbody></tbody></table>
 <h2>Backlog and RPO over time</h2>
 <div class="charts" id="charts"></div>
 <h2>Records waiting to be retried</h2>
@@ -56,7 +56,10 @@ async function refresh() {
   document.getElementById('updated').textContent = new Date(st.at).toLocaleTimeString();
   document.querySelector('#shares tbody').innerHTML = st.shares.map((s) => '<tr data-share="' + esc(s.share) + '"><td>' + esc(s.share) + '</td><td class="records">' + s.backlog.records
     + '</td><td>' + s.backlog.files + '</td><td>' + s.backlog.bytes + '</td><td class="rpo ' + (s.rpoAgeSeconds > 60 ? 'warn' : 'ok') + '">' + age(s.rpoAgeSeconds)
-    + '</td><td>' + s.throughput.opsPerSec.toFixed(2) + '</td><td>' + s.throughput.bytesPerSec.toFixed(0) + '</td><td>' + when(s.lastCommitAt) + ' ' + esc(s.lastCommitPath || '') + '</td></tr>').join('');
+    + '</td><td>' + s.throughput.opsPerSec.toFixed(2) + '</td><td>' + s.throughput.bytesPerSec.toFixed(0) + '</td><td>' + when(s.lastCommitAt) + ' ' + esc(s.lastCommitPath || '')
+    + '</td><td class="scrub">' + (s.scrub.state === 'running' ? esc(s.scrub.kind) + ' pass: ' + s.scrub.checked + ' checked'
+      : s.scrub.state === 'never' ? 'not yet' : esc(s.scrub.kind) + ' ' + when(s.scrub.finishedAt) + ': '
+      + (s.scrub.error ? 'FAILED ' + esc(s.scrub.error) : s.scrub.repaired + '/' + s.scrub.differences + ' repaired')) + '</td></tr>').join('');
   document.getElementById('charts').innerHTML = st.shares.map((s) => {
     const pts = hist.map((h) => h.shares[s.share]).filter(Boolean);
     return chart('chart-backlog-' + s.share, s.share + ' backlog (records)', pts.map((p) => ({ v: p.records })), 'records', '#36c')

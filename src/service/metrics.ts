@@ -46,6 +46,11 @@ export class Metrics {
     const commits = g('vfsx_share_commits', 'Changes committed at the DR site since the journal began (per share).', ['share']);
     const lastCommit = g('vfsx_last_commit_timestamp_seconds', 'When the last change of the share was committed.', ['share']);
     const retrying = g('vfsx_retrying_records', 'Records that failed at least once and wait to be retried.', ['share']);
+    const scrubRunning = g('vfsx_scrub_running', '1 while a scrub pass of the share runs.', ['share', 'kind']);
+    const scrubChecked = g('vfsx_scrub_checked_entries', 'Entries the running (or last) scrub pass checked.', ['share']);
+    const scrubDiffs = g('vfsx_scrub_differences', 'Differences the last scrub pass found between the share and the DR site.', ['share']);
+    const scrubRepaired = g('vfsx_scrub_repaired', 'Differences the last scrub pass repaired.', ['share']);
+    const scrubLast = g('vfsx_scrub_last_pass_timestamp_seconds', 'When the last successful scrub pass of this kind started.', ['share', 'kind']);
     const unpumped = g('vfsx_journal_unpumped_records', 'Journal entries not yet turned into replication jobs (up to 1000).');
     const awaiting = g('vfsx_journal_awaiting_outcome_records', 'Journal records whose operation outcome has not arrived.');
     const queue = g('vfsx_queue_jobs', 'BullMQ replication jobs by state.', ['state']);
@@ -71,7 +76,8 @@ export class Metrics {
       const st = await readStatus();
       readSeconds.set((performance.now() - t0) / 1000);
       conns.set(counters.connections());
-      for (const m of [siteUp, replicatorUp, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue]) m.reset();
+      for (const m of [siteUp, replicatorUp, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue,
+        scrubRunning, scrubChecked, scrubDiffs, scrubRepaired, scrubLast]) m.reset();
       up.set(st ? 1 : 0);
       if (!st) return;
       siteUp.set({ site: st.site.url }, st.site.state === 'up' ? 1 : 0);
@@ -87,6 +93,13 @@ export class Metrics {
         commits.set(l, s.commits);
         if (s.lastCommitAt) lastCommit.set(l, s.lastCommitAt / 1000);
         retrying.set(l, s.retrying.length);
+        const sc = s.scrub;
+        if (sc.kind) scrubRunning.set({ ...l, kind: sc.kind }, sc.state === 'running' ? 1 : 0);
+        scrubChecked.set(l, sc.checked);
+        scrubDiffs.set(l, sc.differences);
+        scrubRepaired.set(l, sc.repaired);
+        if (sc.lastMetadataAt) scrubLast.set({ ...l, kind: 'metadata' }, sc.lastMetadataAt / 1000);
+        if (sc.lastContentAt) scrubLast.set({ ...l, kind: 'content' }, sc.lastContentAt / 1000);
       }
       unpumped.set(st.journal.unpumped);
       awaiting.set(st.journal.awaitingOutcome);

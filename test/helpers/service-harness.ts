@@ -31,6 +31,11 @@ export class ServiceHarness {
   logs: Array<Record<string, unknown>> = [];
   private proc: ChildProcess | null = null;
 
+  /** Whether `vfsx serve` is still running. */
+  get alive(): boolean {
+    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
   private constructor(dir: string, o: ServiceOptions) {
     this.dir = dir;
     this.socket = join(dir, 'run', 'vfsx.sock');

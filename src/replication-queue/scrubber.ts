@@ -1,0 +1,130 @@
+/**
+ * Scheduled scrub: every share the replicator knows is compared with its DR
+ * site bucket (`verifyTree`), metadata often (replication.scrub.intervalMs)
+ * and content less often (contentIntervalMs: every source block's hash
+ * against the site's ids). Each difference is repaired as ordinary
+ * replication: a sync of that path under the same path locks as the
+ * journal's records. This catches what no record described: files changed
+ * directly on disk (not through smbd), records lost by hand or by a Redis
+ * disaster, damage at the site's metadata. Throttled; progress goes to
+ * Redis (`vfsx status`, /metrics, the dashboard) and to events.
+ */
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { ScrubConfig } from '../config/schema';
+import type { Tree } from '../native/tree';
+import { DrClient } from './dr-client';
+import { EventBus } from './events';
+import { PathLocks } from './path-locks';
+import { StateKeys } from './redis-connection';
+import { SiteSync, SyncStats } from './site-sync';
+import { Difference, verifyTree } from './verify';
+
+export interface ScrubberOptions {
+  config: ScrubConfig;
+  blockSize: number;
+  conn: Redis;
+  state: StateKeys;
+  events: EventBus;
+  locks: PathLocks;
+  stats: SyncStats;
+  site: () => Promise<DrClient>;
+  tree: (root: string) => Tree;
+  logger: Logger;
+}
+
+export type ScrubKind = 'metadata' | 'content';
+
+/** How often the schedule is looked at (a pass starts at most this late). */
+const TICK_MS = 1000;
+
+export class Scrubber {
+  private readonly o: ScrubberOptions;
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> | null = null;
+  private closed = false;
+  private readonly startedAt = Date.now();
+
+  constructor(o: ScrubberOptions) {
+    this.o = o;
+  }
+
+  start(): void {
+    if (!this.o.config.enabled) return;
+    this.timer = setInterval(() => {
+      if (!this.running && !this.closed) this.running = this.tick().finally(() => { this.running = null; });
+    }, Math.min(TICK_MS, this.o.config.intervalMs));
+    this.timer.unref();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    await this.running?.catch(() => undefined);
+  }
+
+  /** Runs the passes that are due, one share at a time. */
+  private async tick(): Promise<void> {
+    const now = Date.now();
+    if (now - this.startedAt < this.o.config.startDelayMs) return;
+    for (const share of (await this.o.conn.smembers(this.o.state.shares)).sort()) {
+      if (this.closed) return;
+      const h = await this.o.conn.hgetall(this.o.state.scrub(share));
+      const root = await this.o.conn.hget(this.o.state.share(share), 'root');
+      if (!root) continue; // no record replicated yet: its root is not known
+      if (now < Number(h.retryAt ?? 0)) continue; // the last pass failed: not before this
+      const dueContent = now - Number(h.lastContentAt ?? 0) >= this.o.config.contentIntervalMs;
+      const dueMeta = now - Number(h.lastMetadataAt ?? 0) >= this.o.config.intervalMs;
+      if (dueContent || dueMeta) await this.pass(share, root, dueContent ? 'content' : 'metadata');
+    }
+  }
+
+  /** One pass over one share: compare, then repair every difference. */
+  async pass(share: string, root: string, kind: ScrubKind): Promise<{ checked: number; differences: number; repaired: number }> {
+    const { conn, state, config, log } = { ...this.o, log: this.o.logger.child({ share, kind }) };
+    const key = state.scrub(share);
+    const t0 = Date.now();
+    await conn.hset(key, { state: 'running', kind, startedAt: t0, checked: 0, bytesRead: 0 });
+    log.info('scrub started');
+    const site = await this.o.site();
+    const tree = this.o.tree(root);
+    let checked = 0;
+    const pace = async (n: number, bytes: number) => {
+      checked = n;
+      // Never faster than the configured rates: sleep until the elapsed time covers what was done.
+      const due = Math.max(n / config.maxFilesPerSecond, bytes / config.maxBytesPerSecond) * 1000 - (Date.now() - t0);
+      if (due > 0) await new Promise((r) => setTimeout(r, due));
+      await conn.hset(key, { checked: n, bytesRead: bytes });
+    };
+    let diffs: Difference[] = [];
+    let repaired = 0;
+    let error = '';
+    try {
+      diffs = (await verifyTree(site, share, tree, { content: kind === 'content', pace }))
+        .filter((d) => d.what !== 'changed while verified'); // being written now: its record syncs it
+      const sync = new SiteSync({ site, bucket: share, tree, blockSize: this.o.blockSize, stats: this.o.stats });
+      for (const d of diffs) {
+        if (this.closed) break;
+        await this.o.locks.run(share, [d.path], () => (d.what === 'content differs' ? sync.resyncPath(d.path) : sync.syncPath(d.path)).then(() => undefined));
+        repaired++;
+        log.warn({ path: d.path, what: d.what }, 'scrub repaired a difference');
+        await this.o.events.publish({ type: 'scrub-repaired', at: Date.now(), share, path: d.path, what: d.what });
+      }
+    } catch (err) {
+      error = (err as Error).message;
+      log.error({ err }, 'scrub failed');
+    }
+    const finishedAt = Date.now();
+    const done = { checked, differences: diffs.length, repaired };
+    await conn.hset(key, {
+      state: 'idle', kind, finishedAt, durationMs: finishedAt - t0, ...done, error,
+      ...(error ? {} : { [kind === 'content' ? 'lastContentAt' : 'lastMetadataAt']: t0 }),
+      // A content pass checks metadata too.
+      ...(error || kind !== 'content' ? {} : { lastMetadataAt: t0 }),
+      retryAt: error ? finishedAt + Math.min(config.intervalMs, 60_000) : 0,
+    });
+    await this.o.events.publish({ type: 'scrub-finished', at: finishedAt, share, scrub: kind, files: checked, differences: diffs.length, repaired, ...(error ? { error } : {}) });
+    log.info({ ...done, ms: finishedAt - t0, error: error || undefined }, 'scrub finished');
+    return done;
+  }
+}
