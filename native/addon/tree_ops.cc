@@ -197,34 +197,6 @@ Napi::Value StatAt(const Napi::CallbackInfo &info) {
   return o;
 }
 
-// readdirAt(root, rel) -> names, or null when rel is not a directory in the tree.
-Napi::Value ReaddirAt(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  int root;
-  std::string rel;
-  if (!ArgFdRel(info, &root, &rel)) return env.Undefined();
-  int fd = OpenBeneath(root, rel, O_RDONLY | O_DIRECTORY, 0);
-  if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) return env.Null();
-  if (fd < 0) return Throw(env, -fd, "openat2", rel);
-  DIR *d = fdopendir(fd);
-  if (!d) {
-    int e = errno;
-    close(fd);
-    return Throw(env, e, "fdopendir", rel);
-  }
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t i = 0;
-  errno = 0;
-  while (struct dirent *e = readdir(d)) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    out.Set(i++, Napi::String::New(env, e->d_name));
-  }
-  int err = errno;
-  closedir(d);
-  if (err != 0) return Throw(env, err, "readdir", rel);
-  return out;
-}
-
 // scanDir(root, rel, xattrs) -> [[name, entry], ...] for every entry of the
 // directory rel (one open of the directory, fstatat and l*xattr per entry,
 // nothing followed), or null when rel is not a directory of the tree. An
@@ -458,7 +430,6 @@ void RegisterTreeOps(Napi::Env env, Napi::Object exports) {
   exports.Set("openRoot", Napi::Function::New(env, OpenRoot));
   exports.Set("openAt", Napi::Function::New(env, OpenAt));
   exports.Set("statAt", Napi::Function::New(env, StatAt));
-  exports.Set("readdirAt", Napi::Function::New(env, ReaddirAt));
   exports.Set("scanDir", Napi::Function::New(env, ScanDir));
   exports.Set("mkdirAt", Napi::Function::New(env, MkdirAt));
   exports.Set("symlinkAt", Napi::Function::New(env, SymlinkAt));

@@ -33,7 +33,6 @@ export interface TreeOps {
   openRoot(path: string): number;
   openAt(root: number, rel: string, flags: number, mode: number): number;
   statAt(root: number, rel: string, xattrs: boolean): TreeEntry | null;
-  readdirAt(root: number, rel: string): string[] | null;
   scanDir(root: number, rel: string, xattrs: boolean): Array<[string, TreeEntry]> | null;
   mkdirAt(root: number, rel: string, mode: number): boolean;
   symlinkAt(root: number, rel: string, target: string): void;

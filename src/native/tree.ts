@@ -42,11 +42,6 @@ export class Tree {
     return this.ops.statAt(this.root(), rel, xattrs);
   }
 
-  /** Names in the directory rel, or null when it is not a directory of the tree. */
-  readdir(rel: string): string[] | null {
-    return this.ops.readdirAt(this.root(), rel);
-  }
-
   /**
    * Every entry of the directory rel with its metadata (xattrs when asked),
    * in one call: the fast path of whole-tree passes. Null when rel is not a
