@@ -142,4 +142,6 @@ test('a change whose journal record was deleted by hand still reaches the site: 
   await waitFor('the scrub to bring the file to the site', () => siteHas('lost-record.txt'), 60000, 250);
   await converged('the share and the site identical');
   assert.ok((await recentEvents()).some((e) => e.type === 'scrub-repaired' && e.path === 'lost-record.txt'));
+  // Scrub passes that ran while the site was down failed and were retried; none took the replicator's thread down.
+  assert.deepEqual(svc.logs.filter((l) => l.msg === 'journal pump thread exited; restarting' || l.msg === 'journal pump thread failed; restarting'), []);
 });

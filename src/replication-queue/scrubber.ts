@@ -52,7 +52,11 @@ export class Scrubber {
   start(): void {
     if (!this.o.config.enabled) return;
     this.timer = setInterval(() => {
-      if (!this.running && !this.closed) this.running = this.tick().finally(() => { this.running = null; });
+      if (this.running || this.closed) return;
+      // Never an unhandled rejection (it would end the worker thread): log and try at the next tick.
+      this.running = this.tick()
+        .catch((err) => this.o.logger.warn({ err }, 'scrub could not run'))
+        .finally(() => { this.running = null; });
     }, Math.min(TICK_MS, this.o.config.intervalMs));
     this.timer.unref();
   }
@@ -86,8 +90,6 @@ export class Scrubber {
     const t0 = Date.now();
     await conn.hset(key, { state: 'running', kind, startedAt: t0, checked: 0, bytesRead: 0 });
     log.info('scrub started');
-    const site = await this.o.site();
-    const tree = this.o.tree(root);
     let checked = 0;
     const pace = async (n: number, bytes: number) => {
       checked = n;
@@ -100,6 +102,8 @@ export class Scrubber {
     let repaired = 0;
     let error = '';
     try {
+      const site = await this.o.site();
+      const tree = this.o.tree(root);
       diffs = (await verifyTree(site, share, tree, { content: kind === 'content', pace }))
         .filter((d) => d.what !== 'changed while verified'); // being written now: its record syncs it
       const sync = new SiteSync({ site, bucket: share, tree, blockSize: this.o.blockSize, stats: this.o.stats });
