@@ -53,6 +53,10 @@ export class DrSiteHarness {
     return DrClient.connect({ url: this.url, token });
   }
 
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
   get alive(): boolean {
     return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
   }
