@@ -119,6 +119,16 @@ int ReadXattrs(Napi::Env env, const std::string &p, bool follow, Napi::Object *o
   return 0;
 }
 
+// Sets o.target to the target of the symlink name in dirfd ("" with an
+// O_PATH fd of the link itself). Returns 0 or -errno.
+int ReadTarget(Napi::Env env, int dirfd, const char *name, const struct stat &st, Napi::Object *o) {
+  std::vector<char> buf(static_cast<size_t>(st.st_size > 0 ? st.st_size : 255) + 1);
+  ssize_t n = readlinkat(dirfd, name, buf.data(), buf.size());
+  if (n < 0) return -errno;
+  o->Set("target", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
+  return 0;
+}
+
 Napi::Object EntryOf(Napi::Env env, const struct stat &st) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("kind", KindOf(st.st_mode));
@@ -178,14 +188,8 @@ Napi::Value StatAt(const Napi::CallbackInfo &info) {
   int rc = 0;
   const char *call = "";
   if (S_ISLNK(st.st_mode)) {
-    std::vector<char> buf(static_cast<size_t>(st.st_size > 0 ? st.st_size : 255) + 1);
-    ssize_t n = readlinkat(fd, "", buf.data(), buf.size());
-    if (n < 0) {
-      rc = -errno;
-      call = "readlinkat";
-    } else {
-      o.Set("target", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
-    }
+    rc = ReadTarget(env, fd, "", st, &o);
+    call = "readlinkat";
   } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
     Napi::Object x = Napi::Object::New(env);
     rc = ReadXattrs(env, ProcPath(fd), true, &x);
@@ -236,18 +240,16 @@ Napi::Value ScanDir(const Napi::CallbackInfo &info) {
     }
     Napi::Object o = EntryOf(env, st);
     if (S_ISLNK(st.st_mode)) {
-      std::vector<char> buf(static_cast<size_t>(st.st_size > 0 ? st.st_size : 255) + 1);
-      ssize_t n = readlinkat(fd, e->d_name, buf.data(), buf.size());
-      if (n < 0 && errno == ENOENT) {
+      int rc = ReadTarget(env, fd, e->d_name, st, &o);
+      if (rc == -ENOENT) {
         errno = 0;
         continue;
       }
-      if (n < 0) {
-        err = errno;
+      if (rc < 0) {
+        err = -rc;
         call = "readlinkat";
         break;
       }
-      o.Set("target", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
     } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
       Napi::Object x = Napi::Object::New(env);
       int rc = ReadXattrs(env, base + e->d_name, false, &x);
@@ -426,19 +428,17 @@ Napi::Value SetXattrAt(const Napi::CallbackInfo &info) {
 }  // namespace
 
 void RegisterTreeOps(Napi::Env env, Napi::Object exports) {
-  exports.Set("useWalk", Napi::Function::New(env, UseWalk));
-  exports.Set("openRoot", Napi::Function::New(env, OpenRoot));
-  exports.Set("openAt", Napi::Function::New(env, OpenAt));
-  exports.Set("statAt", Napi::Function::New(env, StatAt));
-  exports.Set("scanDir", Napi::Function::New(env, ScanDir));
-  exports.Set("mkdirAt", Napi::Function::New(env, MkdirAt));
-  exports.Set("symlinkAt", Napi::Function::New(env, SymlinkAt));
-  exports.Set("unlinkAt", Napi::Function::New(env, UnlinkAt));
-  exports.Set("renameAt", Napi::Function::New(env, RenameAt));
-  exports.Set("chownAt", Napi::Function::New(env, ChownAt));
-  exports.Set("utimesAt", Napi::Function::New(env, UtimesAt));
-  exports.Set("chmodAt", Napi::Function::New(env, ChmodAt));
-  exports.Set("setXattrAt", Napi::Function::New(env, SetXattrAt));
+  static const struct {
+    const char *name;
+    Napi::Value (*fn)(const Napi::CallbackInfo &);
+  } table[] = {
+      {"useWalk", UseWalk},     {"openRoot", OpenRoot},   {"openAt", OpenAt},
+      {"statAt", StatAt},       {"scanDir", ScanDir},     {"mkdirAt", MkdirAt},
+      {"symlinkAt", SymlinkAt}, {"unlinkAt", UnlinkAt},   {"renameAt", RenameAt},
+      {"chownAt", ChownAt},     {"utimesAt", UtimesAt},   {"chmodAt", ChmodAt},
+      {"setXattrAt", SetXattrAt},
+  };
+  for (const auto &t : table) exports.Set(t.name, Napi::Function::New(env, t.fn));
 }
 
 }  // namespace vfsx

@@ -64,7 +64,7 @@ export class DrClient {
    * reason), it never takes the process down.
    */
   private onMessage(data: Buffer, isBinary: boolean): void {
-    let reply: { id: number; result?: unknown; error?: { code: number; message: string; data?: unknown }; binary: Buffer[] } | null;
+    let reply: Reply | null;
     try {
       reply = parseReply(data, isBinary);
     } catch (err) {

@@ -15,6 +15,7 @@ import { close, fsync, readdirSync, write } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
+import { checkObjectPath } from '../dr-site/object-path';
 import { Tree } from '../native/tree';
 import { DrClient, DrRpcError } from './dr-client';
 
@@ -58,8 +59,15 @@ const BLOCKS_PER_GET = 64;
  */
 const REFUSALS = new Set(['ELOOP', 'ENOTDIR', 'EINVAL', 'EEXIST', 'EISDIR', 'ENOTEMPTY', 'ENAMETOOLONG', 'EILSEQ', 'EPERM', 'EACCES']);
 
-const validRel = (p: unknown): p is string =>
-  typeof p === 'string' && p.length > 0 && !p.includes('\u0000') && p.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
+/** The site's own rule for object names: a plain relative path. */
+const validRel = (p: unknown): p is string => {
+  try {
+    checkObjectPath(p);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 const parentOf = (rel: string) => (rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '');
 

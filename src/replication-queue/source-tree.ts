@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { BigIntStats, closeSync, fstat, fstatSync, read, readSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { getAttribute, listAttributes, setAttribute } from 'fs-xattr';
+import { getAttribute, listAttributes } from 'fs-xattr';
 import { VfsxError } from '../errors/vfsx-error';
 import type { Tree, TreeEntry } from '../native/tree';
 
@@ -43,15 +43,6 @@ export async function xattrsOf(path: string): Promise<Record<string, string> | u
     }
   }
   return Object.keys(out).length > 0 ? out : undefined;
-}
-
-/** Sets extended attributes (base64 values); returns the names that could not be set (e.g. security.* without privilege). */
-export async function setXattrs(path: string, xattrs: Record<string, string> | undefined): Promise<string[]> {
-  const failed: string[] = [];
-  for (const [n, v] of Object.entries(xattrs ?? {})) {
-    await setAttribute(path, n, Buffer.from(v, 'base64')).catch(() => failed.push(n));
-  }
-  return failed;
 }
 
 /**
