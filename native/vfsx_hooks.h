@@ -18,6 +18,7 @@ struct vfsx_share {
 	bool deny;
 	int deny_errno;
 	bool async;	/* vfsx:async: ops no policy rule can deny do not wait */
+	bool strict;	/* vfsx:strict: a verdict waits until the report is durable */
 };
 
 struct vfsx_fsp {

@@ -285,6 +285,24 @@ static void ring_spool(void)
 	TALLOC_FREE(m);
 }
 
+/* Takes back the newest frame (the service could not record it). */
+static void ring_drop_newest(uint64_t idx)
+{
+	struct unacked *u;
+
+	if (ring_n == 0) {
+		return;
+	}
+	u = &ring[(ring_head + ring_n - 1) % RING_MAX];
+	if (u->idx != idx) {
+		return;
+	}
+	ring_bytes -= u->len;
+	free(u->data);
+	u->data = NULL;
+	ring_n--;
+}
+
 static int ring_push(uint64_t idx, const struct vfsx_msg *m)
 {
 	struct unacked *u = &ring[(ring_head + ring_n) % RING_MAX];
@@ -441,8 +459,10 @@ static int link_wait(enum wait_for what, uint64_t want, uint64_t want_idx,
 					return -EAGAIN;
 				}
 				*verdict_err = kind == 'F' ? err : 0;
-				/* everything up to this request is durable */
-				ring_prune(want_idx);
+				/*
+				 * A verdict is not an acknowledgement (protocol
+				 * 2): the frame stays in the ring until "ack".
+				 */
 				spool_close();
 				return 0;
 			}
@@ -605,28 +625,76 @@ uint64_t vfsx_link_next_seq(void)
 	return ++L.seq;
 }
 
+/*
+ * Room in the ring for one more frame of len bytes: when the service is
+ * behind, waits (bounded) for it to catch up. Fails the link if it does not.
+ */
+static int ring_make_room(size_t len)
+{
+	int verdict = 0, rc;
+
+	if (ring_n < RING_MAX && ring_bytes + len <= RING_BYTES) {
+		return 0;
+	}
+	rc = link_wait(WAIT_ACK, ring[ring_head].idx, 0, L.hello_timeout_ms,
+		       &verdict);
+	if (rc < 0) {
+		link_fail("acks not coming", -rc);
+	}
+	return rc;
+}
+
+/*
+ * The frame stays in the ring, like a posted one, until the service
+ * acknowledges it as durable: the verdict comes from the policy at once
+ * and durability follows (protocol 2). Whatever happens, the frame is
+ * recorded: acknowledged, or spooled (here or with the ring).
+ */
 int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 		  int *verdict_err)
 {
+	bool kept = false;
 	int rc;
 
 	if (L.state == LINK_DOWN) {
+		vfsx_link_spool(m);
 		return -ENOTCONN;
 	}
 	if (L.state == LINK_HELLO) {
 		rc = link_wait(WAIT_HELLO, 0, 0, timeout_ms, verdict_err);
 		if (rc < 0) {
 			link_fail("hello", -rc);
+			vfsx_link_spool(m);
 			return rc;
 		}
 	}
+	rc = ring_make_room(m->len);
+	if (rc < 0) {
+		vfsx_link_spool(m);
+		return rc;
+	}
 	rc = send_frame(m);
 	if (rc == 0) {
+		kept = ring_push(L.sent, m) == 0;
+		if (!kept) {
+			/* no memory for a copy: a duplicate is harmless */
+			vfsx_link_spool(m);
+			kept = true;
+		}
 		rc = link_wait(WAIT_VERDICT, seq, L.sent, timeout_ms,
 			       verdict_err);
+		if (rc == -EAGAIN) {
+			/* up, but cannot record it now: spool it ourselves */
+			ring_drop_newest(L.sent);
+			vfsx_link_spool(m);
+			return rc;
+		}
 	}
-	if (rc < 0 && rc != -EAGAIN) {
+	if (rc < 0) {
 		link_fail(rc == -ETIMEDOUT ? "verdict timed out" : "ask", -rc);
+		if (!kept) {
+			vfsx_link_spool(m);
+		}
 	}
 	return rc;
 }
@@ -667,15 +735,9 @@ void vfsx_link_post(struct vfsx_msg *m)
 		vfsx_link_spool(m);
 		return;
 	}
-	if (ring_n == RING_MAX || ring_bytes + m->len > RING_BYTES) {
-		/* the service is behind: wait (bounded) for it to catch up */
-		rc = link_wait(WAIT_ACK, ring[ring_head].idx, 0,
-			       L.hello_timeout_ms, &verdict);
-		if (rc < 0) {
-			link_fail("acks not coming", -rc);
-			vfsx_link_spool(m);
-			return;
-		}
+	if (ring_make_room(m->len) < 0) {
+		vfsx_link_spool(m);
+		return;
 	}
 	rc = send_frame(m);
 	if (rc < 0) {

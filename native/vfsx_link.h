@@ -18,6 +18,8 @@ uint64_t vfsx_link_next_seq(void);
  * Sends a finished frame and waits up to timeout_ms for the answer to seq.
  * Returns 0 with *verdict_err set (0 = transparent), or -errno when the
  * link could not deliver an answer (down, timed out, protocol error).
+ * Either way the report is recorded: a copy stays in the ring until the
+ * service acknowledges it as durable, and goes to the spool if it cannot.
  */
 int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 		  int *verdict_err);

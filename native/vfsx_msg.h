@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define VFSX_PROTO_VERSION 1
+#define VFSX_PROTO_VERSION 2
 #define VFSX_FRAME_MAX 65536	/* payload bytes; the server enforces it too */
 #define VFSX_MAX_RANGES 32
 

@@ -62,6 +62,9 @@ int report_ask(struct vfsx_call *c)
 		c->asked = true;
 		return 0;
 	}
+	if (c->sh->strict) {
+		vfsx_msg_arg_u64(&g_msg, "strict", 1);
+	}
 	if (vfsx_msg_end(&g_msg) != 0) {
 		DBG_ERR("vfsx: message too large, seq=%" PRIu64 "\n", c->seq);
 		return c->sh->deny ? c->sh->deny_errno : 0;
@@ -71,10 +74,10 @@ int report_ask(struct vfsx_call *c)
 		c->asked = verdict == 0;
 		return verdict;
 	}
+	/* The link recorded the report anyway (spool). */
 	if (c->sh->deny) {
 		return c->sh->deny_errno;
 	}
-	vfsx_link_spool(&g_msg);
 	c->asked = true;
 	return 0;
 }
@@ -109,11 +112,15 @@ void report_after(struct vfsx_call *c, int ret, int err)
 		errno = saved;
 		return;
 	}
+	if (c->sh->strict) {
+		vfsx_msg_arg_u64(&g_msg, "strict", 1);
+	}
 	if (vfsx_msg_end(&g_msg) != 0) {
 		DBG_ERR("vfsx: message too large, seq=%" PRIu64 "\n", c->seq);
-	} else if (vfsx_link_ask(&g_msg, c->seq, c->sh->timeout_ms,
-				 &verdict) != 0) {
-		vfsx_link_spool(&g_msg);
+	} else {
+		/* on failure the link spools the report itself */
+		(void)vfsx_link_ask(&g_msg, c->seq, c->sh->timeout_ms,
+				    &verdict);
 	}
 	errno = saved;
 }

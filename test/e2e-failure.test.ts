@@ -34,6 +34,7 @@ before(async () => {
   smbd = await SmbdHarness.start([
     { name: 'open', vfsx: { socket: svc.socket, spool: svc.spool, timeoutMs: TIMEOUT_MS, onFailure: 'allow' } },
     { name: 'closed', vfsx: { socket: svc.socket, spool: svc.spool, timeoutMs: TIMEOUT_MS, onFailure: 'deny' } },
+    { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool, timeoutMs: TIMEOUT_MS, strict: true } },
   ]);
 });
 
@@ -106,6 +107,60 @@ test('reports sent without waiting to a service that dies before reading them co
     await svc.start();
     await waitForRecords(svc, 'ring/a..c from the spool', (recs) =>
       ['ring/a', 'ring/b', 'ring/c'].every((p) => recs.some((x) => x.op === 'mkdir' && x.names.path === p && x.outcome === 'confirmed')));
+  } finally {
+    await s.close();
+  }
+});
+
+test('a verdict does not wait for the journal: with Redis frozen a judged put completes, and its records come back through the spool', async () => {
+  const s = await SmbSession.open(smbd.port, 'open');
+  try {
+    await s.run('put /etc/hostname warm2.txt');
+    await waitForRecords(svc, 'warm2', (r) => r.some((x) => x.op === 'close' && x.names.path === 'warm2.txt'));
+    const closesBefore = svc.logsWith('report not recorded; closing so the module spools it').length;
+    redis.signal('SIGSTOP'); // the journal write of what follows hangs, then times out
+    try {
+      const r = await s.run('put /etc/hostname quick.txt', 10000);
+      assert.deepEqual(r.statuses, []);
+      assert.ok(existsSync(join(smbd.sharePath('open'), 'quick.txt')));
+      // The create's verdict went out before its record was durable; the write then failed,
+      // the service closed the link and the module spooled its unacknowledged copies.
+      await waitFor('the service gave up on the write', () => svc.logsWith('report not recorded; closing so the module spools it').length > closesBefore);
+      await waitFor('unacknowledged reports spooled', async () => (await spoolFiles()).length >= 1);
+    } finally {
+      redis.signal('SIGCONT');
+    }
+    const recs = await waitForRecords(svc, 'quick.txt from the spool', (r) =>
+      r.some((x) => x.op === 'create' && x.names.path === 'quick.txt' && x.outcome === 'confirmed')
+      && r.some((x) => x.op === 'close' && x.names.path === 'quick.txt'), 30000);
+    // The timed-out write may land too once Redis runs again: the record is queued once all the same.
+    assert.equal(recs.filter((x) => x.op === 'create' && x.names.path === 'quick.txt').length, 1);
+    await waitFor('spool ingested and removed', async () => (await spoolFiles()).length === 0, 20000);
+  } finally {
+    await s.close();
+  }
+});
+
+test('on a vfsx:strict share a verdict waits for the durable record: with Redis frozen the create is answered unavailable and spooled, the link stays up', async () => {
+  const s = await SmbSession.open(smbd.port, 'strict');
+  try {
+    await s.run('put /etc/hostname warm3.txt');
+    await waitForRecords(svc, 'warm3', (r) => r.some((x) => x.op === 'close' && x.names.path === 'warm3.txt'));
+    const closesBefore = svc.logsWith('report not recorded; closing so the module spools it').length;
+    const unavailable = () => svc.logsWith('journal unavailable; module falls back to its spool').filter((l) => l.op === 'create').length;
+    const before = unavailable();
+    redis.signal('SIGSTOP');
+    try {
+      assert.deepEqual((await s.run('put /etc/hostname slow.txt', 10000)).statuses, []);
+      // The verdict waited for the write; when it timed out the answer was "unavailable", and the module spooled the create itself.
+      await waitFor('the strict verdict said unavailable', () => unavailable() > before);
+      await waitFor('the module spooled the unrecorded create', async () => (await spoolFiles()).length >= 1);
+    } finally {
+      redis.signal('SIGCONT');
+    }
+    await waitForRecords(svc, 'slow.txt recorded', (r) =>
+      r.some((x) => x.op === 'create' && x.names.path === 'slow.txt' && x.outcome === 'confirmed'), 30000);
+    assert.equal(svc.logsWith('report not recorded; closing so the module spools it').length, closesBefore, 'a strict share never needs the link closed');
   } finally {
     await s.close();
   }

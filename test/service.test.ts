@@ -60,7 +60,7 @@ test('a record whose outcome never arrives (its smbd died) is reconciled as unkn
   const pid = child.pid as number;
   const start = await startTime(pid);
   const c = await RawClient.connect(svc.socket);
-  assert.equal(await c.hello(pid, start), 'hello:1:');
+  assert.equal(await c.hello(pid, start), 'hello:2:');
   assert.equal(await c.ask('alice', 'mkdir', [['seq', 1], ['share', 'sh'], ['path', 'lost-dir'], ['mode', '755']]), 'transparent:1');
   assert.equal(await c.ask('alice', 'mkdir', [['seq', 2], ['share', 'sh'], ['path', 'done-dir'], ['mode', '755']]), 'transparent:2');
   c.send(formatMessage('alice', 'done', '/srv/share', [['seq', 2], ['err', 0]]));
@@ -79,6 +79,7 @@ test('after a SIGKILL the service resumes the journal: an outcome sent after res
   await c.hello(process.pid, start);
   assert.equal(await c.ask('carol', 'mkdir', [['seq', 500], ['share', 'sh'], ['path', 'across-crash'], ['mode', '755']]), 'transparent:500');
   assert.equal(await c.ask('carol', 'close', [['seq', 501], ['share', 'sh'], ['path', 'f'], ['flags', 'c'], ['ranges', '0+1'], ['err', 0]]), 'transparent:501');
+  await c.waitAcked(3); // what the module waits for before it lets go of its copies
   await svc.stop('SIGKILL');
   c.close();
   await svc.start();
@@ -118,6 +119,39 @@ test('while Redis is down the service answers unavailable at once, and records a
   await waitFor('journal writes again', async () =>
     (await c.ask('eve', 'unlink', [['seq', 11], ['share', 'sh'], ['path', 'back']])) === 'transparent:11', 20000, 200);
   c.close();
+});
+
+test('a verdict comes from the policy at once and the frame is acknowledged once durable; a strict report waits until then', async () => {
+  const writeTimeoutMs = 800; // the default redis.writeTimeoutMs
+  const start = await startTime(process.pid);
+  const c = await RawClient.connect(svc.socket);
+  assert.equal(await c.hello(process.pid, start), 'hello:2:');
+  assert.equal(await c.ask('fay', 'mkdir', [['seq', 1], ['share', 'sh'], ['path', 'v1'], ['mode', '755']]), 'transparent:1');
+  c.send(formatMessage('fay', 'done', '/srv/share', [['seq', 1], ['err', 0]]));
+  await c.waitAcked(3);
+  redis.signal('SIGSTOP'); // writes now hang until they time out
+  try {
+    let t0 = Date.now();
+    assert.equal(await c.ask('fay', 'mkdir', [['seq', 2], ['share', 'sh'], ['path', 'v2'], ['mode', '755']]), 'transparent:2');
+    assert.ok(Date.now() - t0 < writeTimeoutMs / 2, `the verdict did not wait for the journal (${Date.now() - t0} ms)`);
+    // Not durable in time: the service closes, so the module would spool its unacknowledged copy.
+    assert.equal(await c.next(), null);
+    assert.ok(c.acked < 4, 'frame 4 was never acknowledged');
+    const s = await RawClient.connect(svc.socket);
+    await s.hello(process.pid, start);
+    t0 = Date.now();
+    assert.equal(await s.ask('fay', 'mkdir', [['seq', 3], ['share', 'sh'], ['path', 'v3'], ['mode', '755'], ['strict', 1]]), 'unavailable:3');
+    assert.ok(Date.now() - t0 >= writeTimeoutMs * 0.9, `a strict verdict waits for the write (${Date.now() - t0} ms)`);
+    redis.signal('SIGCONT');
+    assert.equal(await s.ask('fay', 'mkdir', [['seq', 4], ['share', 'sh'], ['path', 'v4'], ['mode', '755'], ['strict', 1]]), 'transparent:4');
+    await s.waitAcked(3); // hello, the unavailable frame 2 (the module spools that one), frame 3
+    s.send(formatMessage('fay', 'done', '/srv/share', [['seq', 4], ['err', 0]]));
+    await waitForRecords(svc, 'v1 and v4 confirmed', (r) => ['v1', 'v4'].every((p) => r.some((x) => x.names.path === p && x.outcome === 'confirmed')));
+    s.close();
+  } finally {
+    redis.signal('SIGCONT');
+    c.close();
+  }
 });
 
 test('malformed frames close only their own connection; the service keeps serving', async () => {
@@ -177,7 +211,7 @@ test('a fuzz run of 100,000 random and mutated frames never crashes or hangs the
   }
   assert.ok(connections >= 50);
   const probe = await RawClient.connect(svc.socket);
-  assert.equal(await probe.hello(process.pid, 2), 'hello:1:');
+  assert.equal(await probe.hello(process.pid, 2), 'hello:2:');
   assert.equal(await probe.ask('u', 'mkdir', [['seq', 1], ['share', 's'], ['path', 'alive'], ['mode', '755']]), 'transparent:1');
   probe.close();
   assert.ok(svc.logs.some((l) => l.msg === 'protocol error; closing connection'));

@@ -38,4 +38,6 @@ export interface ChangeSink {
   resolve(instance: string, seq: number, err: number): Promise<void>;
   /** Durably records an operation that already happened (close, fsync). */
   append(rec: ChangeRecord): Promise<void>;
+  /** False while a write is known to fail at once (the store is unreachable). */
+  writable(): boolean;
 }

@@ -1,11 +1,13 @@
 /**
  * Turns one decoded bridge message into its answer: validate, apply policy,
- * record durably, answer. Protocol violations throw VfsxError; the caller
+ * answer, record durably. Protocol violations throw VfsxError; the caller
  * closes that one connection.
  *
- * A report waits for its verdict unless the module sent it async (only for
- * operations no policy rule can deny: the hello answer lists the others);
- * then the caller gets its durability promise and acknowledges it later.
+ * A report that waits for a verdict gets it from the in-memory policy at
+ * once; the record becomes durable the way async reports do, and the caller
+ * acknowledges the frame ("ack:N") once it is (protocol 2: the module keeps
+ * the frame until then). A report marked strict gets its verdict only once
+ * its record is durable.
  */
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
@@ -27,8 +29,10 @@ export interface BridgeSession {
 export interface DispatchResult {
   /** The frame to send back now (hello answer, verdict), if any. */
   reply: Buffer | null;
-  /** For a message sent without waiting: settles when it is durable. */
+  /** Settles when the message's record is durable (null: nothing to record); then the frame is acknowledged. */
   durable: Promise<void> | null;
+  /** A strict report's verdict: sent once its record is durable ("unavailable" if it cannot be). */
+  later: Promise<Buffer> | null;
 }
 
 export interface OpDispatcherOptions {
@@ -46,7 +50,7 @@ function uintArg(msg: BridgeMessage, key: string): number {
   return Number(s);
 }
 
-const NONE: DispatchResult = { reply: null, durable: null };
+const NONE: DispatchResult = { reply: null, durable: null, later: null };
 
 export class OpDispatcher {
   private readonly policy: Policy;
@@ -61,24 +65,42 @@ export class OpDispatcher {
     this.log = options.logger;
   }
 
-  /** Handles one message. Its synchronous part runs in call order. */
-  async dispatch(session: BridgeSession, msg: BridgeMessage): Promise<DispatchResult> {
-    if (msg.op === 'hello') return { reply: this.hello(session, msg), durable: null };
+  /** Handles one message, synchronously: records enter the journal's batch in call order. */
+  dispatch(session: BridgeSession, msg: BridgeMessage): DispatchResult {
+    if (msg.op === 'hello') return { reply: this.hello(session, msg), durable: null, later: null };
     if (session.instance === undefined) {
       throw new VfsxError('VFSX_ERR_PROTOCOL_NO_HELLO', `${msg.op} before hello`);
     }
     if (msg.op === 'done') {
-      return { reply: null, durable: this.sink.resolve(session.instance, uintArg(msg, 'seq'), uintArg(msg, 'err')) };
+      return { reply: null, durable: this.sink.resolve(session.instance, uintArg(msg, 'seq'), uintArg(msg, 'err')), later: null };
     }
     const seq = uintArg(msg, 'seq');
+    const live = session.source === 'live';
     const rec = this.record(session, msg, seq);
-    if (rec === null) return session.source === 'live' ? { reply: encodeVerdict(seq, { kind: 'fail', errno: EINVAL }), durable: null } : NONE;
-    if (msg.args.has('async')) {
+    if (rec === null) return live ? { reply: encodeVerdict(seq, { kind: 'fail', errno: EINVAL }), durable: null, later: null } : NONE;
+    if (msg.args.has('async') || !live) {
       this.checkAsync(session, rec);
-      return { reply: null, durable: this.write(rec) };
+      return { reply: null, durable: this.write(rec), later: null };
     }
-    const verdict = await this.decide(session, rec);
-    return { reply: session.source === 'live' ? encodeVerdict(seq, verdict) : null, durable: null };
+    const denied = this.deny(rec);
+    if (denied !== null) return { reply: encodeVerdict(seq, denied), durable: null, later: null };
+    if (!this.sink.writable()) {
+      // Known down: the module spools the report and goes on, without churning the link.
+      return { reply: encodeVerdict(seq, { kind: 'unavailable' }), durable: null, later: null };
+    }
+    const written = this.write(rec);
+    if (msg.args.has('strict')) {
+      const later = written.then(
+        () => encodeVerdict(seq, { kind: 'transparent' }),
+        (err) => {
+          this.log.warn({ err, op: rec.op, id: rec.id }, 'journal unavailable; module falls back to its spool');
+          return encodeVerdict(seq, { kind: 'unavailable' });
+        },
+      );
+      // The module spools an "unavailable" report itself: acknowledging past it loses nothing.
+      return { reply: null, durable: written.catch(() => undefined), later };
+    }
+    return { reply: encodeVerdict(seq, { kind: 'transparent' }), durable: written, later: null };
   }
 
   private hello(session: BridgeSession, msg: BridgeMessage): Buffer {
@@ -110,23 +132,14 @@ export class OpDispatcher {
     return { share: rec.share, user: rec.user, op: rec.op, paths };
   }
 
-  private async decide(session: BridgeSession, rec: ChangeRecord): Promise<Verdict> {
-    if (rec.outcome === 'pending' && session.source === 'live' && !this.policy.empty) {
-      const d = this.policy.evaluate(this.policyInput(rec));
-      if (d !== null) {
-        this.log.info({ audit: 'denied', rule: d.rule, op: rec.op, share: rec.share, user: rec.user, names: rec.names },
-          'operation denied by policy');
-        return { kind: 'fail', errno: d.errno };
-      }
-    }
-    try {
-      await this.write(rec);
-      return { kind: 'transparent' };
-    } catch (err) {
-      if (session.source === 'spool') throw err; // keep the spool file; retry later
-      this.log.warn({ err, op: rec.op, id: rec.id }, 'journal unavailable; module falls back to its spool');
-      return { kind: 'unavailable' };
-    }
+  /** The policy's verdict when it denies the operation, else null. */
+  private deny(rec: ChangeRecord): Verdict | null {
+    if (rec.outcome !== 'pending' || this.policy.empty) return null;
+    const d = this.policy.evaluate(this.policyInput(rec));
+    if (d === null) return null;
+    this.log.info({ audit: 'denied', rule: d.rule, op: rec.op, share: rec.share, user: rec.user, names: rec.names },
+      'operation denied by policy');
+    return { kind: 'fail', errno: d.errno };
   }
 
   /** Builds the record, or null (logged) when the report's arguments are invalid. */

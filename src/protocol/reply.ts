@@ -3,7 +3,7 @@
  */
 import { encodeFrame } from './frame-decoder';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export type Verdict =
   | { kind: 'transparent' }

@@ -1,6 +1,6 @@
 /**
  * The durable change journal, write side (docs/journal.md): every report is
- * appended to a Redis Stream before its verdict goes back. Group commit:
+ * appended to a Redis Stream; the module keeps its frame until then. Group commit:
  * whatever arrives in the same turn of the event loop goes out as one
  * pipeline, and pipelines are not serialised: one connection keeps their
  * order, so a verdict never waits behind an earlier batch.
@@ -57,6 +57,10 @@ export class Journal implements ChangeSink {
     if (this.client.status !== 'ready') {
       await new Promise<void>((resolve) => this.client.once('ready', () => resolve()));
     }
+  }
+
+  writable(): boolean {
+    return !this.closed && this.client.status === 'ready';
   }
 
   /** Both kinds of record go to the stream alike; the pump tells them apart by outcome. */

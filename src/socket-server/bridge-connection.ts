@@ -6,7 +6,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
-import type { BridgeSession, OpDispatcher } from '../ops/op-dispatcher';
+import type { BridgeSession, DispatchResult, OpDispatcher } from '../ops/op-dispatcher';
 import { FrameDecoder } from '../protocol/frame-decoder';
 import { parseMessage } from '../protocol/message';
 import { encodeAck } from '../protocol/reply';
@@ -34,6 +34,9 @@ export class BridgeConnection {
   private ackDue = 0;
   private ackSent = 0;
   private ackScheduled = false;
+  /** Frames whose acknowledgement waits for an earlier one; tail settles after the last. */
+  private unsettled = 0;
+  private tail: Promise<void> = Promise.resolve();
 
   constructor(options: BridgeConnectionOptions) {
     this.socket = options.socket;
@@ -79,25 +82,48 @@ export class BridgeConnection {
     }
     const index = this.messages;
     const t0 = this.observeVerdict && index > 1 ? performance.now() : 0;
-    // Dispatch runs synchronously up to its first await, so records enter
-    // the journal's batch in arrival order.
-    this.dispatcher.dispatch(this.session, msg).then(
-      ({ reply, durable }) => {
-        if (reply && !this.closed) {
-          this.socket.write(reply);
-          if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
-        }
-        durable?.then(
-          () => this.ack(index),
-          (err) => {
-            // Not durable: closing makes the module spool what it did not see acknowledged.
-            this.log.warn({ err, index }, 'async report not recorded; closing so the module spools it');
-            this.close('journal write failed');
-          },
-        );
-      },
-      (err) => this.protocolError(err),
-    );
+    let r: DispatchResult;
+    try {
+      r = this.dispatcher.dispatch(this.session, msg);
+    } catch (err) {
+      this.protocolError(err);
+      return;
+    }
+    if (r.reply) {
+      this.socket.write(r.reply);
+      if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
+    }
+    r.later?.then((reply) => {
+      if (this.closed) return;
+      this.socket.write(reply);
+      if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
+    });
+    if (index > 1) this.settle(index, r.durable);
+  }
+
+  /**
+   * Acknowledges frame `index` once it and every frame before it are
+   * durable: journal batches settle in order, but a frame with nothing to
+   * record (a denied report) must not be acknowledged ahead of them.
+   */
+  private settle(index: number, durable: Promise<void> | null): void {
+    if (durable === null && this.unsettled === 0) {
+      this.ack(index);
+      return;
+    }
+    this.unsettled++;
+    // Handled at once (never an unhandled rejection), acted on in frame order.
+    const outcome = durable === null ? null : durable.then(() => null, (err: unknown) => err ?? new Error('not recorded'));
+    this.tail = this.tail.then(() => outcome).then((err) => {
+      this.unsettled--;
+      if (err === null) {
+        this.ack(index);
+        return;
+      }
+      // Not durable: closing makes the module spool what it did not see acknowledged.
+      if (!this.closed) this.log.warn({ err, index }, 'report not recorded; closing so the module spools it');
+      this.close('journal write failed');
+    });
   }
 
   /** Acknowledges frames up to index, one ack per turn of the event loop. */

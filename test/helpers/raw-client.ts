@@ -2,6 +2,7 @@
 import { connect, Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../../src/protocol/frame-decoder';
 import { formatMessage } from '../../src/protocol/message';
+import { PROTOCOL_VERSION } from '../../src/protocol/reply';
 
 export class RawClient {
   readonly socket: Socket;
@@ -46,7 +47,7 @@ export class RawClient {
   }
 
   hello(pid: number, start: number): Promise<string | null> {
-    this.send(formatMessage('root', 'hello', '', [['proto', 1], ['pid', pid], ['start', start]]));
+    this.send(formatMessage('root', 'hello', '', [['proto', PROTOCOL_VERSION], ['pid', pid], ['start', start]]));
     return this.next();
   }
 
@@ -57,6 +58,24 @@ export class RawClient {
   ask(user: string, op: string, args: Array<[string, string | number | Buffer]>): Promise<string | null> {
     this.send(formatMessage(user, op, '/srv/share', args));
     return this.next();
+  }
+
+  /** Waits until frames 1..n are acknowledged as durable (a verdict alone does not say so). */
+  async waitAcked(n: number, timeoutMs = 10000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.acked < n) {
+      for (const r of this.replies.splice(0)) {
+        if (r.startsWith('ack:')) this.acked = Math.max(this.acked, Number(r.slice(4)));
+        else throw new Error(`unexpected reply ${r} while waiting for ack ${n}`);
+      }
+      if (this.acked >= n) break;
+      if (this.closed) throw new Error(`closed before ack ${n}`);
+      if (Date.now() > deadline) throw new Error(`no ack ${n} (have ${this.acked})`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
   }
 
   /** The next reply other than an ack, or null if the connection closes first. */

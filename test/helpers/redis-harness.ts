@@ -47,6 +47,11 @@ export class RedisHarness {
     }
   }
 
+  /** Sends a signal to the server (SIGSTOP freezes it: writes hang instead of failing). */
+  signal(sig: NodeJS.Signals): void {
+    this.proc?.kill(sig);
+  }
+
   /** Stops the server (SIGTERM: it writes its AOF) and waits for it to exit. */
   async stopServer(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const p = this.proc;

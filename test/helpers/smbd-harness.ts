@@ -18,7 +18,7 @@ export interface ShareSpec {
   name: string;
   /** The whole `vfs objects` line (default: vfsx). */
   vfsObjects?: string;
-  vfsx?: { socket: string; spool: string; timeoutMs?: number; onFailure?: 'allow' | 'deny'; async?: boolean };
+  vfsx?: { socket: string; spool: string; timeoutMs?: number; onFailure?: 'allow' | 'deny'; async?: boolean; strict?: boolean };
   extra?: string[];
 }
 
@@ -104,6 +104,7 @@ export class SmbdHarness {
           `  vfsx:timeout = ${s.vfsx.timeoutMs ?? 1000}`,
           `  vfsx:on_failure = ${s.vfsx.onFailure ?? 'allow'}`,
           `  vfsx:async = ${s.vfsx.async === false ? 'no' : 'yes'}`,
+          `  vfsx:strict = ${s.vfsx.strict === true ? 'yes' : 'no'}`,
         );
       }
       for (const l of s.extra ?? []) lines.push(`  ${l}`);
