@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # npm run demo: builds and starts the whole system on loopback (redis-server,
-# a RestFS DR site, vfsx serve with replication, smbd with a vfsx share),
+# a RestFS DR site, vfsx serve, vfsx replicate at a lower priority, smbd with
+# a vfsx share),
 # drives it with smbclient as a Windows client would, shows the change
 # journal, verifies the DR copy and restores from it. The system keeps
 # running; `npm run demo -- stop` stops it.
@@ -17,9 +18,10 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 stop_all() {
 	[ -f "$demo/pid/smbd.pid" ] && kill "$(cat "$demo/pid/smbd.pid")" 2>/dev/null || true
 	[ -f "$demo/vfsx.pid" ] && kill "$(cat "$demo/vfsx.pid")" 2>/dev/null || true
+	[ -f "$demo/replicate.pid" ] && kill "$(cat "$demo/replicate.pid")" 2>/dev/null || true
 	[ -f "$demo/dr.pid" ] && kill "$(cat "$demo/dr.pid")" 2>/dev/null || true
 	[ -f "$demo/redis.pid" ] && kill "$(cat "$demo/redis.pid")" 2>/dev/null || true
-	rm -f "$demo/vfsx.pid" "$demo/dr.pid"
+	rm -f "$demo/vfsx.pid" "$demo/replicate.pid" "$demo/dr.pid"
 }
 
 if [ "${1:-}" = stop ]; then
@@ -77,6 +79,10 @@ say "Starting vfsx serve (log: $demo/vfsx.log)"
 nohup node "$repo/bin/vfsx.js" serve --config "$demo/vfsx.json" > "$demo/vfsx.log" 2>&1 &
 echo $! > "$demo/vfsx.pid"
 for _ in $(seq 100); do grep -q '"journal ready"' "$demo/vfsx.log" && break; sleep 0.1; done
+say "Starting vfsx replicate at nice 10, I/O best-effort 7 (log: $demo/replicate.log)"
+nohup node "$repo/bin/vfsx.js" replicate --config "$demo/vfsx.json" > "$demo/replicate.log" 2>&1 &
+echo $! > "$demo/replicate.pid"
+for _ in $(seq 100); do grep -q '"vfsx replicating"' "$demo/replicate.log" && break; sleep 0.1; done
 
 cat > "$demo/smb.conf" <<CONF
 [global]
@@ -153,6 +159,6 @@ The system is running:
   status       node bin/vfsx.js status --config $demo/vfsx.json [--watch] [--json]
   events       node bin/vfsx.js events --config $demo/vfsx.json [--recent]
   dashboard    http://127.0.0.1:$httpport/   (loopback only; metrics at http://127.0.0.1:$httpport/metrics)
-  logs         $demo/vfsx.log
+  logs         $demo/vfsx.log $demo/replicate.log
   stop         npm run demo -- stop
 EOF2

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -77,6 +77,22 @@ async function drained(): Promise<void> {
 
 const blockFiles = () => readdirSync(join(dr.dataDir, 'blocks'), { recursive: true, withFileTypes: true })
   .filter((d) => d.isFile() && d.name.length === 64).length;
+
+test('vfsx replicate is its own process, below smbd and vfsx serve in CPU and I/O priority (every thread)', async () => {
+  const niceOf = (pid: number | string, tid: number | string) => {
+    const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+    return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[16]); // field 19
+  };
+  const rpid = svc.replicatorPid as number;
+  assert.ok(rpid && rpid !== svc.pid, 'a process of its own');
+  const threads = readdirSync(`/proc/${rpid}/task`);
+  assert.ok(threads.length > 1);
+  for (const tid of threads) {
+    assert.equal(niceOf(rpid, tid), 10, `thread ${tid}: nice`);
+    assert.match(spawnSync('ionice', ['-p', tid], { encoding: 'utf8' }).stdout, /best-effort: prio 7/, `thread ${tid}: ionice`);
+  }
+  for (const tid of readdirSync(`/proc/${svc.pid}/task`)) assert.equal(niceOf(svc.pid as number, tid), 0, 'vfsx serve keeps nice 0');
+});
 
 test('a scripted workload through SMB converges: the DR site holds exactly the source tree', async () => {
   const f = (name: string, bytes: number) => writeFile(join(local, name), randomBytes(bytes));

@@ -10,6 +10,7 @@
 #include <string>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -83,7 +84,27 @@ Napi::Value TryLock(const Napi::CallbackInfo &info) {
   return ThrowErrno(env, errno, "flock");
 }
 
+// ioprio_set(IOPRIO_WHO_PROCESS, tid, class << 13 | level): one thread (glibc has no wrapper).
+Napi::Value SetIoPriority(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "setIoPriority(tid, class, level)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int tid = info[0].As<Napi::Number>().Int32Value();
+  int cls = info[1].As<Napi::Number>().Int32Value();
+  int level = info[2].As<Napi::Number>().Int32Value();
+  if (tid < 0 || cls < 1 || cls > 3 || level < 0 || level > 7) {
+    Napi::RangeError::New(env, "setIoPriority: tid >= 0, class 1..3, level 0..7").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid, (cls << 13) | level) != 0)
+    return ThrowErrno(env, errno, "ioprio_set");
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("setIoPriority", Napi::Function::New(env, SetIoPriority));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
   vfsx::RegisterTreeOps(env, exports);

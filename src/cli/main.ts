@@ -7,6 +7,8 @@ import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
 import { DrSiteServer } from '../dr-site/dr-site-server';
 import { createLogger } from '../service/create-logger';
+import { lowerPriority } from '../native/addon';
+import { Replicator } from '../replication-queue/replicator';
 import { VfsxService } from '../service/vfsx-service';
 import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
 import { doctorCommand } from './doctor';
@@ -19,6 +21,11 @@ Usage:
   vfsx serve [--config FILE]
       Run the service: the Unix socket smbd's vfsx module connects to, the
       policy, the durable change journal in Redis, spool ingestion.
+  vfsx replicate [--config FILE]
+      Run a replicator: takes the journal's changes from the queue and makes
+      the DR site match the share (also the scheduled scrub). Lowers itself
+      to replication.nice and replication.ioClass/ioLevel so smbd and vfsx
+      serve always win the cores and the disk. Several may run at once.
   vfsx journal [--config FILE] [--share NAME] [--pending|--all] [--json] [--follow]
       Print queued change records, oldest first (--pending: records still
       awaiting their outcome; --all: also the recently replicated ones).
@@ -92,6 +99,31 @@ async function serve(configFile: string | undefined): Promise<number> {
   return new Promise<number>(() => undefined); // runs until a signal
 }
 
+async function replicate(configFile: string | undefined): Promise<number> {
+  const config = loadConfig(configFile);
+  const r = config.replication;
+  if (!r.enabled) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.enabled is false: nothing to replicate');
+  const logger = createLogger(config.log.level).child({ c: 'replicator' });
+  lowerPriority(r.nice, r.ioClass, r.ioLevel);
+  const replicator = new Replicator({ redis: config.redis, queueName: config.journal.queueName, replication: r, logger });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    void replicator.close().finally(() => {
+      logger.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+  replicator.start();
+  logger.info({ site: r.siteUrl, nice: r.nice, io: `${r.ioClass}/${r.ioLevel}` }, 'vfsx replicating');
+  return new Promise<number>(() => undefined); // runs until a signal
+}
+
 async function drSite(configFile: string | undefined): Promise<number> {
   const config = loadConfig(configFile);
   const d = config.drSite;
@@ -147,6 +179,8 @@ export async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'serve':
       return serve(values.config);
+    case 'replicate':
+      return replicate(values.config);
     case 'dr-site':
       return drSite(values.config);
     case 'resync':

@@ -99,6 +99,9 @@ export const configSchema = {
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
+        nice: { type: 'integer', minimum: 0, maximum: 19, default: 10, description: 'CPU niceness of vfsx replicate (smbd and vfsx serve keep 0)' },
+        ioClass: { enum: ['best-effort', 'idle'], default: 'best-effort', description: 'I/O scheduling class of vfsx replicate' },
+        ioLevel: { type: 'integer', minimum: 0, maximum: 7, default: 7, description: 'I/O priority level within ioClass (7 = lowest)' },
         scrub: {
           type: 'object',
           additionalProperties: false,
@@ -244,6 +247,10 @@ export interface VfsxConfig {
     maxBackoffMs: number;
     /** Records replicated at once; records of related paths still run in journal order. */
     concurrency: number;
+    /** CPU niceness and I/O class/level `vfsx replicate` lowers itself to. */
+    nice: number;
+    ioClass: 'best-effort' | 'idle';
+    ioLevel: number;
     scrub: ScrubConfig;
   };
   drSite: {

@@ -2,6 +2,8 @@
  * Typed access to the native addon (native/addon): SO_PEERCRED, flock, and
  * file-tree calls beneath a directory that never follow a symlink.
  */
+import { readdirSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { join } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
 
@@ -47,6 +49,7 @@ export interface TreeOps {
 interface AddonExports extends TreeOps {
   peerCred(fd: number): PeerCred;
   tryLock(fd: number): boolean;
+  setIoPriority(tid: number, cls: number, level: number): void;
 }
 
 let cached: AddonExports | undefined;
@@ -88,6 +91,26 @@ export function peerCred(fd: number): PeerCred {
 export function tryLock(fd: number): boolean {
   checkFd(fd);
   return addon().tryLock(fd);
+}
+
+/** I/O scheduling classes of ioprio_set(2). */
+export const IO_CLASS = { realtime: 1, 'best-effort': 2, idle: 3 } as const;
+
+/**
+ * Lowers every thread of this process to CPU niceness `nice` and the given
+ * I/O class and level (threads started later inherit it from their creator).
+ * Per thread, because Linux applies both to one thread at a time.
+ */
+export function lowerPriority(nice: number, ioClass: keyof typeof IO_CLASS, ioLevel: number): void {
+  for (const t of readdirSync('/proc/self/task')) {
+    const tid = Number(t);
+    try {
+      if (getPriority(tid) < nice) setPriority(tid, nice);
+      addon().setIoPriority(tid, IO_CLASS[ioClass], ioLevel);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // a thread that just ended
+    }
+  }
 }
 
 /**

@@ -25,6 +25,7 @@ import { compareIds, nextId } from './stream-ids';
 export interface JournalPumpOptions {
   redis: VfsxConfig['redis'];
   journal: VfsxConfig['journal'];
+  replication?: VfsxConfig['replication'];
   logger: Logger;
 }
 

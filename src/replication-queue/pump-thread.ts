@@ -1,7 +1,7 @@
 /**
- * Runs the JournalPump (and, when enabled, the Replicator) in a worker
- * thread: parsing, hashing, file reads and garbage stay off the event loop
- * that answers smbd's verdicts.
+ * Runs the JournalPump in a worker thread: parsing and batching stay off the
+ * event loop that answers smbd's verdicts. (The replicator is its own
+ * process, `vfsx replicate`, at a lower priority.)
  */
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
@@ -24,24 +24,11 @@ export interface PumpStats {
   pending: number;
 }
 
-export interface ReplicationStats {
-  records: number;
-  commits: number;
-  coalesced: number;
-  blocksSent: number;
-  bytesSent: number;
-  failures: number;
-  lastError: string;
-}
-
 export class PumpThread {
   private readonly opts: PumpThreadOptions;
   private worker: Worker | null = null;
   private closing: Promise<void> | null = null;
   stats: PumpStats = { entries: 0, jobs: 0, failed: 0, reconciled: 0, pending: 0 };
-  replication: ReplicationStats | null = null;
-  /** Called with change -> committed latencies (ms), about once a second. */
-  onLatencies: ((ms: number[]) => void) | null = null;
 
   constructor(options: PumpThreadOptions) {
     this.opts = options;
@@ -52,10 +39,8 @@ export class PumpThread {
     const w = new Worker(join(__dirname, 'pump-worker.js'), {
       workerData: { redis: this.opts.redis, journal: this.opts.journal, replication: this.opts.replication, logLevel: this.opts.logLevel },
     });
-    w.on('message', (m: { stats?: PumpStats; replication?: ReplicationStats | null; latencies?: number[] }) => {
+    w.on('message', (m: { stats?: PumpStats }) => {
       if (m.stats) this.stats = m.stats;
-      if (m.replication) this.replication = m.replication;
-      if (m.latencies && m.latencies.length > 0) this.onLatencies?.(m.latencies);
     });
     w.on('error', (err) => this.opts.logger.error({ err }, 'journal pump thread failed; restarting'));
     w.on('exit', (code) => {

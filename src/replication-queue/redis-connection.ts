@@ -44,10 +44,17 @@ export interface StateKeys {
   rpo: (name: string) => string;
   /** Hash: fail-open engagement (spool files ingested, lastAt). */
   failOpen: string;
+  /** Hash: replication totals since the journal began (records, commits, coalesced, blocksSent, bytesSent, failures), summed over replicator processes. */
+  totals: string;
+  /** Hash: change -> commit latency histogram (b<i> counts per COMMIT_LATENCY_BUCKETS, inf, sum in seconds, count). */
+  latency: string;
   /** Pub/sub channel of events, and a capped list of recent ones (commits are published only). */
   events: string;
   recent: string;
 }
+
+/** Upper bounds (seconds) of the change -> commit latency histogram. */
+export const COMMIT_LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60, 300];
 
 export function stateKeys(prefix: string): StateKeys {
   return {
@@ -57,6 +64,8 @@ export function stateKeys(prefix: string): StateKeys {
     scrub: (name) => `${prefix}:state:scrub:${name}`,
     rpo: (name) => `${prefix}:rpo:${name}`,
     failOpen: `${prefix}:state:fail-open`,
+    totals: `${prefix}:state:replication`,
+    latency: `${prefix}:state:commit-latency`,
     events: `${prefix}:events`,
     recent: `${prefix}:events:recent`,
   };

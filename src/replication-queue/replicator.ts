@@ -19,7 +19,7 @@ import { Tree } from '../native/tree';
 import { DrClient } from './dr-client';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
-import { redisOptions, StateKeys, stateKeys } from './redis-connection';
+import { COMMIT_LATENCY_BUCKETS, redisOptions, StateKeys, stateKeys } from './redis-connection';
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
 import { SiteSync } from './site-sync';
@@ -59,8 +59,10 @@ export class Replicator {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private reconnectDelay = 200;
   private closed = false;
-  /** close -> committed latencies (ms) since the last take; the service turns them into a histogram. */
+  /** change -> committed latencies (s) not yet added to the shared histogram in Redis. */
   private latencies: number[] = [];
+  /** Stats already added to the shared totals in Redis. */
+  private readonly reported = { records: 0, commits: 0, coalesced: 0, blocksSent: 0, bytesSent: 0, failures: 0 };
 
   constructor(options: ReplicatorOptions) {
     this.opts = options;
@@ -71,12 +73,6 @@ export class Replicator {
     this.events = new EventBus(options.redis, this.conn.duplicate());
   }
 
-  /** Latencies observed since the last call (ms from the service receiving a change to its commit). */
-  takeLatencies(): number[] {
-    const out = this.latencies;
-    this.latencies = [];
-    return out;
-  }
 
   private setLink(to: 'up' | 'down', error?: string): void {
     if (error) {
@@ -92,19 +88,48 @@ export class Replicator {
     void this.writeState();
   }
 
-  /** Writes the link state and per-share rates for `vfsx status` (every second, and on changes). */
+  /**
+   * Writes the link state and per-share rates for `vfsx status` (every
+   * second, and on changes), and adds this process's counters and commit
+   * latencies since the last write to the totals every replicator shares.
+   */
   private async writeState(): Promise<void> {
     const now = Date.now();
     const p = this.conn.pipeline().hset(this.state.site, {
       url: this.opts.replication.siteUrl, state: this.link, since: this.linkSince, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
-      updatedAt: now, records: this.stats.records, commits: this.stats.commits, blocksSent: this.stats.blocksSent,
-      bytesSent: this.stats.bytesSent, failures: this.stats.failures,
+      updatedAt: now,
     });
     for (const [share, w] of this.rates) {
       const r = w.perSecond(now);
       p.hset(this.state.share(share), { opsPerSec: r.ops, bytesPerSec: r.bytes, ratesAt: now });
     }
-    await p.exec().catch(() => undefined);
+    const sent = { ...this.reported };
+    for (const k of Object.keys(this.reported) as Array<keyof typeof this.reported>) {
+      const d = this.stats[k] - this.reported[k];
+      if (d > 0) p.hincrby(this.state.totals, k, d);
+      this.reported[k] = this.stats[k];
+    }
+    const lat = this.latencies;
+    this.latencies = [];
+    if (lat.length > 0) {
+      const counts = new Map<string, number>();
+      let sum = 0;
+      for (const s of lat) {
+        const i = COMMIT_LATENCY_BUCKETS.findIndex((b) => s <= b);
+        const f = i < 0 ? 'inf' : `b${i}`;
+        counts.set(f, (counts.get(f) ?? 0) + 1);
+        sum += s;
+      }
+      for (const [f, n] of counts) p.hincrby(this.state.latency, f, n);
+      p.hincrbyfloat(this.state.latency, 'sum', sum).hincrby(this.state.latency, 'count', lat.length);
+    }
+    try {
+      for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+    } catch {
+      // Not written: count it next time.
+      Object.assign(this.reported, sent);
+      if (this.latencies.length < 100_000) this.latencies.push(...lat);
+    }
   }
 
   start(): void {
@@ -168,6 +193,7 @@ export class Replicator {
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.scrubber?.close();
     await this.worker?.close().catch(() => undefined);
+    await this.writeState();
     await this.events.close();
     this.client?.close();
     for (const t of this.trees.values()) t.close();
@@ -218,7 +244,7 @@ export class Replicator {
   private async committed(rec: ChangeRecord, jobId: string, bytes: number): Promise<void> {
     const now = Date.now();
     const latencyMs = now - rec.ts;
-    if (this.latencies.length < 100_000) this.latencies.push(latencyMs);
+    if (this.latencies.length < 100_000) this.latencies.push(latencyMs / 1000);
     let w = this.rates.get(rec.share);
     if (!w) this.rates.set(rec.share, (w = new RateWindow(60)));
     w.add(now, 1, bytes);

@@ -17,6 +17,15 @@ import { nextId } from './stream-ids';
 const SAMPLE = 1000;
 /** The replicator writes its state every second; older than this, it is not running. */
 const STALE_MS = 5000;
+
+export interface ReplicationTotals {
+  records: number;
+  commits: number;
+  coalesced: number;
+  blocksSent: number;
+  bytesSent: number;
+  failures: number;
+}
 /** A record in an RPO set without a job this long after its change is a leftover of a crash. */
 const ORPHAN_MS = 60_000;
 
@@ -67,6 +76,8 @@ export interface SiteStatus {
   lastError: string | null;
   lastErrorAt: number | null;
   replicatorRunning: boolean;
+  /** Replication totals since the journal began, over every replicator process. */
+  totals: ReplicationTotals;
 }
 
 export interface Status {
@@ -105,10 +116,15 @@ export class StatusReader {
     return `${this.cfg.redis.prefix}:${this.cfg.journal.queueName}:${id}`;
   }
 
+  /** The change -> commit histogram every replicator adds to (StateKeys.latency). */
+  async commitLatency(): Promise<Record<string, string>> {
+    return this.conn.hgetall(stateKeys(this.cfg.redis.prefix).latency);
+  }
+
   async read(now = Date.now()): Promise<Status> {
     const sk = stateKeys(this.cfg.redis.prefix);
-    const [siteHash, shareNames, failOpen] = await Promise.all([
-      this.conn.hgetall(sk.site), this.conn.smembers(sk.shares), this.conn.hgetall(sk.failOpen),
+    const [siteHash, shareNames, failOpen, totals] = await Promise.all([
+      this.conn.hgetall(sk.site), this.conn.smembers(sk.shares), this.conn.hgetall(sk.failOpen), this.conn.hgetall(sk.totals),
     ]);
     const journal = await this.journal();
     const retrying = await this.retrying();
@@ -129,6 +145,10 @@ export class StatusReader {
         lastError: siteHash.lastError || null,
         lastErrorAt: num(siteHash.lastErrorAt),
         replicatorRunning: running,
+        totals: {
+          records: Number(totals.records ?? 0), commits: Number(totals.commits ?? 0), coalesced: Number(totals.coalesced ?? 0),
+          blocksSent: Number(totals.blocksSent ?? 0), bytesSent: Number(totals.bytesSent ?? 0), failures: Number(totals.failures ?? 0),
+        },
       },
       journal: { unpumped: journal.unpumped, awaitingOutcome: journal.awaiting, queued: journal.queued },
       shares,

@@ -1,22 +1,49 @@
 /**
  * Prometheus metrics of `vfsx serve` (prom-client). Gauges are filled at
- * scrape time from the same Status `vfsx status` prints; histograms are
- * observed as verdicts are written and as the replicator commits.
+ * scrape time from the same Status `vfsx status` prints; the verdict
+ * histogram is observed as verdicts are written. Replication counters and
+ * the change -> commit histogram are totals every `vfsx replicate` process
+ * adds to in Redis, read at scrape time.
  */
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Status } from '../replication-queue/status';
+import { Counter, Gauge, Histogram, MetricObjectWithValues, MetricValueWithName, Registry } from 'prom-client';
+import { COMMIT_LATENCY_BUCKETS } from '../replication-queue/redis-connection';
+import type { ReplicationTotals, Status } from '../replication-queue/status';
 
 export interface ServiceCounters {
   connectionsAccepted: () => number;
   connections: () => number;
   spoolFilesIngested: () => number;
-  replication: () => { records: number; commits: number; coalesced: number; blocksSent: number; bytesSent: number; failures: number } | null;
+  /** The commit-latency hash (see StateKeys.latency), or null when it cannot be read. */
+  commitLatency: () => Promise<Record<string, string> | null>;
+}
+
+/** A histogram kept by other processes (as bucket counts in Redis), exposed as is. */
+class RemoteHistogram {
+  readonly name = 'vfsx_change_to_commit_seconds';
+  readonly help = 'From the service receiving a change (close, rename, ...) to the DR site committing it (every replicator process).';
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  hash: Record<string, string> = {};
+
+  async get(): Promise<Omit<MetricObjectWithValues<MetricValueWithName<string>>, 'collect'>> {
+    const h = this.hash;
+    const values: Array<MetricValueWithName<string>> = [];
+    let acc = 0;
+    COMMIT_LATENCY_BUCKETS.forEach((le, i) => {
+      acc += Number(h[`b${i}`] ?? 0);
+      values.push({ labels: { le }, value: acc, metricName: `${this.name}_bucket` });
+    });
+    acc += Number(h.inf ?? 0);
+    values.push({ labels: { le: '+Inf' }, value: acc, metricName: `${this.name}_bucket` });
+    values.push({ labels: {}, value: Number(h.sum ?? 0), metricName: `${this.name}_sum` });
+    values.push({ labels: {}, value: Number(h.count ?? 0), metricName: `${this.name}_count` });
+    return { name: this.name, help: this.help, type: 'histogram' as never, aggregator: 'sum', values };
+  }
 }
 
 export class Metrics {
   readonly registry = new Registry();
   readonly verdictLatency: Histogram;
-  readonly commitLatency: Histogram;
   private readonly refresh: () => Promise<void>;
 
   constructor(readStatus: () => Promise<Status | null>, counters: ServiceCounters) {
@@ -27,12 +54,8 @@ export class Metrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1],
       registers: [r],
     });
-    this.commitLatency = new Histogram({
-      name: 'vfsx_change_to_commit_seconds',
-      help: 'From the service receiving a change (close, rename, ...) to the DR site committing it.',
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
-      registers: [r],
-    });
+    const commitLatency = new RemoteHistogram();
+    r.registerMetric(commitLatency as never);
     const g = (name: string, help: string, labelNames: string[] = []) => new Gauge({ name, help, labelNames, registers: [r] });
     const up = g('vfsx_redis_up', 'Whether the status could be read from Redis (1) or not (0).');
     const siteUp = g('vfsx_site_up', 'DR site link: 1 up, 0 down or unknown.', ['site']);
@@ -60,21 +83,24 @@ export class Metrics {
     const conns = g('vfsx_bridge_connections', 'smbd processes connected to the socket.');
     new Counter({ name: 'vfsx_spool_files_ingested_total', help: 'Spool files ingested by this service.', registers: [r], collect() { this.reset(); this.inc(counters.spoolFilesIngested()); } });
     new Counter({ name: 'vfsx_bridge_connections_accepted_total', help: 'smbd connections accepted by this service.', registers: [r], collect() { this.reset(); this.inc(counters.connectionsAccepted()); } });
-    const repl = (name: string, help: string, pick: (s: NonNullable<ReturnType<ServiceCounters['replication']>>) => number) =>
-      new Counter({ name, help, registers: [r], collect() { const s = counters.replication(); this.reset(); if (s) this.inc(pick(s)); } });
-    repl('vfsx_replication_records_total', 'Records the replicator processed since the service started.', (s) => s.records);
-    repl('vfsx_replication_commits_total', 'Objects committed at the DR site since the service started.', (s) => s.commits);
+    let totals: ReplicationTotals | null = null;
+    const repl = (name: string, help: string, pick: (s: ReplicationTotals) => number) =>
+      new Counter({ name, help, registers: [r], collect() { this.reset(); if (totals) this.inc(pick(totals)); } });
+    repl('vfsx_replication_records_total', 'Records the replicators processed since the journal began.', (s) => s.records);
+    repl('vfsx_replication_commits_total', 'Objects committed at the DR site since the journal began.', (s) => s.commits);
     repl('vfsx_replication_coalesced_total', 'Records found already replicated by a later sync of their path (no site call).', (s) => s.coalesced);
-    repl('vfsx_replication_blocks_sent_total', 'Blocks sent to the DR site since the service started.', (s) => s.blocksSent);
-    repl('vfsx_replication_sent_bytes_total', 'Block bytes sent to the DR site since the service started.', (s) => s.bytesSent);
-    repl('vfsx_replication_failures_total', 'Failed replication attempts (retried) since the service started.', (s) => s.failures);
+    repl('vfsx_replication_blocks_sent_total', 'Blocks sent to the DR site since the journal began.', (s) => s.blocksSent);
+    repl('vfsx_replication_sent_bytes_total', 'Block bytes sent to the DR site since the journal began.', (s) => s.bytesSent);
+    repl('vfsx_replication_failures_total', 'Failed replication attempts (retried) since the journal began.', (s) => s.failures);
 
     const readSeconds = g('vfsx_scrape_status_read_seconds', 'Time this scrape took to read the status from Redis.');
     // One status read per scrape, shared by every gauge, before anything is serialized.
     this.refresh = async () => {
       const t0 = performance.now();
-      const st = await readStatus();
+      const [st, lat] = await Promise.all([readStatus(), counters.commitLatency()]);
       readSeconds.set((performance.now() - t0) / 1000);
+      commitLatency.hash = lat ?? {};
+      totals = st?.site.totals ?? null;
       conns.set(counters.connections());
       for (const m of [siteUp, replicatorUp, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue,
         scrubRunning, scrubChecked, scrubDiffs, scrubRepaired, scrubLast]) m.reset();

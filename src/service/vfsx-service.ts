@@ -55,11 +55,8 @@ export class VfsxService {
       connectionsAccepted: () => this.server.accepted,
       connections: () => this.server.connections.size,
       spoolFilesIngested: () => this.spool.files,
-      replication: () => this.pump.replication,
+      commitLatency: () => this.status.commitLatency().catch(() => null),
     });
-    this.pump.onLatencies = (ms) => {
-      for (const v of ms) this.metrics.commitLatency.observe(v / 1000);
-    };
     this.alerts = new Alerts({ config, bus: this.bus, logger: logger.child({ c: 'alerts' }) });
     this.server = new SocketServer({
       ...config.socket,

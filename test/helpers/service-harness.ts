@@ -30,6 +30,8 @@ export class ServiceHarness {
   readonly config: Record<string, unknown>;
   logs: Array<Record<string, unknown>> = [];
   private proc: ChildProcess | null = null;
+  /** `vfsx replicate`, started with the service when the config enables replication. */
+  private replicator: ChildProcess | null = null;
 
   /** Whether `vfsx serve` is still running. */
   get alive(): boolean {
@@ -80,32 +82,59 @@ export class ServiceHarness {
     return `http://127.0.0.1:${(this.config.http as { port: number }).port}`;
   }
 
+  async start(): Promise<void> {
+    const from = this.logs.length; // earlier runs' lines do not count
+    const since = (msg: string) => this.logs.slice(from).some((l) => l.msg === msg);
+    const p = this.spawnVfsx('serve');
+    this.proc = p;
+    await waitFor('vfsx serve to start', () => since('vfsx serving') || p.exitCode !== null);
+    if (p.exitCode !== null) throw new Error(`vfsx serve exited: ${JSON.stringify(this.logs.slice(from))}`);
+    await waitFor('journal ready', () => since('journal ready'));
+    if ((this.config.replication as { enabled?: boolean } | undefined)?.enabled) await this.startReplicator();
+  }
+
+  /** Starts `vfsx replicate` (its own process, as deployed) with this config. */
+  async startReplicator(): Promise<void> {
+    const from = this.logs.length;
+    const p = this.spawnVfsx('replicate');
+    this.replicator = p;
+    await waitFor('vfsx replicate to start', () => this.logs.slice(from).some((l) => l.msg === 'vfsx replicating') || p.exitCode !== null);
+    if (p.exitCode !== null) throw new Error(`vfsx replicate exited: ${JSON.stringify(this.logs.slice(from))}`);
+  }
+
+  private spawnVfsx(command: string): ChildProcess {
+    const p = spawn(process.execPath, [VFSX_BIN, command, '--config', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    collectJsonLines(p.stdout, this.logs);
+    p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
+    return p;
+  }
+
   get pid(): number | undefined {
     return this.proc?.pid;
   }
 
-  async start(): Promise<void> {
-    const from = this.logs.length; // earlier runs' lines do not count
-    const since = (msg: string) => this.logs.slice(from).some((l) => l.msg === msg);
-    const p = spawn(process.execPath, [VFSX_BIN, 'serve', '--config', this.configFile], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.proc = p;
-    collectJsonLines(p.stdout, this.logs);
-    p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
-    await waitFor('vfsx serve to start', () => since('vfsx serving') || p.exitCode !== null);
-    if (p.exitCode !== null) throw new Error(`vfsx serve exited: ${JSON.stringify(this.logs.slice(from))}`);
-    await waitFor('journal ready', () => since('journal ready'));
+  get replicatorPid(): number | undefined {
+    return this.replicator?.pid;
   }
 
   signal(sig: NodeJS.Signals): void {
     this.proc?.kill(sig);
   }
 
-  /** Stops the service (SIGTERM, or SIGKILL for crash tests) and waits for exit. */
+  /** Stops the service and its replicator (SIGTERM, or SIGKILL for crash tests) and waits for both to exit. */
   async stop(sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const p = this.proc;
     this.proc = null;
+    await Promise.all([ServiceHarness.end(p, sig), this.stopReplicator(sig)]);
+  }
+
+  async stopReplicator(sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const p = this.replicator;
+    this.replicator = null;
+    await ServiceHarness.end(p, sig);
+  }
+
+  private static async end(p: ChildProcess | null, sig: NodeJS.Signals): Promise<void> {
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
     if (sig !== 'SIGKILL') p.kill('SIGCONT');
