@@ -236,6 +236,26 @@ test('a random workload of 2,000 SMB operations converges: verify is identical a
   await converged('random');
 });
 
+test('three vfsx replicate processes share the queue: each does work, one SIGKILLed mid-workload loses nothing, and the site converges', async () => {
+  await svc.startReplicator();
+  await svc.startReplicator();
+  const [, second, third] = svc.replicatorPids;
+  try {
+    const run = randomWorkload('multi', 3000);
+    await new Promise((r) => setTimeout(r, 4000));
+    await svc.stopReplicator('SIGKILL', third); // its batch in flight is picked up again by another process
+    await run;
+    await converged('multi');
+    const st = JSON.parse((await svc.cli(['status', '--json'])).stdout) as { site: { replicators: Array<{ pid: number; records: number }> } };
+    const alive = st.site.replicators.filter((r) => r.pid === svc.replicatorPid || r.pid === second);
+    assert.equal(alive.length, 2, JSON.stringify(st.site.replicators));
+    for (const r of alive) assert.ok(r.records > 0, `replicator ${r.pid} replicated nothing: ${JSON.stringify(st.site.replicators)}`);
+  } finally {
+    await svc.stopReplicator('SIGTERM', second);
+    await svc.stopReplicator('SIGKILL', third);
+  }
+});
+
 test('with the DR site stopped for 30 s during a workload and restarted, replication catches up and converges', async () => {
   const run = randomWorkload('sitedown');
   await new Promise((r) => setTimeout(r, 500));

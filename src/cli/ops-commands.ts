@@ -20,7 +20,10 @@ export function renderStatus(st: Status): string {
   const out: string[] = [];
   const site = st.site;
   out.push(`DR site ${site.url}: ${site.state.toUpperCase()}${site.since ? ` since ${new Date(site.since).toISOString()}` : ''}`
-    + `${site.replicatorRunning ? '' : ' (replicator not running: is vfsx serve up with replication.enabled?)'}`);
+    + `${site.replicatorRunning ? '' : ' (replicator not running: is vfsx replicate up, with replication.enabled?)'}`);
+  if (site.replicators.length > 0) {
+    out.push(`replicators: ${site.replicators.map((r) => `${r.id} (${r.records} records, ${r.commits} commits)`).join(', ')}`);
+  }
   if (site.lastError && site.state !== 'up') out.push(`  last error: ${site.lastError} (${when(site.lastErrorAt, st.at)})`);
   out.push(`journal: ${st.journal.unpumped} unpumped, ${st.journal.awaitingOutcome} awaiting outcome; queue ${Object.entries(st.journal.queued).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   out.push(st.spool.failOpenEngaged

@@ -59,6 +59,7 @@ export const configSchema = {
         reconcileDelayMs: { type: 'integer', minimum: 0, default: 10000 },
         sweepIntervalMs: { type: 'integer', minimum: 50, default: 5000 },
         pumpIntervalMs: { type: 'integer', minimum: 0, maximum: 10000, default: 10 },
+        groupCommitMs: { type: 'integer', minimum: 0, maximum: 50, default: 2, description: 'reports arriving within this window go to Redis as one write (strict verdicts do not wait for it)' },
         keepFailedOps: { type: 'integer', minimum: 0, default: 1000 },
       },
     },
@@ -99,6 +100,8 @@ export const configSchema = {
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
+        batchMax: { type: 'integer', minimum: 1, maximum: 5000, default: 500, description: "records of one share per queued job" },
+        settleMs: { type: 'integer', minimum: 0, maximum: 10000, default: 500, description: 'a batch waits this long before it is replicated, so a file created and deleted, or written again, within it costs little or nothing at the site; keep well below alerts.rpoThresholdMs' },
         nice: { type: 'integer', minimum: 0, maximum: 19, default: 10, description: 'CPU niceness of vfsx replicate (smbd and vfsx serve keep 0)' },
         ioClass: { enum: ['best-effort', 'idle'], default: 'best-effort', description: 'I/O scheduling class of vfsx replicate' },
         ioLevel: { type: 'integer', minimum: 0, maximum: 7, default: 7, description: 'I/O priority level within ioClass (7 = lowest)' },
@@ -234,6 +237,8 @@ export interface VfsxConfig {
     sweepIntervalMs: number;
     /** Pause of the journal pump after a small read, so it moves records in batches. */
     pumpIntervalMs: number;
+    /** Reports arriving within this window go to Redis as one stream entry. */
+    groupCommitMs: number;
     keepFailedOps: number;
   };
   policy: { rules: PolicyRuleConfig[] };
@@ -247,6 +252,10 @@ export interface VfsxConfig {
     maxBackoffMs: number;
     /** Records replicated at once; records of related paths still run in journal order. */
     concurrency: number;
+    /** Records of one share per queued job. */
+    batchMax: number;
+    /** How long a batch waits before it is replicated (coalescing window; bounded by the RPO target). */
+    settleMs: number;
     /** CPU niceness and I/O class/level `vfsx replicate` lowers itself to. */
     nice: number;
     ioClass: 'best-effort' | 'idle';

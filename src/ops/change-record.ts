@@ -32,12 +32,12 @@ export interface ChangeRecord {
 
 /** Where the dispatcher puts records; implemented by the replication queue. */
 export interface ChangeSink {
-  /** Durably records an operation about to run (awaiting its outcome). */
-  stage(rec: ChangeRecord): Promise<void>;
+  /** Durably records an operation about to run (awaiting its outcome); urgent: someone waits for it (write now). */
+  stage(rec: ChangeRecord, urgent?: boolean): Promise<void>;
   /** Durably records the outcome of a staged operation (err 0 = it happened). */
   resolve(instance: string, seq: number, err: number): Promise<void>;
   /** Durably records an operation that already happened (close, fsync). */
-  append(rec: ChangeRecord): Promise<void>;
+  append(rec: ChangeRecord, urgent?: boolean): Promise<void>;
   /** False while a write is known to fail at once (the store is unreachable). */
   writable(): boolean;
 }

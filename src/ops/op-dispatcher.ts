@@ -88,8 +88,9 @@ export class OpDispatcher {
       // Known down: the module spools the report and goes on, without churning the link.
       return { reply: encodeVerdict(seq, { kind: 'unavailable' }), durable: null, later: null };
     }
-    const written = this.write(rec);
-    if (msg.args.has('strict')) {
+    const strict = msg.args.has('strict');
+    const written = this.write(rec, strict);
+    if (strict) {
       const later = written.then(
         () => encodeVerdict(seq, { kind: 'transparent' }),
         (err) => {
@@ -114,8 +115,8 @@ export class OpDispatcher {
     return encodeHelloReply(PROTOCOL_VERSION, this.verdictOps);
   }
 
-  private write(rec: ChangeRecord): Promise<void> {
-    return rec.outcome === 'pending' ? this.sink.stage(rec) : this.sink.append(rec);
+  private write(rec: ChangeRecord, urgent = false): Promise<void> {
+    return rec.outcome === 'pending' ? this.sink.stage(rec, urgent) : this.sink.append(rec, urgent);
   }
 
   /** An async report the policy would deny means module and service disagree: say so loudly. */

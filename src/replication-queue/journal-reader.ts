@@ -7,7 +7,8 @@ import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { journalKeys, redisOptions } from './redis-connection';
-import { nextId } from './stream-ids';
+import { recordsOf } from './batch';
+import { entryPairs, nextId } from './stream-ids';
 
 export interface JournalReaderOptions {
   redis: VfsxConfig['redis'];
@@ -37,7 +38,7 @@ export class JournalReader {
     const states: JobType[] = ['waiting', 'delayed', 'prioritized', 'active'];
     if (done) states.push('completed');
     const jobs = await this.queue.getJobs(states, 0, -1, true);
-    return jobs.map((j) => j.data as ChangeRecord).sort((a, b) => a.ts - b.ts || a.seq - b.seq);
+    return jobs.flatMap((j) => recordsOf(j.data)).sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
   /** Records whose outcome has not arrived yet, computed from the stream as the pump does. */
@@ -49,12 +50,14 @@ export class JournalReader {
     for (;;) {
       const entries = (await this.client.xrange(keys.stream, from, '+', 'COUNT', 5000)) as Array<[string, string[]]>;
       if (entries.length === 0) break;
-      for (const [, [kind, value]] of entries) {
-        if (kind === 'r') {
-          const rec = JSON.parse(value) as ChangeRecord;
-          if (rec.outcome === 'pending') awaiting.set(rec.id, rec);
-        } else if (kind === 'o') {
-          awaiting.delete(value.split(' ')[0]);
+      for (const [, fields] of entries) {
+        for (const [kind, value] of entryPairs(fields)) {
+          if (kind === 'r') {
+            const rec = JSON.parse(value) as ChangeRecord;
+            if (rec.outcome === 'pending') awaiting.set(rec.id, rec);
+          } else if (kind === 'o') {
+            awaiting.delete(value.split(' ')[0]);
+          }
         }
       }
       from = nextId(entries[entries.length - 1][0]);
@@ -85,7 +88,7 @@ export class JournalReader {
     });
     this.events.on('added', async ({ jobId }) => {
       const job = await this.queue.getJob(jobId);
-      if (job) onRecord(job.data as ChangeRecord);
+      if (job) for (const rec of recordsOf(job.data)) onRecord(rec);
     });
     await this.events.waitUntilReady();
   }

@@ -1,9 +1,10 @@
 /**
  * The durable change journal, write side (docs/journal.md): every report is
- * appended to a Redis Stream; the module keeps its frame until then. Group commit:
- * whatever arrives in the same turn of the event loop goes out as one
- * pipeline, and pipelines are not serialised: one connection keeps their
- * order, so a verdict never waits behind an earlier batch.
+ * appended to a Redis Stream; the module keeps its frame until then. Group
+ * commit: whatever arrives within journal.groupCommitMs (or the same turn of
+ * the event loop, when someone waits for it) goes out as ONE stream entry,
+ * one command and one write; batches are not serialised: one connection
+ * keeps their order.
  *
  * JournalPump (the read side) turns the stream into BullMQ jobs.
  */
@@ -17,6 +18,8 @@ import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
 
 export interface JournalOptions {
   redis: VfsxConfig['redis'];
+  /** journal.groupCommitMs (0: every turn of the event loop). */
+  groupCommitMs?: number;
   logger: Logger;
 }
 
@@ -27,7 +30,8 @@ interface Waiter {
 
 interface Batch {
   entries: string[]; // field value pairs: ['r', json] or ['o', 'id err']
-  waiters: Waiter[];
+  waiters: Waiter[]; // at most one: everyone in the batch shares `done`
+  done?: Promise<void>;
 }
 
 export class Journal implements ChangeSink {
@@ -35,6 +39,8 @@ export class Journal implements ChangeSink {
   private readonly keys: JournalKeys;
   private readonly log: Logger;
   private readonly writeTimeoutMs: number;
+  private readonly groupCommitMs: number;
+  private timer: NodeJS.Timeout | null = null;
   private batch: Batch = { entries: [], waiters: [] };
   private scheduled = false;
   private readonly inFlight = new Set<Promise<void>>();
@@ -46,6 +52,7 @@ export class Journal implements ChangeSink {
     this.log = options.logger;
     this.keys = journalKeys(options.redis.prefix);
     this.writeTimeoutMs = options.redis.writeTimeoutMs;
+    this.groupCommitMs = options.groupCommitMs ?? 0;
     // No offline queue: while Redis is away a write fails at once, the
     // verdict says "unavailable" and the module spools without waiting.
     this.client = new IORedis(redisOptions(options.redis, { enableOfflineQueue: false, maxRetriesPerRequest: 0 }));
@@ -64,16 +71,16 @@ export class Journal implements ChangeSink {
   }
 
   /** Both kinds of record go to the stream alike; the pump tells them apart by outcome. */
-  stage(rec: ChangeRecord): Promise<void> {
-    return this.add('r', JSON.stringify(rec), true) as Promise<void>;
+  stage(rec: ChangeRecord, urgent = false): Promise<void> {
+    return this.add('r', JSON.stringify(rec), urgent);
   }
 
-  append(rec: ChangeRecord): Promise<void> {
-    return this.stage(rec);
+  append(rec: ChangeRecord, urgent = false): Promise<void> {
+    return this.stage(rec, urgent);
   }
 
   resolve(instance: string, seq: number, err: number): Promise<void> {
-    return this.add('o', `${instance}-${seq} ${err}`, true) as Promise<void>;
+    return this.add('o', `${instance}-${seq} ${err}`, false);
   }
 
   /** Resolves when everything handed over so far is written (or failed). */
@@ -96,26 +103,27 @@ export class Journal implements ChangeSink {
     }
   }
 
-  private add(field: string, value: string, wait: boolean): Promise<void> | void {
-    if (this.closed) {
-      const e = new VfsxError('VFSX_ERR_JOURNAL_UNAVAILABLE', 'journal closed');
-      if (wait) return Promise.reject(e);
-      this.log.warn({ field, value }, 'outcome after close: left to reconciliation');
-      return;
+  private add(field: string, value: string, urgent: boolean): Promise<void> {
+    if (this.closed) return Promise.reject(new VfsxError('VFSX_ERR_JOURNAL_UNAVAILABLE', 'journal closed'));
+    const b = this.batch;
+    b.entries.push(field, value);
+    if (!b.done) b.done = new Promise<void>((resolve, reject) => b.waiters.push({ resolve, reject }));
+    if (urgent && this.timer) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.scheduled = false;
     }
-    this.batch.entries.push(field, value);
-    const p = wait
-      ? new Promise<void>((resolve, reject) => this.batch.waiters.push({ resolve, reject }))
-      : undefined;
     if (!this.scheduled) {
       this.scheduled = true;
-      setImmediate(() => this.flush());
+      if (urgent || this.groupCommitMs === 0) setImmediate(() => this.flush());
+      else this.timer = setTimeout(() => this.flush(), this.groupCommitMs);
     }
-    return p;
+    return b.done;
   }
 
   private flush(): void {
     this.scheduled = false;
+    this.timer = null;
     const b = this.batch;
     this.batch = { entries: [], waiters: [] };
     if (b.entries.length === 0) return;
@@ -124,18 +132,15 @@ export class Journal implements ChangeSink {
   }
 
   private async write(b: Batch): Promise<void> {
-    const pipe = this.client.pipeline();
-    for (let i = 0; i < b.entries.length; i += 2) pipe.xadd(this.keys.stream, '*', b.entries[i], b.entries[i + 1]);
     let timer: NodeJS.Timeout | undefined;
     try {
-      const res = await Promise.race([
-        pipe.exec(),
+      await Promise.race([
+        this.client.xadd(this.keys.stream, '*', ...b.entries),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new VfsxError('VFSX_ERR_JOURNAL_TIMEOUT',
             `journal write took longer than ${this.writeTimeoutMs} ms`)), this.writeTimeoutMs);
         }),
       ]);
-      for (const [err] of res ?? []) if (err) throw err;
       this.stats.batches++;
       this.stats.entries += b.entries.length / 2;
       for (const w of b.waiters) w.resolve();

@@ -46,6 +46,8 @@ export interface StateKeys {
   failOpen: string;
   /** Hash: replication totals since the journal began (records, commits, coalesced, blocksSent, bytesSent, failures), summed over replicator processes. */
   totals: string;
+  /** Hash: replicator process ("host:pid") -> JSON { pid, host, records, commits, at }, written every second by each. */
+  replicators: string;
   /** Hash: change -> commit latency histogram (b<i> counts per COMMIT_LATENCY_BUCKETS, inf, sum in seconds, count). */
   latency: string;
   /** Pub/sub channel of events, and a capped list of recent ones (commits are published only). */
@@ -65,6 +67,7 @@ export function stateKeys(prefix: string): StateKeys {
     rpo: (name) => `${prefix}:rpo:${name}`,
     failOpen: `${prefix}:state:fail-open`,
     totals: `${prefix}:state:replication`,
+    replicators: `${prefix}:state:replicators`,
     latency: `${prefix}:state:commit-latency`,
     events: `${prefix}:events`,
     recent: `${prefix}:events:recent`,

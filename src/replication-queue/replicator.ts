@@ -8,20 +8,23 @@
  *   the record has none), and of those only what the site lacks;
  * - a file that changes while it is read is retried, never committed torn.
  */
-import { Job, Worker } from 'bullmq';
+import { DelayedError, Job, Queue, Worker } from 'bullmq';
 import { statSync } from 'node:fs';
+import { hostname } from 'node:os';
 import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { Tree } from '../native/tree';
+import { BATCH, BatchJob, batchJobId, coalesce, LONE, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
 import { DrClient } from './dr-client';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
 import { COMMIT_LATENCY_BUCKETS, redisOptions, StateKeys, stateKeys } from './redis-connection';
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
+import { ShareOrder } from './share-order';
 import { SiteSync } from './site-sync';
 
 export interface ReplicatorOptions {
@@ -32,11 +35,17 @@ export interface ReplicatorOptions {
 }
 
 
+/** Attempts after which a batch whose records fail while the site answers splits them off. */
+const SPLIT_AFTER_ATTEMPTS = 5;
+
 export class Replicator {
   private readonly opts: ReplicatorOptions;
   private readonly log: Logger;
   private readonly conn: Redis;
   private worker: Worker | null = null;
+  /** The queue itself: to check for and promote a share's next batch, and to add records split off a batch. */
+  private readonly queue: Queue;
+  private readonly order: ShareOrder;
   private client: DrClient | null = null;
   private connecting: Promise<DrClient> | null = null;
   private readonly buckets = new Set<string>();
@@ -49,6 +58,8 @@ export class Replicator {
   private readonly syncedWhole = new Map<string, number>();
   readonly stats = { records: 0, commits: 0, coalesced: 0, blocksSent: 0, bytesSent: 0, failures: 0, lastError: '' };
   private readonly state: StateKeys;
+  /** This process among the replicators ("host:pid"). */
+  private readonly id = `${hostname()}:${process.pid}`;
   private readonly events: EventBus;
   private readonly rates = new Map<string, RateWindow>();
   private link: 'connecting' | 'up' | 'down' = 'connecting';
@@ -71,6 +82,9 @@ export class Replicator {
     this.conn.on('error', (err) => this.log.debug({ err }, 'replicator redis error'));
     this.state = stateKeys(options.redis.prefix);
     this.events = new EventBus(options.redis, this.conn.duplicate());
+    this.queue = new Queue(options.queueName, { connection: this.conn, prefix: options.redis.prefix, defaultJobOptions: REPLICATION_JOB_OPTIONS });
+    this.queue.on('error', (err) => this.log.debug({ err }, 'replicator queue error'));
+    this.order = new ShareOrder(this.conn, options.redis.prefix);
   }
 
 
@@ -98,7 +112,7 @@ export class Replicator {
     const p = this.conn.pipeline().hset(this.state.site, {
       url: this.opts.replication.siteUrl, state: this.link, since: this.linkSince, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
       updatedAt: now,
-    });
+    }).hset(this.state.replicators, this.id, JSON.stringify({ pid: process.pid, host: hostname(), records: this.stats.records, commits: this.stats.commits, at: now }));
     for (const [share, w] of this.rates) {
       const r = w.perSecond(now);
       p.hset(this.state.share(share), { opsPerSec: r.ops, bytesPerSec: r.bytes, ratesAt: now });
@@ -135,10 +149,10 @@ export class Replicator {
   start(): void {
     this.heartbeat = setInterval(() => void this.writeState(), 1000);
     this.heartbeat.unref();
-    this.worker = new Worker(this.opts.queueName, (job: Job) => this.ordered(job), {
+    this.worker = new Worker(this.opts.queueName, (job: Job, token?: string) => this.runJob(job, token), {
       connection: this.conn,
       prefix: this.opts.redis.prefix,
-      // Jobs start in journal order; PathLocks keeps records of related paths in that order.
+      // Batches of a share run one at a time, in order, across processes (ShareOrder); other shares' meanwhile.
       concurrency: this.opts.replication.concurrency,
       // A job whose worker died is picked up again within seconds, and never dropped.
       lockDuration: 10000,
@@ -154,8 +168,9 @@ export class Replicator {
       this.stats.lastError = err.message;
       this.lastError = err.message;
       this.lastErrorAt = Date.now();
-      const rec = job?.data as ChangeRecord | undefined;
-      // One event per record, at its first failure: a site outage would otherwise repeat them at every retry.
+      if (err instanceof DelayedError) return; // not its turn yet: not a failure
+      const rec = (job?.name === BATCH ? (job.data as BatchJob).records[0] : job?.data) as ChangeRecord | undefined;
+      // One event per job, at its first failure: a site outage would otherwise repeat them at every retry.
       if (rec && job?.attemptsMade === 1) void this.events.publish({ type: 'failed', at: Date.now(), share: rec.share, path: rec.names.path, op: rec.op, error: err.message });
       this.log.warn({ err, id: job?.id, attempts: job?.attemptsMade }, 'replication of a record failed; will retry');
     });
@@ -193,7 +208,9 @@ export class Replicator {
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.scrubber?.close();
     await this.worker?.close().catch(() => undefined);
+    await this.queue.close().catch(() => undefined);
     await this.writeState();
+    await this.conn.hdel(this.state.replicators, this.id).catch(() => undefined);
     await this.events.close();
     this.client?.close();
     for (const t of this.trees.values()) t.close();
@@ -231,34 +248,104 @@ export class Replicator {
     return this.connecting;
   }
 
-  /** Runs a record after every earlier record of a related path (same, above or below it) in its share. */
-  private async ordered(job: Job): Promise<void> {
+  private async runJob(job: Job, token?: string): Promise<void> {
+    if (job.name === BATCH) return this.runBatch(job, token);
+    // A lone record: reconciled (outcome unknown), or split off a batch that kept failing.
     const rec = job.data as ChangeRecord;
-    const paths = [rec.names.path, rec.names.to, rec.names.from].filter((p): p is string => typeof p === 'string');
     const bytesBefore = this.stats.bytesSent;
-    await this.locks.run(rec.share, paths, () => this.process(rec));
-    await this.committed(rec, String(job.id), this.stats.bytesSent - bytesBefore);
+    const items = coalesce([rec]);
+    const failed = await this.runItems(rec.share, items);
+    if (failed.length > 0) throw failed[0].err;
+    await this.committed(rec.share, items, [String(job.id)], this.stats.bytesSent - bytesBefore);
   }
 
-  /** Bookkeeping once the site holds a record's change: RPO set, per-share state, the `committed` event. */
-  private async committed(rec: ChangeRecord, jobId: string, bytes: number): Promise<void> {
+  /**
+   * One batch, when it is its share's turn: coalesced into work items that
+   * run concurrently where their paths are unrelated, in journal order where
+   * they are related. A batch that keeps failing while the site answers
+   * (a path the site refuses) splits its failing records off as lone jobs,
+   * retried on their own, so they cannot hold up the share.
+   */
+  private async runBatch(job: Job, token?: string): Promise<void> {
+    const b = job.data as BatchJob;
+    const hasJob = async (seq: number) => (await this.queue.getJob(batchJobId(b.share, seq))) != null;
+    const turn = await this.order.turn(b.share, b.seq, hasJob);
+    if (!turn.mine) {
+      // The batch before it wakes it when done; the delay is only a fallback.
+      await job.moveToDelayed(Date.now() + Math.min(30_000, 1000 + 100 * turn.ahead), token);
+      throw new DelayedError();
+    }
+    const bytesBefore = this.stats.bytesSent;
+    const items = coalesce(b.records);
+    const failed = await this.runItems(b.share, items);
+    if (failed.length > 0) {
+      if (job.attemptsMade + 1 < SPLIT_AFTER_ATTEMPTS || this.link !== 'up') throw failed[0].err;
+      await this.splitOff(b, failed.map((f) => f.item));
+    }
+    this.stats.coalesced += b.records.length - items.length;
+    const jobId = String(job.id);
+    const done = items.filter((i) => !failed.some((f) => f.item === i));
+    await this.committed(b.share, done, b.records.map((_, i) => rpoMember(jobId, i)), this.stats.bytesSent - bytesBefore);
+    const next = await this.order.done(b.share, b.seq);
+    if (next !== null) {
+      const j = await this.queue.getJob(batchJobId(b.share, next));
+      if (j && (await j.isDelayed())) await j.promote().catch(() => undefined); // raced: it runs anyway
+    }
+  }
+
+  /** Records of items that keep failing become lone jobs (each keeps its RPO time). */
+  private async splitOff(b: BatchJob, items: WorkItem[]): Promise<void> {
+    const recs = items.map((i) => i.rec);
+    this.log.warn({ share: b.share, seq: b.seq, paths: recs.map((r) => r.names.path) }, 'records keep failing: retrying them on their own');
+    const p = this.conn.pipeline();
+    for (const r of recs) p.zadd(this.state.rpo(r.share), 'NX', r.ts, `x-${r.id}`);
+    await p.exec();
+    await this.queue.addBulk(recs.map((r) => ({ name: LONE, data: r, opts: { jobId: `x-${r.id}` } })));
+  }
+
+  /** Runs work items, at most replication.concurrency at once, each after every earlier item of a related path. */
+  private async runItems(share: string, items: WorkItem[]): Promise<Array<{ item: WorkItem; err: Error }>> {
+    const failed: Array<{ item: WorkItem; err: Error }> = [];
+    let next = 0;
+    const lane = async () => {
+      while (next < items.length) {
+        const item = items[next++];
+        const { rec } = item;
+        const paths = [rec.names.path, rec.names.to, rec.names.from].filter((x): x is string => typeof x === 'string');
+        try {
+          await this.locks.run(share, paths, () => this.process(rec, item));
+        } catch (err) {
+          failed.push({ item, err: err as Error });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.opts.replication.concurrency, items.length) }, lane));
+    return failed;
+  }
+
+  /** Bookkeeping once the site holds a job's changes: RPO set, per-share state, one `committed` event per item. */
+  private async committed(share: string, items: WorkItem[], rpoMembers: string[], bytes: number): Promise<void> {
     const now = Date.now();
-    const latencyMs = now - rec.ts;
-    if (this.latencies.length < 100_000) this.latencies.push(latencyMs / 1000);
-    let w = this.rates.get(rec.share);
-    if (!w) this.rates.set(rec.share, (w = new RateWindow(60)));
-    w.add(now, 1, bytes);
-    // One round trip: RPO set, per-share state and the `committed` event.
-    const p = this.conn.pipeline()
-      .zrem(this.state.rpo(rec.share), jobId)
-      .hset(this.state.share(rec.share), { lastCommitAt: now, lastCommitPath: rec.names.path ?? '', root: rec.origpath })
-      .hincrby(this.state.share(rec.share), 'commits', 1)
-      .hincrby(this.state.share(rec.share), 'bytesSent', bytes);
-    await this.events.addTo(p, { type: 'committed', at: now, share: rec.share, path: rec.names.path, op: rec.op, latencyMs }).exec();
+    let w = this.rates.get(share);
+    if (!w) this.rates.set(share, (w = new RateWindow(60)));
+    w.add(now, items.length, bytes);
+    const p = this.conn.pipeline();
+    if (rpoMembers.length > 0) p.zrem(this.state.rpo(share), ...rpoMembers);
+    const last = items[items.length - 1];
+    p.hset(this.state.share(share), { lastCommitAt: now, ...(last ? { lastCommitPath: last.rec.names.path ?? '', root: last.rec.origpath } : {}) })
+      .hincrby(this.state.share(share), 'commits', items.length)
+      .hincrby(this.state.share(share), 'bytesSent', bytes);
+    for (const { rec, ts } of items) {
+      const latencyMs = now - ts;
+      if (this.latencies.length < 100_000) this.latencies.push(latencyMs / 1000);
+      this.events.addTo(p, { type: 'committed', at: now, share, path: rec.names.path, op: rec.op, latencyMs });
+    }
+    await p.exec();
   }
 
-  async process(rec: ChangeRecord): Promise<void> {
-    this.stats.records++;
+  /** Replicates one record (or the item it stands for, when records were coalesced). */
+  async process(rec: ChangeRecord, item?: WorkItem): Promise<void> {
+    this.stats.records += item?.merged ?? 1;
     if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) {
       this.log.warn({ id: rec.id }, 'names that are not UTF-8 are not replicated yet');
       return;
@@ -274,9 +361,9 @@ export class Replicator {
       return;
     }
     // A stream's ranges are not the base file's: a stream change is a metadata (xattr) change of the file.
-    const ranges = (rec.op === 'close' || rec.op === 'fsync') && rec.names.stream === undefined ? rec.ranges : undefined;
+    const ranges = item ? item.ranges : (rec.op === 'close' || rec.op === 'fsync') && rec.names.stream === undefined ? rec.ranges : undefined;
     const key = `${rec.share}\u0000${rec.names.path}`;
-    if (rec.op !== 'link' && this.covered(key, rec.ts, ranges !== undefined && ranges.length > 0)) {
+    if (rec.op !== 'link' && this.covered(key, item?.ts ?? rec.ts, ranges !== undefined && ranges.length > 0)) {
       this.stats.coalesced++;
       return;
     }

@@ -9,6 +9,7 @@
  * disaster, damage at the site's metadata. Throttled; progress goes to
  * Redis (`vfsx status`, /metrics, the dashboard) and to events.
  */
+import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { ScrubConfig } from '../config/schema';
@@ -38,12 +39,17 @@ export type ScrubKind = 'metadata' | 'content';
 /** How often the schedule is looked at (a pass starts at most this late). */
 const TICK_MS = 1000;
 
+/** A scrub lease lapses this long after its holder stopped renewing it (it renews as it goes). */
+const LEASE_MS = 60_000;
+
 export class Scrubber {
   private readonly o: ScrubberOptions;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private closed = false;
   private readonly startedAt = Date.now();
+  /** This process, as the holder of a share's scrub lease. */
+  private readonly id = `${hostname()}:${process.pid}`;
 
   constructor(o: ScrubberOptions) {
     this.o = o;
@@ -79,12 +85,20 @@ export class Scrubber {
       if (now < Number(h.retryAt ?? 0)) continue; // the last pass failed: not before this
       const dueContent = now - Number(h.lastContentAt ?? 0) >= this.o.config.contentIntervalMs;
       const dueMeta = now - Number(h.lastMetadataAt ?? 0) >= this.o.config.intervalMs;
-      if (dueContent || dueMeta) await this.pass(share, root, dueContent ? 'content' : 'metadata');
+      if (!(dueContent || dueMeta)) continue;
+      // One pass of a share at a time, whichever replicator process runs it.
+      const lease = `${this.o.state.scrub(share)}:lease`;
+      if ((await this.o.conn.set(lease, this.id, 'PX', LEASE_MS, 'NX')) !== 'OK') continue;
+      try {
+        await this.pass(share, root, dueContent ? 'content' : 'metadata', () => this.o.conn.set(lease, this.id, 'PX', LEASE_MS, 'XX').then(() => undefined));
+      } finally {
+        if ((await this.o.conn.get(lease)) === this.id) await this.o.conn.del(lease);
+      }
     }
   }
 
   /** One pass over one share: compare, then repair every difference. */
-  async pass(share: string, root: string, kind: ScrubKind): Promise<{ checked: number; differences: number; repaired: number }> {
+  async pass(share: string, root: string, kind: ScrubKind, renew: () => Promise<void> = async () => undefined): Promise<{ checked: number; differences: number; repaired: number }> {
     const { conn, state, config, log } = { ...this.o, log: this.o.logger.child({ share, kind }) };
     const key = state.scrub(share);
     const t0 = Date.now();
@@ -97,6 +111,7 @@ export class Scrubber {
       const due = Math.max(n / config.maxFilesPerSecond, bytes / config.maxBytesPerSecond) * 1000 - (Date.now() - t0);
       if (due > 0) await new Promise((r) => setTimeout(r, due));
       await conn.hset(key, { checked: n, bytesRead: bytes });
+      await renew();
     };
     let diffs: Difference[] = [];
     let repaired = 0;
@@ -111,6 +126,7 @@ export class Scrubber {
         if (this.closed) break;
         await this.o.locks.run(share, [d.path], () => (d.what === 'content differs' ? sync.resyncPath(d.path) : sync.syncPath(d.path)).then(() => undefined));
         repaired++;
+        await renew();
         log.warn({ path: d.path, what: d.what }, 'scrub repaired a difference');
         await this.o.events.publish({ type: 'scrub-repaired', at: Date.now(), share, path: d.path, what: d.what });
       }

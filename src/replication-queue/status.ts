@@ -11,12 +11,23 @@ import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { journalKeys, redisOptions, stateKeys } from './redis-connection';
-import { nextId } from './stream-ids';
+import { parseRpoMember, recordsOf } from './batch';
+import { entryPairs, nextId } from './stream-ids';
 
 /** Backlog details (files, bytes) come from this many oldest records; counts are always exact. */
 const SAMPLE = 1000;
 /** The replicator writes its state every second; older than this, it is not running. */
 const STALE_MS = 5000;
+
+export interface ReplicatorStatus {
+  id: string;
+  pid: number;
+  host: string;
+  /** Records and commits of this process since it started. */
+  records: number;
+  commits: number;
+  at: number;
+}
 
 export interface ReplicationTotals {
   records: number;
@@ -76,6 +87,8 @@ export interface SiteStatus {
   lastError: string | null;
   lastErrorAt: number | null;
   replicatorRunning: boolean;
+  /** The replicator processes that reported within the last 5 s. */
+  replicators: ReplicatorStatus[];
   /** Replication totals since the journal began, over every replicator process. */
   totals: ReplicationTotals;
 }
@@ -123,9 +136,20 @@ export class StatusReader {
 
   async read(now = Date.now()): Promise<Status> {
     const sk = stateKeys(this.cfg.redis.prefix);
-    const [siteHash, shareNames, failOpen, totals] = await Promise.all([
+    const [siteHash, shareNames, failOpen, totals, procs] = await Promise.all([
       this.conn.hgetall(sk.site), this.conn.smembers(sk.shares), this.conn.hgetall(sk.failOpen), this.conn.hgetall(sk.totals),
+      this.conn.hgetall(sk.replicators),
     ]);
+    const replicators: ReplicatorStatus[] = [];
+    for (const [id, json] of Object.entries(procs)) {
+      try {
+        const r = JSON.parse(json) as ReplicatorStatus;
+        if (now - r.at < STALE_MS) replicators.push({ ...r, id });
+        else if (now - r.at > 60_000) void this.conn.hdel(sk.replicators, id).catch(() => undefined); // gone for good
+      } catch {
+        // not ours
+      }
+    }
     const journal = await this.journal();
     const retrying = await this.retrying();
     const shares: ShareStatus[] = [];
@@ -145,6 +169,7 @@ export class StatusReader {
         lastError: siteHash.lastError || null,
         lastErrorAt: num(siteHash.lastErrorAt),
         replicatorRunning: running,
+        replicators: replicators.sort((a, b) => a.id.localeCompare(b.id)),
         totals: {
           records: Number(totals.records ?? 0), commits: Number(totals.commits ?? 0), coalesced: Number(totals.coalesced ?? 0),
           blocksSent: Number(totals.blocksSent ?? 0), bytesSent: Number(totals.bytesSent ?? 0), failures: Number(totals.failures ?? 0),
@@ -164,23 +189,29 @@ export class StatusReader {
     const entries = (await this.conn.xrange(jk.stream, from, '+', 'COUNT', SAMPLE)) as Array<[string, string[]]>;
     const oldestUnpumped = new Map<string, number>();
     let awaiting = 0;
-    for (const [, [kind, value]] of entries) {
-      if (kind !== 'r') continue;
-      const rec = JSON.parse(value) as ChangeRecord;
-      if (!oldestUnpumped.has(rec.share)) oldestUnpumped.set(rec.share, rec.ts);
+    let unpumped = 0;
+    for (const [, fields] of entries) {
+      for (const [kind, value] of entryPairs(fields)) {
+        if (kind !== 'r') continue;
+        unpumped++;
+        const rec = JSON.parse(value) as ChangeRecord;
+        if (!oldestUnpumped.has(rec.share)) oldestUnpumped.set(rec.share, rec.ts);
+      }
     }
     // Records awaiting their outcome are between the low-water mark and the cursor.
     if (saved.low) {
       const held = (await this.conn.xrange(jk.stream, saved.low, saved.cursor ?? '+', 'COUNT', SAMPLE)) as Array<[string, string[]]>;
       const open = new Set<string>();
-      for (const [, [kind, value]] of held) {
-        if (kind === 'r' && value.includes('"outcome":"pending"')) open.add((JSON.parse(value) as ChangeRecord).id);
-        else if (kind === 'o') open.delete(value.split(' ')[0]);
+      for (const [, fields] of held) {
+        for (const [kind, value] of entryPairs(fields)) {
+          if (kind === 'r' && value.includes('"outcome":"pending"')) open.add((JSON.parse(value) as ChangeRecord).id);
+          else if (kind === 'o') open.delete(value.split(' ')[0]);
+        }
       }
       awaiting = open.size;
     }
     const queued = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
-    return { unpumped: entries.length, awaiting, queued, oldestUnpumped };
+    return { unpumped, awaiting, queued, oldestUnpumped };
   }
 
   /** Records that failed at least once and wait for their next attempt (the site's error). */
@@ -195,14 +226,19 @@ export class StatusReader {
     let oldest = await this.oldest(share, now);
     if (unpumpedAt !== null && (oldest === null || unpumpedAt < oldest)) oldest = unpumpedAt;
     // Files and bytes of the oldest SAMPLE records (dirty bytes of closes; 0 for namespace changes).
-    const ids = await this.conn.zrange(sk.rpo(share), 0, SAMPLE - 1);
+    const members = (await this.conn.zrange(sk.rpo(share), 0, SAMPLE - 1)).map(parseRpoMember);
+    const jobIds = [...new Set(members.map((m) => m.jobId))];
     const p = this.conn.pipeline();
-    for (const id of ids) p.hget(this.jobKey(id), 'data');
+    for (const id of jobIds) p.hget(this.jobKey(id), 'data');
+    const data = new Map<string, ChangeRecord[]>();
+    ((await p.exec()) ?? []).forEach(([, d], i) => {
+      if (typeof d === 'string') data.set(jobIds[i], recordsOf(JSON.parse(d)));
+    });
     const paths = new Set<string>();
     let bytes = 0;
-    for (const [, data] of (await p.exec()) ?? []) {
-      if (typeof data !== 'string') continue;
-      const rec = JSON.parse(data) as ChangeRecord;
+    for (const m of members) {
+      const rec = data.get(m.jobId)?.[m.index];
+      if (!rec) continue;
       paths.add(rec.names.path ?? '');
       for (const [, len] of rec.ranges ?? []) bytes += len;
     }
@@ -239,7 +275,7 @@ export class StatusReader {
     for (let i = 0; i < 50; i++) {
       const [id, score] = await this.conn.zrange(key, 0, 0, 'WITHSCORES');
       if (id === undefined) return null;
-      const [finishedOn, data] = await this.conn.hmget(this.jobKey(id), 'finishedOn', 'data');
+      const [finishedOn, data] = await this.conn.hmget(this.jobKey(parseRpoMember(id).jobId), 'finishedOn', 'data');
       if (finishedOn || (!data && now - Number(score) > ORPHAN_MS)) {
         await this.conn.zrem(key, id);
         continue;
@@ -267,7 +303,7 @@ export class StatusReader {
 }
 
 function toRetrying(j: Job): RetryingRecord {
-  const rec = j.data as ChangeRecord;
+  const rec = recordsOf(j.data)[0];
   return {
     jobId: String(j.id),
     share: rec.share,

@@ -11,6 +11,14 @@ export function compareIds(a: string, b: string): number {
   return as === bs ? 0 : as < bs ? -1 : 1;
 }
 
+/**
+ * The (kind, value) pairs of one journal stream entry: an entry holds every
+ * record ('r', JSON) and outcome ('o', "id err") of one group commit.
+ */
+export function* entryPairs(fields: string[]): Generator<[string, string]> {
+  for (let i = 0; i + 1 < fields.length; i += 2) yield [fields[i], fields[i + 1]];
+}
+
 /** The smallest id greater than id. */
 export function nextId(id: string): string {
   const [ms, seq] = parseId(id);

@@ -7,6 +7,7 @@ import type { Queue } from 'bullmq';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
+import { recordsOf } from './batch';
 import { DrClient } from './dr-client';
 import { Tree } from '../native/tree';
 
@@ -50,12 +51,14 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
   const records: WhyRecord[] = [];
   let root: string | null = sourceRoot ?? null;
   for (const j of jobs) {
-    const rec = j?.data as ChangeRecord | undefined;
-    if (!rec || rec.share !== share) continue;
-    root ??= rec.origpath;
-    if (!names(rec).includes(rel)) continue;
-    const state = j.finishedOn ? 'committed' : j.attemptsMade > 0 ? 'retrying' : j.processedOn ? 'active' : 'queued';
-    records.push({ jobId: String(j.id), op: rec.op, at: rec.ts, state, attempts: j.attemptsMade, error: j.failedReason || null, finishedAt: j.finishedOn ?? null });
+    if (!j?.data) continue;
+    for (const rec of recordsOf(j.data)) {
+      if (rec.share !== share) continue;
+      root ??= rec.origpath;
+      if (!names(rec).includes(rel)) continue;
+      const state = j.finishedOn ? 'committed' : j.attemptsMade > 0 ? 'retrying' : j.processedOn ? 'active' : 'queued';
+      records.push({ jobId: String(j.id), op: rec.op, at: rec.ts, state, attempts: j.attemptsMade, error: j.failedReason || null, finishedAt: j.finishedOn ?? null });
+    }
   }
   records.sort((a, b) => b.at - a.at);
   const pending = records.filter((r) => r.state !== 'committed');

@@ -39,7 +39,7 @@ export class VfsxService {
   constructor(config: VfsxConfig, logger: Logger) {
     this.config = config;
     this.log = logger;
-    this.journal = new Journal({ redis: config.redis, logger: logger.child({ c: 'journal' }) });
+    this.journal = new Journal({ redis: config.redis, groupCommitMs: config.journal.groupCommitMs, logger: logger.child({ c: 'journal' }) });
     this.pump = new PumpThread({
       redis: config.redis, journal: config.journal, replication: config.replication, logLevel: config.log.level, logger: logger.child({ c: 'pump' }),
     });

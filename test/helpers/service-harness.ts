@@ -30,8 +30,8 @@ export class ServiceHarness {
   readonly config: Record<string, unknown>;
   logs: Array<Record<string, unknown>> = [];
   private proc: ChildProcess | null = null;
-  /** `vfsx replicate`, started with the service when the config enables replication. */
-  private replicator: ChildProcess | null = null;
+  /** `vfsx replicate` processes: one started with the service when the config enables replication, more on request. */
+  private replicators: ChildProcess[] = [];
 
   /** Whether `vfsx serve` is still running. */
   get alive(): boolean {
@@ -97,7 +97,7 @@ export class ServiceHarness {
   async startReplicator(): Promise<void> {
     const from = this.logs.length;
     const p = this.spawnVfsx('replicate');
-    this.replicator = p;
+    this.replicators.push(p);
     await waitFor('vfsx replicate to start', () => this.logs.slice(from).some((l) => l.msg === 'vfsx replicating') || p.exitCode !== null);
     if (p.exitCode !== null) throw new Error(`vfsx replicate exited: ${JSON.stringify(this.logs.slice(from))}`);
   }
@@ -114,7 +114,11 @@ export class ServiceHarness {
   }
 
   get replicatorPid(): number | undefined {
-    return this.replicator?.pid;
+    return this.replicators[0]?.pid;
+  }
+
+  get replicatorPids(): number[] {
+    return this.replicators.map((p) => p.pid as number);
   }
 
   signal(sig: NodeJS.Signals): void {
@@ -128,10 +132,11 @@ export class ServiceHarness {
     await Promise.all([ServiceHarness.end(p, sig), this.stopReplicator(sig)]);
   }
 
-  async stopReplicator(sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-    const p = this.replicator;
-    this.replicator = null;
-    await ServiceHarness.end(p, sig);
+  /** Stops every replicator process (or only the one with pid). */
+  async stopReplicator(sig: NodeJS.Signals = 'SIGTERM', pid?: number): Promise<void> {
+    const stopping = this.replicators.filter((p) => pid === undefined || p.pid === pid);
+    this.replicators = this.replicators.filter((p) => !stopping.includes(p));
+    await Promise.all(stopping.map((p) => ServiceHarness.end(p, sig)));
   }
 
   private static async end(p: ChildProcess | null, sig: NodeJS.Signals): Promise<void> {
