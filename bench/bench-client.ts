@@ -5,6 +5,7 @@
  */
 import { connect, Socket } from 'node:net';
 import { encodeFrame, FrameDecoder } from '../src/protocol/frame-decoder';
+import { PROTOCOL_VERSION } from '../src/protocol/reply';
 
 export class BenchClient {
   private readonly socket: Socket;
@@ -56,11 +57,11 @@ export class BenchClient {
   }
 
   hello(pid: number): Promise<string> {
-    return this.request(`root:hello::proto=1,pid=${pid},start=1`);
+    return this.request(`root:hello::proto=${PROTOCOL_VERSION},pid=${pid},start=1`);
   }
 
-  create(seq: number, path: string): Promise<string> {
-    return this.request(`bench:create:/srv:seq=${seq},share=b,path=${path},flags=cx,mode=644`);
+  create(seq: number, path: string, strict = false): Promise<string> {
+    return this.request(`bench:create:/srv:seq=${seq},share=b,path=${path},flags=cx,mode=644${strict ? ',strict=1' : ''}`);
   }
 
   /** An async mkdir report and its outcome, not waited for. */

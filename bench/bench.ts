@@ -6,11 +6,15 @@
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BenchClient } from './bench-client';
+import { createRemoteHost } from './remote-host';
+import { validateConfig } from '../src/config/load-config';
+import { EventBus } from '../src/replication-queue/events';
+import { JournalReader } from '../src/replication-queue/journal-reader';
 import { RedisHarness } from '../test/helpers/redis-harness';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 import { ServiceHarness } from '../test/helpers/service-harness';
@@ -20,11 +24,13 @@ const ROUNDS = Number(process.env.VFSX_BENCH_ROUNDS ?? 3);
 /** VFSX_BENCH_ONLY=journal skips the SMB workloads (for working on the service); =smb skips the journal part. */
 const ONLY = process.env.VFSX_BENCH_ONLY ?? '';
 /**
- * VFSX_BENCH_REPLICATION=1 runs the system as deployed: replication on, to a
- * DR site on loopback at nice 19 (it stands for a remote machine and must not
- * take this host's cores). Default off until issue 10 makes it the default.
+ * The system as deployed (the default): replication on, `vfsx replicate` at
+ * its configured lower priority, the DR site in its own network namespace
+ * behind a shaped veth link (it stands for a remote machine) at nice 19, so
+ * it does not take this host's cores. VFSX_BENCH_REPLICATION=0: replication off.
  */
-const REPLICATION = process.env.VFSX_BENCH_REPLICATION === '1';
+const REPLICATION = process.env.VFSX_BENCH_REPLICATION !== '0';
+const LINK_MBIT = Number(process.env.VFSX_BENCH_LINK_MBIT ?? 1000);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
 
@@ -48,18 +54,35 @@ interface Row {
   higherIsBetter: boolean;
   /** min and max per share across rounds */
   spread: Record<string, [number, number]>;
+  /** CPU seconds per 1000 operations on the vfsx share: vfsx serve, vfsx replicate (null: not measured). */
+  cpu: { serve: number; replicate: number } | null;
+  /** change -> committed at the site during the vfsx rounds (ms). */
+  commit: { p50: number; p99: number; n: number } | null;
+}
+
+/** CPU seconds (user + system, every thread) a process has used. */
+function cpuSeconds(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return 0;
+  }
 }
 const SHARES = ['plain', 'vfsx', 'strict'];
 
 async function main(): Promise<void> {
   const redis = await RedisHarness.start();
-  const dr = REPLICATION ? await DrSiteHarness.start() : null;
-  if (dr?.pid) execFileSync('renice', ['-n', '19', '-p', String(dr.pid)]);
+  const remote = REPLICATION ? createRemoteHost(LINK_MBIT) : null;
+  const dr = remote ? await DrSiteHarness.start({}, { netns: remote.netns, host: remote.host, nice: 19 }) : null;
   // The policy an admin would start with: ransomware names refused on create and rename.
   const svc = await ServiceHarness.create({
     redisSocket: redis.socket,
     policy: [{ name: 'ransomware', action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', '.crypt'] }],
-    ...(dr ? { extra: { replication: { enabled: true, siteUrl: dr.url, token: dr.token } } } : {}),
+    // The journal's and replication's defaults, as the README sets the system up (the harness tunes them for tests).
+    extra: { journal: {}, ...(dr ? { replication: { enabled: true, siteUrl: dr.url, token: dr.token } } : {}) },
   });
   await svc.start();
   const smbd = await SmbdHarness.start([
@@ -69,18 +92,57 @@ async function main(): Promise<void> {
   ]);
   const local = await mkdtemp(join(tmpdir(), "vfsx-bench-"));
   const rows: Row[] = [];
+  const cfg = validateConfig(svc.config);
+  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+  // Replication must not spill from a vfsx round into the next round's timing: wait (untimed) until it caught up.
+  const drained = async () => {
+    if (!REPLICATION) return;
+    for (const until = Date.now() + 600_000; Date.now() < until;) {
+      const b = await reader.backlog();
+      if (b.queued + b.pending + b.unpumped === 0) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error('replication did not catch up within 10 minutes');
+  };
+  const commits: number[] = [];
+  let recording = false;
+  const unsubscribe = REPLICATION ? await EventBus.subscribe(cfg.redis, (e) => {
+    if (recording && e.type === 'committed' && e.latencyMs !== undefined) commits.push(e.latencyMs);
+  }) : null;
   const smb = (share: string, cmds: string) =>
     run('smbclient', [`//127.0.0.1/${share}`, '-p', String(smbd.port), '-U', `${SMB_USER}%${SMB_PASS}`, '-c', cmds]);
   try {
     // Side by side: each round measures plain then vfsx (alternating order).
-    const sideBySide = async (name: string, unit: string, higher: boolean, once: (share: string, round: number) => Promise<number>, rounds = ROUNDS) => {
+    const sideBySide = async (name: string, unit: string, higher: boolean, once: (share: string, round: number, mark: () => Promise<void>) => Promise<number>, rounds = ROUNDS, ops = 0) => {
       const r: Record<string, number[]> = { plain: [], vfsx: [], strict: [] };
+      let serveCpu = 0;
+      let replCpu = 0;
+      commits.length = 0;
       for (let i = 0; i < rounds; i++) {
         const order = i % 2 === 0 ? SHARES : [...SHARES].reverse();
-        for (const share of order) r[share].push(await once(share, i));
+        for (const share of order) {
+          await drained();
+          // CPU of serve and replicate from the start of a vfsx round until replication caught up with it.
+          let c0 = [cpuSeconds(svc.pid), cpuSeconds(svc.replicatorPid)];
+          recording = share === 'vfsx';
+          // A workload's untimed preparation calls mark() when the measured part starts.
+          const mark = async () => {
+            await drained();
+            c0 = [cpuSeconds(svc.pid), cpuSeconds(svc.replicatorPid)];
+          };
+          r[share].push(await once(share, i, mark));
+          await drained();
+          recording = false;
+          if (share === 'vfsx') {
+            serveCpu += cpuSeconds(svc.pid) - c0[0];
+            replCpu += cpuSeconds(svc.replicatorPid) - c0[1];
+          }
+        }
       }
       const spread = Object.fromEntries(SHARES.map((x) => [x, [Math.min(...r[x]), Math.max(...r[x])] as [number, number]]));
-      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher, spread });
+      const cpu = ops > 0 ? { serve: (serveCpu / (rounds * ops)) * 1000, replicate: (replCpu / (rounds * ops)) * 1000 } : null;
+      const commit = commits.length > 0 ? { p50: pct(commits, 0.5), p99: pct(commits, 0.99), n: commits.length } : null;
+      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher, spread, cpu, commit });
       process.stderr.write(`bench: ${name}: ${SHARES.map((x) => `${x} ${median(r[x]).toFixed(3)}`).join(' ')} ${unit}\n`);
     };
 
@@ -89,21 +151,24 @@ async function main(): Promise<void> {
     await sideBySide('1000 x mkdir', 'ms/op', false, async (share, i) => {
       const cmds = Array.from({ length: 1000 }, (_, k) => `mkdir m${i}_${k}`).join('; ');
       return (await smb(share, cmds)).ms / 1000;
-    });
+    }, ROUNDS, 1000);
 
     const small = join(local, 'small.bin');
     await writeFile(small, randomBytes(4096));
     await sideBySide('1000 x 4 KiB put', 'ms/op', false, async (share, i) => {
       const cmds = [`mkdir p${i}`, ...Array.from({ length: 1000 }, (_, k) => `put ${small} p${i}/f${k}`)].join('; ');
       return (await smb(share, cmds)).ms / 1000;
-    });
+    }, ROUNDS, 1000);
 
-    await sideBySide('500 x (rename + delete)', 'ms/op', false, async (share, i) => {
-      // The 500 files are put first, untimed (they replicate meanwhile, as they would).
+    await sideBySide('500 x (rename + delete)', 'ms/op', false, async (share, i, mark) => {
+      // The 500 files are put first, untimed, and replicated before the timed part.
+      const before = commits.length;
       await smb(share, [`mkdir r${i}`, ...Array.from({ length: 500 }, (_, k) => `put ${small} r${i}/f${k}`)].join('; '));
+      await mark();
+      commits.length = before; // only the storm's commits count
       const cmds = Array.from({ length: 500 }, (_, k) => `rename r${i}/f${k} r${i}/g${k}; del r${i}/g${k}`).join('; ');
       return (await smb(share, cmds)).ms / 500;
-    });
+    }, ROUNDS, 500);
 
     const big = join(local, 'big.bin');
     const fd = openSync(big, 'w');
@@ -117,7 +182,7 @@ async function main(): Promise<void> {
       return 256 / (ms / 1000);
     }, Math.max(ROUNDS, 5)); // disk-bound and noisy on a VM: more rounds
 
-    await sideBySide('smbtorture smb2.bench.path-contention-shared', 'opens/s', true, async (share) => {
+    await sideBySide('smbtorture smb2.bench.path-contention-shared (5 s)', 'opens/s', true, async (share) => {
       const { out } = await run('smbtorture', [`//127.0.0.1/${share}`, '-p', String(smbd.port), '-U', `${SMB_USER}%${SMB_PASS}`,
         'smb2.bench.path-contention-shared', '--option=torture:timelimit=5']);
       const rates = [...out.matchAll(/open\[num\/s=(\d+)/g)].map((m) => Number(m[1]));
@@ -138,11 +203,13 @@ async function main(): Promise<void> {
       c.done(seq);
     }
     const lat: number[] = [];
-    for (let seq = 3001; seq <= 8000; seq++) {
+    const strictLat: number[] = [];
+    for (let seq = 3001; seq <= 13000; seq++) {
+      const strict = seq % 2 === 0; // interleaved: the same conditions for both
       const t0 = process.hrtime.bigint();
-      const v = await c.create(seq, `lat/${seq}`);
+      const v = await c.create(seq, `lat/${seq}`, strict);
       if (v !== `transparent:${seq}`) throw new Error(`unexpected verdict ${v}`);
-      lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+      (strict ? strictLat : lat).push(Number(process.hrtime.bigint() - t0) / 1000);
       c.done(seq);
     }
     c.close();
@@ -182,12 +249,15 @@ async function main(): Promise<void> {
     const asyncIngest = reports / ((Date.now() - t0) / 1000);
 
     const floor = await echoFloor();
-    printReport(rows, { p50: pct(lat, 0.5), p99: pct(lat, 0.99), ingest, asyncIngest, floor });
+    printReport(rows, { p50: pct(lat, 0.5), p99: pct(lat, 0.99), strictP50: pct(strictLat, 0.5), strictP99: pct(strictLat, 0.99), ingest, asyncIngest, floor });
   } finally {
+    await unsubscribe?.();
+    await reader.close();
     await smbd.destroy();
     await svc.destroy();
     await redis.stop();
     await dr?.destroy();
+    remote?.remove();
     await rm(local, { recursive: true, force: true });
   }
 }
@@ -241,15 +311,20 @@ function machine(): string {
   return `${cpu}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${kernel}, ${samba}, Node ${process.version}`;
 }
 
-function printReport(rows: Row[], j: { p50: number; p99: number; ingest: number; asyncIngest: number; floor: { p50: number; p99: number } } | null): void {
+function printReport(rows: Row[], j: { p50: number; p99: number; strictP50: number; strictP99: number; ingest: number; asyncIngest: number; floor: { p50: number; p99: number } } | null): void {
   const date = new Date().toISOString().slice(0, 10);
   const out: string[] = [];
-  out.push(`Measured ${date} on ${machine()}; replication ${REPLICATION ? 'on (DR site on loopback at nice 19)' : 'off'}; loopback, medians of ${ROUNDS} interleaved rounds (256 MiB put: ${Math.max(ROUNDS, 5)}, caches dropped before each).`, '');
-  out.push('| workload | plain share | vfsx | vfsx / plain | vfsx strict | strict / plain |', '|---|---|---|---|---|---|');
+  const system = REPLICATION
+    ? `the whole system: vfsx serve, vfsx replicate (nice 10, I/O best-effort 7), Redis, the DR site in its own network namespace behind a veth link shaped to ${LINK_MBIT} Mbit/s each way (tc tbf), run at nice 19 because it stands for a remote machine`
+    : 'replication off (vfsx serve and Redis only)';
+  out.push(`Measured ${date} on ${machine()}; ${system}; SMB over loopback with smbclient; medians of ${ROUNDS} interleaved rounds (256 MiB put: ${Math.max(ROUNDS, 5)}, caches dropped before each); replication caught up (untimed) after every round.`, '');
+  out.push('| workload | plain share | vfsx | vfsx / plain | vfsx strict | strict / plain | CPU s per 1000 ops: serve / replicate | change -> committed p50 / p99 |', '|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const ratio = (v: number) => (r.higherIsBetter ? v / r.plain : r.plain / v).toFixed(2);
     const f = (v: number) => `${v.toFixed(r.unit === 'ms/op' ? 3 : 0)} ${r.unit}`;
-    out.push(`| ${r.name} | ${f(r.plain)} | ${f(r.vfsx)} | ${ratio(r.vfsx)}x | ${f(r.strict)} | ${ratio(r.strict)}x |`);
+    const cpu = r.cpu ? `${r.cpu.serve.toFixed(2)} / ${r.cpu.replicate.toFixed(2)}` : '';
+    const commit = r.commit ? `${Math.round(r.commit.p50)} / ${Math.round(r.commit.p99)} ms` : '';
+    out.push(`| ${r.name} | ${f(r.plain)} | ${f(r.vfsx)} | ${ratio(r.vfsx)}x | ${f(r.strict)} | ${ratio(r.strict)}x | ${cpu} | ${commit} |`);
   }
   for (const r of rows) {
     const noisy = SHARES.filter((x) => {
@@ -263,8 +338,10 @@ function printReport(rows: Row[], j: { p50: number; p99: number; ingest: number;
   }
   if (j) {
     out.push('', '| journal (warm service) | vfsx serve + Redis | baseline: Unix-socket echo | |', '|---|---|---|---|');
-    out.push(`| verdict latency (report -> durable record -> verdict), p50 | ${j.p50.toFixed(0)} us | ${j.floor.p50.toFixed(0)} us | ${(j.p50 / j.floor.p50).toFixed(1)}x the floor |`);
+    out.push(`| verdict latency (report -> policy -> verdict), p50 | ${j.p50.toFixed(0)} us | ${j.floor.p50.toFixed(0)} us | ${(j.p50 / j.floor.p50).toFixed(1)}x the floor |`);
     out.push(`| verdict latency, p99 | ${j.p99.toFixed(0)} us | ${j.floor.p99.toFixed(0)} us | ${(j.p99 / j.floor.p99).toFixed(1)}x the floor |`);
+    out.push(`| strict verdict latency (report -> durable record -> verdict), p50 | ${j.strictP50.toFixed(0)} us | ${j.floor.p50.toFixed(0)} us | ${(j.strictP50 / j.floor.p50).toFixed(1)}x the floor |`);
+    out.push(`| strict verdict latency, p99 | ${j.strictP99.toFixed(0)} us | ${j.floor.p99.toFixed(0)} us | ${(j.strictP99 / j.floor.p99).toFixed(1)}x the floor |`);
     out.push(`| journal ingest, reports waiting for verdicts, 64 connections | ${Math.round(j.ingest)} ops/s | | |`);
     out.push(`| journal ingest, async reports (op + outcome) acknowledged, 16 connections | ${Math.round(j.asyncIngest)} ops/s | | |`);
   }

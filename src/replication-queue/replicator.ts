@@ -25,7 +25,7 @@ import { COMMIT_LATENCY_BUCKETS, redisOptions, StateKeys, stateKeys } from './re
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
 import { ShareOrder } from './share-order';
-import { SiteSync } from './site-sync';
+import { SiteSync, SMALL_FILE } from './site-sync';
 
 export interface ReplicatorOptions {
   redis: VfsxConfig['redis'];
@@ -254,6 +254,11 @@ export class Replicator {
     const rec = job.data as ChangeRecord;
     const bytesBefore = this.stats.bytesSent;
     const items = coalesce([rec]);
+    if (this.stillWritten(items[0])) {
+      await this.requeue([rec], 'd', this.opts.replication.settleMs || 500);
+      await this.conn.zrem(this.state.rpo(rec.share), String(job.id));
+      return;
+    }
     const failed = await this.runItems(rec.share, items);
     if (failed.length > 0) throw failed[0].err;
     await this.committed(rec.share, items, [String(job.id)], this.stats.bytesSent - bytesBefore);
@@ -276,13 +281,18 @@ export class Replicator {
       throw new DelayedError();
     }
     const bytesBefore = this.stats.bytesSent;
-    const items = coalesce(b.records);
-    const failed = await this.runItems(b.share, items);
+    const all = coalesce(b.records);
+    // A file created (or truncated) and still being written: its close will
+    // bring it; reading it now would race the writer. Look again later.
+    const later = all.filter((it) => this.stillWritten(it));
+    const items = all.filter((it) => !later.includes(it));
+    const failed = await this.runSegments(b.share, items);
     if (failed.length > 0) {
       if (job.attemptsMade + 1 < SPLIT_AFTER_ATTEMPTS || this.link !== 'up') throw failed[0].err;
       await this.splitOff(b, failed.map((f) => f.item));
     }
-    this.stats.coalesced += b.records.length - items.length;
+    if (later.length > 0) await this.requeue(later.map((it) => it.rec), 'd', this.opts.replication.settleMs || 500);
+    this.stats.coalesced += b.records.length - all.length;
     const jobId = String(job.id);
     const done = items.filter((i) => !failed.some((f) => f.item === i));
     await this.committed(b.share, done, b.records.map((_, i) => rpoMember(jobId, i)), this.stats.bytesSent - bytesBefore);
@@ -297,10 +307,101 @@ export class Replicator {
   private async splitOff(b: BatchJob, items: WorkItem[]): Promise<void> {
     const recs = items.map((i) => i.rec);
     this.log.warn({ share: b.share, seq: b.seq, paths: recs.map((r) => r.names.path) }, 'records keep failing: retrying them on their own');
+    await this.requeue(recs, 'x', 0);
+  }
+
+  /** Queues records again as lone jobs (kind x: split off, d: deferred), each keeping its RPO time. */
+  private async requeue(recs: ChangeRecord[], kind: 'x' | 'd', delay: number): Promise<void> {
+    const now = Date.now();
+    const id = (r: ChangeRecord) => (kind === 'x' ? `x-${r.id}` : `d-${r.id}-${now}`);
     const p = this.conn.pipeline();
-    for (const r of recs) p.zadd(this.state.rpo(r.share), 'NX', r.ts, `x-${r.id}`);
+    for (const r of recs) p.zadd(this.state.rpo(r.share), 'NX', r.ts, id(r));
     await p.exec();
-    await this.queue.addBulk(recs.map((r) => ({ name: LONE, data: r, opts: { jobId: `x-${r.id}` } })));
+    await this.queue.addBulk(recs.map((r) => ({ name: LONE, data: r, opts: { jobId: id(r), ...(delay > 0 ? { delay } : {}) } })));
+  }
+
+  /**
+   * Whether an item is a file created or truncated whose data is still
+   * changing (modified within the settle window, its record younger than
+   * 30 s): its close reports the data; until then it is not read.
+   */
+  private stillWritten(it: WorkItem): boolean {
+    const { rec } = it;
+    if ((rec.op !== 'create' && rec.op !== 'truncate') || Date.now() - rec.ts > 30_000) return false;
+    if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) return false;
+    try {
+      const e = this.tree(rec.origpath).stat(rec.names.path, true);
+      return e !== null && e.kind === 'file' && Date.now() - Number(BigInt(e.mtimeNs) / 1_000_000n) < Math.max(this.opts.replication.settleMs, 200);
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Runs a batch's items segment by segment (renames and links divide
+   * them): in each, small regular files go to the site together, many per
+   * call, after the segment's other items (directories first, so what is
+   * inside them never precedes them). A share's batches never overlap, so
+   * nothing else of the share runs meanwhile.
+   */
+  private async runSegments(share: string, items: WorkItem[]): Promise<Array<{ item: WorkItem; err: Error }>> {
+    const failed: Array<{ item: WorkItem; err: Error }> = [];
+    let segment: WorkItem[] = [];
+    const flush = async () => {
+      const small: WorkItem[] = [];
+      const rest: WorkItem[] = [];
+      for (const it of segment) (this.smallFile(it) ? small : rest).push(it);
+      failed.push(...(await this.runItems(share, rest)));
+      if (small.length > 0) {
+        try {
+          await this.syncFiles(share, small);
+        } catch {
+          failed.push(...(await this.runItems(share, small))); // one by one: each reports its own error
+        }
+      }
+      segment = [];
+    };
+    for (const it of items) {
+      if (it.rec.op === 'rename' || it.rec.op === 'link') {
+        await flush();
+        failed.push(...(await this.runItems(share, [it])));
+      } else {
+        segment.push(it);
+      }
+    }
+    await flush();
+    return failed;
+  }
+
+  /** Whether an item is a whole small regular file now (not a covered one: those cost nothing anyway). */
+  private smallFile(it: WorkItem): boolean {
+    const { rec } = it;
+    if (rec.op === 'unlink' || rec.op === 'rmdir' || Object.keys(rec.names).some((k) => k.endsWith('B64'))) return false;
+    const key = `${rec.share}\u0000${rec.names.path}`;
+    if (this.covered(key, it.ts, it.ranges !== undefined && it.ranges.length > 0)) return false;
+    try {
+      const e = this.tree(rec.origpath).stat(rec.names.path, true);
+      return e !== null && e.kind === 'file' && e.size <= SMALL_FILE;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Small files of one segment: read whole, one "which blocks are missing" and one commit per 64 files. */
+  private async syncFiles(share: string, items: WorkItem[]): Promise<void> {
+    const rec0 = items[0].rec;
+    const site = await this.site();
+    if (!this.buckets.has(share)) {
+      await site.call('bucket.ensure', { bucket: share });
+      this.buckets.add(share);
+    }
+    const sync = new SiteSync({ site, bucket: share, tree: this.tree(rec0.origpath), blockSize: this.opts.replication.blockSize, stats: this.stats });
+    const started = Date.now();
+    await sync.syncFiles(items.map((i) => i.rec.names.path));
+    for (const it of items) {
+      this.stats.records += it.merged;
+      this.remember(`${share}\u0000${it.rec.names.path}`, started, true);
+    }
   }
 
   /** Runs work items, at most replication.concurrency at once, each after every earlier item of a related path. */

@@ -24,7 +24,8 @@ const NOT_FOUND = -32003;
 const NOT_A_DIRECTORY = -32006;
 const TREE_CONCURRENCY = 16;
 /** Files up to this size are synced in batches during a tree sync: one missing-check, put and commit per batch. */
-const SMALL_FILE = 256 << 10;
+/** Files up to this size go to the site many at a time (one blocks.missing, one commitMany). */
+export const SMALL_FILE = 256 << 10;
 const BATCH_FILES = 64;
 
 interface ListedObject {
@@ -185,6 +186,11 @@ export class SiteSync {
    * transaction at the site. A file that vanishes or changes while it is
    * read goes the one-by-one way instead.
    */
+  /** Whole small files, BATCH_FILES per round of site calls (see syncSmallFiles). */
+  async syncFiles(rels: string[]): Promise<void> {
+    for (let i = 0; i < rels.length; i += BATCH_FILES) await this.syncSmallFiles(rels.slice(i, i + BATCH_FILES));
+  }
+
   private async syncSmallFiles(rels: string[]): Promise<void> {
     const { site, bucket, blockSize: bs } = this;
     const objects: Array<Record<string, unknown>> = [];

@@ -21,6 +21,11 @@ export interface BridgeConnectionOptions {
   observeVerdict?: (seconds: number) => void;
 }
 
+/** Acknowledgements go out at most this often per connection... */
+const ACK_EVERY_MS = 10;
+/** ...unless this many frames wait for one. */
+const ACK_FRAMES = 128;
+
 export class BridgeConnection {
   readonly session: BridgeSession = { source: 'live' };
   private readonly socket: Socket;
@@ -33,7 +38,7 @@ export class BridgeConnection {
   messages = 0;
   private ackDue = 0;
   private ackSent = 0;
-  private ackScheduled = false;
+  private ackTimer: NodeJS.Timeout | null = null;
   /** Frames whose acknowledgement waits for an earlier one; tail settles after the last. */
   private unsettled = 0;
   private tail: Promise<void> = Promise.resolve();
@@ -126,17 +131,27 @@ export class BridgeConnection {
     });
   }
 
-  /** Acknowledges frames up to index, one ack per turn of the event loop. */
+  /**
+   * Acknowledges frames up to index: at most one ack per ACK_EVERY_MS, or at
+   * once when ACK_FRAMES frames wait for one (the module keeps at most 512).
+   * Every ack is a write here and a wake-up of smbd there.
+   */
   private ack(index: number): void {
     if (index > this.ackDue) this.ackDue = index;
-    if (this.ackScheduled) return;
-    this.ackScheduled = true;
-    setImmediate(() => {
-      this.ackScheduled = false;
-      if (this.closed || this.ackDue <= this.ackSent) return;
-      this.ackSent = this.ackDue;
-      this.socket.write(encodeAck(this.ackDue));
-    });
+    if (this.ackDue - this.ackSent >= ACK_FRAMES) {
+      this.sendAck();
+      return;
+    }
+    if (this.ackTimer) return;
+    this.ackTimer = setTimeout(() => this.sendAck(), ACK_EVERY_MS);
+  }
+
+  private sendAck(): void {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = null;
+    if (this.closed || this.ackDue <= this.ackSent) return;
+    this.ackSent = this.ackDue;
+    this.socket.write(encodeAck(this.ackDue));
   }
 
   private protocolError(err: unknown): void {

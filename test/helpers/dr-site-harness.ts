@@ -24,24 +24,31 @@ export class DrSiteHarness {
   }
 
   extra: Record<string, unknown> = {};
+  /** Where it runs: a network namespace and its address there (a remote host), at a CPU niceness. */
+  private place: { netns?: string; host?: string; nice?: number } = {};
 
-  static async start(extra: Record<string, unknown> = {}): Promise<DrSiteHarness> {
+  static async start(extra: Record<string, unknown> = {}, place: { netns?: string; host?: string; nice?: number } = {}): Promise<DrSiteHarness> {
     const h = new DrSiteHarness(await mkdtemp(join(tmpdir(), 'vfsx-dr-')));
     h.extra = extra;
+    h.place = place;
     h.port = await freePort();
     await h.startServer();
     return h;
   }
 
   get url(): string {
-    return `ws://127.0.0.1:${this.port}/`;
+    return `ws://${this.place.host ?? '127.0.0.1'}:${this.port}/`;
   }
 
   async startServer(): Promise<void> {
     const cfg = join(this.dir, 'dr.json');
-    await writeFile(cfg, JSON.stringify({ drSite: { port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 16 << 20, ...this.extra } }));
+    const host = this.place.host ?? '127.0.0.1';
+    await writeFile(cfg, JSON.stringify({ drSite: { host, port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 16 << 20, ...this.extra } }));
     const from = this.logs.length;
-    const p = spawn(process.execPath, [VFSX_BIN, 'dr-site', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const argv = [process.execPath, VFSX_BIN, 'dr-site', '--config', cfg];
+    if (this.place.nice !== undefined) argv.unshift('nice', '-n', String(this.place.nice));
+    if (this.place.netns) argv.unshift('ip', 'netns', 'exec', this.place.netns);
+    const p = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (c: Buffer) => this.logs.push({ stderr: c.toString() }));

@@ -56,9 +56,12 @@ export class RedisHarness {
   async stopServer(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const p = this.proc;
     this.proc = null;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     await new Promise<void>((resolve) => {
-      p.once('exit', () => resolve());
+      // A server that does not exit on its own in 10 s (frozen, or a lost exit event) is killed.
+      const t = setTimeout(() => { p.kill('SIGKILL'); setTimeout(resolve, 500); }, 10_000);
+      p.once('exit', () => { clearTimeout(t); resolve(); });
+      p.kill('SIGCONT');
       p.kill(signal);
     });
   }
