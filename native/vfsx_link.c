@@ -70,6 +70,18 @@ static struct unacked ring[RING_MAX];
 static unsigned ring_head, ring_n;
 static size_t ring_bytes;
 
+/*
+ * Frames sent without waiting are gathered here and go out in one send at
+ * the end of the current turn of smbd's event loop (a tevent immediate), or
+ * with the next frame that waits for a verdict: one wake-up of the service
+ * per SMB request instead of one per frame. Each is already in the ring.
+ */
+#define OBUF_MAX (64u << 10)
+static uint8_t obuf[OBUF_MAX];
+static size_t olen;
+static struct tevent_immediate *flush_im;
+static bool flush_due;
+
 static struct vfsx_link L = {
 	.fd = -1, .spool_fd = -1, .verdict_mask = (1u << VFSX_N_OPS) - 1
 };
@@ -321,6 +333,7 @@ static int ring_push(uint64_t idx, const struct vfsx_msg *m)
 
 static void link_close(void)
 {
+	olen = 0; /* every gathered frame is in the ring */
 	TALLOC_FREE(L.fde);
 	if (L.fd >= 0) {
 		close(L.fd);
@@ -485,19 +498,67 @@ static int link_wait(enum wait_for what, uint64_t want, uint64_t want_idx,
 	}
 }
 
-static int send_frame(struct vfsx_msg *m)
+/*
+ * Sends whole frames. A full socket buffer is waited out (bounded): a
+ * partial frame cannot be taken back, so a send that cannot finish ends
+ * the connection (the ring spools what it holds).
+ */
+static int send_all(const uint8_t *p, size_t len)
 {
-	ssize_t n;
+	struct pollfd pfd = { .fd = L.fd, .events = POLLOUT };
 
-	do {
-		n = send(L.fd, m->buf, m->len, MSG_DONTWAIT | MSG_NOSIGNAL);
-	} while (n < 0 && errno == EINTR);
-	if (n == (ssize_t)m->len) {
-		L.sent++;
+	while (len > 0) {
+		ssize_t n = send(L.fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0) {
+			p += n;
+			len -= n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n < 0 && errno == EAGAIN &&
+		    poll(&pfd, 1, L.hello_timeout_ms) > 0) {
+			continue;
+		}
+		return n < 0 ? -errno : -EPIPE;
+	}
+	return 0;
+}
+
+/* Sends what is gathered in obuf. */
+static int obuf_flush(void)
+{
+	int rc;
+
+	if (olen == 0) {
 		return 0;
 	}
-	/* A partial frame cannot be taken back: the connection is done. */
-	return n < 0 ? -errno : -EPIPE;
+	rc = send_all(obuf, olen);
+	olen = 0;
+	return rc;
+}
+
+/* Sends a frame now, after whatever is gathered (one send when it fits). */
+static int send_frame(struct vfsx_msg *m)
+{
+	int rc;
+
+	if (olen + m->len <= OBUF_MAX) {
+		memcpy(obuf + olen, m->buf, m->len);
+		olen += m->len;
+		L.sent++;
+		return obuf_flush();
+	}
+	rc = obuf_flush();
+	if (rc == 0) {
+		rc = send_all(m->buf, m->len);
+	}
+	if (rc == 0) {
+		L.sent++;
+	}
+	return rc;
 }
 
 static void link_readable(struct tevent_context *ev, struct tevent_fd *fde,
@@ -620,6 +681,22 @@ void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
 	link_connect();
 }
 
+/* End of the event loop turn that gathered frames: send them. */
+static void flush_handler(struct tevent_context *ev,
+			  struct tevent_immediate *im, void *private_data)
+{
+	int rc;
+
+	flush_due = false;
+	if (L.fd < 0 || L.state == LINK_DOWN) {
+		return;
+	}
+	rc = obuf_flush();
+	if (rc < 0) {
+		link_fail("flush", -rc);
+	}
+}
+
 uint64_t vfsx_link_next_seq(void)
 {
 	return ++L.seq;
@@ -636,8 +713,12 @@ static int ring_make_room(size_t len)
 	if (ring_n < RING_MAX && ring_bytes + len <= RING_BYTES) {
 		return 0;
 	}
-	rc = link_wait(WAIT_ACK, ring[ring_head].idx, 0, L.hello_timeout_ms,
-		       &verdict);
+	/* The service can only acknowledge what it has. */
+	rc = obuf_flush();
+	if (rc == 0) {
+		rc = link_wait(WAIT_ACK, ring[ring_head].idx, 0,
+			       L.hello_timeout_ms, &verdict);
+	}
 	if (rc < 0) {
 		link_fail("acks not coming", -rc);
 	}
@@ -703,6 +784,9 @@ void vfsx_link_drain(void)
 {
 	int verdict = 0, rc;
 
+	if (L.state == LINK_UP && obuf_flush() != 0) {
+		link_fail("flush at disconnect", EPIPE);
+	}
 	if (ring_n == 0) {
 		return;
 	}
@@ -739,13 +823,33 @@ void vfsx_link_post(struct vfsx_msg *m)
 		vfsx_link_spool(m);
 		return;
 	}
-	rc = send_frame(m);
+	if (L.ev != NULL && flush_im == NULL) {
+		flush_im = tevent_create_immediate(NULL);
+	}
+	if (flush_im == NULL || olen + m->len > OBUF_MAX) {
+		rc = send_frame(m);
+	} else {
+		memcpy(obuf + olen, m->buf, m->len);
+		olen += m->len;
+		L.sent++;
+		rc = 0;
+		if (!flush_due) {
+			flush_due = true;
+			tevent_schedule_immediate(flush_im, L.ev, flush_handler,
+						  NULL);
+		}
+	}
 	if (rc < 0) {
 		link_fail("post", -rc);
 		vfsx_link_spool(m);
 		return;
 	}
 	if (ring_push(L.sent, m) != 0) {
+		if (obuf_flush() != 0) {
+			link_fail("post", EPIPE);
+			vfsx_link_spool(m);
+			return;
+		}
 		/* cannot keep a copy: make sure the service has it */
 		rc = link_wait(WAIT_ACK, L.sent, 0, L.hello_timeout_ms,
 			       &verdict);

@@ -88,4 +88,7 @@ test('config: defaults for every key, every error listed, unknown keys refused, 
       && /socket\/path/.test(e.message) && /redis\/port/.test(e.message) && /bogus/.test(e.message),
   );
   assert.throws(() => new Policy([{ action: 'deny', errno: 'ENOPE' }]), /unknown errno/);
+  // The settle window must stay well inside the RPO target.
+  assert.equal(validateConfig({ replication: { settleMs: 2500 }, alerts: { rpoThresholdMs: 10000 } }).replication.settleMs, 2500);
+  assert.throws(() => validateConfig({ replication: { settleMs: 5000 }, alerts: { rpoThresholdMs: 10000 } }), /settleMs \(5000\) must be at most a quarter/);
 });

@@ -29,7 +29,12 @@ export function validateConfig(raw: unknown): VfsxConfig {
   const hooks = (copy as VfsxConfig).alerts.hooks;
   const bad = hooks.findIndex((h) => Boolean(h.command) === Boolean(h.url));
   if (bad >= 0) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /alerts/hooks/${bad} needs exactly one of command and url`);
-  return deepFreeze(copy as VfsxConfig);
+  const c = copy as VfsxConfig;
+  // The settle window delays every change on its way to the site: it must stay well inside the RPO target.
+  if (c.replication.settleMs * 4 > c.alerts.rpoThresholdMs) {
+    throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /replication/settleMs (${c.replication.settleMs}) must be at most a quarter of /alerts/rpoThresholdMs (${c.alerts.rpoThresholdMs})`);
+  }
+  return deepFreeze(c);
 }
 
 /** Reads FILE (or $VFSX_CONFIG, or nothing: all defaults). */
