@@ -33,6 +33,8 @@ struct vfsx_call {
 	int op;		/* index in vfsx_op_names */
 	bool active;
 	bool asked;
+	const char *path;	/* the names the policy looks at */
+	const char *to;
 };
 
 extern struct vfsx_msg g_msg;	/* one report at a time: smbd's main thread */

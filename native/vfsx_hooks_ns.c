@@ -103,6 +103,7 @@ int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
 			TALLOC_FREE(full);
 		} else {
 			arg_name(m, "to", "to_stream", to);
+			c.to = to->base_name;
 		}
 	}
 	err = lost_name(&c, full);

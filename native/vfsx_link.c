@@ -86,6 +86,9 @@ static struct vfsx_link L = {
 	.fd = -1, .spool_fd = -1, .verdict_mask = (1u << VFSX_N_OPS) - 1
 };
 static struct vfsx_msg hello_msg;
+/* The policy's rules when simple enough to apply here (from the hello answer). */
+static struct vfsx_rules rules;
+static bool have_rules;
 
 static void link_schedule(unsigned delay_ms);
 static void link_connect(void);
@@ -380,6 +383,7 @@ static int take_reply(char *kind, uint64_t *seq, int *err, uint32_t *mask)
 	rc = vfsx_reply_parse(L.rbuf + 4, n, kind, seq, err, &ops, &ops_len);
 	if (rc == 0 && *kind == 'H') {
 		*mask = vfsx_ops_mask(ops, ops_len);
+		have_rules = vfsx_rules_parse(ops, ops_len, &rules) == 0;
 	}
 	memmove(L.rbuf, L.rbuf + 4 + n, L.rlen - 4 - n);
 	L.rlen -= 4 + n;
@@ -799,6 +803,11 @@ void vfsx_link_drain(void)
 		link_fail("acks not coming at disconnect", -rc);
 	}
 	ring_spool();
+}
+
+const struct vfsx_rules *vfsx_link_rules(void)
+{
+	return L.state == LINK_UP && have_rules ? &rules : NULL;
 }
 
 bool vfsx_link_up(void)

@@ -30,6 +30,8 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
  */
 void vfsx_link_post(struct vfsx_msg *m);
 bool vfsx_link_up(void);
+/* The policy's rules, when the service sent them and the link is up; else NULL (ask). */
+const struct vfsx_rules *vfsx_link_rules(void);
 /*
  * Before the process goes away: waits (bounded) until every frame sent
  * without a verdict is acknowledged, and spools whatever is not.

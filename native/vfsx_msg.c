@@ -9,6 +9,8 @@
 #include "vfsx_msg.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -285,19 +287,21 @@ uint32_t vfsx_ops_mask(const uint8_t *ops, size_t len)
 	if (ops == NULL || (len == 1 && ops[0] == '*')) {
 		return all;
 	}
-	while (i < len) {
+	while (i < len && ops[i] != ':') {
 		char name[16];
 		size_t n = 0;
 		int idx;
 
-		while (i < len && ops[i] != ',') {
+		while (i < len && ops[i] != ',' && ops[i] != ':') {
 			if (n + 1 < sizeof(name)) {
 				name[n++] = (char)ops[i];
 			}
 			i++;
 		}
 		name[n] = '\0';
-		i++;
+		if (i < len && ops[i] == ',') {
+			i++;
+		}
 		idx = vfsx_op_index(name);
 		mask |= idx < 0 ? 0 : (1u << idx);
 	}
@@ -347,14 +351,157 @@ int vfsx_reply_parse(const uint8_t *p, size_t len, char *kind,
 		*err = (int)e;
 	}
 	if (*kind == 'H' && p < end && *p == ':') {
+		bool rules = false;
+
 		*ops = p + 1;
 		*ops_len = end - p - 1;
 		for (p++; p < end; p++) {
-			if (!((*p >= 'a' && *p <= 'z') || *p == ',' ||
-			      *p == '*')) {
-				return -EPROTO;
+			if ((*p >= 'a' && *p <= 'z') || *p == ',' ||
+			    (!rules && *p == '*')) {
+				continue;
 			}
+			if (!rules && *p == ':') {
+				rules = true;
+				continue;
+			}
+			if (rules && ((*p >= '0' && *p <= '9') || *p == '.' ||
+				      *p == '/' || *p == ';' || *p == '_' ||
+				      *p == '~' || *p == '-')) {
+				continue;
+			}
+			return -EPROTO;
 		}
 	}
 	return p == end ? 0 : -EPROTO;
+}
+
+/* Reads up to the next of stop (or the end) into buf; returns the length or -1 if it does not fit. */
+static int take_token(const uint8_t **p, const uint8_t *end, const char *stop,
+		      char *buf, size_t size)
+{
+	size_t n = 0;
+
+	while (*p < end && strchr(stop, **p) == NULL) {
+		if (n + 1 >= size) {
+			return -1;
+		}
+		buf[n++] = (char)**p;
+		(*p)++;
+	}
+	buf[n] = '\0';
+	return (int)n;
+}
+
+int vfsx_rules_parse(const uint8_t *ops, size_t len, struct vfsx_rules *out)
+{
+	const uint8_t *p = ops, *end = ops + len;
+	char tok[32];
+
+	*out = (struct vfsx_rules){ 0 };
+	while (p < end && *p != ':') {
+		p++;
+	}
+	if (p == end) {
+		return 1;
+	}
+	p++;
+	while (p < end) {
+		struct vfsx_rule *r;
+		long e;
+
+		if (out->n == VFSX_MAX_RULES) {
+			return -1;
+		}
+		r = &out->r[out->n++];
+		if (take_token(&p, end, "/", tok, sizeof(tok)) <= 0 || p == end) {
+			return -1;
+		}
+		e = strtol(tok, NULL, 10);
+		if (e <= 0 || e > 4095) {
+			return -1;
+		}
+		r->err = (int)e;
+		p++;
+		do {
+			int idx;
+
+			if (*p == ',') {
+				p++;
+			}
+			if (take_token(&p, end, ",/", tok, sizeof(tok)) <= 0) {
+				return -1;
+			}
+			idx = vfsx_op_index(tok);
+			if (idx < 0) {
+				return -1;
+			}
+			r->ops |= 1u << idx;
+		} while (p < end && *p == ',');
+		if (p == end || *p != '/') {
+			return -1;
+		}
+		p++;
+		do {
+			if (*p == ',') {
+				p++;
+			}
+			if (r->n_ext == VFSX_MAX_EXTS ||
+			    take_token(&p, end, ",;", r->ext[r->n_ext],
+				       VFSX_EXT_MAX) < 2 ||
+			    r->ext[r->n_ext][0] != '.') {
+				return -1;
+			}
+			r->n_ext++;
+		} while (p < end && *p == ',');
+		if (p < end) {
+			if (*p != ';') {
+				return -1;
+			}
+			p++;
+		}
+	}
+	return out->n > 0 ? 0 : -1;
+}
+
+int vfsx_rules_check(const struct vfsx_rules *rules, int op, const char *name)
+{
+	const char *base, *dot;
+	char ext[VFSX_EXT_MAX];
+	size_t n, i;
+	unsigned k, j;
+
+	if (name == NULL || op < 0) {
+		return 0;
+	}
+	base = strrchr(name, '/');
+	base = base == NULL ? name : base + 1;
+	dot = strrchr(base, '.');
+	if (dot == NULL || dot == base) {
+		return 0; /* no extension: no rule here matches */
+	}
+	n = strlen(dot);
+	for (i = 0; i < n; i++) {
+		if ((unsigned char)dot[i] >= 0x80) {
+			return -1; /* case folding beyond ASCII: the service decides */
+		}
+	}
+	if (n >= sizeof(ext)) {
+		return 0; /* longer than any extension a rule may name */
+	}
+	for (i = 0; i <= n; i++) {
+		ext[i] = (dot[i] >= 'A' && dot[i] <= 'Z') ? dot[i] - 'A' + 'a' : dot[i];
+	}
+	for (k = 0; k < rules->n; k++) {
+		const struct vfsx_rule *r = &rules->r[k];
+
+		if ((r->ops & (1u << op)) == 0) {
+			continue;
+		}
+		for (j = 0; j < r->n_ext; j++) {
+			if (strcmp(r->ext[j], ext) == 0) {
+				return r->err;
+			}
+		}
+	}
+	return 0;
 }

@@ -68,4 +68,30 @@ int vfsx_op_index(const char *op);
 /* Verdict mask from a hello's OPS list; all bits when ops is NULL or "*". */
 uint32_t vfsx_ops_mask(const uint8_t *ops, size_t len);
 
+/*
+ * A policy simple enough for the module to apply itself, sent after the
+ * OPS list of a hello answer: "ERRNO/op,op/.ext,.ext;..." (deny rules by
+ * operation and file extension only; see docs/protocol.md).
+ */
+#define VFSX_MAX_RULES 8
+#define VFSX_MAX_EXTS 32
+#define VFSX_EXT_MAX 17	/* ".": 16 characters, NUL */
+struct vfsx_rule {
+	int err;
+	uint32_t ops;
+	unsigned n_ext;
+	char ext[VFSX_MAX_EXTS][VFSX_EXT_MAX];
+};
+struct vfsx_rules {
+	unsigned n;
+	struct vfsx_rule r[VFSX_MAX_RULES];
+};
+/* Rules from a hello's OPS field (what follows its ':'). 0: some, 1: none, -1: malformed. */
+int vfsx_rules_parse(const uint8_t *ops, size_t len, struct vfsx_rules *out);
+/*
+ * The errno the rules deny op on name with, 0 to allow, or -1 when the
+ * module cannot decide (an extension that is not plain ASCII): ask.
+ */
+int vfsx_rules_check(const struct vfsx_rules *r, int op, const char *name);
+
 #endif

@@ -36,19 +36,40 @@ struct vfsx_msg *report_begin(vfs_handle_struct *handle,
 	vfsx_msg_arg_u64(&g_msg, "seq", c->seq);
 	vfsx_msg_arg_str(&g_msg, "share", c->sh->share);
 	arg_name(&g_msg, "path", "stream", name);
+	c->path = name->base_name;
 	return &g_msg;
 }
 
 /* Returns 0 to let the call proceed, or the errno to fail it with. */
 int report_ask(struct vfsx_call *c)
 {
-	int verdict = 0, rc;
+	const struct vfsx_rules *rules = NULL;
+	int verdict = 0, rc, local = -1;
 
 	if (!c->active) {
 		return 0;
 	}
-	if (c->sh->async && !vfsx_link_needs_verdict(c->op)) {
-		/* No rule can deny it: record it without waiting. */
+	if (c->sh->async && !c->sh->strict && vfsx_link_needs_verdict(c->op) &&
+	    (rules = vfsx_link_rules()) != NULL) {
+		/* The service sent its policy: decide here, without a round trip. */
+		int e1 = vfsx_rules_check(rules, c->op, c->path);
+		int e2 = vfsx_rules_check(rules, c->op, c->to);
+
+		if (e1 >= 0 && e2 >= 0) {
+			local = e1 > 0 ? e1 : e2;
+		}
+	}
+	if (local > 0) {
+		/* Denied here: the service still hears of it (audit), records nothing. */
+		vfsx_msg_arg_u64(&g_msg, "denied", local);
+		vfsx_msg_arg_u64(&g_msg, "async", 1);
+		if (vfsx_msg_end(&g_msg) == 0) {
+			vfsx_link_post(&g_msg);
+		}
+		return local;
+	}
+	if (c->sh->async && (local == 0 || !vfsx_link_needs_verdict(c->op))) {
+		/* No rule can deny it (or none did, here): record it without waiting. */
 		if (!vfsx_link_up() && c->sh->deny) {
 			return c->sh->deny_errno;
 		}

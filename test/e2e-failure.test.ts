@@ -70,7 +70,7 @@ test('with the service stopped the same SMB session keeps working, the spool hol
   }
 });
 
-test('with the service frozen (SIGSTOP) an operation that needs a verdict completes within the timeout and is not lost', async () => {
+test('with the service frozen (SIGSTOP) an operation that needs a verdict completes within the timeout and is not lost; the module still applies the extension policy', async () => {
   const s = await SmbSession.open(smbd.port, 'open');
   try {
     await s.run('put /etc/hostname warm.txt');
@@ -81,12 +81,18 @@ test('with the service frozen (SIGSTOP) an operation that needs a verdict comple
     assert.ok(r.ms < TIMEOUT_MS * 5, `put took ${r.ms} ms with a ${TIMEOUT_MS} ms timeout`);
     const r2 = await s.run('mkdir frozen2', 10000);
     assert.deepEqual(r2.statuses, []);
+    // The policy (deny by extension) was sent to the module at connect: it still applies it, alone.
+    const r3 = await s.run('put /etc/hostname frozen.locked', 10000);
+    assert.ok(r3.statuses.includes('NT_STATUS_ACCESS_DENIED'), r3.output);
+    assert.equal(existsSync(join(smbd.sharePath('open'), 'frozen.locked')), false);
     assert.ok(existsSync(join(smbd.sharePath('open'), 'frozen.txt')));
     svc.signal('SIGCONT');
     await waitForRecords(svc, 'records of the frozen period', (recs) =>
       recs.some((x) => x.op === 'create' && x.names.path === 'frozen.txt' && x.outcome === 'confirmed')
       && recs.some((x) => x.op === 'close' && x.names.path === 'frozen.txt')
       && recs.some((x) => x.op === 'mkdir' && x.names.path === 'frozen2' && x.outcome === 'confirmed'));
+    await waitFor('the module\'s denial audited by the service', () =>
+      svc.logsWith('operation denied by policy').some((l) => (l.names as { path?: string }).path === 'frozen.locked'));
   } finally {
     svc.signal('SIGCONT');
     await s.close();

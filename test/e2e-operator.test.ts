@@ -196,10 +196,13 @@ test('with the DR site stopped, RPO age grows, status shows the site down and th
   const crossed = await waitFor('the RPO threshold hook', async () =>
     (await hookEvents()).find((e) => e.type === 'rpo-threshold-crossed' && e.share === SHARE), 30000, 100);
   assert.ok((crossed.rpoAgeMs ?? 0) >= RPO_THRESHOLD_MS);
-  const st = await status();
-  const later = share(st) as NonNullable<ReturnType<typeof share>>;
-  assert.ok(later.rpoAgeSeconds > first.rpoAgeSeconds, `RPO age grows: ${first.rpoAgeSeconds} -> ${later.rpoAgeSeconds}`);
-  assert.ok(later.rpoAgeSeconds * 1000 >= RPO_THRESHOLD_MS);
+  // Older records whose batch needs no site call (already covered) may still complete; the age of what waits grows.
+  let st = await status();
+  const later = await waitFor('RPO age above the threshold and growing', async () => {
+    st = await status();
+    const s = share(st);
+    return s && s.rpoAgeSeconds > first.rpoAgeSeconds && s.rpoAgeSeconds * 1000 >= RPO_THRESHOLD_MS ? s : null;
+  }, 30000, 100);
   assert.equal(st.site.state, 'down');
   assert.ok(st.site.lastError);
   assert.ok(later.backlog.records >= 1);

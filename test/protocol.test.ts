@@ -5,6 +5,7 @@ import { encodeFrame, FrameDecoder } from '../src/protocol/frame-decoder';
 import { formatMessage, parseMessage } from '../src/protocol/message';
 import { VfsxError } from '../src/errors/vfsx-error';
 import { msgDriver } from './helpers/c-driver';
+import { Policy } from '../src/ops/policy';
 
 const ALL = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 
@@ -105,7 +106,41 @@ test('the module parses replies strictly', () => {
   assert.equal(p('hello:1:create,rename'), 'H 1 0 81'); // bits of create (0) and rename (7)
   assert.equal(p('hello:1:'), 'H 1 0 0');
   assert.equal(p('ack:12'), 'A 12 0');
+  assert.equal(p('hello:2:create,rename:13/create,rename/.locked,.crypt'), 'H 2 0 81', 'rules after the ops keep the mask');
+  assert.equal(p('hello:2:create:13/create/.LOCKED'), 'error', 'rules are lowercase');
   for (const s of ['fail:42', 'fail:42:0', 'transparent:', 'transparent:4x', 'ok:1', 'fail:1:99999', 'hello:1:Create', 'ack:']) {
     assert.equal(p(s), 'error', s);
   }
+});
+
+test('the module applies a simple policy itself exactly as the service would (extension, case, operation, errno)', () => {
+  const rules = new Policy([
+    { action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', 'crypt'], errno: 'EACCES' },
+    { action: 'deny', ops: ['mkdir'], extensions: ['.tmp'], errno: 'EPERM' },
+  ] as never).localRules();
+  assert.equal(rules, '13/create,rename/.locked,.crypt;1/mkdir/.tmp');
+  const local = (op: string, name: string) => msgDriver(['rules', `create,mkdir,rename:${rules}`, op, name]).toString().trim();
+  const policy = new Policy([
+    { action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', 'crypt'], errno: 'EACCES' },
+    { action: 'deny', ops: ['mkdir'], extensions: ['.tmp'], errno: 'EPERM' },
+  ] as never);
+  const cases: Array<[string, string]> = [
+    ['create', 'a/b/report.locked'], ['create', 'REPORT.LoCkEd'], ['create', 'x.crypt'], ['create', 'x.locked.txt'], ['create', '.locked'],
+    ['create', 'dir.locked/file.txt'], ['rename', 'a.crypt'], ['mkdir', 'new.TMP'], ['mkdir', 'x.locked'], ['unlink', 'x.locked'], ['create', 'noext'],
+  ];
+  for (const [op, name] of cases) {
+    const d = policy.evaluate({ share: 's', user: 'u', op, paths: [name] });
+    assert.equal(local(op, name), String(d?.errno ?? 0), `${op} ${name}`);
+  }
+  assert.equal(local('create', 'x.loc\u212Aed'), '-1', 'beyond ASCII the service decides (Kelvin sign folds to k there)');
+  assert.equal(msgDriver(['rules', 'create', 'create', 'x.locked']).toString().trim(), 'none');
+  assert.equal(msgDriver(['rules', 'create:13/create', 'create', 'x.locked']).toString().trim(), 'error');
+  // Anything but deny-by-extension stays with the service.
+  for (const r of [
+    { action: 'deny', ops: ['create'], extensions: ['.locked'], users: ['bob'], errno: 'EACCES' },
+    { action: 'deny', ops: ['create'], paths: ['secret/**'], errno: 'EACCES' },
+    { action: 'allow', ops: ['create'], extensions: ['.ok'], errno: 'EACCES' },
+    { action: 'deny', extensions: ['.locked'], errno: 'EACCES' },
+    { action: 'deny', ops: ['create'], extensions: ['.tar.gz'], errno: 'EACCES' },
+  ]) assert.equal(new Policy([r] as never).localRules(), null, JSON.stringify(r));
 });

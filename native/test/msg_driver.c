@@ -3,6 +3,7 @@
  *   msg_driver bytes            one frame whose names hold every byte value
  *   msg_driver ranges OFF LEN.. the coalesced range list, "off+len;..."
  *   msg_driver reply TEXT       the parse of one reply payload
+ *   msg_driver rules OPS OP NAME the module's own verdict from a hello's rules
  */
 #include "../vfsx_msg.h"
 
@@ -73,6 +74,20 @@ int main(int argc, char **argv)
 			       err, vfsx_ops_mask(ops, ops_len));
 		} else {
 			printf("%c %llu %d\n", kind, (unsigned long long)seq, err);
+		}
+		return 0;
+	}
+	if (argc == 5 && strcmp(argv[1], "rules") == 0) {
+		/* rules OPS-FIELD OP NAME: the local verdict (errno, 0 allow, -1 ask) */
+		struct vfsx_rules r;
+		int rc = vfsx_rules_parse((const uint8_t *)argv[2],
+					  strlen(argv[2]), &r);
+
+		if (rc != 0) {
+			printf("%s\n", rc > 0 ? "none" : "error");
+		} else {
+			printf("%d\n", vfsx_rules_check(&r, vfsx_op_index(argv[3]),
+							argv[4]));
 		}
 		return 0;
 	}

@@ -3,6 +3,7 @@
  * wires signals, and prints for humans (or JSON with --json).
  */
 import { parseArgs } from 'node:util';
+import type { Logger } from 'pino';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
 import { DrSiteServer } from '../dr-site/dr-site-server';
@@ -77,16 +78,17 @@ Configuration: one JSON file (--config, or $VFSX_CONFIG); every key has a
 default that works on loopback. See samba-conf/README.md and docs/.
 `;
 
-async function serve(configFile: string | undefined): Promise<number> {
-  const config = loadConfig(configFile);
-  const logger = createLogger(config.log.level);
-  const service = new VfsxService(config, logger);
+/**
+ * A long-running command: on SIGINT or SIGTERM, close() once, flush the
+ * log and exit; unhandled rejections are logged, never fatal. Never resolves.
+ */
+function runUntilSignal(logger: Logger, close: () => Promise<void>): Promise<number> {
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'stopping');
-    void service.close().then(() => {
+    void close().catch((err) => logger.error({ err }, 'stop failed')).finally(() => {
       logger.flush();
       process.exit(0);
     });
@@ -94,9 +96,17 @@ async function serve(configFile: string | undefined): Promise<number> {
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+  return new Promise<number>(() => undefined);
+}
+
+async function serve(configFile: string | undefined): Promise<number> {
+  const config = loadConfig(configFile);
+  const logger = createLogger(config.log.level);
+  const service = new VfsxService(config, logger);
+  const running = runUntilSignal(logger, () => service.close());
   await service.start();
   logger.info({ socket: config.socket.path, spool: config.spool.dir }, 'vfsx serving');
-  return new Promise<number>(() => undefined); // runs until a signal
+  return running;
 }
 
 async function replicate(configFile: string | undefined): Promise<number> {
@@ -106,22 +116,10 @@ async function replicate(configFile: string | undefined): Promise<number> {
   const logger = createLogger(config.log.level).child({ c: 'replicator' });
   lowerPriority(r.nice, r.ioClass, r.ioLevel);
   const replicator = new Replicator({ redis: config.redis, queueName: config.journal.queueName, replication: r, logger });
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, 'stopping');
-    void replicator.close().finally(() => {
-      logger.flush();
-      process.exit(0);
-    });
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+  const running = runUntilSignal(logger, () => replicator.close());
   replicator.start();
   logger.info({ site: r.siteUrl, nice: r.nice, io: `${r.ioClass}/${r.ioLevel}` }, 'vfsx replicating');
-  return new Promise<number>(() => undefined); // runs until a signal
+  return running;
 }
 
 async function drSite(configFile: string | undefined): Promise<number> {

@@ -55,12 +55,14 @@ const NONE: DispatchResult = { reply: null, durable: null, later: null };
 export class OpDispatcher {
   private readonly policy: Policy;
   private readonly verdictOps: string[] | '*';
+  private readonly localRules: string | null;
   private readonly sink: ChangeSink;
   private readonly log: Logger;
 
   constructor(options: OpDispatcherOptions) {
     this.policy = options.policy;
     this.verdictOps = options.policy.verdictOps();
+    this.localRules = options.policy.localRules();
     this.sink = options.sink;
     this.log = options.logger;
   }
@@ -78,6 +80,13 @@ export class OpDispatcher {
     const live = session.source === 'live';
     const rec = this.record(session, msg, seq);
     if (rec === null) return live ? { reply: encodeVerdict(seq, { kind: 'fail', errno: EINVAL }), durable: null, later: null } : NONE;
+    if (msg.args.has('denied')) {
+      // The module applied the policy itself and denied it: audit it, record nothing.
+      if (this.deny(rec) === null) {
+        this.log.error({ op: rec.op, names: rec.names, errno: uintArg(msg, 'denied') }, 'the module denied an operation the policy allows');
+      }
+      return NONE;
+    }
     if (msg.args.has('async') || !live) {
       this.checkAsync(session, rec);
       return { reply: null, durable: this.write(rec), later: null };
@@ -112,7 +121,7 @@ export class OpDispatcher {
     const pid = uintArg(msg, 'pid');
     session.pid = pid;
     session.instance = `${pid}-${uintArg(msg, 'start')}`;
-    return encodeHelloReply(PROTOCOL_VERSION, this.verdictOps);
+    return encodeHelloReply(PROTOCOL_VERSION, this.verdictOps, this.localRules);
   }
 
   private write(rec: ChangeRecord, urgent = false): Promise<void> {

@@ -60,7 +60,7 @@ for (const op of OPERATIONS) {
   if (!OP_TABLE.has(op)) throw new Error(`op table lacks ${op}`);
 }
 
-const COMMON = new Set(['seq', 'share', 'path', 'async', 'strict']);
+const COMMON = new Set(['seq', 'share', 'path', 'async', 'strict', 'denied']);
 
 function bad(op: string, why: string): VfsxError {
   return new VfsxError('VFSX_ERR_OPS_BAD_ARGS', `${op}: ${why}`);

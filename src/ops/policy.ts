@@ -86,6 +86,25 @@ export class Policy {
     return [...ops].sort();
   }
 
+  /**
+   * The policy in the form the module applies itself ("ERRNO/op,op/.ext,.ext;..."),
+   * when every rule is a deny rule by operations and plain file extensions
+   * only (no shares, users, paths or allow rules) and the whole fits in a
+   * hello answer; otherwise null, and the module asks for every verdict.
+   */
+  localRules(): string | null {
+    if (this.rules.length === 0) return null;
+    const parts: string[] = [];
+    for (const r of this.rules) {
+      if (!r.deny || !r.ops || !r.extensions || r.shares || r.users || r.paths) return null;
+      const exts = [...r.extensions];
+      if (exts.length > 32 || !exts.every((e) => /^\.[a-z0-9_~-]{1,15}$/.test(e))) return null;
+      parts.push(`${r.errno}/${[...r.ops].join(',')}/${exts.join(',')}`);
+    }
+    const s = parts.join(';');
+    return parts.length <= 8 && s.length <= 160 ? s : null;
+  }
+
   /** The deny decision for this operation, or null to let it proceed. */
   evaluate(input: PolicyInput): PolicyDecision | null {
     for (const r of this.rules) {

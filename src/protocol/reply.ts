@@ -21,9 +21,12 @@ export function encodeVerdict(seq: number, v: Verdict): Buffer {
   }
 }
 
-/** The hello answer; ops: what the policy may deny (they wait for verdicts). */
-export function encodeHelloReply(version: number, ops: string[] | '*'): Buffer {
-  return encodeFrame(`hello:${version}:${ops === '*' ? '*' : ops.join(',')}`);
+/**
+ * The hello answer; ops: what the policy may deny (they wait for verdicts),
+ * rules: the policy for the module to apply itself (Policy.localRules).
+ */
+export function encodeHelloReply(version: number, ops: string[] | '*', rules: string | null = null): Buffer {
+  return encodeFrame(`hello:${version}:${ops === '*' ? '*' : ops.join(',')}${rules ? `:${rules}` : ''}`);
 }
 
 /** Everything up to and including frame n of this connection is durable. */
