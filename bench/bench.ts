@@ -346,9 +346,10 @@ function printReport(rows: Row[], j: { p50: number; p99: number; strictP50: numb
     out.push(`| journal ingest, async reports (op + outcome) acknowledged, 16 connections | ${Math.round(j.asyncIngest)} ops/s | | |`);
   }
   out.push('', 'Ratios are speed relative to the plain share (1.00x = no overhead; higher is better).',
-    'vfsx: default settings with a ransomware policy on create/rename (those wait for verdicts; other reports are',
-    'acknowledged asynchronously; verdicts come from the policy at once). vfsx strict: vfsx:strict = yes, a verdict',
-    'waits until its report is durable in Redis.');
+    'vfsx: default settings with the ransomware policy (deny .locked/.crypt on create and rename), which the module',
+    'applies itself, so nothing waits for the service. vfsx strict: vfsx:strict = yes, every create and rename waits',
+    'for its verdict, and the verdict for the durable record in Redis. The journal rows measure the service\'s',
+    'verdict path directly (a raw client asking as a module does when the policy is not simple enough for it).');
   process.stdout.write(out.join('\n') + '\n');
 }
 

@@ -17,6 +17,7 @@ import { VfsxError } from '../../src/errors/vfsx-error';
 import { OP_TABLE, parseArgs } from '../../src/ops/op-table';
 import { encodeFrame, FrameDecoder } from '../../src/protocol/frame-decoder';
 import { formatMessage, parseMessage } from '../../src/protocol/message';
+import { PROTOCOL_VERSION } from '../../src/protocol/reply';
 import { DrClient, DrRpcError } from '../../src/replication-queue/dr-client';
 import { restoreShare } from '../../src/replication-queue/restore';
 
@@ -344,7 +345,7 @@ export async function fuzzBridgeSocket(socketPath: string, count: number, seed: 
     s.on('close', () => { closed = true; });
     s.on('error', () => undefined);
     s.on('data', () => undefined);
-    s.write(encodeFrame(`root:hello::proto=1,pid=${900000 + (conns % 50000)},start=${conns}`));
+    s.write(encodeFrame(`root:hello::proto=${PROTOCOL_VERSION},pid=${900000 + (conns % 50000)},start=${conns}`));
     const frames: Buffer[] = [];
     for (let i = 0, n = 1 + r.int(64); i < n; i++) {
       const payload = r.int(3) === 0 ? Buffer.from(validMessage(r)) : mutate(r, Buffer.from(validMessage(r)));
@@ -366,7 +367,7 @@ export async function fuzzBridgeSocket(socketPath: string, count: number, seed: 
   const replies: string[] = [];
   s.on('data', (c: Buffer) => { for (const f of dec.push(c)) replies.push(f.toString('latin1')); });
   await new Promise<void>((ok, fail) => { s.once('connect', () => ok()); s.once('error', fail); });
-  s.write(encodeFrame('root:hello::proto=1,pid=1,start=1'));
+  s.write(encodeFrame(`root:hello::proto=${PROTOCOL_VERSION},pid=1,start=1`));
   s.write(encodeFrame('fuzz:create:/srv:seq=1,share=fuzz,path=after-the-fuzz,flags=cx,mode=644'));
   const until = Date.now() + 10000;
   while (!replies.some((x) => x.startsWith('transparent:1') || x.startsWith('fail:1')) && Date.now() < until) await new Promise((ok) => setTimeout(ok, 10));
