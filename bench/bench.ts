@@ -23,6 +23,8 @@ import { SMB_PASS, SMB_USER, SmbdHarness } from '../test/helpers/smbd-harness';
 const ROUNDS = Number(process.env.VFSX_BENCH_ROUNDS ?? 3);
 /** VFSX_BENCH_ONLY=journal skips the SMB workloads (for working on the service); =smb skips the journal part. */
 const ONLY = process.env.VFSX_BENCH_ONLY ?? '';
+/** VFSX_BENCH_WORKLOADS=REGEX runs only the SMB workloads whose name matches (e.g. "mkdir|4 KiB"). */
+const WORKLOADS = new RegExp(process.env.VFSX_BENCH_WORKLOADS ?? '');
 /**
  * The system as deployed (the default): replication on, `vfsx replicate` at
  * its configured lower priority, the DR site in its own network namespace
@@ -72,6 +74,7 @@ function cpuSeconds(pid: number | undefined): number {
   }
 }
 const SHARES = ['plain', 'vfsx', 'strict'];
+const ALT = process.env.VFSX_BENCH_ALT ? process.env.VFSX_BENCH_ALT.split(';').map((l) => l.trim()) : null;
 
 async function main(): Promise<void> {
   const redis = await RedisHarness.start();
@@ -88,7 +91,11 @@ async function main(): Promise<void> {
   const smbd = await SmbdHarness.start([
     { name: 'plain' },
     { name: 'vfsx', vfsx: { socket: svc.socket, spool: svc.spool } },
-    { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool, strict: true } },
+    // VFSX_BENCH_ALT="vfsx:PARAM = VALUE; ..." (for working on the module): the third column is a vfsx share with
+    // those smb.conf lines instead of the strict share, side by side in the same rounds.
+    ALT === null
+      ? { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool, strict: true } }
+      : { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool }, extra: ALT },
   ]);
   const local = await mkdtemp(join(tmpdir(), "vfsx-bench-"));
   const rows: Row[] = [];
@@ -114,6 +121,7 @@ async function main(): Promise<void> {
   try {
     // Side by side: each round measures plain then vfsx (alternating order).
     const sideBySide = async (name: string, unit: string, higher: boolean, once: (share: string, round: number, mark: () => Promise<void>) => Promise<number>, rounds = ROUNDS, ops = 0) => {
+      if (!WORKLOADS.test(name)) return;
       const r: Record<string, number[]> = { plain: [], vfsx: [], strict: [] };
       let serveCpu = 0;
       let replCpu = 0;
@@ -254,6 +262,7 @@ async function main(): Promise<void> {
     await unsubscribe?.();
     await reader.close();
     await smbd.destroy();
+    await svc.stop(); // graceful, so VFSX_CHILD_NODE_ARGS=--cpu-prof profiles get written
     await svc.destroy();
     await redis.stop();
     await dr?.destroy();
@@ -318,6 +327,7 @@ function printReport(rows: Row[], j: { p50: number; p99: number; strictP50: numb
     ? `the whole system: vfsx serve, vfsx replicate (nice 10, I/O best-effort 7), Redis, the DR site in its own network namespace behind a veth link shaped to ${LINK_MBIT} Mbit/s each way (tc tbf), run at nice 19 because it stands for a remote machine`
     : 'replication off (vfsx serve and Redis only)';
   out.push(`Measured ${date} on ${machine()}; ${system}; SMB over loopback with smbclient; medians of ${ROUNDS} interleaved rounds (256 MiB put: ${Math.max(ROUNDS, 5)}, caches dropped before each); replication caught up (untimed) after every round.`, '');
+  if (ALT !== null) out.push(`The "vfsx strict" columns are a vfsx share with: ${ALT.join('; ')}.`, '');
   out.push('| workload | plain share | vfsx | vfsx / plain | vfsx strict | strict / plain | CPU s per 1000 ops: serve / replicate | change -> committed p50 / p99 |', '|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const ratio = (v: number) => (r.higherIsBetter ? v / r.plain : r.plain / v).toFixed(2);

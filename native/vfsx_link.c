@@ -71,16 +71,21 @@ static unsigned ring_head, ring_n;
 static size_t ring_bytes;
 
 /*
- * Frames sent without waiting are gathered here and go out in one send at
- * the end of the current turn of smbd's event loop (a tevent immediate), or
- * with the next frame that waits for a verdict: one wake-up of the service
- * per SMB request instead of one per frame. Each is already in the ring.
+ * Frames sent without waiting are gathered here and go out in one send
+ * gather_ms after the first of them (a tevent timer; with 0, at the end of
+ * the current turn of smbd's event loop, a tevent immediate), or with the
+ * next frame that waits for a verdict, or when obuf is full. Every send
+ * wakes the service, and a wake-up costs the sender as much as the work it
+ * reports: one per few milliseconds instead of one per SMB request. Each
+ * frame is already in the ring, so a failure loses nothing.
  */
 #define OBUF_MAX (64u << 10)
 static uint8_t obuf[OBUF_MAX];
 static size_t olen;
 static struct tevent_immediate *flush_im;
+static struct tevent_timer *flush_te;
 static bool flush_due;
+static int gather_ms;
 
 static struct vfsx_link L = {
 	.fd = -1, .spool_fd = -1, .verdict_mask = (1u << VFSX_N_OPS) - 1
@@ -660,7 +665,8 @@ static void link_connect(void)
 }
 
 void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
-		     const char *spool_dir, int hello_timeout_ms)
+		     const char *spool_dir, int hello_timeout_ms,
+		     int gather_ms_)
 {
 	if (L.setup) {
 		if (strcmp(socket_path, L.socket_path) != 0) {
@@ -678,6 +684,7 @@ void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
 	snprintf(L.socket_path, sizeof(L.socket_path), "%s", socket_path);
 	L.spool_dir = talloc_strdup(NULL, spool_dir);
 	L.hello_timeout_ms = hello_timeout_ms;
+	gather_ms = MAX(0, MIN(gather_ms_, 100));
 	L.backoff_ms = BACKOFF_MIN_MS;
 	L.pid = getpid();
 	L.start = self_start_time();
@@ -685,9 +692,8 @@ void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
 	link_connect();
 }
 
-/* End of the event loop turn that gathered frames: send them. */
-static void flush_handler(struct tevent_context *ev,
-			  struct tevent_immediate *im, void *private_data)
+/* End of the gathering of frames: send them. */
+static void flush_gathered(void)
 {
 	int rc;
 
@@ -699,6 +705,37 @@ static void flush_handler(struct tevent_context *ev,
 	if (rc < 0) {
 		link_fail("flush", -rc);
 	}
+}
+
+static void flush_handler(struct tevent_context *ev,
+			  struct tevent_immediate *im, void *private_data)
+{
+	flush_gathered();
+}
+
+static void flush_timer(struct tevent_context *ev, struct tevent_timer *te,
+			struct timeval now, void *private_data)
+{
+	flush_te = NULL;
+	flush_gathered();
+}
+
+/* A frame was gathered: make sure a send follows. */
+static void flush_schedule(void)
+{
+	if (flush_due) {
+		return;
+	}
+	flush_due = true;
+	if (gather_ms > 0) {
+		flush_te = tevent_add_timer(L.ev, NULL,
+					    timeval_current_ofs_msec(gather_ms),
+					    flush_timer, NULL);
+		if (flush_te != NULL) {
+			return;
+		}
+	}
+	tevent_schedule_immediate(flush_im, L.ev, flush_handler, NULL);
 }
 
 uint64_t vfsx_link_next_seq(void)
@@ -842,11 +879,7 @@ void vfsx_link_post(struct vfsx_msg *m)
 		olen += m->len;
 		L.sent++;
 		rc = 0;
-		if (!flush_due) {
-			flush_due = true;
-			tevent_schedule_immediate(flush_im, L.ev, flush_handler,
-						  NULL);
-		}
+		flush_schedule();
 	}
 	if (rc < 0) {
 		link_fail("post", -rc);

@@ -10,9 +10,14 @@
 
 struct tevent_context;
 
-/* Once per process (later calls with other values are logged and ignored). */
+/*
+ * Once per process (later calls with other values are logged and ignored).
+ * Frames sent without waiting go out gather_ms after the first (0: at the
+ * end of the event loop turn).
+ */
 void vfsx_link_setup(struct tevent_context *ev, const char *socket_path,
-		     const char *spool_dir, int hello_timeout_ms);
+		     const char *spool_dir, int hello_timeout_ms,
+		     int gather_ms);
 uint64_t vfsx_link_next_seq(void);
 /*
  * Sends a finished frame and waits up to timeout_ms for the answer to seq.

@@ -1,13 +1,20 @@
 /**
  * Batches: coalescing keeps what order matters (renames, parents before
- * children) and merges the rest; ShareOrder runs a share's batches one at a
- * time across processes, against a real redis-server.
+ * children) and merges the rest; the pump holds records for the settle
+ * window and queues them as batches; ShareOrder runs a share's batches one
+ * at a time across processes; against a real redis-server.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
+import pino from 'pino';
+import { validateConfig } from '../src/config/load-config';
+import type { VfsxConfig } from '../src/config/schema';
 import type { ChangeRecord } from '../src/ops/change-record';
-import { coalesce } from '../src/replication-queue/batch';
+import { BATCH, BatchJob, coalesce } from '../src/replication-queue/batch';
+import { JournalPump } from '../src/replication-queue/journal-pump';
+import { JournalReader } from '../src/replication-queue/journal-reader';
 import { ShareOrder } from '../src/replication-queue/share-order';
 import { RedisHarness } from './helpers/redis-harness';
 
@@ -98,4 +105,82 @@ test('ShareOrder: a batch whose job never came (the pump died in between) is ski
   withJob.open(q, 's', 2);
   await q.exec();
   assert.equal((await withJob.turn('s', 2, async () => true)).mine, false, 'an existing earlier job is never skipped');
+});
+
+/** A pump over its own prefix, with the given settle window and batch size. */
+function pumpFor(prefix: string, settleMs: number, batchMax: number): { pump: JournalPump; cfg: VfsxConfig } {
+  const cfg = validateConfig({
+    redis: { path: redis.socket, prefix },
+    journal: { pumpIntervalMs: 0, sweepIntervalMs: 60_000 },
+    replication: { settleMs, batchMax },
+  });
+  const pump = new JournalPump({ redis: cfg.redis, journal: cfg.journal, replication: cfg.replication, logger: pino({ level: 'silent' }) });
+  return { pump, cfg };
+}
+
+/** Appends records (complete, or pending with their outcome in a later entry) as the service's group commits do. */
+async function append(prefix: string, recs: ChangeRecord[]): Promise<void> {
+  await conn.xadd(`${prefix}:journal`, '*', ...recs.flatMap((r) => ['r', JSON.stringify(r)]));
+}
+
+async function batchJobs(prefix: string): Promise<Array<{ seq: number; paths: string[] }>> {
+  const q = new Queue('journal', { connection: conn, prefix });
+  const jobs = await q.getJobs(['waiting', 'delayed', 'prioritized'], 0, -1, true);
+  return jobs.filter((j) => j.name === BATCH).map((j) => ({ seq: (j.data as BatchJob).seq, paths: (j.data as BatchJob).records.map((r) => r.names.path) }))
+    .sort((a, b) => a.seq - b.seq);
+}
+
+const until = async (what: string, cond: () => Promise<boolean>, ms = 5000) => {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+};
+
+test('the pump holds a share\'s records for the settle window and queues them as one batch; status counts them meanwhile', async () => {
+  const { pump, cfg } = pumpFor('p1', 600, 500);
+  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+  pump.start();
+  try {
+    const t0 = Date.now();
+    for (let round = 0; round < 4; round++) {
+      await append('p1', [rec('mkdir', `d${round}`), rec('create', `d${round}/f`)]);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await until('the pump to read the stream', async () => (await reader.backlog()).unpumped === 8);
+    assert.deepEqual(await batchJobs('p1'), [], 'nothing queued within the settle window');
+    await until('the batch', async () => (await batchJobs('p1')).length > 0);
+    assert.ok(Date.now() - t0 >= 600, 'not before the settle window');
+    assert.deepEqual(await batchJobs('p1'), [{ seq: 1, paths: ['d0', 'd0/f', 'd1', 'd1/f', 'd2', 'd2/f', 'd3', 'd3/f'] }]);
+    assert.equal((await reader.backlog()).unpumped, 0);
+  } finally {
+    await pump.close();
+    await reader.close();
+  }
+});
+
+test('the pump queues full batches at once; records it held when it stopped are queued after a restart, none twice', async () => {
+  const a = pumpFor('p2', 500, 3);
+  a.pump.start();
+  await append('p2', [rec('mkdir', 'a1'), rec('mkdir', 'a2'), rec('mkdir', 'a3'), rec('mkdir', 'a4')]);
+  await until('the full batch', async () => (await batchJobs('p2')).length === 1);
+  assert.deepEqual(await batchJobs('p2'), [{ seq: 1, paths: ['a1', 'a2', 'a3'] }], 'batchMax records go at once, the rest waits');
+  // A pending record whose outcome comes in a later entry; the pump stops while holding it and a4.
+  const pending = rec('rename', 'a5', { outcome: 'pending', names: { path: 'a5', to: 'a6' } });
+  await append('p2', [pending]);
+  await conn.xadd('p2:journal', '*', 'o', `${pending.id} 0`);
+  const held = async () => (JSON.parse((await conn.hget('p2:journal:cursor', 'held')) ?? '{}') as Record<string, [number, number]>).s?.[0] ?? 0;
+  await until('the checkpoint of two held records', async () => (await held()) === 2);
+  await a.pump.close();
+  const b = pumpFor('p2', 100, 3);
+  b.pump.start();
+  try {
+    await until('the held records after the restart', async () => (await batchJobs('p2')).length === 2);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(await batchJobs('p2'), [{ seq: 1, paths: ['a1', 'a2', 'a3'] }, { seq: 2, paths: ['a4', 'a5'] }]);
+    assert.equal(await held(), 0);
+  } finally {
+    await b.pump.close();
+  }
 });

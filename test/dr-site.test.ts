@@ -75,6 +75,20 @@ test('directories and symlinks commit; move and delete act on whole subtrees and
   assert.deepEqual(vs.map((v) => v.kind), ['dir', 'tombstone']);
 });
 
+test('object.deleteMany ends several paths (subtrees) in one transaction, checks every path before it deletes any, and is idempotent', async () => {
+  await c.call('object.commitMany', { bucket: B, objects: [
+    { path: 'dm', kind: 'dir', meta: {} }, { path: 'dm/a', kind: 'dir', meta: {} }, { path: 'dm/a/x', kind: 'symlink', meta: {}, target: 't' },
+    { path: 'dm/b', kind: 'symlink', meta: {}, target: 't' }, { path: 'dm/c', kind: 'dir', meta: {} },
+  ] });
+  const bad = await rpcError(c.call('object.deleteMany', { bucket: B, paths: ['dm/c', '../outside'] }));
+  assert.equal(bad.code, -32002, 'invalid path');
+  assert.notEqual(await c.call('object.stat', { bucket: B, path: 'dm/c' }), null, 'a refused call deletes nothing');
+  assert.deepEqual(await c.call('object.deleteMany', { bucket: B, paths: ['dm/a', 'dm/b', 'dm/none'] }), { ended: [2, 1, 0] });
+  assert.deepEqual(await c.call('object.deleteMany', { bucket: B, paths: ['dm/a', 'dm/b'] }), { ended: [0, 0] }, 'retried');
+  const left = (await c.call<Array<{ path: string }>>('object.list', { bucket: B, prefix: 'dm' })).map((o) => o.path);
+  assert.deepEqual(left, ['dm', 'dm/c']);
+});
+
 test('reading at a time between two versions gives the older content', async () => {
   const one = Buffer.from('version one');
   const two = Buffer.from('version two!');

@@ -101,7 +101,7 @@ export const configSchema = {
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
         batchMax: { type: 'integer', minimum: 1, maximum: 5000, default: 500, description: "records of one share per queued job" },
-        settleMs: { type: 'integer', minimum: 0, maximum: 10000, default: 500, description: 'a batch waits this long before it is replicated, so a file created and deleted, or written again, within it costs little or nothing at the site; keep well below alerts.rpoThresholdMs' },
+        settleMs: { type: 'integer', minimum: 0, maximum: 10000, default: 500, description: 'the pump holds a share\'s records this long and queues them as one batch, so a file created and deleted, or written again, within it costs little or nothing at the site; keep well below alerts.rpoThresholdMs' },
         nice: { type: 'integer', minimum: 0, maximum: 19, default: 10, description: 'CPU niceness of vfsx replicate (smbd and vfsx serve keep 0)' },
         ioClass: { enum: ['best-effort', 'idle'], default: 'best-effort', description: 'I/O scheduling class of vfsx replicate' },
         ioLevel: { type: 'integer', minimum: 0, maximum: 7, default: 7, description: 'I/O priority level within ioClass (7 = lowest)' },

@@ -30,7 +30,7 @@ export interface Rights {
 }
 
 const READ_METHODS = new Set(['object.list', 'object.stat', 'object.versions', 'blocks.get']);
-const WRITE_METHODS = new Set(['bucket.ensure', 'object.commit', 'object.commitMany', 'object.delete', 'object.move', 'blocks.put', 'blocks.missing']);
+const WRITE_METHODS = new Set(['bucket.ensure', 'object.commit', 'object.commitMany', 'object.delete', 'object.deleteMany', 'object.move', 'blocks.put', 'blocks.missing']);
 
 const same = (a: string, b: string) => {
   const x = Buffer.from(a);

@@ -128,6 +128,11 @@ export class DrSiteMethods {
       }
       case 'object.delete':
         return { result: { ended: this.meta.delete(this.bucket(p), checkObjectPath(p.path)) } };
+      case 'object.deleteMany': {
+        const bucket = this.bucket(p);
+        const paths = (p.paths as unknown[]).map((x) => checkObjectPath(x));
+        return { result: { ended: this.meta.transaction(() => paths.map((x) => this.meta.delete(bucket, x))) } };
+      }
       case 'object.move':
         return { result: { moved: this.meta.move(this.bucket(p), checkObjectPath(p.from), checkObjectPath(p.to)) } };
       case 'object.stat': {

@@ -44,6 +44,8 @@ export const RPC_PARAMS: Record<string, object> = {
     objects: { type: 'array', minItems: 1, maxItems: 512, items: obj(commitProps, ['path', 'kind', 'meta']) },
   }, ['bucket', 'objects']),
   'object.delete': obj({ bucket, path }, ['bucket', 'path']),
+  /** Several deletes in one transaction: what a batch of removed files sends. */
+  'object.deleteMany': obj({ bucket, paths: { type: 'array', minItems: 1, maxItems: 512, items: path } }, ['bucket', 'paths']),
   'object.move': obj({ bucket, from: path, to: path }, ['bucket', 'from', 'to']),
   'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' } }, ['bucket', 'path']),
   /** With blocks: every file's block list too (a content verify in one call). */

@@ -7,10 +7,18 @@
  * delayed job with outcome 'unknown', and since the replicator re-reads the
  * source for every record, it converges.
  *
+ * Records that happened are held per share for the settle window
+ * (replication.settleMs) and then queued as one batch, or sooner when
+ * replication.batchMax of them gather: a storm of small changes costs the
+ * replicator a few large jobs, not one per pump round.
+ *
  * Restart-safe: the cursor (last entry handled) and the low-water mark
- * (oldest entry still awaiting its outcome) live in Redis; a restart
- * re-reads from the low-water mark. Re-emitted jobs keep their job id, so
- * BullMQ ignores the repeats. The stream is trimmed below the mark.
+ * (oldest entry still awaiting its outcome or held) live in Redis; a
+ * restart re-reads from the low-water mark and holds again what was held
+ * (records completed from `heldFrom` on; one of another share queued
+ * meanwhile is queued twice, which converges all the same). Reconciled jobs
+ * keep their job id, so BullMQ ignores repeats. The stream is trimmed below
+ * the mark.
  */
 import { readFile } from 'node:fs/promises';
 import { Queue } from 'bullmq';
@@ -50,6 +58,19 @@ export async function instanceAlive(instance: string): Promise<boolean> {
 }
 
 type StreamEntry = [string, string[]];
+/**
+ * A record that happened, held for its share's settle window: its entry,
+ * where it was completed (`<entry id>/<pair index>`: an entry holds many
+ * records), when it was held.
+ */
+type Held = { rec: ChangeRecord; sid: string; done: string; at: number };
+
+/** Orders positions `<entry id>/<pair index>`. */
+function comparePositions(a: string, b: string): number {
+  const [ea, ia] = a.split('/');
+  const [eb, ib] = b.split('/');
+  return compareIds(ea, eb) || Number(ia) - Number(ib);
+}
 
 const READ_COUNT = 500;
 /**
@@ -71,6 +92,14 @@ export class JournalPump {
   private readonly queueConn: Redis;
   private readonly order: ShareOrder;
   private readonly awaiting = new Map<string, { rec: ChangeRecord; sid: string }>();
+  /** Per share, in journal order. */
+  private readonly held = new Map<string, Held[]>();
+  /** Per share, the held records' oldest entry and oldest time (kept as records come and go: checkpoints read them). */
+  private readonly heldLow = new Map<string, { sid: string; ts: number }>();
+  /** Ids of the held records: a record journaled twice (a write that timed out and landed late, and its spooled copy) is held once. */
+  private readonly heldIds = new Set<string>();
+  /** After a restart: records completed from this position on were held, not queued (from the checkpoint). */
+  private heldFrom = '';
   private cursor = '0-0';
   private loop: Promise<void> | null = null;
   private closed = false;
@@ -123,7 +152,7 @@ export class JournalPump {
           await this.resume();
           started = true;
         }
-        const res = (await this.reader.xread('COUNT', READ_COUNT, 'BLOCK', 500, 'STREAMS', this.keys.stream, this.cursor)) as
+        const res = (await this.reader.xread('COUNT', READ_COUNT, 'BLOCK', this.untilDue(), 'STREAMS', this.keys.stream, this.cursor)) as
           | Array<[string, StreamEntry[]]> | null;
         const entries = res?.[0]?.[1] ?? [];
         await this.handle(entries);
@@ -149,7 +178,11 @@ export class JournalPump {
   private async resume(): Promise<void> {
     const saved = await this.client.hgetall(this.keys.cursor);
     this.awaiting.clear();
+    this.held.clear();
+    this.heldLow.clear();
+    this.heldIds.clear();
     this.cursor = saved.cursor ?? '0-0';
+    this.heldFrom = saved.heldFrom ?? '';
     if (saved.low) {
       let from = saved.low;
       for (;;) {
@@ -159,46 +192,105 @@ export class JournalPump {
         from = nextId(entries[entries.length - 1][0]);
       }
     }
-    this.log.info({ cursor: this.cursor, awaiting: this.awaiting.size }, 'journal pump resumed');
+    this.heldFrom = '';
+    this.log.info({ cursor: this.cursor, awaiting: this.awaiting.size, held: this.heldCount() }, 'journal pump resumed');
   }
 
   private async handle(entries: StreamEntry[], advance = true): Promise<void> {
-    const jobs: JobEntry[] = [];
     const failed: ChangeRecord[] = [];
+    const now = Date.now();
+    // Replaying after a restart, whatever was completed before heldFrom was queued already.
+    const hold = (rec: ChangeRecord, sid: string, done: string) => {
+      if (!advance && (this.heldFrom === '' || comparePositions(done, this.heldFrom) < 0)) return;
+      if (this.heldIds.has(rec.id)) return;
+      this.heldIds.add(rec.id);
+      let l = this.held.get(rec.share);
+      if (!l) this.held.set(rec.share, (l = []));
+      l.push({ rec, sid, done, at: now });
+      const low = this.heldLow.get(rec.share);
+      if (!low) this.heldLow.set(rec.share, { sid, ts: rec.ts });
+      else {
+        if (compareIds(sid, low.sid) < 0) low.sid = sid;
+        if (rec.ts < low.ts) low.ts = rec.ts;
+      }
+    };
     let n = 0;
     for (const [sid, fields] of entries) {
+      let k = 0;
       for (const [kind, value] of entryPairs(fields)) {
         // Off the verdict path (a worker thread), but never hold the loop for long.
         if (++n % 500 === 0) await yieldToVerdicts();
         this.stats.entries++;
+        const at = `${sid}/${k++}`;
         if (kind === 'r') {
           const rec = JSON.parse(value) as ChangeRecord;
           if (rec.outcome === 'pending') this.awaiting.set(rec.id, { rec, sid });
           else if (rec.outcome === 'failed') failed.push(rec);
-          else jobs.push(jobFor(rec));
+          else hold(rec, sid, at);
         } else if (kind === 'o') {
           const [id, err] = value.split(' ');
           const a = this.awaiting.get(id);
           if (!a) continue; // reconciled already, or a repeat
           this.awaiting.delete(id);
-          if (err === '0') jobs.push(jobFor({ ...a.rec, outcome: 'confirmed' }));
+          if (err === '0') hold({ ...a.rec, outcome: 'confirmed' }, a.sid, at);
           else failed.push({ ...a.rec, outcome: 'failed', errno: Number(err) });
         }
       }
     }
-    let reconciled = 0;
+    if (!advance) return;
+    const lone: JobEntry[] = [];
     // Only when caught up with the stream: an outcome may be in the part not read yet.
-    const caughtUp = advance && entries.length < READ_COUNT;
-    if (caughtUp && Date.now() - this.lastSweep >= this.opts.journal.sweepIntervalMs) {
+    if (entries.length < READ_COUNT && Date.now() - this.lastSweep >= this.opts.journal.sweepIntervalMs) {
       this.lastSweep = Date.now();
-      const r = await this.reconcile();
-      reconciled = r.length;
-      jobs.push(...r);
+      lone.push(...(await this.reconcile()));
     }
-    // Replaying after a restart: whatever lies before the cursor was queued already.
-    if (advance) await this.emit(jobs, failed);
-    if (advance && entries.length > 0) this.cursor = entries[entries.length - 1][0];
-    if (advance && entries.length + reconciled > 0) await this.checkpoint();
+    const due = this.takeDue(Date.now());
+    await this.emit(due, lone, failed);
+    if (entries.length > 0) this.cursor = entries[entries.length - 1][0];
+    if (entries.length + lone.length + due.size > 0) await this.checkpoint();
+  }
+
+  private heldCount(): number {
+    let n = 0;
+    for (const l of this.held.values()) n += l.length;
+    return n;
+  }
+
+  /** Milliseconds until a share's held records are due (the XREAD's block time): 1 to 500. */
+  private untilDue(): number {
+    const settle = this.opts.replication?.settleMs ?? 0;
+    let t = 500;
+    for (const l of this.held.values()) if (l.length > 0) t = Math.min(t, l[0].at + settle - Date.now());
+    return Math.max(1, Math.ceil(t));
+  }
+
+  /**
+   * Takes what is due from the held records: a share's whole list once its
+   * oldest waited the settle window, else its full batches (batchMax).
+   */
+  private takeDue(now: number): Map<string, ChangeRecord[]> {
+    const max = this.opts.replication?.batchMax ?? 500;
+    const settle = this.opts.replication?.settleMs ?? 0;
+    const due = new Map<string, ChangeRecord[]>();
+    for (const [share, l] of this.held) {
+      const take = l.length > 0 && now - l[0].at >= settle ? l.length : l.length - (l.length % max);
+      if (take === 0) continue;
+      const recs = l.splice(0, take).map((h) => h.rec);
+      for (const r of recs) this.heldIds.delete(r.id);
+      due.set(share, recs);
+      if (l.length === 0) {
+        this.held.delete(share);
+        this.heldLow.delete(share);
+        continue;
+      }
+      const low = { sid: l[0].sid, ts: l[0].rec.ts };
+      for (const h of l) {
+        if (compareIds(h.sid, low.sid) < 0) low.sid = h.sid;
+        if (h.rec.ts < low.ts) low.ts = h.rec.ts;
+      }
+      this.heldLow.set(share, low);
+    }
+    return due;
   }
 
   private async reconcile(): Promise<JobEntry[]> {
@@ -221,30 +313,18 @@ export class JournalPump {
 
   /**
    * Queues records: each share's in order, in batches of up to
-   * replication.batchMax numbered by ShareOrder and held for the settle
-   * window; reconciled records (outcome unknown, delayed) go alone.
+   * replication.batchMax numbered by ShareOrder (settled already, in the
+   * pump); reconciled records (outcome unknown, delayed) go alone.
    */
-  private async emit(jobs: JobEntry[], failed: ChangeRecord[]): Promise<void> {
-    const byShare = new Map<string, ChangeRecord[]>();
-    const lone: JobEntry[] = [];
-    for (const j of jobs) {
-      if (j.opts.delay !== undefined) {
-        lone.push(j);
-        continue;
-      }
-      let l = byShare.get(j.data.share);
-      if (!l) byShare.set(j.data.share, (l = []));
-      l.push(j.data);
-    }
+  private async emit(byShare: Map<string, ChangeRecord[]>, lone: JobEntry[], failed: ChangeRecord[]): Promise<void> {
     const max = this.opts.replication?.batchMax ?? 500;
-    const settle = this.opts.replication?.settleMs ?? 0;
-    const batches: Array<{ name: string; data: BatchJob; opts: { jobId: string; delay?: number } }> = [];
+    const batches: Array<{ name: string; data: BatchJob; opts: { jobId: string } }> = [];
     for (const [share, recs] of byShare) {
       const n = Math.ceil(recs.length / max);
       const first = await this.order.allocate(share, n);
       for (let k = 0; k < n; k++) {
         const seq = first + k;
-        batches.push({ name: BATCH, data: { share, seq, records: recs.slice(k * max, (k + 1) * max) }, opts: { jobId: batchJobId(share, seq), ...(settle > 0 ? { delay: settle } : {}) } });
+        batches.push({ name: BATCH, data: { share, seq, records: recs.slice(k * max, (k + 1) * max) }, opts: { jobId: batchJobId(share, seq) } });
       }
     }
     // A record's time joins its share's RPO set, and a batch its share's
@@ -272,11 +352,27 @@ export class JournalPump {
     }
   }
 
+  /**
+   * Saves the cursor, the low-water mark (oldest entry of a record awaiting
+   * its outcome or held), heldFrom (the first position that completed a
+   * held record) and per share the held records' count and oldest time (status
+   * counts them as not pumped yet), then trims the stream below the mark.
+   */
   private async checkpoint(): Promise<void> {
     let low = '';
-    for (const { sid } of this.awaiting.values()) if (low === '' || compareIds(sid, low) < 0) low = sid;
+    let heldFrom = '';
+    const min = (a: string, b: string, cmp: (x: string, y: string) => number) => (a === '' || cmp(b, a) < 0 ? b : a);
+    for (const { sid } of this.awaiting.values()) low = min(low, sid, compareIds);
+    // A share's held records were completed in order: its first is its earliest.
+    const summary: Record<string, [number, number]> = {};
+    for (const [share, l] of this.held) {
+      const h = this.heldLow.get(share) as { sid: string; ts: number };
+      low = min(low, h.sid, compareIds);
+      heldFrom = min(heldFrom, l[0].done, comparePositions);
+      summary[share] = [l.length, h.ts];
+    }
     await this.client.pipeline()
-      .hset(this.keys.cursor, 'cursor', this.cursor, 'low', low)
+      .hset(this.keys.cursor, 'cursor', this.cursor, 'low', low, 'heldFrom', heldFrom, 'held', JSON.stringify(summary))
       .xtrim(this.keys.stream, 'MINID', '~', low || nextId(this.cursor))
       .exec();
   }

@@ -8,7 +8,7 @@ import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { journalKeys, redisOptions } from './redis-connection';
 import { recordsOf } from './batch';
-import { entryPairs, nextId } from './stream-ids';
+import { entryPairs, heldSummary, nextId } from './stream-ids';
 
 export interface JournalReaderOptions {
   redis: VfsxConfig['redis'];
@@ -71,7 +71,8 @@ export class JournalReader {
     const counts = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
     const saved = await this.client.hgetall(keys.cursor);
     const from = saved.cursor ? nextId(saved.cursor) : '-';
-    const unpumped = ((await this.client.xrange(keys.stream, from, '+', 'COUNT', 1000)) as unknown[]).length;
+    let unpumped = ((await this.client.xrange(keys.stream, from, '+', 'COUNT', 1000)) as unknown[]).length;
+    for (const [n] of Object.values(heldSummary(saved.held))) unpumped += n; // held for their settle window
     return {
       queued: Object.values(counts).reduce((a, b) => a + b, 0),
       pending: (await this.pending()).length,

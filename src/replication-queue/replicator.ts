@@ -16,7 +16,7 @@ import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
-import { Tree } from '../native/tree';
+import { Tree, TreeEntry } from '../native/tree';
 import { BATCH, BatchJob, batchJobId, coalesce, LONE, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
 import { DrClient } from './dr-client';
 import { EventBus } from './events';
@@ -37,6 +37,8 @@ export interface ReplicatorOptions {
 
 /** Attempts after which a batch whose records fail while the site answers splits them off. */
 const SPLIT_AFTER_ATTEMPTS = 5;
+/** How often the replicator looks whether a share's root directory was replaced (it then opens the new one). */
+const TREE_CHECK_MS = 1000;
 
 export class Replicator {
   private readonly opts: ReplicatorOptions;
@@ -51,6 +53,7 @@ export class Replicator {
   private readonly buckets = new Set<string>();
   /** Each share's source tree, opened once by its root (the path smbd reports for the share). */
   private readonly trees = new Map<string, Tree>();
+  private readonly treeChecked = new Map<string, number>();
   private scrubber: Scrubber | null = null;
   private readonly locks = new PathLocks();
   /** Per share+path: when the last sync of it started (any / one that read every block). */
@@ -177,7 +180,7 @@ export class Replicator {
     this.worker.on('error', (err) => this.log.debug({ err }, 'replicator worker error'));
     this.scrubber = new Scrubber({
       config: this.opts.replication.scrub, blockSize: this.opts.replication.blockSize, conn: this.conn, state: this.state,
-      events: this.events, locks: this.locks, stats: this.stats, site: () => this.site(), tree: (root) => this.tree(root),
+      events: this.events, locks: this.locks, stats: this.stats, site: () => this.site(), tree: (root) => this.tree(root, true),
       logger: this.log.child({ c: 'scrub' }),
     });
     this.scrubber.start();
@@ -339,30 +342,57 @@ export class Replicator {
 
   /**
    * Runs a batch's items segment by segment (renames and links divide
-   * them): in each, small regular files go to the site together, many per
-   * call, after the segment's other items (directories first, so what is
-   * inside them never precedes them). A share's batches never overlap, so
-   * nothing else of the share runs meanwhile.
+   * them): in each, what the site can take many at a time (deletes,
+   * directories, symlinks, small regular files) goes together, a few calls
+   * for the whole segment, after the segment's other items. A rename both
+   * of whose names are gone from the source now divides nothing: it is two
+   * deletes (a file renamed and then deleted costs no move). A share's
+   * batches never overlap, so nothing else of the share runs meanwhile.
    */
   private async runSegments(share: string, items: WorkItem[]): Promise<Array<{ item: WorkItem; err: Error }>> {
     const failed: Array<{ item: WorkItem; err: Error }> = [];
     let segment: WorkItem[] = [];
     const flush = async () => {
-      const small: WorkItem[] = [];
+      // Before the source is looked at: a record received earlier is covered by what is read now.
+      const started = Date.now();
+      const bulk = new Map<string, TreeEntry | null>();
+      const bulkItems = new Set<WorkItem>();
       const rest: WorkItem[] = [];
-      for (const it of segment) (this.smallFile(it) ? small : rest).push(it);
+      for (const it of segment) {
+        if (it.rec.op === 'rename') {
+          // Both names were gone; as they are now (read after `started`), or the rename's own way.
+          for (const rel of [it.rec.names.path, it.rec.names.to as string]) {
+            if (bulk.has(rel)) continue;
+            const e = this.bulkStat(it.rec.origpath, rel);
+            if (e === undefined) {
+              rest.push(it);
+              break;
+            }
+            bulk.set(rel, e);
+          }
+          if (!rest.includes(it)) bulkItems.add(it);
+          continue;
+        }
+        const e = bulk.has(it.rec.names.path) ? bulk.get(it.rec.names.path) : this.bulkEntry(it);
+        if (e === undefined) {
+          rest.push(it);
+        } else {
+          bulk.set(it.rec.names.path, e);
+          bulkItems.add(it);
+        }
+      }
       failed.push(...(await this.runItems(share, rest)));
-      if (small.length > 0) {
+      if (bulk.size > 0) {
         try {
-          await this.syncFiles(share, small);
+          await this.syncMany(share, bulk, bulkItems, started);
         } catch {
-          failed.push(...(await this.runItems(share, small))); // one by one: each reports its own error
+          failed.push(...(await this.runItems(share, [...bulkItems]))); // one by one: each reports its own error
         }
       }
       segment = [];
     };
     for (const it of items) {
-      if (it.rec.op === 'rename' || it.rec.op === 'link') {
+      if ((it.rec.op === 'rename' && !this.bothGone(it.rec)) || it.rec.op === 'link') {
         await flush();
         failed.push(...(await this.runItems(share, [it])));
       } else {
@@ -373,35 +403,55 @@ export class Replicator {
     return failed;
   }
 
-  /** Whether an item is a whole small regular file now (not a covered one: those cost nothing anyway). */
-  private smallFile(it: WorkItem): boolean {
-    const { rec } = it;
-    if (rec.op === 'unlink' || rec.op === 'rmdir' || Object.keys(rec.names).some((k) => k.endsWith('B64'))) return false;
-    const key = `${rec.share}\u0000${rec.names.path}`;
-    if (this.covered(key, it.ts, it.ranges !== undefined && it.ranges.length > 0)) return false;
+  /** Whether a rename's both names are gone from the source now (then it is two deletes). */
+  private bothGone(rec: ChangeRecord): boolean {
+    const { path, to, stream } = rec.names;
+    if (to === undefined || stream !== undefined || Object.keys(rec.names).some((k) => k.endsWith('B64'))) return false;
     try {
-      const e = this.tree(rec.origpath).stat(rec.names.path, true);
-      return e !== null && e.kind === 'file' && e.size <= SMALL_FILE;
+      const tree = this.tree(rec.origpath, true);
+      return tree.stat(path) === null && tree.stat(to) === null;
     } catch {
       return false;
     }
   }
 
-  /** Small files of one segment: read whole, one "which blocks are missing" and one commit per 64 files. */
-  private async syncFiles(share: string, items: WorkItem[]): Promise<void> {
-    const rec0 = items[0].rec;
+  /**
+   * What the source has now at an item's path when the site can take it in
+   * bulk (null: nothing, a delete); undefined when the item goes its own
+   * way: a larger file (its dirty ranges), a name that is not UTF-8, or an
+   * item covered already (those cost nothing anyway).
+   */
+  private bulkEntry(it: WorkItem): TreeEntry | null | undefined {
+    const { rec } = it;
+    if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) return undefined;
+    const key = `${rec.share}\u0000${rec.names.path}`;
+    if (this.covered(key, it.ts, it.ranges !== undefined && it.ranges.length > 0)) return undefined;
+    return this.bulkStat(rec.origpath, rec.names.path);
+  }
+
+  /** The entry at rel when the site can take it in bulk (null: gone); undefined otherwise. */
+  private bulkStat(root: string, rel: string): TreeEntry | null | undefined {
+    try {
+      let e = this.tree(root).stat(rel, true);
+      if (e === null) e = this.tree(root, true).stat(rel, true); // gone, or the root was replaced?
+      return e === null || e.kind === 'dir' || e.kind === 'symlink' || (e.kind === 'file' && e.size <= SMALL_FILE) ? e : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** A segment's bulk paths, as read from the source after `started`: a few site calls for all of them (SiteSync.syncMany). */
+  private async syncMany(share: string, bulk: Map<string, TreeEntry | null>, items: Set<WorkItem>, started: number): Promise<void> {
+    const first = items.values().next().value as WorkItem;
     const site = await this.site();
     if (!this.buckets.has(share)) {
       await site.call('bucket.ensure', { bucket: share });
       this.buckets.add(share);
     }
-    const sync = new SiteSync({ site, bucket: share, tree: this.tree(rec0.origpath), blockSize: this.opts.replication.blockSize, stats: this.stats });
-    const started = Date.now();
-    await sync.syncFiles(items.map((i) => i.rec.names.path));
-    for (const it of items) {
-      this.stats.records += it.merged;
-      this.remember(`${share}\u0000${it.rec.names.path}`, started, true);
-    }
+    const sync = new SiteSync({ site, bucket: share, tree: this.tree(first.rec.origpath), blockSize: this.opts.replication.blockSize, stats: this.stats });
+    await sync.syncMany([...bulk]);
+    for (const item of items) this.stats.records += item.merged;
+    for (const rel of bulk.keys()) this.remember(`${share}\u0000${rel}`, started, true);
   }
 
   /** Runs work items, at most replication.concurrency at once, each after every earlier item of a related path. */
@@ -456,7 +506,7 @@ export class Replicator {
       await site.call('bucket.ensure', { bucket: rec.share });
       this.buckets.add(rec.share);
     }
-    const sync = new SiteSync({ site, bucket: rec.share, tree: this.tree(rec.origpath), blockSize: this.opts.replication.blockSize, stats: this.stats });
+    const sync = new SiteSync({ site, bucket: rec.share, tree: this.tree(rec.origpath, true), blockSize: this.opts.replication.blockSize, stats: this.stats });
     if (rec.op === 'rename' && rec.names.to !== undefined && rec.names.stream === undefined) {
       await sync.rename(rec.names.path, rec.names.to);
       return;
@@ -474,10 +524,17 @@ export class Replicator {
     if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
   }
 
-  /** The share's tree, opened once; opened again when the root directory was replaced since. */
-  private tree(root: string): Tree {
+  /**
+   * The share's tree, opened once; opened again when the root directory was
+   * replaced since (looked at once per TREE_CHECK_MS, or now with `check`:
+   * before anything is deleted at the site because it is gone here).
+   */
+  private tree(root: string, check = false): Tree {
     let t = this.trees.get(root);
+    const now = Date.now();
+    if (t && !check && now - (this.treeChecked.get(root) ?? 0) < TREE_CHECK_MS) return t;
     const st = statSync(root);
+    this.treeChecked.set(root, now);
     if (t && (t.dev !== st.dev || t.ino !== st.ino)) {
       t.close();
       t = undefined;

@@ -20,10 +20,13 @@ const MAX_PUT_BYTES = 4 << 20;
 /** Block frames in flight per object. */
 const PUT_WINDOW = 4;
 const NOT_FOUND = -32003;
+/** A site older than the call (object.deleteMany): the same work one call at a time. */
+const METHOD_NOT_FOUND = -32601;
+/** Objects per commitMany or deleteMany call (the site accepts up to 512). */
+const BATCH_OBJECTS = 512;
 /** The site refuses an object below something it has as a file or symlink. */
 const NOT_A_DIRECTORY = -32006;
 const TREE_CONCURRENCY = 16;
-/** Files up to this size are synced in batches during a tree sync: one missing-check, put and commit per batch. */
 /** Files up to this size go to the site many at a time (one blocks.missing, one commitMany). */
 export const SMALL_FILE = 256 << 10;
 const BATCH_FILES = 64;
@@ -181,12 +184,60 @@ export class SiteSync {
   }
 
   /**
+   * Many paths at once, each as the source has it now (the entry the caller
+   * read, or null when the path is gone): deletes in one transaction per
+   * BATCH_OBJECTS, directories (parents first) and symlinks committed
+   * together, small files in rounds of BATCH_FILES (syncSmallFiles). Larger
+   * files, and whatever the site refuses in bulk, go one by one.
+   */
+  async syncMany(entries: Array<[string, TreeEntry | null]>): Promise<void> {
+    const { site, bucket } = this;
+    const gone: string[] = [];
+    const plain: Array<[string, TreeEntry]> = [];
+    const small: string[] = [];
+    const single: string[] = [];
+    for (const [rel, e] of entries) {
+      if (e === null) gone.push(rel);
+      else if (e.kind === 'dir' || e.kind === 'symlink') plain.push([rel, e]);
+      else if (e.kind === 'file' && e.size <= SMALL_FILE) small.push(rel);
+      else single.push(rel);
+    }
+    for (let i = 0; i < gone.length; i += BATCH_OBJECTS) {
+      const paths = gone.slice(i, i + BATCH_OBJECTS);
+      try {
+        await site.call('object.deleteMany', { bucket, paths });
+        this.stats.commits += paths.length;
+      } catch (err) {
+        if (!(err instanceof DrRpcError && err.code === METHOD_NOT_FOUND)) throw err;
+        single.push(...paths);
+      }
+    }
+    // Depth first: a directory's parent is committed before it.
+    plain.sort(([a], [b]) => a.split('/').length - b.split('/').length);
+    for (let i = 0; i < plain.length; i += BATCH_OBJECTS) {
+      const chunk = plain.slice(i, i + BATCH_OBJECTS);
+      const objects = chunk.map(([rel, e]) => e.kind === 'dir'
+        ? { path: rel, kind: 'dir', meta: metaOfEntry(e) }
+        : { path: rel, kind: 'symlink', meta: metaOfEntry(e), target: targetOf(e) });
+      try {
+        await site.call('object.commitMany', { bucket, objects });
+        this.stats.commits += objects.length;
+      } catch (err) {
+        // The site has an ancestor as a file: one by one, ancestors first.
+        if (!(err instanceof DrRpcError && err.code === NOT_A_DIRECTORY)) throw err;
+        single.push(...chunk.map(([rel]) => rel));
+      }
+    }
+    await this.syncFiles(small);
+    for (const rel of single) await this.syncPath(rel);
+  }
+
+  /**
    * Whole small files, many at once: one "which blocks are missing", the
    * missing blocks in as few frames as fit, one commit of all of them in one
    * transaction at the site. A file that vanishes or changes while it is
    * read goes the one-by-one way instead.
    */
-  /** Whole small files, BATCH_FILES per round of site calls (see syncSmallFiles). */
   async syncFiles(rels: string[]): Promise<void> {
     for (let i = 0; i < rels.length; i += BATCH_FILES) await this.syncSmallFiles(rels.slice(i, i + BATCH_FILES));
   }

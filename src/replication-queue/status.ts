@@ -12,7 +12,7 @@ import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { journalKeys, redisOptions, stateKeys } from './redis-connection';
 import { parseRpoMember, recordsOf } from './batch';
-import { entryPairs, nextId } from './stream-ids';
+import { entryPairs, heldSummary, nextId } from './stream-ids';
 
 /** Backlog details (files, bytes) come from this many oldest records; counts are always exact. */
 const SAMPLE = 1000;
@@ -197,6 +197,12 @@ export class StatusReader {
         const rec = JSON.parse(value) as ChangeRecord;
         if (!oldestUnpumped.has(rec.share)) oldestUnpumped.set(rec.share, rec.ts);
       }
+    }
+    // Records the pump holds for their settle window count as not pumped yet.
+    for (const [share, [n, ts]] of Object.entries(heldSummary(saved.held))) {
+      unpumped += n;
+      const o = oldestUnpumped.get(share);
+      if (o === undefined || ts < o) oldestUnpumped.set(share, ts);
     }
     // Records awaiting their outcome are between the low-water mark and the cursor.
     if (saved.low) {

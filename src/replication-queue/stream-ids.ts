@@ -24,3 +24,23 @@ export function nextId(id: string): string {
   const [ms, seq] = parseId(id);
   return `${ms}-${seq + 1n}`;
 }
+
+/**
+ * The pump's checkpoint field `held`: per share, how many records it holds
+ * for their settle window and the oldest one's time. Anything unreadable
+ * counts as nothing held.
+ */
+export function heldSummary(field: string | undefined): Record<string, [number, number]> {
+  if (!field) return {};
+  try {
+    const v = JSON.parse(field) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return {};
+    const out: Record<string, [number, number]> = {};
+    for (const [share, x] of Object.entries(v)) {
+      if (Array.isArray(x) && typeof x[0] === 'number' && typeof x[1] === 'number') out[share] = [x[0], x[1]];
+    }
+    return out;
+  } catch {
+    return {};
+  }
+}

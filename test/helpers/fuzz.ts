@@ -130,7 +130,7 @@ export function fuzzBridgeFrames(count: number, seed: number): FuzzResult {
   return res;
 }
 
-const METHODS = ['bucket.ensure', 'blocks.missing', 'blocks.put', 'blocks.get', 'object.commit', 'object.commitMany', 'object.delete', 'object.move', 'object.stat', 'object.list', 'object.versions', 'no.such', '__proto__', 'constructor'];
+const METHODS = ['bucket.ensure', 'blocks.missing', 'blocks.put', 'blocks.get', 'object.commit', 'object.commitMany', 'object.delete', 'object.deleteMany', 'object.move', 'object.stat', 'object.list', 'object.versions', 'no.such', '__proto__', 'constructor'];
 const H = createHash('sha256').update('x').digest('hex');
 
 function hostileValue(r: Rng, depth = 0): unknown {

@@ -103,7 +103,9 @@ export class ServiceHarness {
   }
 
   private spawnVfsx(command: string): ChildProcess {
-    const p = spawn(process.execPath, [VFSX_BIN, command, '--config', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // VFSX_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") passes options to node for profiling.
+    const nodeArgs = (process.env.VFSX_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const p = spawn(process.execPath, [...nodeArgs, VFSX_BIN, command, '--config', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
     return p;
