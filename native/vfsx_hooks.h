@@ -51,6 +51,11 @@ int report_ask(struct vfsx_call *c);
 void report_done(struct vfsx_call *c, int ret);
 /* Reports a call that already happened (close, fsync); keeps errno. */
 void report_after(struct vfsx_call *c, int ret, int err);
+/* Samba 4.22+'s mkdir under a temporary name: see vfsx_report.c. */
+const char *tmpname_final(const char *path);
+void tmp_mkdir_begin(struct vfsx_call *c, const char *tmp, const char *final);
+/* Reports the pending mkdir done when path (NULL: any) is its temporary name. */
+bool tmp_mkdir_end(const char *path, int ret);
 struct vfsx_fsp *fsp_ext(vfs_handle_struct *handle, files_struct *fsp,
 			 bool create);
 void flags_arg(struct vfsx_msg *m, unsigned flags);
@@ -69,6 +74,11 @@ int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
 int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
 		  const struct smb_filename *src, struct files_struct *dstfsp,
 		  const struct smb_filename *dst);
+#endif
+#if SMB_VFS_INTERFACE_VERSION >= 52
+int vfsx_rename_stream(vfs_handle_struct *handle,
+		       struct files_struct *src_fsp, const char *dst_name,
+		       bool replace_if_exists);
 #endif
 int vfsx_symlinkat(vfs_handle_struct *handle,
 		   const struct smb_filename *link_contents,

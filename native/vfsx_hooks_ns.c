@@ -35,11 +35,32 @@ int vfsx_mkdirat(vfs_handle_struct *handle, struct files_struct *dirfsp,
 		 const struct smb_filename *smb_fname, mode_t mode)
 {
 	struct smb_filename *full = NULL;
-	struct vfsx_call c;
+	struct smb_filename shown;
+	struct vfsx_call c = { 0 };
 	struct vfsx_msg *m = NULL;
+	const char *final = NULL;
 	int ret, err;
 
-	m = begin_at(handle, &c, "mkdir", dirfsp, smb_fname, &full);
+	if (g_depth == 0) {
+		full = full_path_from_dirfsp_atname(talloc_tos(), dirfsp,
+						    smb_fname);
+	}
+	if (full != NULL && (final = tmpname_final(full->base_name)) != NULL) {
+		/* Samba 4.22+: report the name the user asked for (see vfsx_report.c). */
+		const char *slash = strrchr(full->base_name, '/');
+		int dirlen = slash != NULL ? (int)(slash + 1 - full->base_name) : 0;
+
+		shown = *full;
+		shown.base_name = talloc_asprintf(full, "%.*s%s", dirlen,
+						  full->base_name, final);
+		if (shown.base_name == NULL) {
+			TALLOC_FREE(full);
+		}
+	}
+	if (full != NULL) {
+		m = report_begin(handle, &c, "mkdir",
+				 final != NULL ? &shown : full);
+	}
 	if (m != NULL) {
 		vfsx_msg_arg_oct(m, "mode", mode);
 	}
@@ -52,7 +73,12 @@ int vfsx_mkdirat(vfs_handle_struct *handle, struct files_struct *dirfsp,
 	g_depth++;
 	ret = SMB_VFS_NEXT_MKDIRAT(handle, dirfsp, smb_fname, mode);
 	g_depth--;
-	report_done(&c, ret);
+	if (final != NULL && ret == 0) {
+		/* done when the rename has put it in place */
+		tmp_mkdir_begin(&c, full->base_name, shown.base_name);
+	} else {
+		report_done(&c, ret);
+	}
 	TALLOC_FREE(full);
 	return ret;
 }
@@ -75,6 +101,14 @@ int vfsx_unlinkat(vfs_handle_struct *handle, struct files_struct *dirfsp,
 	g_depth++;
 	ret = SMB_VFS_NEXT_UNLINKAT(handle, dirfsp, smb_fname, flags);
 	g_depth--;
+	if (full != NULL && g_depth == 0) {
+		/* a temporary directory removed, never renamed into place: no mkdir happened */
+		int saved = errno;
+
+		errno = ECANCELED;
+		tmp_mkdir_end(full->base_name, -1);
+		errno = saved;
+	}
 	report_done(&c, ret);
 	TALLOC_FREE(full);
 	return ret;
@@ -105,6 +139,11 @@ int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
 			arg_name(m, "to", "to_stream", to);
 			c.to = to->base_name;
 		}
+#if SMB_VFS_INTERFACE_VERSION >= 50
+		if (how != NULL && (how->flags & VFS_RENAME_HOW_NO_REPLACE)) {
+			vfsx_msg_arg_u64(m, "noreplace", 1);
+		}
+#endif
 	}
 	err = lost_name(&c, full);
 	if (err != 0) {
@@ -119,11 +158,51 @@ int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
 	ret = SMB_VFS_NEXT_RENAMEAT(handle, srcfsp, src, dstfsp, dst);
 #endif
 	g_depth--;
+	if (full != NULL && g_depth == 0) {
+		/* the rename that ends a mkdir under a temporary name */
+		tmp_mkdir_end(full->base_name, ret);
+	}
 	report_done(&c, ret);
 	TALLOC_FREE(full);
 	TALLOC_FREE(to);
 	return ret;
 }
+
+#if SMB_VFS_INTERFACE_VERSION >= 52
+/*
+ * Samba 4.24+ renames a stream through its own call (before, renameat with
+ * stream names): reported as a rename of path:stream to path:to_stream.
+ */
+int vfsx_rename_stream(vfs_handle_struct *handle,
+		       struct files_struct *src_fsp, const char *dst_name,
+		       bool replace_if_exists)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+	int ret, err;
+
+	m = report_begin(handle, &c, "rename", src_fsp->fsp_name);
+	if (m != NULL) {
+		vfsx_msg_arg_str(m, "to", src_fsp->fsp_name->base_name);
+		vfsx_msg_arg_str(m, "to_stream", dst_name);
+		if (!replace_if_exists) {
+			vfsx_msg_arg_u64(m, "noreplace", 1);
+		}
+		c.to = src_fsp->fsp_name->base_name;
+	}
+	err = report_ask(&c);
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	g_depth++;
+	ret = SMB_VFS_NEXT_RENAME_STREAM(handle, src_fsp, dst_name,
+					 replace_if_exists);
+	g_depth--;
+	report_done(&c, ret);
+	return ret;
+}
+#endif
 
 int vfsx_symlinkat(vfs_handle_struct *handle,
 		   const struct smb_filename *link_contents,

@@ -99,6 +99,7 @@ static int vfsx_connect(vfs_handle_struct *handle, const char *service,
  */
 static void vfsx_disconnect(vfs_handle_struct *handle)
 {
+	tmp_mkdir_end(NULL, 0);
 	vfsx_link_drain();
 	SMB_VFS_NEXT_DISCONNECT(handle);
 }
@@ -179,6 +180,9 @@ static struct vfs_fn_pointers vfsx_fns = {
 	.mkdirat_fn = vfsx_mkdirat,
 	.unlinkat_fn = vfsx_unlinkat,
 	.renameat_fn = vfsx_renameat,
+#if SMB_VFS_INTERFACE_VERSION >= 52
+	.rename_stream_fn = vfsx_rename_stream,
+#endif
 	.symlinkat_fn = vfsx_symlinkat,
 	.linkat_fn = vfsx_linkat,
 	.mknodat_fn = vfsx_mknodat,

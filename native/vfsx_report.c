@@ -11,6 +11,93 @@
 struct vfsx_msg g_msg;
 int g_depth;
 
+/*
+ * Samba 4.22 and later ("vfs mkdir use tmp name", on by default) make a
+ * directory as ".::TMPNAME:D:<id>:<name>" beside <name>, set its DOS
+ * attributes and ACL there, then rename it into place. vfsx reports that
+ * whole dance as what the user did: one mkdir of <name>, asked for before
+ * the temporary directory exists and done when the rename has put it in
+ * place (or failed). Calls on the temporary name in between (DOS
+ * attributes, ACLs) are reported under the final name; the rename into
+ * place and the removal of a failed one are not reported. One slot is
+ * enough: smbd runs a mkdir to its end on its one thread.
+ */
+#define TMPNAME_PREFIX ".::TMPNAME:D:"
+
+static struct {
+	struct vfsx_call c;
+	char *tmp;	/* share-relative temporary name, NULL when idle */
+	char *final;	/* and the name it is made for */
+} g_tmp_mkdir;
+
+const char *tmpname_final(const char *path)
+{
+#if SMB_VFS_INTERFACE_VERSION >= 50
+	const char *base = strrchr(path, '/');
+	const char *colon = NULL;
+
+	base = base != NULL ? base + 1 : path;
+	if (strncmp(base, TMPNAME_PREFIX, sizeof(TMPNAME_PREFIX) - 1) != 0) {
+		return NULL;
+	}
+	colon = strchr(base + sizeof(TMPNAME_PREFIX) - 1, ':');
+	if (colon != NULL && colon[1] != '\0') {
+		return colon + 1;
+	}
+#endif
+	return NULL;
+}
+
+/*
+ * 0: path is not the temporary directory being made; 1: it is that
+ * directory; 2: it is inside it.
+ */
+static int in_tmp_mkdir(const char *path)
+{
+	size_t n;
+
+	if (g_tmp_mkdir.tmp == NULL) {
+		return 0;
+	}
+	n = strlen(g_tmp_mkdir.tmp);
+	if (strncmp(path, g_tmp_mkdir.tmp, n) != 0) {
+		return 0;
+	}
+	return path[n] == '\0' ? 1 : path[n] == '/' ? 2 : 0;
+}
+
+void tmp_mkdir_begin(struct vfsx_call *c, const char *tmp, const char *final)
+{
+	tmp_mkdir_end(NULL, 0); /* never happens: an earlier one still open */
+	if (!c->asked) {
+		return;
+	}
+	g_tmp_mkdir.tmp = talloc_strdup(NULL, tmp);
+	g_tmp_mkdir.final = g_tmp_mkdir.tmp != NULL
+		? talloc_strdup(g_tmp_mkdir.tmp, final) : NULL;
+	if (g_tmp_mkdir.final == NULL) {
+		TALLOC_FREE(g_tmp_mkdir.tmp);
+		report_done(c, 0);
+		return;
+	}
+	g_tmp_mkdir.c = *c;
+	g_tmp_mkdir.c.path = NULL;
+	g_tmp_mkdir.c.to = NULL;
+}
+
+bool tmp_mkdir_end(const char *path, int ret)
+{
+	if (g_tmp_mkdir.tmp == NULL ||
+	    (path != NULL && strcmp(path, g_tmp_mkdir.tmp) != 0)) {
+		return false;
+	}
+	report_done(&g_tmp_mkdir.c, ret);
+	TALLOC_FREE(g_tmp_mkdir.tmp);
+	g_tmp_mkdir.final = NULL;
+	g_tmp_mkdir.c = (struct vfsx_call){ 0 };
+	return true;
+}
+
 void arg_name(struct vfsx_msg *m, const char *key,
 		     const char *stream_key, const struct smb_filename *n)
 {
@@ -24,9 +111,26 @@ struct vfsx_msg *report_begin(vfs_handle_struct *handle,
 				     struct vfsx_call *c, const char *op,
 				     const struct smb_filename *name)
 {
+	struct smb_filename shown;
+	int tmp;
+
 	*c = (struct vfsx_call){ 0 };
 	if (g_depth > 0) {
 		return NULL;
+	}
+	tmp = in_tmp_mkdir(name->base_name);
+	if (tmp == 1 && (strcmp(op, "rename") == 0 || strcmp(op, "rmdir") == 0)) {
+		return NULL; /* the end of the mkdir under a temporary name */
+	}
+	if (tmp != 0) {
+		shown = *name;
+		shown.base_name = talloc_asprintf(talloc_tos(), "%s%s",
+			g_tmp_mkdir.final,
+			name->base_name + strlen(g_tmp_mkdir.tmp));
+		if (shown.base_name == NULL) {
+			return NULL;
+		}
+		name = &shown;
 	}
 	SMB_VFS_HANDLE_GET_DATA(handle, c->sh, struct vfsx_share, return NULL);
 	c->active = true;

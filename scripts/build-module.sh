@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 install=1
 [ "${1:-}" = "--no-install" ] && install=0
 
-bash scripts/install-deps.sh
+# VFSX_NO_DEPS=1: the packages are there already (a test chroot).
+[ "${VFSX_NO_DEPS:-}" = 1 ] || bash scripts/install-deps.sh
 tree=$(bash scripts/samba-headers.sh)
 out=native/build
 mkdir -p "$out"
@@ -35,4 +36,10 @@ if [ "$install" = 1 ]; then
 	dir="$(smbd -b | awk '/MODULESDIR/ {print $2}')/vfs"
 	install -D -m 0644 "$out/vfsx.so" "$dir/vfsx.so"
 	echo "build-module: installed $dir/vfsx.so" >&2
+	# A Samba upgrade rebuilds the module (scripts/samba-upgrade-hook.sh).
+	if [ -d /etc/apt/apt.conf.d ] && [ "${VFSX_NO_HOOK:-}" != 1 ]; then
+		hook="$(pwd)/scripts/samba-upgrade-hook.sh"
+		printf '// vfsx: rebuild the Samba VFS module when smbd changes (%s)\nDPkg::Post-Invoke { "if [ -x %s ]; then %s || true; fi"; };\n' \
+			"$(pwd)" "$hook" "$hook" > /etc/apt/apt.conf.d/90vfsx-samba
+	fi
 fi

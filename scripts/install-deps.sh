@@ -4,10 +4,14 @@
 set -euo pipefail
 
 PKGS=(samba samba-vfs-modules smbclient samba-testsuite redis-server
-      dpkg-dev flex bison libparse-yapp-perl libkeyutils-dev
+      dpkg-dev flex bison libparse-yapp-perl libkeyutils-dev libjson-perl libkrb5-dev
       gcc make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
       rsync sqlite3 util-linux procps iproute2
+      debootstrap python3-impacket  # the Samba version matrix; SMB2 stream renames
       chromium)  # the dashboard test drives it with playwright-core
+
+# Samba 4.17's configure needs distutils: its own package on Debian 12, gone from 13.
+if apt-cache policy python3-distutils 2>/dev/null | grep -q "Candidate: [0-9]"; then PKGS+=(python3-distutils); fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -40,6 +40,19 @@ test('records of one path merge into one item at the place of the first; ranges 
   assert.equal(items[0].ranges, undefined, 'metadata only: the sync decides from the file');
 });
 
+test('an item is read whole when a merged record changed content without ranges (create, truncate), not for metadata or ranged writes', () => {
+  const r = rec;
+  const items = coalesce([
+    r('create', 'new.txt'), r('close', 'new.txt', { ranges: [[0, 10]] }),
+    r('chmod', 'meta.txt'), r('utimes', 'meta.txt'),
+    r('close', 'ranged.bin', { ranges: [[4096, 1]] }),
+    r('close', 'cut.bin', { ranges: [[0, 5]] }), r('truncate', 'cut.bin'),
+  ]);
+  assert.deepEqual(items.map((i) => [i.rec.names.path, i.whole, i.ranges]), [
+    ['new.txt', true, undefined], ['meta.txt', false, undefined], ['ranged.bin', false, [[4096, 1]]], ['cut.bin', true, undefined],
+  ]);
+});
+
 test('renames and links stay in place and are never merged across', () => {
   const items = coalesce([
     rec('close', 'a', { ranges: [[0, 1]] }), rec('rename', 'a', { names: { path: 'a', to: 'b' } }),

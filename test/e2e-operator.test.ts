@@ -222,12 +222,22 @@ test('with the DR site stopped, RPO age grows, status shows the site down and th
 
 test('vfsx doctor passes on a healthy system and fails with the right message for each broken precondition', async () => {
   const doctor = async (extra: string[] = []) => {
-    const r = await cli(['doctor', '--json', '--smb-conf', smbd.confPath, ...extra]);
+    const r = await cli(['doctor', '--json', '--smb-conf', smbd.confPath, '--hook-status', hookStatus, ...extra]);
     const out = JSON.parse(r.stdout) as { ok: boolean; checks: Array<{ name: string; result: string; detail: string; fix?: string }> };
     return { code: r.code, ...out, failed: out.checks.filter((c) => c.result === 'fail') };
   };
+  const hookStatus = join(local, 'samba-hook.json'); // none yet: the hook never had to rebuild
   const healthy = await doctor();
   assert.equal(healthy.code, 0, JSON.stringify(healthy.failed));
+  assert.match(healthy.checks.find((c) => c.name === 'module build')?.detail ?? '', /VFS interface \d+; smbd is 4\./);
+
+  // A Samba upgrade the apt hook could not rebuild the module for (scripts/samba-upgrade-hook.sh writes this).
+  await writeFile(hookStatus, JSON.stringify({ ok: false, samba: '4.22.6', detail: 'could not rebuild the vfsx module for Samba 4.22.6 (built for 4.17.12): gcc: error', at: Date.now() }));
+  const hookFailed = await doctor();
+  assert.equal(hookFailed.code, 1);
+  assert.deepEqual(hookFailed.failed.map((c) => c.name), ['Samba upgrades']);
+  assert.match(hookFailed.failed[0].detail, /could not rebuild the vfsx module for Samba 4\.22\.6/);
+  await rm(hookStatus);
   assert.ok(healthy.checks.find((c) => c.name === 'shares')?.detail.includes(SHARE));
 
   const empty = join(local, 'modules-empty');

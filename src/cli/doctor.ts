@@ -23,6 +23,10 @@ export interface DoctorOptions {
   modulesDir?: string;
   /** smb.conf to read with testparm (default: smbd's). */
   smbConf?: string;
+  /** What the Samba upgrade hook last did (default: /var/lib/vfsx/samba-hook.json). */
+  hookStatus?: string;
+  /** The apt hook that runs it (default: /etc/apt/apt.conf.d/90vfsx-samba). */
+  aptHook?: string;
 }
 
 function run(cmd: string, args: string[]): Promise<{ ok: boolean; out: string }> {
@@ -56,6 +60,25 @@ async function moduleChecks(o: DoctorOptions): Promise<Check[]> {
     out.push({ name: 'module build', result: 'pass', detail: `built for Samba ${id[1]}, VFS interface ${id[2]}; smbd is ${smbdVersion}` });
   }
   return out;
+}
+
+/** The apt hook that rebuilds the module when Samba is upgraded, and what it did last. */
+async function upgradeHookChecks(o: DoctorOptions): Promise<Check[]> {
+  const name = 'Samba upgrades';
+  const aptHook = o.aptHook ?? '/etc/apt/apt.conf.d/90vfsx-samba';
+  let last: { ok?: boolean; samba?: string; detail?: string; at?: number } | undefined;
+  try {
+    last = JSON.parse(await readFile(o.hookStatus ?? '/var/lib/vfsx/samba-hook.json', 'utf8'));
+  } catch {
+    last = undefined;
+  }
+  if (last && last.ok === false) {
+    return [{ name, result: 'fail', detail: `${last.detail ?? 'the module could not be rebuilt'} (${new Date(last.at ?? 0).toISOString()})`, fix: `${REBUILD}; the hook's log: /var/log/vfsx/samba-hook.log` }];
+  }
+  const hooked = await stat(aptHook).then(() => true, () => false);
+  if (!hooked) return [{ name, result: 'warn', detail: `no ${aptHook}: an upgrade of samba will not rebuild the module`, fix: 'npm run build:module installs the hook' }];
+  const when = last?.at ? `; last rebuilt for Samba ${last.samba} at ${new Date(last.at).toISOString()}` : '';
+  return [{ name, result: 'pass', detail: `${aptHook} rebuilds the module when smbd changes${when}` }];
 }
 
 async function shareChecks(config: VfsxConfig, o: DoctorOptions): Promise<Check[]> {
@@ -167,7 +190,7 @@ async function spoolCheck(config: VfsxConfig): Promise<Check[]> {
 }
 
 export async function doctor(config: VfsxConfig, o: DoctorOptions): Promise<Check[]> {
-  const groups = await Promise.all([moduleChecks(o), shareChecks(config, o), socketCheck(config), redisChecks(config), siteCheck(config), httpCheck(config), spoolCheck(config)]);
+  const groups = await Promise.all([moduleChecks(o), upgradeHookChecks(o), shareChecks(config, o), socketCheck(config), redisChecks(config), siteCheck(config), httpCheck(config), spoolCheck(config)]);
   return groups.flat();
 }
 

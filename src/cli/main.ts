@@ -66,7 +66,7 @@ Usage:
       Follow replication events live (committed, failed, site-down/up,
       fail-open, rpo-threshold-crossed/recovered); --recent first prints the
       last ones kept (all but commits).
-  vfsx doctor [--config FILE] [--json] [--modules-dir DIR] [--smb-conf FILE]
+  vfsx doctor [--config FILE] [--json] [--modules-dir DIR] [--smb-conf FILE] [--hook-status FILE]
       Check the module (installed, built for this smbd), the shares using
       it, the socket, Redis (AOF, noeviction), the DR site, the dashboard
       and /metrics listener, and the spool.
@@ -166,6 +166,7 @@ export async function main(argv: string[]): Promise<number> {
       recent: { type: 'boolean', default: false },
       'modules-dir': { type: 'string' },
       'smb-conf': { type: 'string' },
+      'hook-status': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -211,7 +212,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'events':
       return eventsCommand(loadConfig(values.config), { json: values.json === true, recent: values.recent === true });
     case 'doctor':
-      return doctorCommand(loadConfig(values.config), { json: values.json === true, modulesDir: values['modules-dir'], smbConf: values['smb-conf'] });
+      return doctorCommand(loadConfig(values.config), { json: values.json === true, modulesDir: values['modules-dir'], smbConf: values['smb-conf'], hookStatus: values['hook-status'] });
     case 'journal':
       return journalCommand(loadConfig(values.config), {
         share: values.share,

@@ -41,7 +41,7 @@ export const OP_TABLE: ReadonlyMap<string, OpHandler> = new Map(
     handler('mkdir', 'pre', { mode: 'octal' }),
     handler('rmdir', 'pre', {}),
     handler('unlink', 'pre', {}),
-    handler('rename', 'pre', { to: 'name' }, { to_stream: 'name' }),
+    handler('rename', 'pre', { to: 'name' }, { to_stream: 'name', noreplace: 'uint' }),
     handler('symlink', 'pre', { target: 'name' }),
     handler('link', 'pre', { from: 'name' }, { from_stream: 'name' }),
     handler('mknod', 'pre', { mode: 'octal', dev: 'uint' }),

@@ -55,13 +55,20 @@ export interface WorkItem {
   ts: number;
   /** Records merged into this item (for counting coalesced records). */
   merged: number;
+  /**
+   * Whether a merged record changed content without saying where (create,
+   * truncate, a close without ranges): every block must be read; size and
+   * mtime matching the site's copy prove nothing (mtime is coarse, and a
+   * rewrite of the same size in the same tick keeps both).
+   */
+  whole: boolean;
 }
 
 /** Operations that change only metadata: they never widen the blocks to read. */
 const METADATA_ONLY = new Set(['chmod', 'chown', 'utimes', 'chflags', 'setxattr', 'removexattr', 'setdosattr', 'setacl', 'mkdir', 'rmdir', 'symlink', 'mknod']);
 
 /** The dirty ranges a record asks for: null when it needs none, undefined when it needs the whole file. */
-function rangesOf(rec: ChangeRecord): Array<[number, number]> | null | undefined {
+export function rangesOf(rec: ChangeRecord): Array<[number, number]> | null | undefined {
   if (rec.names.stream !== undefined || METADATA_ONLY.has(rec.op)) return null;
   if ((rec.op === 'close' || rec.op === 'fsync') && rec.ranges !== undefined) return rec.ranges;
   return undefined; // create, truncate, unlink, a close without ranges
@@ -79,14 +86,14 @@ export function coalesce(records: ChangeRecord[]): WorkItem[] {
   for (const rec of records) {
     if (rec.op === 'rename' || rec.op === 'link') {
       open.clear();
-      items.push({ rec, ranges: undefined, ts: rec.ts, merged: 1 });
+      items.push({ rec, ranges: undefined, ts: rec.ts, merged: 1, whole: false });
       continue;
     }
     const key = rec.names.path;
     const r = rangesOf(rec);
     const cur = open.get(key);
     if (!cur) {
-      const item: WorkItem = { rec, ranges: r ?? undefined, ts: rec.ts, merged: 1 };
+      const item: WorkItem = { rec, ranges: r ?? undefined, ts: rec.ts, merged: 1, whole: r === undefined };
       open.set(key, { item, whole: r === undefined, ranges: r ? [...r] : [] });
       items.push(item);
       continue;
@@ -94,7 +101,7 @@ export function coalesce(records: ChangeRecord[]): WorkItem[] {
     cur.item.rec = rec;
     cur.item.ts = Math.max(cur.item.ts, rec.ts);
     cur.item.merged++;
-    if (r === undefined) cur.whole = true;
+    if (r === undefined) cur.whole = cur.item.whole = true;
     else if (r) cur.ranges.push(...r);
     cur.item.ranges = cur.whole || cur.ranges.length === 0 ? undefined : cur.ranges;
   }

@@ -17,7 +17,7 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { Tree, TreeEntry } from '../native/tree';
-import { BATCH, BatchJob, batchJobId, coalesce, LONE, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
+import { BATCH, BatchJob, batchJobId, coalesce, LONE, rangesOf, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
 import { DrClient } from './dr-client';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
@@ -425,7 +425,7 @@ export class Replicator {
     const { rec } = it;
     if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) return undefined;
     const key = `${rec.share}\u0000${rec.names.path}`;
-    if (this.covered(key, it.ts, it.ranges !== undefined && it.ranges.length > 0)) return undefined;
+    if (this.covered(key, it.ts, it.whole || (it.ranges !== undefined && it.ranges.length > 0))) return undefined;
     return this.bulkStat(rec.origpath, rec.names.path);
   }
 
@@ -514,12 +514,14 @@ export class Replicator {
     // A stream's ranges are not the base file's: a stream change is a metadata (xattr) change of the file.
     const ranges = item ? item.ranges : (rec.op === 'close' || rec.op === 'fsync') && rec.names.stream === undefined ? rec.ranges : undefined;
     const key = `${rec.share}\u0000${rec.names.path}`;
-    if (rec.op !== 'link' && this.covered(key, item?.ts ?? rec.ts, ranges !== undefined && ranges.length > 0)) {
+    // Content changed without ranges (create, truncate): only a sync that read every block covers it, and this one reads every block.
+    const all = item ? item.whole : rec.names.stream === undefined && rangesOf(rec) === undefined;
+    if (rec.op !== 'link' && this.covered(key, item?.ts ?? rec.ts, all || (ranges !== undefined && ranges.length > 0))) {
       this.stats.coalesced++;
       return;
     }
     const started = Date.now();
-    const whole = await sync.syncPath(rec.names.path, ranges);
+    const whole = await sync.syncPath(rec.names.path, ranges, all && ranges === undefined);
     this.remember(key, started, whole);
     if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
   }

@@ -229,7 +229,8 @@ export class SiteSync {
       }
     }
     await this.syncFiles(small);
-    for (const rel of single) await this.syncPath(rel);
+    // Every block read: the caller counts these paths as synced whole.
+    for (const rel of single) await this.syncPath(rel, undefined, true);
   }
 
   /**
@@ -273,7 +274,8 @@ export class SiteSync {
         oneByOne.push(...objects.map((o) => o.path as string));
       }
     }
-    for (const rel of oneByOne) await this.syncPath(rel);
+    // Every block read (a file torn under its writer is not what the site had): synced whole, as the caller counts it.
+    for (const rel of oneByOne) await this.syncPath(rel, undefined, true);
   }
 
   /**
@@ -281,9 +283,9 @@ export class SiteSync {
    * the whole state was read (a file's every block, or a path that is not a
    * regular file), false when only dirty blocks or metadata were.
    */
-  async syncPath(rel: string, ranges?: Array<[number, number]>): Promise<boolean> {
+  async syncPath(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
     try {
-      return await this.syncPathOnce(rel, ranges);
+      return await this.syncPathOnce(rel, ranges, full);
     } catch (err) {
       if (!(err instanceof DrRpcError && err.code === NOT_A_DIRECTORY)) throw err;
     }
@@ -292,7 +294,7 @@ export class SiteSync {
     // ancestors up to date first, then this path.
     const parts = rel.split('/');
     for (let i = 1; i < parts.length; i++) await this.syncPathOnce(parts.slice(0, i).join('/'));
-    return this.syncPathOnce(rel, ranges);
+    return this.syncPathOnce(rel, ranges, full);
   }
 
   /** Like syncPath, but a file's every block is read and sent if the site lacks it (a scrub's repair of content). */
