@@ -65,6 +65,12 @@ type StreamEntry = [string, string[]];
  */
 type Held = { rec: ChangeRecord; sid: string; done: string; at: number };
 
+/** Lowers a share's held summary (oldest entry, oldest time) to include h. */
+function lower(low: { sid: string; ts: number }, h: Held): void {
+  if (compareIds(h.sid, low.sid) < 0) low.sid = h.sid;
+  if (h.rec.ts < low.ts) low.ts = h.rec.ts;
+}
+
 /** Orders positions `<entry id>/<pair index>`. */
 function comparePositions(a: string, b: string): number {
   const [ea, ia] = a.split('/');
@@ -206,13 +212,11 @@ export class JournalPump {
       this.heldIds.add(rec.id);
       let l = this.held.get(rec.share);
       if (!l) this.held.set(rec.share, (l = []));
-      l.push({ rec, sid, done, at: now });
+      const h = { rec, sid, done, at: now };
+      l.push(h);
       const low = this.heldLow.get(rec.share);
-      if (!low) this.heldLow.set(rec.share, { sid, ts: rec.ts });
-      else {
-        if (compareIds(sid, low.sid) < 0) low.sid = sid;
-        if (rec.ts < low.ts) low.ts = rec.ts;
-      }
+      if (low) lower(low, h);
+      else this.heldLow.set(rec.share, { sid, ts: rec.ts });
     };
     let n = 0;
     for (const [sid, fields] of entries) {
@@ -284,10 +288,7 @@ export class JournalPump {
         continue;
       }
       const low = { sid: l[0].sid, ts: l[0].rec.ts };
-      for (const h of l) {
-        if (compareIds(h.sid, low.sid) < 0) low.sid = h.sid;
-        if (h.rec.ts < low.ts) low.ts = h.rec.ts;
-      }
+      for (const h of l) lower(low, h);
       this.heldLow.set(share, low);
     }
     return due;

@@ -361,16 +361,14 @@ export class Replicator {
       for (const it of segment) {
         if (it.rec.op === 'rename') {
           // Both names were gone; as they are now (read after `started`), or the rename's own way.
-          for (const rel of [it.rec.names.path, it.rec.names.to as string]) {
-            if (bulk.has(rel)) continue;
-            const e = this.bulkStat(it.rec.origpath, rel);
-            if (e === undefined) {
-              rest.push(it);
-              break;
-            }
-            bulk.set(rel, e);
+          const names = [it.rec.names.path, it.rec.names.to as string];
+          const entries = names.map((rel) => (bulk.has(rel) ? bulk.get(rel) : this.bulkStat(it.rec.origpath, rel)));
+          if (entries.includes(undefined)) {
+            rest.push(it);
+          } else {
+            names.forEach((rel, i) => bulk.set(rel, entries[i] as TreeEntry | null));
+            bulkItems.add(it);
           }
-          if (!rest.includes(it)) bulkItems.add(it);
           continue;
         }
         const e = bulk.has(it.rec.names.path) ? bulk.get(it.rec.names.path) : this.bulkEntry(it);
