@@ -5,14 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { MetaStore } from '../src/dr-site/meta-store';
+import Database from 'better-sqlite3';
+import { MetaStore, segmentHash } from '../src/dr-site/meta-store';
 import { blockHash, DrClient, DrRpcError } from '../src/replication-queue/dr-client';
-import { DrSiteHarness } from './helpers/dr-site-harness';
+import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
+import { VFSX_BIN } from './helpers/service-harness';
 import { waitFor } from './helpers/wait-for';
 
 let site: DrSiteHarness;
@@ -29,6 +32,20 @@ after(async () => {
   c?.close();
   await site?.destroy();
 });
+
+function packRows(h: DrSiteHarness): Array<{ id: string; bytes: number }> {
+  const m = new MetaStore(join(h.dataDir, 'meta.sqlite'));
+  try {
+    return m.packs();
+  } finally {
+    m.close();
+  }
+}
+
+function packFiles(h: DrSiteHarness): Array<{ id: string; bytes: Buffer }> {
+  return readdirSync(join(h.dataDir, 'packs'), { recursive: true, withFileTypes: true }).filter((d) => d.isFile())
+    .map((d) => ({ id: d.name.replace(/\.pack$/, ''), bytes: readFileSync(join(d.parentPath ?? (d as unknown as { path: string }).path, d.name)) }));
+}
 
 const rpcError = async (p: Promise<unknown>): Promise<DrRpcError> => {
   try {
@@ -55,8 +72,7 @@ test('a file commits as a version of content-addressed blocks; identical blocks 
   assert.deepEqual(st.blocks, hashes);
   const data = await c.getBlocks(st.blocks);
   assert.deepEqual(Buffer.concat(data), Buffer.concat([a, b, a]));
-  const blockFiles = readdirSync(join(site.dataDir, 'blocks'), { recursive: true }).filter((n) => String(n).length > 60);
-  assert.equal(blockFiles.length, 2);
+  assert.equal(site.stats().blocks, 2);
 });
 
 test('directories and symlinks commit; move and delete act on whole subtrees and are idempotent', async () => {
@@ -250,18 +266,50 @@ test('a DR site killed during an upload restarts with no partial block and no bl
   k.close();
   await site.startServer();
   c = await site.client();
-  const files = readdirSync(join(site.dataDir, 'blocks'), { recursive: true, withFileTypes: true })
-    .filter((d) => d.isFile()).map((d) => join(d.parentPath ?? (d as unknown as { path: string }).path, d.name));
-  assert.equal(files.filter((f) => f.includes(`${join('blocks', 'tmp')}`)).length, 0, 'no temp files after restart');
-  for (const f of files) assert.equal(blockHash(readFileSync(f)), f.slice(-64), `${f} holds its hash's bytes`);
+  // Every pack is as long as its index says (an unindexed tail is cut off) and holds whole entries.
+  const indexed = new Map(packRows(site).map((p) => [p.id, p.bytes]));
+  const files = packFiles(site);
+  assert.deepEqual(files.map((f) => f.id).sort(), [...indexed.keys()].sort(), 'no pack the index does not know');
+  for (const f of files) {
+    assert.equal(f.bytes.length, indexed.get(f.id), `${f.id} cut back to its indexed length`);
+    packEntries(f.bytes); // parses end to end
+  }
   const hashes = blocks.map(blockHash);
   const missing = new Set((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing);
-  for (const h of hashes) {
-    if (!missing.has(h)) assert.ok(files.some((f) => f.endsWith(h)), `the site claims ${h} and has its file`);
-  }
+  const claimed = hashes.filter((h) => !missing.has(h));
+  if (claimed.length > 0) assert.deepEqual((await c.getBlocks(claimed)).map(blockHash), claimed, 'every block it claims, it serves');
   // and the upload can simply be retried
   assert.equal(await c.putBlocks(blocks), 60);
   assert.deepEqual((await c.call<{ missing: string[] }>('blocks.missing', { hashes })).missing, []);
+});
+
+test('blocks go into a few pack files, zstd-compressed when that saves; one put call concurrent with others shares their flush', async () => {
+  const k = await site.client();
+  const k2 = await site.client();
+  try {
+    const before = site.stats();
+    const text = (i: number) => Buffer.from(`${i} the quarterly report of the accounts department, with totals. `.repeat(1100)).subarray(0, 65536);
+    const compressible = Array.from({ length: 64 }, (_, i) => text(i));
+    const random = Array.from({ length: 16 }, () => randomBytes(65536));
+    await Promise.all([k.putBlocks(compressible.slice(0, 32)), k2.putBlocks(compressible.slice(32)), k.putBlocks(random)]);
+    const after = site.stats();
+    assert.equal(after.blocks - before.blocks, 80);
+    assert.ok(after.packs - before.packs <= 1, `${after.packs - before.packs} new packs for 80 blocks`);
+    const stored = after.packBytes - before.packBytes;
+    assert.ok(stored < 16 * 65536 + 64 * 65536 / 4, `stored ${stored} bytes for 80 x 64 KiB (64 of them text)`);
+    assert.ok(stored > 16 * 65536, 'random blocks are stored as they are');
+    const back = await k.getBlocks([...compressible, ...random].map(blockHash));
+    assert.deepEqual(back, [...compressible, ...random]);
+  } finally {
+    k.close();
+    k2.close();
+  }
+  // And after a restart the same bytes come back.
+  await site.stop();
+  await site.startServer();
+  c = await site.client();
+  const one = Buffer.from(`7 the quarterly report of the accounts department, with totals. `.repeat(1100)).subarray(0, 65536);
+  assert.deepEqual(await c.getBlocks([blockHash(one)]), [one]);
 });
 
 test('object.commitMany commits a batch in one transaction: all or nothing; object.list takes a subtree prefix', async () => {
@@ -317,4 +365,137 @@ test('nothing is placed below a symlink or a file (-32006); a file committed ove
   await c.call('object.commit', { bucket: B, path: 'ns', kind: 'file', meta: {}, size: 0, blockSize: 4096, blocks: [] });
   assert.deepEqual((await c.call<Array<{ path: string; kind: string }>>('object.list', { bucket: B, prefix: 'ns' })).map((o) => [o.path, o.kind]), [['ns', 'file']]);
   await c.call('object.delete', { bucket: B, path: 'ns' });
+});
+
+/** Commits, sending blocks again while a no-grace retention frees them first (as the replicator does). */
+async function commitFile(k: DrClient, bucket: string, path: string, blocks: Buffer[]): Promise<void> {
+  for (;;) {
+    try {
+      await k.call('object.commit', { bucket, path, kind: 'file', meta: {}, size: blocks.reduce((n, b) => n + b.length, 0), blockSize: 16384, blocks: blocks.map(blockHash) });
+      return;
+    } catch (err) {
+      if (!(err instanceof DrRpcError && err.code === -32001)) throw err;
+      await k.putBlocks(blocks);
+    }
+  }
+}
+
+test('retention rewrites packs that are mostly dead: the space comes back and every kept block still reads', async () => {
+  const gcSite = await DrSiteHarness.start({ retentionMs: 0, gcIntervalMs: 200, orphanGraceMs: 0, packBytes: 256 * 1024, repackBelow: 0.5 });
+  const k = await gcSite.client();
+  try {
+    await k.call('bucket.ensure', { bucket: 'g' });
+    const blocks = Array.from({ length: 48 }, () => randomBytes(16384));
+    for (let i = 0; i < 48; i += 8) await k.putBlocks(blocks.slice(i, i + 8)); // 6 calls: packs close at 256 KiB
+    await commitFile(k, 'g', 'doomed', blocks.slice(0, 40));
+    await commitFile(k, 'g', 'kept', blocks.slice(44)); // 40-43: never committed, freed too
+    const full = gcSite.stats();
+    assert.ok(full.packs >= 3, `${full.packs} packs`);
+    await k.call('object.delete', { bucket: 'g', path: 'doomed' });
+    await waitFor('a repack', () => gcSite.logs.some((l) => l.msg === 'repack reclaimed space'), 20000);
+    await waitFor('every mostly dead pack rewritten', () => gcSite.stats().packBytes < full.packBytes / 3, 20000);
+    const after = gcSite.stats();
+    assert.equal(after.blocks, 4, 'only the kept file\'s blocks are indexed');
+    assert.ok(after.packBytes <= 4 * (16384 + 44) * 2, `${after.packBytes} bytes left in packs`);
+    assert.deepEqual(packFiles(gcSite).length, after.packs, 'deleted packs are gone from disk');
+    const st = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'g', path: 'kept', blocks: true });
+    assert.deepEqual(await k.getBlocks(st.blocks), blocks.slice(44));
+  } finally {
+    k.close();
+    await gcSite.destroy();
+  }
+});
+
+/** A site as v1 left it: one file per block under blocks/, the v1 schema. */
+function makeV1Site(dataDir: string, files: Record<string, Buffer[]>): void {
+  mkdirSync(dataDir, { recursive: true });
+  const db = new Database(join(dataDir, 'meta.sqlite'));
+  try {
+    db.exec(`CREATE TABLE buckets (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
+      CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT, bucket TEXT NOT NULL, path TEXT NOT NULL, ts INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'tombstone')), meta TEXT NOT NULL, size INTEGER NOT NULL,
+        block_size INTEGER NOT NULL, segments TEXT NOT NULL, target TEXT);
+      CREATE INDEX versions_path ON versions (bucket, path, id);
+      CREATE TABLE heads (bucket TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (bucket, path));
+      CREATE TABLE segments (hash TEXT PRIMARY KEY, blocks TEXT NOT NULL, refs INTEGER NOT NULL);
+      CREATE TABLE blocks (hash TEXT PRIMARY KEY, size INTEGER NOT NULL, refs INTEGER NOT NULL, created INTEGER NOT NULL);`);
+    db.prepare('INSERT INTO buckets VALUES (?, ?)').run('v1', Date.now());
+    for (const [path, blocks] of Object.entries(files)) {
+      const hashes = blocks.map(blockHash);
+      blocks.forEach((b, i) => {
+        const h = hashes[i];
+        mkdirSync(join(dataDir, 'blocks', h.slice(0, 2), h.slice(2, 4)), { recursive: true });
+        writeFileSync(join(dataDir, 'blocks', h.slice(0, 2), h.slice(2, 4), h), b);
+        db.prepare('INSERT OR IGNORE INTO blocks VALUES (?, ?, 0, ?)').run(h, b.length, Date.now());
+        db.prepare('UPDATE blocks SET refs = refs + 1 WHERE hash = ?').run(h);
+      });
+      const seg = segmentHash(hashes);
+      db.prepare('INSERT INTO segments VALUES (?, ?, 1)').run(seg, JSON.stringify(hashes));
+      const id = db.prepare(`INSERT INTO versions (bucket, path, ts, kind, meta, size, block_size, segments, target)
+        VALUES ('v1', ?, ?, 'file', '{}', ?, 4096, ?, NULL)`).run(path, Date.now(), blocks.reduce((n, b) => n + b.length, 0), JSON.stringify([seg])).lastInsertRowid;
+      db.prepare('INSERT INTO heads VALUES (?, ?, ?)').run('v1', path, id);
+    }
+  } finally {
+    db.close();
+  }
+}
+
+const looseFiles = (dataDir: string) => readdirSync(join(dataDir, 'blocks'), { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).length;
+
+test('a v1 site (one file per block) keeps serving and moves into packs in the background, every block readable throughout', async () => {
+  const h = await DrSiteHarness.start();
+  await h.stop();
+  rmSync(h.dataDir, { recursive: true, force: true });
+  const files: Record<string, Buffer[]> = {};
+  for (let f = 0; f < 20; f++) files[`f${f}`] = Array.from({ length: 30 }, (_, i) => Buffer.from(`file ${f} block ${i} `.repeat(300).slice(0, 4096)));
+  makeV1Site(h.dataDir, files);
+  await h.startServer();
+  const k = await h.client();
+  try {
+    let reads = 0;
+    do {
+      for (const [path, blocks] of Object.entries(files)) {
+        const st = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'v1', path, blocks: true });
+        assert.deepEqual(await k.getBlocks(st.blocks, { bucket: 'v1', path }), blocks);
+        reads++;
+      }
+    } while (!h.logs.some((l) => l.msg === 'v1 blocks moved into packs'));
+    assert.ok(reads >= 20);
+    assert.deepEqual({ loose: h.stats().looseBlocks, files: looseFiles(h.dataDir) }, { loose: 0, files: 0 });
+    assert.equal(h.stats().blocks, 600);
+    const st = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'v1', path: 'f7', blocks: true });
+    assert.deepEqual(await k.getBlocks(st.blocks), files.f7);
+  } finally {
+    k.close();
+    await h.destroy();
+  }
+});
+
+test('vfsx dr-site migrate moves a stopped v1 site into packs with progress; the site then serves the same data', async () => {
+  const h = await DrSiteHarness.start();
+  await h.stop();
+  rmSync(h.dataDir, { recursive: true, force: true });
+  const files = { 'a.txt': [Buffer.from('alpha '.repeat(700))], 'b.bin': [randomBytes(4096), randomBytes(4096)] };
+  makeV1Site(h.dataDir, files);
+  try {
+    const r = spawnSync(process.execPath, [VFSX_BIN, 'dr-site', 'migrate', '--config', join(h.dir, 'dr.json')], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /3\/3 blocks moved into packs/);
+    assert.match(r.stdout, /3 blocks moved into packs in [\d.]+ s; 0 could not be read; 0 v1 blocks left/);
+    assert.equal(looseFiles(h.dataDir), 0);
+    const again = spawnSync(process.execPath, [VFSX_BIN, 'dr-site', 'migrate', '--config', join(h.dir, 'dr.json'), '--json'], { encoding: 'utf8' });
+    assert.equal(JSON.parse(again.stdout).moved, 0, 'a second run has nothing to do');
+    await h.startServer();
+    const k = await h.client();
+    try {
+      for (const [path, blocks] of Object.entries(files)) {
+        const st = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'v1', path, blocks: true });
+        assert.deepEqual(await k.getBlocks(st.blocks), blocks);
+      }
+    } finally {
+      k.close();
+    }
+  } finally {
+    await h.destroy();
+  }
 });

@@ -75,8 +75,7 @@ async function drained(): Promise<void> {
   }
 }
 
-const blockFiles = () => readdirSync(join(dr.dataDir, 'blocks'), { recursive: true, withFileTypes: true })
-  .filter((d) => d.isFile() && d.name.length === 64).length;
+const blockFiles = () => dr.stats().blocks;
 
 test('vfsx replicate is its own process, below smbd and vfsx serve in CPU and I/O priority (every thread); the pump thread of vfsx serve is lowered too', async () => {
   const niceOf = (pid: number | string, tid: number | string) => {

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
+import { packEntries } from './helpers/dr-site-harness';
 import { Tree } from '../src/native/tree';
 import { blockHash, DrClient, DrRpcError } from '../src/replication-queue/dr-client';
 import { SiteSync } from '../src/replication-queue/site-sync';
@@ -64,13 +65,14 @@ async function rpcCode(p: Promise<unknown>): Promise<number> {
   return 0;
 }
 
-/** Every file below dir (recursively) whose bytes contain marker. */
+/** Every file below dir (recursively) whose bytes contain marker, as stored or (pack entries) decompressed. */
 function filesContaining(dir: string, marker: Buffer): string[] {
   const out: string[] = [];
   for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
     if (!e.isFile()) continue;
     const p = join(e.parentPath ?? (e as unknown as { path: string }).path, e.name);
-    if (readFileSync(p).includes(marker)) out.push(p);
+    const bytes = readFileSync(p);
+    if (bytes.includes(marker) || (p.endsWith('.pack') && packEntries(bytes).some((b) => b.includes(marker)))) out.push(p);
   }
   return out;
 }
@@ -107,12 +109,18 @@ test('a hostile DR site cannot make restore write outside DEST or restore damage
   forgeObject('hostile', 'up/escaped.txt', 'file', null, seg, good.length);
   forgeObject('hostile', 'sub/file-as-dir', 'file', null, seg, good.length);
   forgeObject('hostile', 'sub/file-as-dir/below.txt', 'file', null, seg, good.length);
-  // Bit rot (or an attacker) at the site: one bit of victim.bin's block flipped on disk.
+  // Bit rot (or an attacker) at the site: one bit of victim.bin's block flipped in its pack.
   const h = blockHash(victim);
-  const blockFile = join(site.dataDir, 'blocks', h.slice(0, 2), h.slice(2, 4), h);
-  const bytes = readFileSync(blockFile);
-  bytes[1234] ^= 0x01;
-  writeFileSync(blockFile, bytes);
+  const loc = blockLocation(h);
+  const packFile = join(site.dataDir, 'packs', loc.pack.slice(0, 2), `${loc.pack}.pack`);
+  const bytes = readFileSync(packFile);
+  bytes[loc.off + 44 + 1234] ^= 0x01;
+  writeFileSync(packFile, bytes);
+  const k = await site.client();
+  const refusal = await k.call('blocks.get', { hashes: [h] }).catch((err: Error) => err);
+  k.close();
+  assert.ok(refusal instanceof DrRpcError && refusal.code === -32008, `the site itself refuses to serve a damaged block: ${String(refusal)}`);
+  assert.match(refusal.message, new RegExp(`block ${h} is damaged at the DR site \\(pack ${loc.pack} at ${loc.off}\\)`));
 
   const dest = join(work, 'restore-hostile');
   const r = await vfsx(['restore', 'hostile', dest, '--json']);
@@ -143,6 +151,15 @@ test('a hostile DR site cannot make restore write outside DEST or restore damage
   assert.equal(again.code, 1);
   assert.match(again.stderr, /not empty.*--force/);
 });
+
+function blockLocation(hash: string): { pack: string; off: number } {
+  const db = new Database(join(site.dataDir, 'meta.sqlite'), { readonly: true });
+  try {
+    return db.prepare('SELECT pack, off FROM blocks WHERE hash = ?').get(hash) as { pack: string; off: number };
+  } finally {
+    db.close();
+  }
+}
 
 function readSegment(bucket: string, path: string): string[] {
   const db = new Database(join(site.dataDir, 'meta.sqlite'), { readonly: true });

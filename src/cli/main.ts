@@ -3,10 +3,13 @@
  * wires signals, and prints for humans (or JSON with --json).
  */
 import { parseArgs } from 'node:util';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
 import { DrSiteServer } from '../dr-site/dr-site-server';
+import { MetaStore } from '../dr-site/meta-store';
+import { PackStore } from '../dr-site/pack-store';
 import { createLogger } from '../service/create-logger';
 import { lowerPriority } from '../native/addon';
 import { Replicator } from '../replication-queue/replicator';
@@ -37,6 +40,11 @@ Usage:
       drSite.host:drSite.port (wss with drSite.tlsCert/tlsKey), blocks and
       metadata under drSite.dataDir. drSite.token (admin) is required;
       drSite.tokens adds tokens limited to buckets, read or write.
+      Blocks are stored zstd-compressed in pack files (drSite.packBytes).
+  vfsx dr-site migrate [--config FILE] [--json]
+      Move a v1 site's blocks (one file each) into packs, with progress.
+      The running site does this in the background after an upgrade; this
+      does it at once. Each block is re-indexed before its file is deleted.
   vfsx resync SHARE [--config FILE] [--source DIR] [--json]
       Make the DR site match the share: push what it lacks (blocks it has
       are not sent again), delete what the source no longer has.
@@ -122,6 +130,34 @@ async function replicate(configFile: string | undefined): Promise<number> {
   return running;
 }
 
+/**
+ * vfsx dr-site migrate: moves a v1 site's one-file-per-block store into
+ * packs (the running site does the same in the background; this does it now,
+ * with progress). Safe while the site runs: each block is re-indexed before
+ * its file goes.
+ */
+async function drSiteMigrate(configFile: string | undefined, json: boolean): Promise<number> {
+  const d = loadConfig(configFile).drSite;
+  const meta = new MetaStore(join(d.dataDir, 'meta.sqlite'));
+  const store = new PackStore({ dir: d.dataDir, meta, packBytes: d.packBytes, compression: d.compression });
+  try {
+    const total = meta.looseCount();
+    let failed = 0;
+    const t0 = Date.now();
+    const moved = await store.migrateLoose(
+      (done) => { if (!json) process.stderr.write(`\r${done}/${total} blocks moved into packs`); },
+      (hash, err) => { failed++; process.stderr.write(`\nblock ${hash} not moved: ${err.message}\n`); },
+    );
+    const s = store.stats();
+    const out = { moved, failed, seconds: (Date.now() - t0) / 1000, packs: s.packs, packBytes: s.packBytes, rawBytes: s.rawBytes, looseBlocks: s.looseBlocks };
+    process.stdout.write(json ? `${JSON.stringify(out)}\n` : `\n${moved} blocks moved into packs in ${out.seconds.toFixed(1)} s; ${failed} could not be read; ${s.looseBlocks} v1 blocks left\n`);
+    return failed === 0 ? 0 : 1;
+  } finally {
+    await store.close();
+    meta.close();
+  }
+}
+
 async function drSite(configFile: string | undefined): Promise<number> {
   const config = loadConfig(configFile);
   const d = config.drSite;
@@ -131,6 +167,7 @@ async function drSite(configFile: string | undefined): Promise<number> {
   const site = await DrSiteServer.create({
     host: d.host, port: d.port, token: d.token, tokens: d.tokens, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
     retentionMs: d.retentionMs, gcIntervalMs: d.gcIntervalMs, orphanGraceMs: d.orphanGraceMs,
+    packBytes: d.packBytes, compression: d.compression, repackBelow: d.repackBelow,
     tls: d.tlsCert && d.tlsKey ? { cert: d.tlsCert, key: d.tlsKey } : undefined,
   });
   let stopping = false;
@@ -181,6 +218,11 @@ export async function main(argv: string[]): Promise<number> {
     case 'replicate':
       return replicate(values.config);
     case 'dr-site':
+      if (positionals[1] === 'migrate') return drSiteMigrate(values.config, values.json === true);
+      if (positionals[1] !== undefined) {
+        process.stderr.write(`vfsx dr-site: unknown subcommand ${positionals[1]}\n\n${HELP}`);
+        return 2;
+      }
       return drSite(values.config);
     case 'resync':
     case 'verify':

@@ -151,6 +151,9 @@ export const configSchema = {
         retentionMs: { type: 'integer', minimum: 0, default: 30 * 24 * 3600 * 1000 },
         gcIntervalMs: { type: 'integer', minimum: 100, default: 3600 * 1000 },
         orphanGraceMs: { type: 'integer', minimum: 0, default: 3600 * 1000 },
+        packBytes: { type: 'integer', minimum: 65536, maximum: 1073741824, default: 16777216, description: 'blocks are appended to pack files closed at this size' },
+        compression: { enum: ['zstd', 'none'], default: 'zstd', description: 'zstd per block, kept only when it saves 1/16 or more' },
+        repackBelow: { type: 'number', minimum: 0, maximum: 1, default: 0.5, description: 'retention rewrites a pack whose live fraction falls below this' },
       },
     },
     http: {
@@ -276,6 +279,9 @@ export interface VfsxConfig {
     gcIntervalMs: number;
     /** Unreferenced blocks younger than this are kept (an upload may be under way). */
     orphanGraceMs: number;
+    packBytes: number;
+    compression: 'zstd' | 'none';
+    repackBelow: number;
   };
   http: { enabled: boolean; host: string; port: number; token?: string; historySeconds: number };
   alerts: {

@@ -3,7 +3,7 @@
  * Every method is idempotent: a retried call is harmless.
  */
 import { VfsxError } from '../errors/vfsx-error';
-import { BlockStore } from './block-store';
+import { PackStore } from './pack-store';
 import { MetaStore, ObjectVersion } from './meta-store';
 import { checkObjectPath } from './object-path';
 
@@ -24,7 +24,7 @@ function publicVersion(v: ObjectVersion | null, blocks?: string[]): unknown {
 }
 
 export class DrSiteMethods {
-  readonly blocks: BlockStore;
+  readonly blocks: PackStore;
   readonly meta: MetaStore;
   /**
    * Blocks retention is deleting now (files first, then rows). Until it is
@@ -34,7 +34,7 @@ export class DrSiteMethods {
   private freeing = new Set<string>();
   private freed: Promise<void> = Promise.resolve();
 
-  constructor(blocks: BlockStore, meta: MetaStore) {
+  constructor(blocks: PackStore, meta: MetaStore) {
     this.blocks = blocks;
     this.meta = meta;
   }
@@ -72,8 +72,9 @@ export class DrSiteMethods {
     this.freed = new Promise((r) => { done = r; });
     this.freeing = new Set(hashes);
     try {
-      for (const h of hashes) await this.blocks.delete(h); // files first: a crash leaves rows, never dangling refs
-      this.meta.forgetBlocks(hashes);
+      await this.blocks.freeLoose(hashes); // v1 files first: a crash leaves rows, never dangling refs
+      this.meta.forgetBlocks(hashes); // packed bytes stay until repack
+
     } finally {
       this.freeing = new Set();
       done();
@@ -99,12 +100,11 @@ export class DrSiteMethods {
       case 'blocks.missing':
         return { result: { missing: this.missing(p.hashes as string[]) } };
       case 'blocks.put':
-        // Files first (each verified, fsynced and renamed; concurrently, so
-        // the filesystem can commit the fsyncs together), then one
-        // transaction registers them: the site never claims a block it lacks.
+        // Every block verified, appended to the open pack with the blocks of
+        // concurrent calls, one fdatasync, then indexed: the site never
+        // claims a block it lacks.
         if (binary.some((b) => this.freeing.has(b.hash))) await this.freed;
-        await Promise.all(binary.map((b) => this.blocks.put(b.hash, b.data)));
-        this.meta.addBlocks(binary.map((b) => [b.hash, b.data.length]));
+        await this.blocks.putMany(binary);
         return { result: { stored: binary.length } };
       case 'blocks.get': {
         const hashes = p.hashes as string[];

@@ -16,7 +16,7 @@ import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { VfsxError } from '../errors/vfsx-error';
 import { authorize, Rights, rightsOf, ScopedToken } from './access';
-import { BlockStore } from './block-store';
+import { PackStore } from './pack-store';
 import { BinaryPart, DrSiteMethods } from './dr-site-methods';
 import { MetaStore } from './meta-store';
 import { RPC_ERRORS, RPC_PARAMS } from './rpc-schema';
@@ -34,6 +34,11 @@ export interface DrSiteServerOptions {
   retentionMs: number;
   gcIntervalMs: number;
   orphanGraceMs: number;
+  /** Pack files are closed at this size. */
+  packBytes?: number;
+  compression?: 'zstd' | 'none';
+  /** A pack whose live bytes fall below this fraction is rewritten by retention. */
+  repackBelow?: number;
   logger: Logger;
 }
 
@@ -48,6 +53,7 @@ const CODE_OF: Partial<Record<string, number>> = {
   VFSX_ERR_DR_HASH_MISMATCH: RPC_ERRORS.HASH_MISMATCH,
   VFSX_ERR_DR_NOT_A_DIRECTORY: RPC_ERRORS.NOT_A_DIRECTORY,
   VFSX_ERR_DR_FORBIDDEN: RPC_ERRORS.FORBIDDEN,
+  VFSX_ERR_DR_DAMAGED: RPC_ERRORS.DAMAGED,
 };
 
 export class DrSiteServer {
@@ -60,6 +66,7 @@ export class DrSiteServer {
   private wss: WebSocketServer | null = null;
   private gcTimer: NodeJS.Timeout | null = null;
   private gcRunning: Promise<number> | null = null;
+  private migrating: Promise<void> = Promise.resolve();
   port = 0;
 
   constructor(options: DrSiteServerOptions) {
@@ -67,9 +74,10 @@ export class DrSiteServer {
     this.log = options.logger;
     const ajv = new Ajv({ allErrors: true, strict: true });
     for (const [m, schema] of Object.entries(RPC_PARAMS)) this.validators.set(m, ajv.compile(schema));
+    const meta = new MetaStore(join(options.dataDir, 'meta.sqlite'));
     this.methods = new DrSiteMethods(
-      new BlockStore({ dir: join(options.dataDir, 'blocks') }),
-      new MetaStore(join(options.dataDir, 'meta.sqlite')),
+      new PackStore({ dir: options.dataDir, meta, packBytes: options.packBytes ?? 16 * 1024 * 1024, compression: options.compression ?? 'zstd' }),
+      meta,
     );
   }
 
@@ -99,6 +107,7 @@ export class DrSiteServer {
     this.port = (this.http.address() as { port: number }).port;
     this.gcTimer = setInterval(() => void this.gc(), this.opts.gcIntervalMs);
     this.gcTimer.unref();
+    this.migrating = this.migrateLoose();
     this.log.info({ host: this.opts.host, port: this.port, tls: Boolean(tls) }, 'dr site listening');
   }
 
@@ -227,6 +236,8 @@ export class DrSiteServer {
         const free = this.methods.meta.collect(now - this.opts.retentionMs, now - this.opts.orphanGraceMs);
         await this.methods.free(free);
         if (free.length > 0) this.log.info({ blocks: free.length }, 'retention freed blocks');
+        const reclaimed = await this.methods.blocks.repack(this.opts.repackBelow ?? 0.5, (msg, o) => this.log.info(o, msg));
+        if (reclaimed > 0) this.log.info({ bytes: reclaimed }, 'repack reclaimed space');
         return free.length;
       })()
         .catch((err) => {
@@ -240,9 +251,29 @@ export class DrSiteServer {
     return this.gcRunning;
   }
 
+  /** A v1 site's blocks move into packs in the background, serving all the while. */
+  private async migrateLoose(): Promise<void> {
+    const total = this.methods.meta.looseCount();
+    if (total === 0) return;
+    this.log.info({ blocks: total }, 'moving v1 blocks into packs');
+    let last = Date.now();
+    try {
+      const moved = await this.methods.blocks.migrateLoose((done) => {
+        if (Date.now() - last < 5000) return;
+        last = Date.now();
+        this.log.info({ done, total }, 'moving v1 blocks into packs');
+      });
+      this.log.info({ moved, left: this.methods.meta.looseCount() }, 'v1 blocks moved into packs');
+    } catch (err) {
+      this.log.error({ err }, 'moving v1 blocks into packs failed (they stay readable where they are)');
+    }
+  }
+
   async close(): Promise<void> {
     if (this.gcTimer) clearInterval(this.gcTimer);
     await this.gcRunning;
+    await this.migrating;
+    await this.methods.blocks.close();
     for (const c of this.wss?.clients ?? []) c.terminate();
     await new Promise<void>((r) => (this.wss ? this.wss.close(() => r()) : r()));
     await new Promise<void>((r) => (this.http ? this.http.close(() => r()) : r()));

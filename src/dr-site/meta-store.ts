@@ -68,7 +68,31 @@ CREATE TABLE IF NOT EXISTS heads (bucket TEXT NOT NULL, path TEXT NOT NULL, vers
 CREATE TABLE IF NOT EXISTS segments (hash TEXT PRIMARY KEY, blocks TEXT NOT NULL, refs INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (hash TEXT PRIMARY KEY, size INTEGER NOT NULL, refs INTEGER NOT NULL,
   created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, created INTEGER NOT NULL);
 `;
+
+/**
+ * Repository v2: where each block is stored. A block of a v1 site has no
+ * pack (its own file); columns added in place, so a v1 site opens as is.
+ */
+const BLOCK_LOCATION_COLUMNS: Array<[string, string]> = [
+  ['pack', 'TEXT'], ['off', 'INTEGER NOT NULL DEFAULT 0'], ['stored', 'INTEGER NOT NULL DEFAULT 0'], ['flags', 'INTEGER NOT NULL DEFAULT 0'],
+];
+
+export interface BlockLocation {
+  hash: string;
+  size: number;
+  /** null: a v1 block in its own file. */
+  pack: string | null;
+  offset: number;
+  stored: number;
+  flags: number;
+}
+
+/** A block just written to a pack; `from` set: a move, applied only if the block is still there. */
+export interface NewBlock extends BlockLocation {
+  from?: string | null;
+}
 
 function toVersion(r: VersionRow): ObjectVersion {
   return {
@@ -95,6 +119,11 @@ export class MetaStore {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.exec(SCHEMA);
+    const cols = new Set((this.q('PRAGMA table_info(blocks)').all() as Array<{ name: string }>).map((c) => c.name));
+    for (const [name, type] of BLOCK_LOCATION_COLUMNS) {
+      if (!cols.has(name)) this.db.exec(`ALTER TABLE blocks ADD COLUMN ${name} ${type}`);
+    }
+    this.db.exec('CREATE INDEX IF NOT EXISTS blocks_pack ON blocks (pack)');
     this.now = now;
   }
 
@@ -102,12 +131,24 @@ export class MetaStore {
     this.db.close();
   }
 
+  /** Statements prepared once (preparing per call was a fifth of the site's CPU on small files). */
+  private readonly statements = new Map<string, Database.Statement>();
+
+  private q(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.statements.set(sql, st);
+    }
+    return st;
+  }
+
   ensureBucket(name: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO buckets (name, created) VALUES (?, ?)').run(name, this.now());
+    this.q('INSERT OR IGNORE INTO buckets (name, created) VALUES (?, ?)').run(name, this.now());
   }
 
   bucketExists(name: string): boolean {
-    return this.db.prepare('SELECT 1 FROM buckets WHERE name = ?').get(name) !== undefined;
+    return this.q('SELECT 1 FROM buckets WHERE name = ?').get(name) !== undefined;
   }
 
   /** Registers a block stored on disk (refs 0 until a version uses it). */
@@ -117,19 +158,90 @@ export class MetaStore {
 
   /** Registers blocks stored on disk, in one transaction. */
   addBlocks(blocks: Array<[string, number]>): void {
-    const q = this.db.prepare('INSERT OR IGNORE INTO blocks (hash, size, refs, created) VALUES (?, ?, 0, ?)');
+    const q = this.q('INSERT OR IGNORE INTO blocks (hash, size, refs, created) VALUES (?, ?, 0, ?)');
     const now = this.now();
     this.db.transaction(() => blocks.forEach(([h, size]) => q.run(h, size, now)))();
   }
 
+  /**
+   * Indexes blocks written to `pack` (now `packBytes` long) in one
+   * transaction: new blocks are added, moved ones re-pointed if still where
+   * they were.
+   */
+  indexBlocks(pack: string, packBytes: number, rows: NewBlock[]): void {
+    const now = this.now();
+    const upPack = this.q('INSERT INTO packs (id, bytes, created) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes');
+    const add = this.q('INSERT OR IGNORE INTO blocks (hash, size, refs, created, pack, off, stored, flags) VALUES (?, ?, 0, ?, ?, ?, ?, ?)');
+    const move = this.q('UPDATE blocks SET pack = ?, off = ?, stored = ?, flags = ? WHERE hash = ? AND pack IS ?');
+    this.db.transaction(() => {
+      upPack.run(pack, packBytes, now);
+      for (const r of rows) {
+        if (r.from === undefined) add.run(r.hash, r.size, now, r.pack, r.offset, r.stored, r.flags);
+        else move.run(r.pack, r.offset, r.stored, r.flags, r.hash, r.from);
+      }
+    })();
+  }
+
+  locate(hash: string): BlockLocation | null {
+    const r = this.q('SELECT hash, size, pack, off AS offset, stored, flags FROM blocks WHERE hash = ?').get(hash) as BlockLocation | undefined;
+    return r ?? null;
+  }
+
+  packs(): Array<{ id: string; bytes: number }> {
+    return this.q('SELECT id, bytes FROM packs').all() as Array<{ id: string; bytes: number }>;
+  }
+
+  /** Each pack's size and the bytes (entries with headers) still indexed in it. */
+  packUsage(): Array<{ id: string; bytes: number; live: number }> {
+    return this.q(`SELECT p.id, p.bytes, COALESCE(SUM(b.stored + 44), 0) AS live
+      FROM packs p LEFT JOIN blocks b ON b.pack = p.id GROUP BY p.id`).all() as Array<{ id: string; bytes: number; live: number }>;
+  }
+
+  blocksIn(pack: string): BlockLocation[] {
+    return this.q('SELECT hash, size, pack, off AS offset, stored, flags FROM blocks WHERE pack = ?').all(pack) as BlockLocation[];
+  }
+
+  /** Forgets a pack nothing is indexed in any more; false if something still is. */
+  dropPackIfEmpty(pack: string): boolean {
+    return this.db.transaction(() => {
+      if (this.q('SELECT 1 FROM blocks WHERE pack = ? LIMIT 1').get(pack)) return false;
+      this.q('DELETE FROM packs WHERE id = ?').run(pack);
+      return true;
+    })();
+  }
+
+  /** Which of these blocks are v1 files. */
+  looseOf(hashes: string[]): string[] {
+    const q = this.q('SELECT 1 FROM blocks WHERE hash = ? AND pack IS NULL');
+    return hashes.filter((h) => q.get(h) !== undefined);
+  }
+
+  looseCount(): number {
+    return (this.q('SELECT count(*) AS n FROM blocks WHERE pack IS NULL').get() as { n: number }).n;
+  }
+
+  /** Up to n v1 blocks with ids after `after`, in id order. */
+  looseBlocks(after: string, n: number): BlockLocation[] {
+    return this.q('SELECT hash, size, pack, off AS offset, stored, flags FROM blocks WHERE pack IS NULL AND hash > ? ORDER BY hash LIMIT ?')
+      .all(after, n) as BlockLocation[];
+  }
+
+  storeStats(): { packs: number; packBytes: number; liveBytes: number; blocks: number; rawBytes: number; looseBlocks: number } {
+    const p = this.q('SELECT count(*) AS n, COALESCE(SUM(bytes), 0) AS bytes FROM packs').get() as { n: number; bytes: number };
+    const b = this.q(`SELECT count(*) AS n, COALESCE(SUM(size), 0) AS raw,
+      COALESCE(SUM(CASE WHEN pack IS NULL THEN 0 ELSE stored + 44 END), 0) AS live,
+      COALESCE(SUM(CASE WHEN pack IS NULL THEN 1 ELSE 0 END), 0) AS loose FROM blocks`).get() as { n: number; raw: number; live: number; loose: number };
+    return { packs: p.n, packBytes: p.bytes, liveBytes: b.live, blocks: b.n, rawBytes: b.raw, looseBlocks: b.loose };
+  }
+
   /** Which of these blocks the site does not have. */
   missingBlocks(hashes: string[]): string[] {
-    const q = this.db.prepare('SELECT 1 FROM blocks WHERE hash = ?');
+    const q = this.q('SELECT 1 FROM blocks WHERE hash = ?');
     return [...new Set(hashes)].filter((h) => q.get(h) === undefined);
   }
 
   head(bucket: string, path: string): ObjectVersion | null {
-    const r = this.db.prepare(
+    const r = this.q(
       'SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path = ?',
     ).get(bucket, path) as VersionRow | undefined;
     return r ? toVersion(r) : null;
@@ -137,7 +249,7 @@ export class MetaStore {
 
   /** The object as it was at time `at` (ms), or null. */
   at(bucket: string, path: string, at: number): ObjectVersion | null {
-    const r = this.db.prepare(
+    const r = this.q(
       'SELECT * FROM versions WHERE bucket = ? AND path = ? AND ts <= ? ORDER BY id DESC LIMIT 1',
     ).get(bucket, path, at) as VersionRow | undefined;
     return r && r.kind !== 'tombstone' ? toVersion(r) : null;
@@ -147,12 +259,12 @@ export class MetaStore {
   list(bucket: string, at?: number, prefix?: string): ObjectVersion[] {
     if (at === undefined && prefix !== undefined) {
       const [lo, hi] = subtreeBounds(prefix);
-      return (this.db.prepare(`SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
+      return (this.q(`SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
         WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`).all(bucket, prefix, lo, hi) as VersionRow[]).map(toVersion);
     }
     const rows = at === undefined
-      ? this.db.prepare('SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? ORDER BY v.path').all(bucket)
-      : this.db.prepare(`SELECT v.* FROM versions v WHERE v.bucket = ? AND v.id = (
+      ? this.q('SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? ORDER BY v.path').all(bucket)
+      : this.q(`SELECT v.* FROM versions v WHERE v.bucket = ? AND v.id = (
            SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path AND w.ts <= ?)
          AND v.kind != 'tombstone' ORDER BY v.path`).all(bucket, at);
     const all = (rows as VersionRow[]).map(toVersion);
@@ -167,13 +279,13 @@ export class MetaStore {
   }
 
   versions(bucket: string, path: string): ObjectVersion[] {
-    return (this.db.prepare('SELECT * FROM versions WHERE bucket = ? AND path = ? ORDER BY id').all(bucket, path) as VersionRow[])
+    return (this.q('SELECT * FROM versions WHERE bucket = ? AND path = ? ORDER BY id').all(bucket, path) as VersionRow[])
       .map(toVersion);
   }
 
   /** Block hashes of a file version, in order. */
   blocksOf(v: ObjectVersion): string[] {
-    const q = this.db.prepare('SELECT blocks FROM segments WHERE hash = ?');
+    const q = this.q('SELECT blocks FROM segments WHERE hash = ?');
     return v.segments.flatMap((s) => JSON.parse((q.get(s) as { blocks: string }).blocks) as string[]);
   }
 
@@ -195,7 +307,7 @@ export class MetaStore {
         for (let i = 0; i < blocks.length; i += SEGMENT_BLOCKS) {
           const seg = blocks.slice(i, i + SEGMENT_BLOCKS);
           const h = segmentHash(seg);
-          this.db.prepare('INSERT OR IGNORE INTO segments (hash, blocks, refs) VALUES (?, ?, 0)').run(h, JSON.stringify(seg));
+          this.q('INSERT OR IGNORE INTO segments (hash, blocks, refs) VALUES (?, ?, 0)').run(h, JSON.stringify(seg));
           segments.push(h);
         }
       }
@@ -215,7 +327,7 @@ export class MetaStore {
    * makes it.)
    */
   private checkAncestors(bucket: string, path: string): void {
-    const q = this.db.prepare('SELECT v.kind FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path = ?');
+    const q = this.q('SELECT v.kind FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path = ?');
     const parts = path.split('/');
     for (let i = 1; i < parts.length; i++) {
       const anc = parts.slice(0, i).join('/');
@@ -228,7 +340,7 @@ export class MetaStore {
 
   private deleteBelow(bucket: string, path: string): void {
     const [lo, hi] = subtreeBounds(path);
-    const rows = this.db.prepare('SELECT path FROM heads WHERE bucket = ? AND path >= ? AND path < ?').all(bucket, lo, hi) as Array<{ path: string }>;
+    const rows = this.q('SELECT path FROM heads WHERE bucket = ? AND path >= ? AND path < ?').all(bucket, lo, hi) as Array<{ path: string }>;
     for (const { path: p } of rows) this.tombstone(bucket, p);
   }
 
@@ -236,7 +348,7 @@ export class MetaStore {
   delete(bucket: string, path: string): number {
     return this.db.transaction(() => {
       const [lo, hi] = subtreeBounds(path);
-      const rows = this.db.prepare(
+      const rows = this.q(
         'SELECT path FROM heads WHERE bucket = ? AND (path = ? OR (path >= ? AND path < ?))',
       ).all(bucket, path, lo, hi) as Array<{ path: string }>;
       for (const { path: p } of rows) this.tombstone(bucket, p);
@@ -254,7 +366,7 @@ export class MetaStore {
       if (to.startsWith(lo)) throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `cannot move ${from} into itself (${to})`);
       if (from === to) return 0;
       this.checkAncestors(bucket, to);
-      const rows = (this.db.prepare(
+      const rows = (this.q(
         `SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
          WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`,
       ).all(bucket, from, lo, hi) as VersionRow[]).map(toVersion);
@@ -273,36 +385,36 @@ export class MetaStore {
 
   private insert(bucket: string, path: string, nv: NewVersion | ObjectVersion): ObjectVersion {
     const segments = nv.segments ?? [];
-    const info = this.db.prepare(
+    const info = this.q(
       `INSERT INTO versions (bucket, path, ts, kind, meta, size, block_size, segments, target)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(bucket, path, this.now(), nv.kind, JSON.stringify(nv.meta), nv.size ?? 0, nv.blockSize ?? 0,
       JSON.stringify(segments), nv.target ?? null);
     for (const s of segments) this.refSegment(s, +1);
     const id = Number(info.lastInsertRowid);
-    this.db.prepare('INSERT INTO heads (bucket, path, version) VALUES (?, ?, ?) ON CONFLICT (bucket, path) DO UPDATE SET version = excluded.version')
+    this.q('INSERT INTO heads (bucket, path, version) VALUES (?, ?, ?) ON CONFLICT (bucket, path) DO UPDATE SET version = excluded.version')
       .run(bucket, path, id);
-    return toVersion(this.db.prepare('SELECT * FROM versions WHERE id = ?').get(id) as VersionRow);
+    return toVersion(this.q('SELECT * FROM versions WHERE id = ?').get(id) as VersionRow);
   }
 
   private tombstone(bucket: string, path: string): void {
-    this.db.prepare(
+    this.q(
       `INSERT INTO versions (bucket, path, ts, kind, meta, size, block_size, segments, target)
        VALUES (?, ?, ?, 'tombstone', '{}', 0, 0, '[]', NULL)`,
     ).run(bucket, path, this.now());
-    this.db.prepare('DELETE FROM heads WHERE bucket = ? AND path = ?').run(bucket, path);
+    this.q('DELETE FROM heads WHERE bucket = ? AND path = ?').run(bucket, path);
   }
 
   private refSegment(hash: string, delta: number): void {
-    const seg = this.db.prepare('SELECT blocks, refs FROM segments WHERE hash = ?').get(hash) as { blocks: string; refs: number };
+    const seg = this.q('SELECT blocks, refs FROM segments WHERE hash = ?').get(hash) as { blocks: string; refs: number };
     const first = seg.refs === 0 && delta > 0;
     const last = seg.refs + delta === 0;
-    this.db.prepare('UPDATE segments SET refs = refs + ? WHERE hash = ?').run(delta, hash);
+    this.q('UPDATE segments SET refs = refs + ? WHERE hash = ?').run(delta, hash);
     if (first || last) {
-      const q = this.db.prepare('UPDATE blocks SET refs = refs + ? WHERE hash = ?');
+      const q = this.q('UPDATE blocks SET refs = refs + ? WHERE hash = ?');
       for (const b of JSON.parse(seg.blocks) as string[]) q.run(delta, b);
     }
-    if (last) this.db.prepare('DELETE FROM segments WHERE hash = ?').run(hash);
+    if (last) this.q('DELETE FROM segments WHERE hash = ?').run(hash);
   }
 
   /**
@@ -313,25 +425,25 @@ export class MetaStore {
    */
   collect(before: number, orphanBefore: number): string[] {
     return this.db.transaction(() => {
-      const old = this.db.prepare(
+      const old = this.q(
         `SELECT v.* FROM versions v WHERE v.ts < ? AND v.id < (
            SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path AND w.ts < ?)`,
       ).all(before, before) as VersionRow[];
-      const lastTombs = this.db.prepare(
+      const lastTombs = this.q(
         `SELECT v.* FROM versions v WHERE v.kind = 'tombstone' AND v.ts < ? AND v.id = (
            SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path)`,
       ).all(before) as VersionRow[];
       for (const r of [...old, ...lastTombs]) {
         for (const s of JSON.parse(r.segments) as string[]) this.refSegment(s, -1);
-        this.db.prepare('DELETE FROM versions WHERE id = ?').run(r.id);
+        this.q('DELETE FROM versions WHERE id = ?').run(r.id);
       }
-      return (this.db.prepare('SELECT hash FROM blocks WHERE refs <= 0 AND created < ?').all(orphanBefore) as Array<{ hash: string }>)
+      return (this.q('SELECT hash FROM blocks WHERE refs <= 0 AND created < ?').all(orphanBefore) as Array<{ hash: string }>)
         .map((r) => r.hash);
     })();
   }
 
   forgetBlocks(hashes: string[]): void {
-    const q = this.db.prepare('DELETE FROM blocks WHERE hash = ? AND refs <= 0');
+    const q = this.q('DELETE FROM blocks WHERE hash = ? AND refs <= 0');
     this.db.transaction(() => hashes.forEach((h) => q.run(h)))();
   }
 }

@@ -69,4 +69,6 @@ export const RPC_ERRORS = {
   NOT_A_DIRECTORY: -32006,
   /** The client's token does not allow this method on this bucket. */
   FORBIDDEN: -32007,
+  /** A block the site holds fails its checks (bit rot, a damaged pack): never served. */
+  DAMAGED: -32008,
 } as const;

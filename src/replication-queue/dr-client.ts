@@ -32,12 +32,32 @@ const REQUEST_TIMEOUT_MS = 120_000;
 
 type Pending = { resolve: (v: { result: unknown; binary: Buffer[] }) => void; reject: (e: Error) => void };
 
+/**
+ * Reused buffers for block frames. A fresh multi-MiB buffer per frame costs
+ * page faults on every byte (measured: a copy into a fresh 4 MiB buffer ran
+ * 30x slower than into a reused one, a third of an initial sync's CPU).
+ */
+class FramePool {
+  private free: Buffer[] = [];
+
+  take(size: number): Buffer {
+    const i = this.free.findIndex((b) => b.length >= size);
+    if (i >= 0) return this.free.splice(i, 1)[0];
+    return Buffer.allocUnsafeSlow(Math.max(size, 4 << 20));
+  }
+
+  give(b: Buffer): void {
+    if (this.free.length < 8) this.free.push(b);
+  }
+}
+
 export const blockHash = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 export class DrClient {
   private readonly ws: WebSocket;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  private readonly frames = new FramePool();
 
   private constructor(ws: WebSocket) {
     this.ws = ws;
@@ -51,7 +71,12 @@ export class DrClient {
 
   static connect(o: DrClientOptions): Promise<DrClient> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(o.url, { headers: { authorization: `Bearer ${o.token}` }, ca: o.ca, maxPayload: 1 << 30 });
+      // A zero masking key: ws then neither masks here nor unmasks at the site (RFC 6455's
+      // masking guards browsers' intermediaries; this client is no browser, and wss encrypts).
+      // Measured: a quarter of both processes' CPU on an initial sync.
+      const ws = new WebSocket(o.url, {
+        headers: { authorization: `Bearer ${o.token}` }, ca: o.ca, maxPayload: 1 << 30, generateMask: (mask: Buffer) => { mask.fill(0); },
+      });
       ws.once('open', () => resolve(new DrClient(ws)));
       ws.once('unexpected-response', (_req, res) => reject(new Error(`DR site refused the connection: HTTP ${res.statusCode}`)));
       ws.once('error', reject);
@@ -113,9 +138,15 @@ export class DrClient {
         return;
       }
       const head = Buffer.from(JSON.stringify(req));
-      const len = Buffer.alloc(4);
-      len.writeUInt32BE(head.length);
-      this.ws.send(Buffer.concat([len, head, ...blocks]), sent);
+      const size = 4 + head.length + blocks.reduce((n, b) => n + b.length, 0);
+      const frame = this.frames.take(size);
+      frame.writeUInt32BE(head.length, 0);
+      let off = 4 + head.copy(frame, 4);
+      for (const b of blocks) off += b.copy(frame, off);
+      this.ws.send(frame.subarray(0, size), (err) => {
+        this.frames.give(frame); // written to the socket (or failed): free for the next frame
+        sent(err);
+      });
     });
   }
 
@@ -123,9 +154,9 @@ export class DrClient {
     return (await this.send(method, params)).result as T;
   }
 
-  /** Sends blocks (hash computed here); the site verifies every hash. */
-  async putBlocks(blocks: Buffer[]): Promise<number> {
-    const meta = blocks.map((b) => ({ hash: blockHash(b), size: b.length }));
+  /** Sends blocks (hashes computed here unless given); the site verifies every hash. */
+  async putBlocks(blocks: Buffer[], hashes?: string[]): Promise<number> {
+    const meta = blocks.map((b, i) => ({ hash: hashes?.[i] ?? blockHash(b), size: b.length }));
     const r = await this.send('blocks.put', { blocks: meta }, blocks);
     return (r.result as { stored: number }).stored;
   }

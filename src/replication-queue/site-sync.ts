@@ -264,7 +264,7 @@ export class SiteSync {
     }));
     if (objects.length > 0) {
       const missing = (await site.call<{ missing: string[] }>('blocks.missing', { hashes: [...blocks.keys()] })).missing;
-      await this.sendBlocks(missing.map((h) => blocks.get(h) as Buffer));
+      await this.sendBlocks(missing.map((h) => [h, blocks.get(h) as Buffer]));
       try {
         await site.call('object.commitMany', { bucket, objects });
         this.stats.commits += objects.length;
@@ -326,25 +326,25 @@ export class SiteSync {
    * frames concurrently. (On loopback it measured no faster than one
    * frame at a time: there the site's disk flushes are the limit.)
    */
-  private async sendBlocks(blocks: Buffer[]): Promise<void> {
-    const frames: Buffer[][] = [];
-    let frame: Buffer[] = [];
+  private async sendBlocks(blocks: Array<[string, Buffer]>): Promise<void> {
+    const frames: Array<Array<[string, Buffer]>> = [];
+    let frame: Array<[string, Buffer]> = [];
     let bytes = 0;
     for (const b of blocks) {
-      if (bytes + b.length > MAX_PUT_BYTES && frame.length > 0) {
+      if (bytes + b[1].length > MAX_PUT_BYTES && frame.length > 0) {
         frames.push(frame);
         frame = [];
         bytes = 0;
       }
       frame.push(b);
-      bytes += b.length;
+      bytes += b[1].length;
     }
     if (frame.length > 0) frames.push(frame);
     let next = 0;
     const lane = async () => {
       while (next < frames.length) {
-        const f = frames[next++];
-        await this.site.putBlocks(f);
+        const f = frames[next++].map(([, data]) => data);
+        await this.site.putBlocks(f, frames[next - 1].map(([h]) => h));
         this.stats.blocksSent += f.length;
         for (const b of f) this.stats.bytesSent += b.length;
       }
@@ -379,9 +379,9 @@ export class SiteSync {
     }
     const fresh = [...fb.read.values()];
     const missing = new Set((await site.call<{ missing: string[] }>('blocks.missing', { hashes: fresh.map(([h]) => h) })).missing);
-    const send: Buffer[] = [];
+    const send: Array<[string, Buffer]> = [];
     for (const [h, data] of fresh) {
-      if (missing.delete(h)) send.push(data); // else not missing, or already queued (same block twice)
+      if (missing.delete(h)) send.push([h, data]); // else not missing, or already queued (same block twice)
     }
     await this.sendBlocks(send);
     try {

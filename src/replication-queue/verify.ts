@@ -97,7 +97,8 @@ async function checkSiteBlocks(site: DrClient, bucket: string, files: string[], 
       return false;
     } catch (err) {
       if (err instanceof VfsxError && (err.code === 'VFSX_ERR_DR_BAD_BLOCK' || err.code === 'VFSX_ERR_DR_BAD_REPLY')) return true;
-      if ((err as { code?: unknown }).code === -32001) return true; // missing at the site
+      const code = (err as { code?: unknown }).code;
+      if (code === -32001 || code === -32008) return true; // missing, or damaged and refused by the site itself
       throw err;
     }
   };

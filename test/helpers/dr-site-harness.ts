@@ -4,11 +4,30 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { decompress } from 'zstd-napi';
 import { DrClient } from '../../src/replication-queue/dr-client';
 import { freePort } from './ports';
 import { VFSX_BIN } from './service-harness';
 import { collectJsonLines } from './json-lines';
 import { waitFor } from './wait-for';
+
+/**
+ * The blocks in a pack file's bytes, decompressed where stored compressed
+ * (the layout of src/dr-site/pack-store.ts, parsed independently).
+ */
+export function packEntries(pack: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let off = 0; off + 44 <= pack.length;) {
+    if (pack.readUInt32BE(off) !== 0x76786231) throw new Error(`no entry at ${off}`);
+    const flags = pack.readUInt8(off + 4);
+    const len = pack.readUInt32BE(off + 8);
+    const data = pack.subarray(off + 44, off + 44 + len);
+    out.push(flags & 1 ? decompress(data) : data);
+    off += 44 + len;
+  }
+  return out;
+}
 
 export class DrSiteHarness {
   readonly dir: string;
@@ -58,6 +77,19 @@ export class DrSiteHarness {
 
   client(token = this.token): Promise<DrClient> {
     return DrClient.connect({ url: this.url, token });
+  }
+
+  /** What the site's index holds (read-only, beside the running site). */
+  stats(): { blocks: number; rawBytes: number; packs: number; packBytes: number; looseBlocks: number } {
+    const db = new Database(join(this.dataDir, 'meta.sqlite'), { readonly: true, fileMustExist: true });
+    try {
+      const b = db.prepare(`SELECT count(*) AS blocks, COALESCE(SUM(size), 0) AS rawBytes,
+        COALESCE(SUM(CASE WHEN pack IS NULL THEN 1 ELSE 0 END), 0) AS looseBlocks FROM blocks`).get() as { blocks: number; rawBytes: number; looseBlocks: number };
+      const p = db.prepare('SELECT count(*) AS packs, COALESCE(SUM(bytes), 0) AS packBytes FROM packs').get() as { packs: number; packBytes: number };
+      return { ...b, ...p };
+    } finally {
+      db.close();
+    }
   }
 
   get pid(): number | undefined {

@@ -1,0 +1,376 @@
+/**
+ * Block storage in pack files (repository v2). Blocks are appended to the
+ * open pack, each behind a 44-byte header (magic, flags, stored length,
+ * block id), compressed with zstd when that saves at least 1/16. Writers
+ * are grouped: every blocks.put waiting while a write is in flight joins
+ * the next one, so one writev and one fdatasync serve them all, and only
+ * then does one transaction index them (block id -> pack, offset, length).
+ * A crash therefore leaves at most an unindexed tail, which start-up cuts
+ * off, and never an index entry without its bytes.
+ *
+ * Packs never change once closed. Retention forgets blocks in the index;
+ * repack() copies the live blocks of packs mostly dead into the open pack,
+ * re-points the index in one transaction, then deletes the old pack.
+ * Blocks of a v1 site (one file each under blocks/) stay readable and are
+ * moved into packs by migrateLoose() with no moment where neither copy is
+ * indexed.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { open, mkdir, readdir, readFile, rm, stat, truncate, unlink, FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { compress, decompress } from 'zstd-napi';
+import { VfsxError } from '../errors/vfsx-error';
+import { BlockLocation, MetaStore, NewBlock } from './meta-store';
+
+const HASH_RE = /^[0-9a-f]{64}$/;
+const MAGIC = 0x76786231; // "vxb1"
+export const ENTRY_HEADER = 44;
+const FLAG_ZSTD = 1;
+/** Blocks below this are stored as they are: a header costs more than zstd could save. */
+const MIN_COMPRESS = 512;
+/** One write gathers at most this many bytes (then the next write takes the rest). */
+const MAX_WRITE = 32 * 1024 * 1024;
+
+export function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export function isBlockHash(h: unknown): h is string {
+  return typeof h === 'string' && HASH_RE.test(h);
+}
+
+export interface PackStoreOptions {
+  dir: string;
+  meta: MetaStore;
+  /** A pack is closed once it reaches this size. */
+  packBytes: number;
+  compression: 'zstd' | 'none';
+  zstdLevel?: number;
+}
+
+interface Pending {
+  hash: string;
+  size: number;
+  flags: number;
+  data: Buffer;
+  /** A block moved by repack or migration: only re-pointed if still at `from`. */
+  from?: string | null;
+  done: (err?: Error) => void;
+}
+
+export interface PackStats {
+  packs: number;
+  packBytes: number;
+  liveBytes: number;
+  blocks: number;
+  rawBytes: number;
+  looseBlocks: number;
+}
+
+export class PackStore {
+  private readonly o: PackStoreOptions;
+  private readonly meta: MetaStore;
+  private queue: Pending[] = [];
+  private writing: Promise<void> | null = null;
+  /** Blocks queued or being written: a second put of one waits for the first. */
+  private inflight = new Map<string, Promise<void>>();
+  private current: { id: string; fh: FileHandle; bytes: number } | null = null;
+  /** Bytes received by put() since start (what crossed the wire), and blocks newly stored. */
+  bytesWritten = 0;
+  blocksWritten = 0;
+
+  constructor(options: PackStoreOptions) {
+    this.o = options;
+    this.meta = options.meta;
+  }
+
+  private packPath(id: string): string {
+    return join(this.o.dir, 'packs', id.slice(0, 2), `${id}.pack`);
+  }
+
+  private loosePath(hash: string): string {
+    return join(this.o.dir, 'blocks', hash.slice(0, 2), hash.slice(2, 4), hash);
+  }
+
+  /**
+   * Start-up: cuts each indexed pack back to its indexed length (a crash
+   * may have left an unindexed tail) and deletes packs the index never
+   * learnt of, and a v1 site's temp files.
+   */
+  async init(): Promise<void> {
+    await mkdir(join(this.o.dir, 'packs'), { recursive: true });
+    await rm(join(this.o.dir, 'blocks', 'tmp'), { recursive: true, force: true });
+    const known = new Map(this.meta.packs().map((p) => [p.id, p.bytes]));
+    for (const sub of await readdir(join(this.o.dir, 'packs'))) {
+      for (const name of await readdir(join(this.o.dir, 'packs', sub)).catch(() => [] as string[])) {
+        const id = name.replace(/\.pack$/, '');
+        const file = join(this.o.dir, 'packs', sub, name);
+        const bytes = known.get(id);
+        if (bytes === undefined) {
+          await unlink(file);
+        } else if ((await stat(file)).size > bytes) {
+          await truncate(file, bytes);
+        }
+      }
+    }
+  }
+
+  has(hash: string): boolean {
+    return this.meta.missingBlocks([hash]).length === 0;
+  }
+
+  private encode(data: Buffer): { flags: number; data: Buffer } {
+    if (this.o.compression === 'zstd' && data.length >= MIN_COMPRESS) {
+      const z = compress(data, { compressionLevel: this.o.zstdLevel ?? 3 });
+      if (z.length <= data.length - (data.length >> 4)) return { flags: FLAG_ZSTD, data: z };
+    }
+    return { flags: 0, data };
+  }
+
+  /**
+   * Stores blocks under their ids; refuses the whole call, before storing
+   * any, if one does not hash to its id. Resolves once all are durable and
+   * indexed.
+   */
+  async putMany(parts: Array<{ hash: string; data: Buffer }>): Promise<void> {
+    for (const p of parts) {
+      if (sha256(p.data) !== p.hash) throw new VfsxError('VFSX_ERR_DR_HASH_MISMATCH', `block does not hash to ${p.hash}`);
+    }
+    const waits: Array<Promise<void>> = [];
+    const fresh = new Set(this.meta.missingBlocks(parts.map((p) => p.hash)));
+    for (const p of parts) {
+      this.bytesWritten += p.data.length;
+      const already = this.inflight.get(p.hash);
+      if (already) {
+        waits.push(already);
+        continue;
+      }
+      if (!fresh.has(p.hash)) continue;
+      fresh.delete(p.hash);
+      this.blocksWritten++;
+      const { flags, data } = this.encode(p.data);
+      waits.push(this.enqueue({ hash: p.hash, size: p.data.length, flags, data }));
+    }
+    await Promise.all(waits);
+  }
+
+  private enqueue(e: Omit<Pending, 'done'>): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => {
+      this.queue.push({ ...e, done: (err) => (err ? reject(err) : resolve()) });
+    });
+    const tracked = done.finally(() => {
+      if (this.inflight.get(e.hash) === tracked) this.inflight.delete(e.hash);
+    });
+    this.inflight.set(e.hash, tracked);
+    tracked.catch(() => undefined);
+    if (!this.writing) this.writing = this.drain().finally(() => { this.writing = null; });
+    return tracked;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0) {
+      let n = 0;
+      let bytes = 0;
+      while (n < this.queue.length && (n === 0 || bytes < MAX_WRITE)) bytes += ENTRY_HEADER + this.queue[n++].data.length;
+      const batch = this.queue.splice(0, n);
+      try {
+        await this.write(batch);
+        batch.forEach((e) => e.done());
+      } catch (err) {
+        // The open pack may now hold a partial tail: close it, index nothing of it.
+        await this.closeCurrent();
+        batch.forEach((e) => e.done(err as Error));
+      }
+    }
+  }
+
+  private async openPack(): Promise<{ id: string; fh: FileHandle; bytes: number }> {
+    const id = randomBytes(16).toString('hex');
+    const dir = join(this.o.dir, 'packs', id.slice(0, 2));
+    await mkdir(dir, { recursive: true });
+    const fh = await open(this.packPath(id), 'wx', 0o600);
+    // The new name must survive a crash along with the data written to it.
+    const d = await open(dir, 'r');
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+    return { id, fh, bytes: 0 };
+  }
+
+  private async closeCurrent(): Promise<void> {
+    const c = this.current;
+    this.current = null;
+    await c?.fh.close().catch(() => undefined);
+  }
+
+  private async write(batch: Pending[]): Promise<void> {
+    if (!this.current) this.current = await this.openPack();
+    const pack = this.current;
+    const bufs: Buffer[] = [];
+    const rows: NewBlock[] = [];
+    let off = pack.bytes;
+    for (const e of batch) {
+      const h = Buffer.alloc(ENTRY_HEADER);
+      h.writeUInt32BE(MAGIC, 0);
+      h.writeUInt8(e.flags, 4);
+      h.writeUInt32BE(e.data.length, 8);
+      Buffer.from(e.hash, 'hex').copy(h, 12);
+      bufs.push(h, e.data);
+      rows.push({ hash: e.hash, size: e.size, pack: pack.id, offset: off, stored: e.data.length, flags: e.flags, from: e.from });
+      off += ENTRY_HEADER + e.data.length;
+    }
+    let pos = pack.bytes;
+    let todo = bufs;
+    while (todo.length > 0) {
+      const { bytesWritten } = await pack.fh.writev(todo, pos);
+      pos += bytesWritten;
+      todo = skip(todo, bytesWritten);
+    }
+    await pack.fh.datasync();
+    pack.bytes = off;
+    this.meta.indexBlocks(pack.id, off, rows);
+    if (pack.bytes >= this.o.packBytes) await this.closeCurrent();
+  }
+
+  /** A block's bytes, checked against its id; a damaged one is an error, never data. */
+  async get(hash: string): Promise<Buffer> {
+    for (let attempt = 0; ; attempt++) {
+      const loc = this.meta.locate(hash);
+      if (!loc) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `block ${hash} is missing`, { cause: [hash] });
+      try {
+        return await this.read(hash, loc);
+      } catch (err) {
+        // Repack or migration moved it between the look-up and the read: look again.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 2) continue;
+        throw err;
+      }
+    }
+  }
+
+  private async read(hash: string, loc: BlockLocation): Promise<Buffer> {
+    return (await this.readEntry(hash, loc)).data;
+  }
+
+  /** A block's bytes and, for a packed one, its stored (maybe compressed) form. */
+  private async readEntry(hash: string, loc: BlockLocation): Promise<{ data: Buffer; stored: Buffer | null }> {
+    const where = loc.pack === null ? 'its v1 file' : `pack ${loc.pack} at ${loc.offset}`;
+    const damaged = (why: string) => new VfsxError('VFSX_ERR_DR_DAMAGED', `block ${hash} is damaged at the DR site (${where}): ${why}`);
+    let data: Buffer;
+    let stored: Buffer | null = null;
+    if (loc.pack === null) {
+      data = await readFile(this.loosePath(hash));
+    } else {
+      const fh = await open(this.packPath(loc.pack), 'r');
+      let entry: Buffer;
+      try {
+        entry = Buffer.alloc(ENTRY_HEADER + loc.stored);
+        const { bytesRead } = await fh.read(entry, 0, entry.length, loc.offset);
+        if (bytesRead !== entry.length) throw damaged('the pack is shorter than its index says');
+      } finally {
+        await fh.close();
+      }
+      if (entry.readUInt32BE(0) !== MAGIC || entry.readUInt32BE(8) !== loc.stored
+        || entry.subarray(12, ENTRY_HEADER).toString('hex') !== hash || entry.readUInt8(4) !== loc.flags) {
+        throw damaged('its header does not match the index');
+      }
+      stored = entry.subarray(ENTRY_HEADER);
+      data = stored;
+      if (loc.flags & FLAG_ZSTD) {
+        try {
+          data = decompress(stored);
+        } catch (err) {
+          throw damaged(`it does not decompress (${(err as Error).message})`);
+        }
+      }
+    }
+    if (data.length !== loc.size || sha256(data) !== hash) throw damaged('its bytes do not hash to its id');
+    return { data, stored };
+  }
+
+  /** Deletes v1 files of blocks retention freed (packed ones live on until repack). */
+  async freeLoose(hashes: string[]): Promise<void> {
+    for (const h of this.meta.looseOf(hashes)) await unlink(this.loosePath(h)).catch(() => undefined);
+  }
+
+  /**
+   * Rewrites packs whose live bytes fell below `minLive` of their size:
+   * their live blocks go to the open pack, then the old pack is deleted.
+   * Returns the bytes reclaimed.
+   */
+  async repack(minLive: number, log?: (msg: string, o: object) => void): Promise<number> {
+    let reclaimed = 0;
+    for (const p of this.meta.packUsage()) {
+      if (p.id === this.current?.id || p.live >= p.bytes * minLive) continue;
+      const moves = this.meta.blocksIn(p.id).map(async (loc) => {
+        const { stored } = await this.readEntry(loc.hash, loc); // a damaged block is not carried over
+        await this.enqueue({ hash: loc.hash, size: loc.size, flags: loc.flags, data: stored as Buffer, from: p.id });
+      }).map((m) => m.catch((err: Error) => log?.('block left in its pack', { pack: p.id, err: err.message })));
+      await Promise.all(moves);
+      if (this.meta.dropPackIfEmpty(p.id)) {
+        await unlink(this.packPath(p.id)).catch(() => undefined);
+        reclaimed += p.bytes - p.live;
+        log?.('repacked', { pack: p.id, bytes: p.bytes, live: p.live });
+      }
+    }
+    return reclaimed;
+  }
+
+  /**
+   * Moves a v1 site's one-file-per-block store into packs, `batch` blocks at
+   * a time: each block is packed and re-indexed before its file goes.
+   * Returns how many moved; progress is called after each batch.
+   */
+  async migrateLoose(progress?: (done: number, total: number) => void, skipped?: (hash: string, err: Error) => void, batch = 512): Promise<number> {
+    const total = this.meta.looseCount();
+    let done = 0;
+    let after = '';
+    for (;;) {
+      const locs = this.meta.looseBlocks(after, batch);
+      if (locs.length === 0) break;
+      after = locs[locs.length - 1].hash;
+      const moved: string[] = [];
+      await Promise.all(locs.map(async (loc) => {
+        let data: Buffer;
+        try {
+          data = await this.read(loc.hash, loc);
+        } catch (err) {
+          // A v1 file that is gone or damaged stays as it is: verify --deep names it.
+          skipped?.(loc.hash, err as Error);
+          return;
+        }
+        const { flags, data: stored } = this.encode(data);
+        await this.enqueue({ hash: loc.hash, size: loc.size, flags, data: stored, from: null });
+        moved.push(loc.hash);
+      }));
+      for (const h of moved) await unlink(this.loosePath(h)).catch(() => undefined);
+      done += moved.length;
+      progress?.(done, total);
+    }
+    return done;
+  }
+
+  stats(): PackStats {
+    return this.meta.storeStats();
+  }
+
+  async close(): Promise<void> {
+    await this.writing;
+    await this.closeCurrent();
+  }
+}
+
+/** The buffers after the first `n` bytes. */
+function skip(bufs: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) {
+      n -= b.length;
+      continue;
+    }
+    out.push(n > 0 ? b.subarray(n) : b);
+    n = 0;
+  }
+  return out;
+}
