@@ -169,9 +169,11 @@ export class PackStore {
 
   private async drain(): Promise<void> {
     while (this.queue.length > 0) {
+      // One write fills at most what is left of the open pack, so packs stay near packBytes.
+      const room = Math.min(MAX_WRITE, this.o.packBytes - (this.current?.bytes ?? 0));
       let n = 0;
       let bytes = 0;
-      while (n < this.queue.length && (n === 0 || bytes < MAX_WRITE)) bytes += ENTRY_HEADER + this.queue[n++].data.length;
+      while (n < this.queue.length && (n === 0 || bytes + ENTRY_HEADER + this.queue[n].data.length <= room)) bytes += ENTRY_HEADER + this.queue[n++].data.length;
       const batch = this.queue.splice(0, n);
       try {
         await this.write(batch);
