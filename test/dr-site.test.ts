@@ -471,7 +471,7 @@ test('a v1 site (one file per block) keeps serving and moves into packs in the b
   }
 });
 
-test('vfsx dr-site migrate moves a stopped v1 site into packs with progress; the site then serves the same data', async () => {
+test('vfsx dr-site migrate moves a stopped v1 site into packs with progress, and is refused while the site runs; the site then serves the same data', async () => {
   const h = await DrSiteHarness.start();
   await h.stop();
   rmSync(h.dataDir, { recursive: true, force: true });
@@ -486,6 +486,9 @@ test('vfsx dr-site migrate moves a stopped v1 site into packs with progress; the
     const again = spawnSync(process.execPath, [VFSX_BIN, 'dr-site', 'migrate', '--config', join(h.dir, 'dr.json'), '--json'], { encoding: 'utf8' });
     assert.equal(JSON.parse(again.stdout).moved, 0, 'a second run has nothing to do');
     await h.startServer();
+    const busy = spawnSync(process.execPath, [VFSX_BIN, 'dr-site', 'migrate', '--config', join(h.dir, 'dr.json')], { encoding: 'utf8' });
+    assert.notEqual(busy.status, 0);
+    assert.match(busy.stderr, new RegExp(`in use by process ${h.pid}`), 'refused while the site runs');
     const k = await h.client();
     try {
       for (const [path, blocks] of Object.entries(files)) {

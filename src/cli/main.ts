@@ -44,7 +44,8 @@ Usage:
   vfsx dr-site migrate [--config FILE] [--json]
       Move a v1 site's blocks (one file each) into packs, with progress.
       The running site does this in the background after an upgrade; this
-      does it at once. Each block is re-indexed before its file is deleted.
+      does it at once, with the site stopped (it refuses while the site
+      runs). Each block is re-indexed before its file is deleted.
   vfsx resync SHARE [--config FILE] [--source DIR] [--json]
       Make the DR site match the share: push what it lacks (blocks it has
       are not sent again), delete what the source no longer has.
@@ -133,14 +134,15 @@ async function replicate(configFile: string | undefined): Promise<number> {
 /**
  * vfsx dr-site migrate: moves a v1 site's one-file-per-block store into
  * packs (the running site does the same in the background; this does it now,
- * with progress). Safe while the site runs: each block is re-indexed before
- * its file goes.
+ * with progress). Refused while the site runs (one writer per data
+ * directory). Each block is re-indexed before its file goes.
  */
 async function drSiteMigrate(configFile: string | undefined, json: boolean): Promise<number> {
   const d = loadConfig(configFile).drSite;
   const meta = new MetaStore(join(d.dataDir, 'meta.sqlite'));
   const store = new PackStore({ dir: d.dataDir, meta, packBytes: d.packBytes, compression: d.compression });
   try {
+    await store.init();
     const total = meta.looseCount();
     let failed = 0;
     const t0 = Date.now();

@@ -16,7 +16,8 @@
  * indexed.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { open, mkdir, readdir, readFile, rm, stat, truncate, unlink, FileHandle } from 'node:fs/promises';
+import { open, mkdir, readdir, readFile, rm, stat, truncate, unlink, writeFile, FileHandle } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compress, decompress } from 'zstd-napi';
 import { VfsxError } from '../errors/vfsx-error';
@@ -75,6 +76,7 @@ export class PackStore {
   /** Blocks queued or being written: a second put of one waits for the first. */
   private inflight = new Map<string, Promise<void>>();
   private current: { id: string; fh: FileHandle; bytes: number } | null = null;
+  private locked: string | null = null;
   /** Bytes received by put() since start (what crossed the wire), and blocks newly stored. */
   bytesWritten = 0;
   blocksWritten = 0;
@@ -98,6 +100,7 @@ export class PackStore {
    * learnt of, and a v1 site's temp files.
    */
   async init(): Promise<void> {
+    await this.lock();
     await mkdir(join(this.o.dir, 'packs'), { recursive: true });
     await rm(join(this.o.dir, 'blocks', 'tmp'), { recursive: true, force: true });
     const known = new Map(this.meta.packs().map((p) => [p.id, p.bytes]));
@@ -113,6 +116,30 @@ export class PackStore {
         }
       }
     }
+  }
+
+  /**
+   * One writer per data directory: start-up cuts and deletes what the index
+   * does not know, which would destroy another writer's pack in progress.
+   * A lock whose process is gone is taken over.
+   */
+  async lock(): Promise<void> {
+    const file = join(this.o.dir, 'writer.lock');
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await writeFile(file, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+        this.locked = file;
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+      if (pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new VfsxError('VFSX_ERR_DR_BUSY', `${this.o.dir} is in use by process ${pid} (a running DR site migrates its v1 blocks itself)`);
+      }
+      await unlink(file).catch(() => undefined); // left by a process that is gone
+    }
+    throw new VfsxError('VFSX_ERR_DR_BUSY', `cannot take ${file}`);
   }
 
   has(hash: string): boolean {
@@ -161,7 +188,9 @@ export class PackStore {
     const tracked = done.finally(() => {
       if (this.inflight.get(e.hash) === tracked) this.inflight.delete(e.hash);
     });
-    this.inflight.set(e.hash, tracked);
+    // Only uploads are waited on by a second upload of the same block: a move re-points
+    // an existing entry and stores nothing if retention forgot the block meanwhile.
+    if (e.from === undefined) this.inflight.set(e.hash, tracked);
     tracked.catch(() => undefined);
     if (!this.writing) this.writing = this.drain().finally(() => { this.writing = null; });
     return tracked;
@@ -360,6 +389,17 @@ export class PackStore {
   async close(): Promise<void> {
     await this.writing;
     await this.closeCurrent();
+    if (this.locked) await unlink(this.locked).catch(() => undefined);
+    this.locked = null;
+  }
+}
+
+/** Whether pid is a live vfsx process (a pid reused by something else does not count). */
+function alive(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('vfsx');
+  } catch {
+    return false;
   }
 }
 
