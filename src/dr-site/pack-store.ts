@@ -77,9 +77,6 @@ export class PackStore {
   private inflight = new Map<string, Promise<void>>();
   private current: { id: string; fh: FileHandle; bytes: number } | null = null;
   private locked: string | null = null;
-  /** Bytes received by put() since start (what crossed the wire), and blocks newly stored. */
-  bytesWritten = 0;
-  blocksWritten = 0;
 
   constructor(options: PackStoreOptions) {
     this.o = options;
@@ -142,10 +139,6 @@ export class PackStore {
     throw new VfsxError('VFSX_ERR_DR_BUSY', `cannot take ${file}`);
   }
 
-  has(hash: string): boolean {
-    return this.meta.missingBlocks([hash]).length === 0;
-  }
-
   private encode(data: Buffer): { flags: number; data: Buffer } {
     if (this.o.compression === 'zstd' && data.length >= MIN_COMPRESS) {
       const z = compress(data, { compressionLevel: this.o.zstdLevel ?? 3 });
@@ -166,7 +159,6 @@ export class PackStore {
     const waits: Array<Promise<void>> = [];
     const fresh = new Set(this.meta.missingBlocks(parts.map((p) => p.hash)));
     for (const p of parts) {
-      this.bytesWritten += p.data.length;
       const already = this.inflight.get(p.hash);
       if (already) {
         waits.push(already);
@@ -174,7 +166,6 @@ export class PackStore {
       }
       if (!fresh.has(p.hash)) continue;
       fresh.delete(p.hash);
-      this.blocksWritten++;
       const { flags, data } = this.encode(p.data);
       waits.push(this.enqueue({ hash: p.hash, size: p.data.length, flags, data }));
     }
