@@ -4,7 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { MetaStore } from '../../src/dr-site/meta-store';
+import type { PackStats } from '../../src/dr-site/pack-store';
 import { decompress } from 'zstd-napi';
 import { DrClient } from '../../src/replication-queue/dr-client';
 import { freePort } from './ports';
@@ -79,16 +80,13 @@ export class DrSiteHarness {
     return DrClient.connect({ url: this.url, token });
   }
 
-  /** What the site's index holds (read-only, beside the running site). */
-  stats(): { blocks: number; rawBytes: number; packs: number; packBytes: number; looseBlocks: number } {
-    const db = new Database(join(this.dataDir, 'meta.sqlite'), { readonly: true, fileMustExist: true });
+  /** What the site's index holds (opened beside the running site; SQLite WAL allows it). */
+  stats(): PackStats {
+    const m = new MetaStore(join(this.dataDir, 'meta.sqlite'));
     try {
-      const b = db.prepare(`SELECT count(*) AS blocks, COALESCE(SUM(size), 0) AS rawBytes,
-        COALESCE(SUM(CASE WHEN pack IS NULL THEN 1 ELSE 0 END), 0) AS looseBlocks FROM blocks`).get() as { blocks: number; rawBytes: number; looseBlocks: number };
-      const p = db.prepare('SELECT count(*) AS packs, COALESCE(SUM(bytes), 0) AS packBytes FROM packs').get() as { packs: number; packBytes: number };
-      return { ...b, ...p };
+      return m.storeStats();
     } finally {
-      db.close();
+      m.close();
     }
   }
 
