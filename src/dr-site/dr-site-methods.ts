@@ -74,7 +74,6 @@ export class DrSiteMethods {
     try {
       await this.blocks.freeLoose(hashes); // v1 files first: a crash leaves rows, never dangling refs
       this.meta.forgetBlocks(hashes); // packed bytes stay until repack
-
     } finally {
       this.freeing = new Set();
       done();

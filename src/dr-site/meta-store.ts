@@ -79,6 +79,9 @@ const BLOCK_LOCATION_COLUMNS: Array<[string, string]> = [
   ['pack', 'TEXT'], ['off', 'INTEGER NOT NULL DEFAULT 0'], ['stored', 'INTEGER NOT NULL DEFAULT 0'], ['flags', 'INTEGER NOT NULL DEFAULT 0'],
 ];
 
+/** Bytes before each block in a pack (magic, flags, stored length, block id): see pack-store.ts. */
+export const PACK_ENTRY_HEADER = 44;
+
 export interface BlockLocation {
   hash: string;
   size: number;
@@ -193,7 +196,7 @@ export class MetaStore {
 
   /** Each pack's size and the bytes (entries with headers) still indexed in it. */
   packUsage(): Array<{ id: string; bytes: number; live: number }> {
-    return this.q(`SELECT p.id, p.bytes, COALESCE(SUM(b.stored + 44), 0) AS live
+    return this.q(`SELECT p.id, p.bytes, COALESCE(SUM(b.stored + ${PACK_ENTRY_HEADER}), 0) AS live
       FROM packs p LEFT JOIN blocks b ON b.pack = p.id GROUP BY p.id`).all() as Array<{ id: string; bytes: number; live: number }>;
   }
 
@@ -229,7 +232,7 @@ export class MetaStore {
   storeStats(): { packs: number; packBytes: number; liveBytes: number; blocks: number; rawBytes: number; looseBlocks: number } {
     const p = this.q('SELECT count(*) AS n, COALESCE(SUM(bytes), 0) AS bytes FROM packs').get() as { n: number; bytes: number };
     const b = this.q(`SELECT count(*) AS n, COALESCE(SUM(size), 0) AS raw,
-      COALESCE(SUM(CASE WHEN pack IS NULL THEN 0 ELSE stored + 44 END), 0) AS live,
+      COALESCE(SUM(CASE WHEN pack IS NULL THEN 0 ELSE stored + ${PACK_ENTRY_HEADER} END), 0) AS live,
       COALESCE(SUM(CASE WHEN pack IS NULL THEN 1 ELSE 0 END), 0) AS loose FROM blocks`).get() as { n: number; raw: number; live: number; loose: number };
     return { packs: p.n, packBytes: p.bytes, liveBytes: b.live, blocks: b.n, rawBytes: b.raw, looseBlocks: b.loose };
   }

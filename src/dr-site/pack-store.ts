@@ -21,11 +21,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compress, decompress } from 'zstd-napi';
 import { VfsxError } from '../errors/vfsx-error';
-import { BlockLocation, MetaStore, NewBlock } from './meta-store';
+import { BlockLocation, MetaStore, NewBlock, PACK_ENTRY_HEADER } from './meta-store';
 
 const HASH_RE = /^[0-9a-f]{64}$/;
 const MAGIC = 0x76786231; // "vxb1"
-export const ENTRY_HEADER = 44;
+const ENTRY_HEADER = PACK_ENTRY_HEADER;
 const FLAG_ZSTD = 1;
 /** Blocks below this are stored as they are: a header costs more than zstd could save. */
 const MIN_COMPRESS = 512;
