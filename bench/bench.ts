@@ -85,7 +85,7 @@ async function main(): Promise<void> {
     redisSocket: redis.socket,
     policy: [{ name: 'ransomware', action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', '.crypt'] }],
     // The journal's and replication's defaults, as the README sets the system up (the harness tunes them for tests).
-    extra: { journal: {}, ...(dr ? { replication: { enabled: true, siteUrl: dr.url, token: dr.token } } : {}) },
+    extra: { journal: {}, ...(dr ? { replication: { enabled: true, ...dr.replication } } : {}) },
   });
   await svc.start();
   const smbd = await SmbdHarness.start([

@@ -28,7 +28,7 @@ async function main(): Promise<void> {
   const dr = await DrSiteHarness.start();
   const svc = await ServiceHarness.create({
     redisSocket: redis.socket,
-    extra: { replication: { enabled: true, siteUrl: dr.url, token: dr.token } },
+    extra: { replication: { enabled: true, ...dr.replication } },
   });
   await svc.start();
   const smbd = await SmbdHarness.start([{ name: 'bench', vfsx: { socket: svc.socket, spool: svc.spool } }]);

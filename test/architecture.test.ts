@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import madge from 'madge';
 import { REPO } from './helpers/service-harness';
 
-const LAYERS = ['errors', 'protocol', 'config', 'native', 'dr-site', 'ops', 'replication-queue', 'socket-server', 'service', 'cli'];
+const LAYERS = ['errors', 'protocol', 'config', 'native', 'dr-site', 'repository', 'ops', 'replication-queue', 'socket-server', 'service', 'cli'];
 
 const layerOf = (file: string): number => {
   const i = LAYERS.indexOf(file.split('/')[0]);

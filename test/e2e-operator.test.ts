@@ -40,7 +40,7 @@ before(async () => {
   svc = await ServiceHarness.create({
     redisSocket: redis.socket,
     extra: {
-      replication: { enabled: true, siteUrl: dr.url, token: dr.token, maxBackoffMs: 30000 },
+      replication: { enabled: true, ...dr.replication, maxBackoffMs: 30000 },
       alerts: { rpoThresholdMs: RPO_THRESHOLD_MS, checkIntervalMs: 250, hooks: [{ command: `printf '%s\\n' "$VFSX_EVENT" >> ${hookLog}` }] },
     },
   });

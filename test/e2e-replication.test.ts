@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { validateConfig } from '../src/config/load-config';
-import { DrClient } from '../src/replication-queue/dr-client';
+import type { SiteClient } from '../src/replication-queue/site-client';
 import { JournalReader } from '../src/replication-queue/journal-reader';
 import { verifyShare } from '../src/replication-queue/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
@@ -29,7 +29,7 @@ let redis: RedisHarness;
 let dr: DrSiteHarness;
 let svc: ServiceHarness;
 let smbd: SmbdHarness;
-let site: DrClient;
+let site: SiteClient;
 let local: string;
 const SHARE = 'docs';
 
@@ -38,14 +38,14 @@ before(async () => {
   dr = await DrSiteHarness.start();
   svc = await ServiceHarness.create({
     redisSocket: redis.socket,
-    extra: { replication: { enabled: true, siteUrl: dr.url, token: dr.token, blockSize: 65536, maxBackoffMs: 1000 } },
+    extra: { replication: { enabled: true, ...dr.replication, blockSize: 65536, maxBackoffMs: 1000 } },
   });
   (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
   await svc.rewriteConfig();
   await svc.start();
   // As a production share would stack it: NT ACLs and streams live in xattrs below vfsx.
   smbd = await SmbdHarness.start([{ name: SHARE, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }]);
-  site = await dr.client();
+  site = await dr.repo();
   local = await mkdtemp(join(tmpdir(), 'vfsx-repl-'));
 });
 
@@ -320,7 +320,7 @@ test('with the DR site stopped for 30 s during a workload and restarted, replica
   await new Promise((r) => setTimeout(r, Math.max(0, 30000 - (Date.now() - downAt)))); // records fail and back off
   await dr.startServer();
   site.close();
-  site = await dr.client();
+  site = await dr.repo();
   await converged('sitedown');
 });
 
@@ -332,7 +332,7 @@ test('with the DR site killed (SIGKILL) mid-upload during a workload and restart
   await run;
   await dr.startServer();
   site.close();
-  site = await dr.client();
+  site = await dr.repo();
   await converged('sitekill');
 });
 

@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
 import type { Status } from '../src/replication-queue/status';
-import { DrClient } from '../src/replication-queue/dr-client';
+import type { SiteClient } from '../src/replication-queue/site-client';
 import { verifyShare } from '../src/replication-queue/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { RedisHarness } from './helpers/redis-harness';
@@ -39,7 +39,7 @@ before(async () => {
     extra: {
       journal: { sweepIntervalMs: 200, reconcileAfterMs: 3000, reconcileDelayMs: 0, queueName: QUEUE },
       replication: {
-        enabled: true, siteUrl: dr.url, token: dr.token, maxBackoffMs: 1000,
+        enabled: true, ...dr.replication, maxBackoffMs: 1000,
         scrub: { startDelayMs: 0, intervalMs: 2000, contentIntervalMs: 6000, maxFilesPerSecond: 50000 },
       },
     },
@@ -69,8 +69,8 @@ async function status(): Promise<Status> {
   return JSON.parse(r.stdout) as Status;
 }
 
-async function withSite<T>(f: (c: DrClient) => Promise<T>): Promise<T> {
-  const c = await dr.client();
+async function withSite<T>(f: (c: SiteClient) => Promise<T>): Promise<T> {
+  const c = await dr.repo();
   try {
     return await f(c);
   } finally {

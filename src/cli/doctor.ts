@@ -8,6 +8,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VfsxConfig } from '../config/schema';
 import { DrClient } from '../replication-queue/dr-client';
+import { repoInfo, RepoInfo, siteOpenerOf } from '../replication-queue/site-opener';
 import { redisHealth } from '../replication-queue/redis-connection';
 
 export interface Check {
@@ -149,16 +150,34 @@ async function siteCheck(config: VfsxConfig): Promise<Check[]> {
   if (!r.enabled) return [{ name: 'DR site', result: 'warn', detail: 'replication.enabled is false: changes are journaled but not replicated' }];
   try {
     const c = await DrClient.connect({ url: r.siteUrl, token: r.token ?? '' });
+    let info: RepoInfo;
     try {
       await c.call('blocks.missing', { hashes: [] });
+      info = await repoInfo(c);
     } finally {
       c.close();
     }
-    return [{ name: 'DR site', result: 'pass', detail: `${r.siteUrl} answers and accepts the token` }];
+    return [{ name: 'DR site', result: 'pass', detail: `${r.siteUrl} answers and accepts the token` }, await repositoryCheck(config, info)];
   } catch (err) {
     const msg = (err as Error).message;
     const auth = /401|403|token|unauthori/i.test(msg);
     return [{ name: 'DR site', result: 'fail', detail: `${r.siteUrl}: ${msg}`, fix: auth ? 'replication.token must equal the site\'s drSite.token' : 'start the DR site (systemctl start vfsx-dr-site on that host) and check replication.siteUrl / the network' }];
+  }
+}
+
+/** Whether the site's repository is encrypted, and whether this host's passphrase opens it. */
+async function repositoryCheck(config: VfsxConfig, info: RepoInfo): Promise<Check> {
+  const r = config.replication;
+  const name = 'DR repository';
+  if (!info.encrypted) {
+    if (info.empty && r.encryption === 'on') return { name, result: 'pass', detail: 'new: it is made encrypted at the first replication' };
+    return { name, result: 'warn', detail: 'plaintext: the DR site can read names and contents', fix: r.encryption === 'on' ? 'a repository with data stays as it is: replicate into a new, empty site to encrypt' : 'set replication.encryption to "on" and replicate into a new, empty site' };
+  }
+  try {
+    const { id } = await siteOpenerOf(r).unlockKey(info);
+    return { name, result: 'pass', detail: `encrypted; the passphrase opens key ${id} (${info.keys.length} key${info.keys.length === 1 ? '' : 's'})` };
+  } catch (err) {
+    return { name, result: 'fail', detail: (err as Error).message, fix: `put the repository's passphrase in ${r.passphraseFile} (0600)` };
   }
 }
 

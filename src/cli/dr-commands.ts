@@ -5,7 +5,8 @@
 import { execFileSync } from 'node:child_process';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
-import { DrClient } from '../replication-queue/dr-client';
+import type { SiteClient } from '../replication-queue/site-client';
+import { siteOpenerOf } from '../replication-queue/site-opener';
 import { restoreShare } from '../replication-queue/restore';
 import { SiteSync } from '../replication-queue/site-sync';
 import { Tree } from '../native/tree';
@@ -21,6 +22,8 @@ export interface DrCommandOptions {
   deep?: boolean;
   /** restore: into a DEST that is not empty. */
   force?: boolean;
+  /** The repository passphrase's file, instead of replication.passphraseFile. */
+  passphraseFile?: string;
 }
 
 /** The share's path: --source, or what smbd's configuration says. */
@@ -35,10 +38,12 @@ function shareRoot(share: string, source?: string): string {
   throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `cannot find the path of share ${share}: pass --source DIR`);
 }
 
-async function connect(config: VfsxConfig): Promise<DrClient> {
+/** Opens the site's repository; only a writing command (resync) may make a new one encrypted. */
+async function connect(config: VfsxConfig, o: DrCommandOptions, writes = false): Promise<SiteClient> {
   const r = config.replication;
   if (!r.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token is required to reach the DR site');
-  return DrClient.connect({ url: r.siteUrl, token: r.token });
+  const log = (msg: string, x: object) => process.stderr.write(`${msg} ${JSON.stringify(x)}\n`);
+  return siteOpenerOf({ ...r, encryption: writes ? r.encryption : 'off' }, log, o.passphraseFile).open();
 }
 
 function progressLine(json: boolean, text: string): void {
@@ -46,7 +51,7 @@ function progressLine(json: boolean, text: string): void {
 }
 
 export async function verifyCommand(config: VfsxConfig, share: string, o: DrCommandOptions): Promise<number> {
-  const site = await connect(config);
+  const site = await connect(config, o);
   try {
     const diffs = await verifyShare(site, share, shareRoot(share, o.source), { content: o.content === true || o.deep === true, deep: o.deep === true });
     if (o.json) process.stdout.write(`${JSON.stringify({ share, identical: diffs.length === 0, differences: diffs })}\n`);
@@ -59,7 +64,7 @@ export async function verifyCommand(config: VfsxConfig, share: string, o: DrComm
 }
 
 export async function resyncCommand(config: VfsxConfig, share: string, o: DrCommandOptions): Promise<number> {
-  const site = await connect(config);
+  const site = await connect(config, o, true);
   const root = shareRoot(share, o.source);
   const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
   const trees: Tree[] = [];
@@ -94,7 +99,7 @@ export async function restoreCommand(config: VfsxConfig, share: string, dest: st
     at = /^\d+$/.test(o.at) ? Number(o.at) : Date.parse(o.at);
     if (!Number.isFinite(at)) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `--at: not a time: ${o.at} (ISO 8601 or ms since the epoch)`);
   }
-  const site = await connect(config);
+  const site = await connect(config, o);
   try {
     const p = await restoreShare(site, share, dest, {
       at, force: o.force === true, onProgress: (q) => progressLine(o.json, `restore ${share}: ${q.done}/${q.objects} objects, ${q.bytes} bytes`),

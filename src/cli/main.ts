@@ -15,6 +15,7 @@ import { lowerPriority } from '../native/addon';
 import { Replicator } from '../replication-queue/replicator';
 import { VfsxService } from '../service/vfsx-service';
 import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
+import { keyCommand } from './key-commands';
 import { doctorCommand } from './doctor';
 import { journalCommand } from './journal-command';
 import { eventsCommand, statusCommand, whyCommand } from './ops-commands';
@@ -56,12 +57,22 @@ Usage:
       block ids (nothing is downloaded); --deep also downloads every block
       of every head at the site and checks its bytes against its id.
       The share's path comes from --source or from smbd's configuration.
-  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--json]
+  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--passphrase-file FILE] [--json]
       Rebuild the share from the DR site into DEST (latest, or as it was at
       TIME: ISO 8601 or ms since the epoch), with contents, owners, modes,
       mtimes and xattrs. Nothing is written outside DEST and no symlink is
       followed; every block is checked against its id. DEST must be empty
       unless --force. Exit 1 when any object was refused or failed.
+      An encrypted repository needs its passphrase: --passphrase-file,
+      VFSX_PASSPHRASE, or replication.passphraseFile (also for resync and
+      verify). On a fresh machine the site's address, a token and the
+      passphrase are all a restore needs.
+  vfsx key list|add|remove [ID] [--config FILE] [--label TEXT] [--new-passphrase-file FILE] [--json]
+      The passphrases of an encrypted DR repository. add wraps the master
+      key with a new passphrase (--new-passphrase-file or
+      VFSX_NEW_PASSPHRASE), unlocked by the current one; remove ID drops
+      another passphrase's key (never the last, never your own). add and
+      remove need the site's admin token.
   vfsx status [--config FILE] [--json] [--watch]
       Per share: backlog (records, files, dirty bytes), RPO age (oldest
       change not yet at the DR site), throughput over the last minute,
@@ -201,6 +212,9 @@ export async function main(argv: string[]): Promise<number> {
       content: { type: 'boolean', default: false },
       deep: { type: 'boolean', default: false },
       force: { type: 'boolean', default: false },
+      'passphrase-file': { type: 'string' },
+      'new-passphrase-file': { type: 'string' },
+      label: { type: 'string' },
       watch: { type: 'boolean', short: 'w', default: false },
       recent: { type: 'boolean', default: false },
       'modules-dir': { type: 'string' },
@@ -238,11 +252,16 @@ export async function main(argv: string[]): Promise<number> {
       const o = {
         json: values.json === true, source: values.source, at: values.at,
         content: values.content === true, deep: values.deep === true, force: values.force === true,
+        passphraseFile: values['passphrase-file'],
       };
       if (command === 'resync') return resyncCommand(cfg, share, o);
       if (command === 'verify') return verifyCommand(cfg, share, o);
       return restoreCommand(cfg, share, dest as string, o);
     }
+    case 'key':
+      return keyCommand(loadConfig(values.config), positionals[1], positionals[2], {
+        json: values.json === true, passphraseFile: values['passphrase-file'], newPassphraseFile: values['new-passphrase-file'], label: values.label,
+      });
     case 'status':
       return statusCommand(loadConfig(values.config), { json: values.json === true, watch: values.watch === true });
     case 'why': {

@@ -98,6 +98,8 @@ export const configSchema = {
         siteUrl: { type: 'string', pattern: '^wss?://', default: 'ws://127.0.0.1:7480/' },
         token: { type: 'string', minLength: 16 },
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
+        encryption: { enum: ['on', 'off'], default: 'on', description: 'on: a new (empty) DR site repository is made encrypted end to end; an encrypted one is always used encrypted, a plaintext one (from before) stays plaintext' },
+        passphraseFile: { type: 'string', minLength: 1, default: '/etc/vfsx/dr-passphrase', description: 'the repository passphrase (VFSX_PASSPHRASE overrides it); written with a random one when a new repository is made encrypted and it does not exist: keep a copy away from this host' },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
         batchMax: { type: 'integer', minimum: 1, maximum: 5000, default: 500, description: "records of one share per queued job" },
@@ -251,6 +253,9 @@ export interface VfsxConfig {
     token?: string;
     /** Block size of new objects at the DR site. */
     blockSize: number;
+    /** Whether a new repository is made encrypted (src/repository). */
+    encryption: 'on' | 'off';
+    passphraseFile: string;
     /** Cap of the retry backoff while the DR site is unreachable. */
     maxBackoffMs: number;
     /** Records replicated at once; records of related paths still run in journal order. */

@@ -30,7 +30,9 @@ export interface Rights {
 }
 
 const READ_METHODS = new Set(['object.list', 'object.stat', 'object.versions', 'blocks.get']);
-const WRITE_METHODS = new Set(['bucket.ensure', 'object.commit', 'object.commitMany', 'object.delete', 'object.deleteMany', 'object.move', 'blocks.put', 'blocks.missing']);
+/** Any token: key records are wrapped by passphrases, and a restore on a fresh machine starts here. */
+const REPO_METHODS = new Set(['repo.info']);
+const WRITE_METHODS = new Set(['repo.init', 'bucket.ensure', 'object.commit', 'object.commitMany', 'object.delete', 'object.deleteMany', 'object.move', 'blocks.put', 'blocks.missing']);
 
 const same = (a: string, b: string) => {
   const x = Buffer.from(a);
@@ -54,9 +56,10 @@ export function rightsOf(header: string, admin: string, scoped: ScopedToken[]): 
 export function authorize(r: Rights, method: string, params: Record<string, unknown>): void {
   if (r.admin) return;
   const deny = (why: string) => new VfsxError('VFSX_ERR_DR_FORBIDDEN', `${method} is not allowed for this token: ${why}`);
-  if (!READ_METHODS.has(method) && !WRITE_METHODS.has(method)) throw deny('unknown method');
+  if (REPO_METHODS.has(method)) return;
+  if (!READ_METHODS.has(method) && !WRITE_METHODS.has(method)) throw deny('only the admin token may');
   if (WRITE_METHODS.has(method) && !r.write) throw deny('read-only');
-  if (method === 'blocks.put' || method === 'blocks.missing') return;
+  if (method === 'blocks.put' || method === 'blocks.missing' || method === 'repo.init') return;
   const bucket = params.bucket;
   if (typeof bucket !== 'string') throw deny('name the bucket (and, for blocks.get, the object)');
   if (!r.buckets.has(bucket)) throw deny(`bucket ${bucket} is not one of its buckets`);

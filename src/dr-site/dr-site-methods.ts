@@ -45,8 +45,21 @@ export class DrSiteMethods {
     return b;
   }
 
+  /** Whether the repository is encrypted (cached: only repo.init changes it, through this object). */
+  private sealed: boolean | null = null;
+
+  private encrypted(): boolean {
+    this.sealed ??= this.meta.keyCheck() !== null;
+    return this.sealed;
+  }
+
   private commitOne(bucket: string, p: Params) {
     const path = checkObjectPath(p.path);
+    // An encrypted repository holds only sealed metadata, a plaintext one none: never a mix.
+    const sealedMeta = Object.keys(p.meta as object).length === 1 && typeof (p.meta as { enc?: unknown }).enc === 'string';
+    if (this.encrypted() !== sealedMeta) {
+      throw new VfsxError('VFSX_ERR_DR_REPO_STATE', this.encrypted() ? 'the repository is encrypted: metadata must come sealed' : 'the repository is not encrypted: sealed metadata refused');
+    }
     const kind = p.kind as 'file' | 'dir' | 'symlink';
     const blocks = kind === 'file' ? ((p.blocks as string[]) ?? []) : [];
     this.checkNotFreeing(blocks);
@@ -103,7 +116,8 @@ export class DrSiteMethods {
         // concurrent calls, one fdatasync, then indexed: the site never
         // claims a block it lacks.
         if (binary.some((b) => this.freeing.has(b.hash))) await this.freed;
-        await this.blocks.putMany(binary);
+        // In an encrypted repository ids are keyed hashes the site cannot check: it keeps a checksum of the sealed bytes.
+        await this.blocks.putMany(binary, this.encrypted());
         return { result: { stored: binary.length } };
       case 'blocks.get': {
         const hashes = p.hashes as string[];
@@ -147,6 +161,19 @@ export class DrSiteMethods {
       }
       case 'object.versions':
         return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };
+      case 'repo.info': {
+        const check = this.meta.keyCheck();
+        return { result: { format: 2, encrypted: check !== null, empty: this.meta.isEmpty(), check, keys: this.meta.keyRecords() } };
+      }
+      case 'repo.init':
+        this.meta.initEncryption(p.check as string, p.key as { id: string });
+        this.sealed = true;
+        return { result: { encrypted: true } };
+      case 'repo.keyAdd':
+        this.meta.addKey(p.key as { id: string });
+        return { result: { id: (p.key as { id: string }).id } };
+      case 'repo.keyRemove':
+        return { result: { removed: this.meta.removeKey(p.id as string) } };
       default:
         throw new Error(`no implementation for ${method}`);
     }

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS segments (hash TEXT PRIMARY KEY, blocks TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS blocks (hash TEXT PRIMARY KEY, size INTEGER NOT NULL, refs INTEGER NOT NULL,
   created INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS packs (id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS repo (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS repo_keys (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 `;
 
 /**
@@ -144,6 +146,47 @@ export class MetaStore {
       this.statements.set(sql, st);
     }
     return st;
+  }
+
+  /** The key check of an encrypted repository (set once, by repo.init); null: plaintext. */
+  keyCheck(): string | null {
+    const r = this.q("SELECT value FROM repo WHERE name = 'check'").get() as { value: string } | undefined;
+    return r?.value ?? null;
+  }
+
+  /** The repository holds no version and no block: it may still become encrypted. */
+  isEmpty(): boolean {
+    return this.q('SELECT 1 FROM versions LIMIT 1').get() === undefined && this.q('SELECT 1 FROM blocks LIMIT 1').get() === undefined;
+  }
+
+  /** Key records (opaque JSON: passphrase-wrapped master keys, see src/repository/key-record.ts). */
+  keyRecords(): unknown[] {
+    return (this.q('SELECT record FROM repo_keys ORDER BY rowid').all() as Array<{ record: string }>).map((r) => JSON.parse(r.record));
+  }
+
+  /** Makes an empty plaintext repository encrypted, with its first key. */
+  initEncryption(check: string, key: { id: string }): void {
+    this.transaction(() => {
+      if (this.keyCheck() !== null) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', 'the repository is already encrypted');
+      if (!this.isEmpty()) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', 'the repository holds plaintext data: it cannot become encrypted (replicate into a new site)');
+      this.q("INSERT INTO repo (name, value) VALUES ('check', ?)").run(check);
+      this.q('INSERT INTO repo_keys (id, record) VALUES (?, ?)').run(key.id, JSON.stringify(key));
+    });
+  }
+
+  addKey(key: { id: string }): void {
+    if (this.keyCheck() === null) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', 'the repository is not encrypted');
+    this.q('INSERT OR REPLACE INTO repo_keys (id, record) VALUES (?, ?)').run(key.id, JSON.stringify(key));
+  }
+
+  /** Removes a key record; the last one never goes (the repository would be lost). */
+  removeKey(id: string): boolean {
+    return this.transaction(() => {
+      const n = (this.q('SELECT count(*) AS n FROM repo_keys').get() as { n: number }).n;
+      const has = this.q('SELECT 1 FROM repo_keys WHERE id = ?').get(id) !== undefined;
+      if (has && n <= 1) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', 'the last key of a repository cannot be removed');
+      return this.q('DELETE FROM repo_keys WHERE id = ?').run(id).changes > 0;
+    });
   }
 
   ensureBucket(name: string): void {

@@ -27,6 +27,12 @@ const HASH_RE = /^[0-9a-f]{64}$/;
 const MAGIC = 0x76786231; // "vxb1"
 const ENTRY_HEADER = PACK_ENTRY_HEADER;
 const FLAG_ZSTD = 1;
+/**
+ * An encrypted repository's block: its id is a keyed hash the site cannot
+ * check, so the header holds sha256 of the stored bytes instead, checked on
+ * every read. Never compressed here (sealed bytes do not shrink).
+ */
+const FLAG_SEALED = 2;
 /** Blocks below this are stored as they are: a header costs more than zstd could save. */
 const MIN_COMPRESS = 512;
 /** One write gathers at most this many bytes (then the next write takes the rest). */
@@ -152,9 +158,9 @@ export class PackStore {
    * any, if one does not hash to its id. Resolves once all are durable and
    * indexed.
    */
-  async putMany(parts: Array<{ hash: string; data: Buffer }>): Promise<void> {
+  async putMany(parts: Array<{ hash: string; data: Buffer }>, sealed = false): Promise<void> {
     for (const p of parts) {
-      if (sha256(p.data) !== p.hash) throw new VfsxError('VFSX_ERR_DR_HASH_MISMATCH', `block does not hash to ${p.hash}`);
+      if (!sealed && sha256(p.data) !== p.hash) throw new VfsxError('VFSX_ERR_DR_HASH_MISMATCH', `block does not hash to ${p.hash}`);
     }
     const waits: Array<Promise<void>> = [];
     const fresh = new Set(this.meta.missingBlocks(parts.map((p) => p.hash)));
@@ -166,7 +172,7 @@ export class PackStore {
       }
       if (!fresh.has(p.hash)) continue;
       fresh.delete(p.hash);
-      const { flags, data } = this.encode(p.data);
+      const { flags, data } = sealed ? { flags: FLAG_SEALED, data: p.data } : this.encode(p.data);
       waits.push(this.enqueue({ hash: p.hash, size: p.data.length, flags, data }));
     }
     await Promise.all(waits);
@@ -238,7 +244,8 @@ export class PackStore {
       h.writeUInt32BE(MAGIC, 0);
       h.writeUInt8(e.flags, 4);
       h.writeUInt32BE(e.data.length, 8);
-      Buffer.from(e.hash, 'hex').copy(h, 12);
+      if (e.flags & FLAG_SEALED) createHash('sha256').update(e.data).digest().copy(h, 12);
+      else Buffer.from(e.hash, 'hex').copy(h, 12);
       bufs.push(h, e.data);
       rows.push({ hash: e.hash, size: e.size, pack: pack.id, offset: off, stored: e.data.length, flags: e.flags, from: e.from });
       off += ENTRY_HEADER + e.data.length;
@@ -293,12 +300,17 @@ export class PackStore {
       } finally {
         await fh.close();
       }
+      const sum = entry.subarray(12, ENTRY_HEADER).toString('hex');
       if (entry.readUInt32BE(0) !== MAGIC || entry.readUInt32BE(8) !== loc.stored
-        || entry.subarray(12, ENTRY_HEADER).toString('hex') !== hash || entry.readUInt8(4) !== loc.flags) {
+        || (!(loc.flags & FLAG_SEALED) && sum !== hash) || entry.readUInt8(4) !== loc.flags) {
         throw damaged('its header does not match the index');
       }
       stored = entry.subarray(ENTRY_HEADER);
       data = stored;
+      if (loc.flags & FLAG_SEALED) {
+        if (data.length !== loc.size || sha256(data) !== sum) throw damaged('its bytes do not match their checksum');
+        return { data, stored };
+      }
       if (loc.flags & FLAG_ZSTD) {
         try {
           data = decompress(stored);

@@ -3,7 +3,8 @@
  * method (docs/dr-site.md). Every request is validated against it.
  */
 const bucket = { type: 'string', pattern: '^[A-Za-z0-9._-]{1,64}$' } as const;
-const path = { type: 'string', minLength: 1, maxLength: 4096 } as const;
+/** Sealed names of an encrypted repository are longer than the plaintext (src/repository/repo-cipher.ts). */
+const path = { type: 'string', minLength: 1, maxLength: 16384 } as const;
 const hash = { type: 'string', pattern: '^[0-9a-f]{64}$' } as const;
 const meta = {
   type: 'object',
@@ -15,6 +16,8 @@ const meta = {
     mtimeNs: { type: 'string', pattern: '^-?[0-9]{1,30}$' },
     dosAttrs: { type: 'integer', minimum: 0 },
     xattrs: { type: 'object', additionalProperties: { type: 'string', maxLength: 1 << 20 }, maxProperties: 256 },
+    /** An encrypted repository's sealed metadata (then the only property). */
+    enc: { type: 'string', maxLength: 1 << 25 },
   },
 } as const;
 const at = { type: 'integer', minimum: 0 } as const;
@@ -26,6 +29,22 @@ const commitProps = {
   blockSize: { type: 'integer', minimum: 512, maximum: 1 << 26 },
   blocks: { type: 'array', items: hash, maxItems: 1 << 22 },
   target: { type: 'string', maxLength: 4096 },
+} as const;
+
+const keyRecord = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'created', 'label', 'kdf', 'wrapped'],
+  properties: {
+    id: { type: 'string', pattern: '^[0-9a-f]{16}$' },
+    created: { type: 'integer', minimum: 0 },
+    label: { type: 'string', maxLength: 128 },
+    kdf: {
+      type: 'object', additionalProperties: false, required: ['name', 'N', 'r', 'p', 'salt'],
+      properties: { name: { const: 'scrypt' }, N: { type: 'integer' }, r: { type: 'integer' }, p: { type: 'integer' }, salt: { type: 'string', maxLength: 128 } },
+    },
+    wrapped: { type: 'string', maxLength: 512 },
+  },
 } as const;
 
 const obj = (properties: Record<string, unknown>, required: string[]) =>
@@ -51,6 +70,12 @@ export const RPC_PARAMS: Record<string, object> = {
   /** With blocks: every file's block list too (a content verify in one call). */
   'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 4096 }, blocks: { type: 'boolean' } }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),
+  /** The repository: format, whether encrypted, its key records (passphrase-wrapped, safe to hand out). */
+  'repo.info': obj({}, []),
+  /** Makes an empty repository encrypted with its first key (and the master key's check value). */
+  'repo.init': obj({ key: keyRecord, check: { type: 'string', pattern: '^[0-9a-f]{64}$' } }, ['key', 'check']),
+  'repo.keyAdd': obj({ key: keyRecord }, ['key']),
+  'repo.keyRemove': obj({ id: { type: 'string', pattern: '^[0-9a-f]{16}$' } }, ['id']),
 };
 
 /** JSON-RPC error codes: the standard ones, and the site's own (stable). */
@@ -71,4 +96,6 @@ export const RPC_ERRORS = {
   FORBIDDEN: -32007,
   /** A block the site holds fails its checks (bit rot, a damaged pack): never served. */
   DAMAGED: -32008,
+  /** The repository is not in the state the call needs (already encrypted, holds plaintext, last key). */
+  REPO_STATE: -32009,
 } as const;

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import WebSocket from 'ws';
 import { VfsxError } from '../errors/vfsx-error';
+import type { BlockScope, SiteClient } from './site-client';
 
 export interface DrClientOptions {
   url: string;
@@ -53,7 +54,8 @@ class FramePool {
 
 export const blockHash = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-export class DrClient {
+export class DrClient implements SiteClient {
+  readonly encrypted = false;
   private readonly ws: WebSocket;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
@@ -161,21 +163,35 @@ export class DrClient {
     return (r.result as { stored: number }).stored;
   }
 
+  blockId(data: Buffer): string {
+    return blockHash(data);
+  }
+
+  /** Blocks as the site sends them, unchecked but for their count (a sealed site's client opens them). */
+  async getRaw(hashes: string[], where?: BlockScope): Promise<Buffer[]> {
+    const got = (await this.send('blocks.get', where ? { hashes, ...where } : { hashes })).binary;
+    if (got.length !== hashes.length) {
+      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `DR site answered ${got.length} blocks for ${hashes.length} asked`);
+    }
+    return got;
+  }
+
   /**
    * Fetches blocks and checks each against its id (sha256 of its bytes):
    * a block altered at the site (bit rot, a disk fault, an attacker) is
    * never handed on. `where` (bucket and path) lets a scoped token read.
    */
-  async getBlocks(hashes: string[], where?: { bucket: string; path: string; at?: number }): Promise<Buffer[]> {
-    const got = (await this.send('blocks.get', where ? { hashes, ...where } : { hashes })).binary;
-    if (got.length !== hashes.length) {
-      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `DR site answered ${got.length} blocks for ${hashes.length} asked`);
-    }
+  async getBlocks(hashes: string[], where?: BlockScope): Promise<Buffer[]> {
+    const got = await this.getRaw(hashes, where);
     got.forEach((b, i) => {
       const h = blockHash(b);
       if (h !== hashes[i]) throw new VfsxError('VFSX_ERR_DR_BAD_BLOCK', `block ${hashes[i]} from the DR site is damaged (its bytes hash to ${h})`);
     });
     return got;
+  }
+
+  takeUnreadable(): string[] {
+    return [];
   }
 
   onClose(fn: () => void): void {

@@ -18,7 +18,8 @@ import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { Tree, TreeEntry } from '../native/tree';
 import { BATCH, BatchJob, batchJobId, coalesce, LONE, rangesOf, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
-import { DrClient } from './dr-client';
+import type { SiteClient } from './site-client';
+import { siteOpenerOf, SiteOpener } from './site-opener';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
 import { COMMIT_LATENCY_BUCKETS, redisOptions, StateKeys, stateKeys } from './redis-connection';
@@ -48,14 +49,16 @@ export class Replicator {
   /** The queue itself: to check for and promote a share's next batch, and to add records split off a batch. */
   private readonly queue: Queue;
   private readonly order: ShareOrder;
-  private client: DrClient | null = null;
-  private connecting: Promise<DrClient> | null = null;
+  private client: SiteClient | null = null;
+  private connecting: Promise<SiteClient> | null = null;
   private readonly buckets = new Set<string>();
   /** Each share's source tree, opened once by its root (the path smbd reports for the share). */
   private readonly trees = new Map<string, Tree>();
   private readonly treeChecked = new Map<string, number>();
   private scrubber: Scrubber | null = null;
   private readonly locks = new PathLocks();
+  /** Opens the site's repository (unlocks an encrypted one's key once, for every reconnection). */
+  private readonly opener: SiteOpener;
   /** Per share+path: when the last sync of it started (any / one that read every block). */
   private readonly synced = new Map<string, number>();
   private readonly syncedWhole = new Map<string, number>();
@@ -88,6 +91,7 @@ export class Replicator {
     this.queue = new Queue(options.queueName, { connection: this.conn, prefix: options.redis.prefix, defaultJobOptions: REPLICATION_JOB_OPTIONS });
     this.queue.on('error', (err) => this.log.debug({ err }, 'replicator queue error'));
     this.order = new ShareOrder(this.conn, options.redis.prefix);
+    this.opener = siteOpenerOf(options.replication, (msg, o) => this.log.warn(o, msg));
   }
 
 
@@ -221,11 +225,11 @@ export class Replicator {
     await this.conn.quit().catch(() => this.conn.disconnect());
   }
 
-  private async site(): Promise<DrClient> {
+  private async site(): Promise<SiteClient> {
     if (this.client) return this.client;
     if (!this.connecting) {
-      const { siteUrl, token } = this.opts.replication;
-      this.connecting = DrClient.connect({ url: siteUrl, token: token ?? '' }).then(
+      const { siteUrl } = this.opts.replication;
+      this.connecting = this.opener.open().then(
         (c) => {
           this.client = c;
           c.onClose(() => {

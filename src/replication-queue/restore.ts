@@ -17,7 +17,8 @@ import { resolve } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
 import { checkObjectPath } from '../dr-site/object-path';
 import { Tree } from '../native/tree';
-import { DrClient, DrRpcError } from './dr-client';
+import { DrRpcError } from './dr-client';
+import type { SiteClient } from './site-client';
 
 const writeAsync = promisify(write);
 const fsyncAsync = promisify(fsync);
@@ -73,7 +74,7 @@ const parentOf = (rel: string) => (rel.includes('/') ? rel.slice(0, rel.lastInde
 
 const validNs = (ns: unknown): ns is string => typeof ns === 'string' && /^-?\d{1,19}$/.test(ns);
 
-export async function restoreShare(site: DrClient, bucket: string, dest: string, o: RestoreOptions = {}): Promise<RestoreProgress> {
+export async function restoreShare(site: SiteClient, bucket: string, dest: string, o: RestoreOptions = {}): Promise<RestoreProgress> {
   const root = resolve(dest);
   await mkdir(root, { recursive: true });
   if (!o.force && readdirSync(root).length > 0) {
@@ -83,7 +84,10 @@ export async function restoreShare(site: DrClient, bucket: string, dest: string,
   if (!Array.isArray(listed)) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list did not answer a list');
   const tree = Tree.open(root);
   try {
-    return await new Restore(site, bucket, tree, o).run(listed);
+    const p = await new Restore(site, bucket, tree, o).run(listed);
+    // Objects whose sealed name or metadata failed authentication never reached the listing: they failed.
+    for (const u of site.takeUnreadable()) p.failed.push(`${u} (not restored)`);
+    return p;
   } finally {
     tree.close();
   }
@@ -95,7 +99,7 @@ class Restore {
   private tmpSeq = 0;
 
   constructor(
-    private readonly site: DrClient,
+    private readonly site: SiteClient,
     private readonly bucket: string,
     private readonly tree: Tree,
     private readonly o: RestoreOptions,
@@ -210,7 +214,7 @@ class Restore {
   /** Writes a file to a temp name beneath its directory, checks every block, applies metadata, renames. */
   private async file(obj: SiteObject): Promise<void> {
     const where = this.o.at === undefined ? { bucket: this.bucket, path: obj.path } : { bucket: this.bucket, path: obj.path, at: this.o.at };
-    const st = await this.site.call<{ size?: unknown; blocks?: unknown } | null>('object.stat', { ...where, blocks: true });
+    const st = await this.site.call<{ size?: unknown; blocks?: unknown; meta?: unknown } | null>('object.stat', { ...where, blocks: true });
     const blocks = st?.blocks;
     if (!st || !Array.isArray(blocks) || !blocks.every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h)) || st.size !== obj.size) {
       throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the DR site does not describe this file consistently');
@@ -231,7 +235,9 @@ class Restore {
       await closeAsync(fd);
       closed = true;
       this.progress.bytes += pos;
-      const tmpObj = { ...obj, path: tmp };
+      // The metadata of the version whose blocks were written (an encrypted repository binds the two).
+      const meta = typeof st.meta === 'object' && st.meta !== null ? st.meta as SiteObject['meta'] : obj.meta;
+      const tmpObj = { ...obj, meta, path: tmp };
       this.owner(tmpObj);
       this.xattrs(tmpObj);
       this.mode(tmpObj);

@@ -14,7 +14,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { ScrubConfig } from '../config/schema';
 import type { Tree } from '../native/tree';
-import { DrClient } from './dr-client';
+import type { SiteClient } from './site-client';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
 import { StateKeys } from './redis-connection';
@@ -29,7 +29,7 @@ export interface ScrubberOptions {
   events: EventBus;
   locks: PathLocks;
   stats: SyncStats;
-  site: () => Promise<DrClient>;
+  site: () => Promise<SiteClient>;
   tree: (root: string) => Tree;
   logger: Logger;
 }

@@ -4,7 +4,8 @@
  * share by `vfsx resync`.
  */
 import type { Tree, TreeEntry } from '../native/tree';
-import { DrClient, DrRpcError } from './dr-client';
+import { DrRpcError } from './dr-client';
+import type { SiteClient } from './site-client';
 import { metaOfEntry, readBlocks, targetOf } from './source-tree';
 
 interface Head {
@@ -45,7 +46,7 @@ export interface SyncStats {
 }
 
 export interface SiteSyncOptions {
-  site: DrClient;
+  site: SiteClient;
   bucket: string;
   /** The share's source tree: read beneath its root only, never through a symlink. */
   tree: Tree;
@@ -54,11 +55,12 @@ export interface SiteSyncOptions {
 }
 
 export class SiteSync {
-  readonly site: DrClient;
+  readonly site: SiteClient;
   readonly bucket: string;
   readonly tree: Tree;
   readonly blockSize: number;
   private readonly stats: SyncStats;
+  private readonly idOf = (b: Buffer) => this.site.blockId(b);
   /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
   private heads: Map<string, ListedObject> | null = null;
   /** During syncTree: each directory's entries, scanned while the site's list was on its way. */
@@ -250,7 +252,7 @@ export class SiteSync {
     const oneByOne: string[] = [];
     await Promise.all(rels.map(async (rel) => {
       try {
-        const fb = await readBlocks(this.tree, rel, bs, null);
+        const fb = await readBlocks(this.tree, rel, bs, null, this.idOf);
         const hashes: string[] = [];
         for (let i = 0; i < fb.count; i++) {
           const [h, data] = fb.read.get(i) as [string, Buffer];
@@ -369,7 +371,7 @@ export class SiteSync {
       const st = this.tree.stat(rel);
       if (st && st.size === head.size && st.mtimeNs === head.meta.mtimeNs) which = new Set();
     }
-    const fb = await readBlocks(this.tree, rel, bs, which);
+    const fb = await readBlocks(this.tree, rel, bs, which, this.idOf);
     const meta = metaOfEntry(fb.entry);
     const hashes: string[] = [];
     for (let i = 0; i < fb.count; i++) {

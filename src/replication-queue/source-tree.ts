@@ -4,7 +4,6 @@
  * it is read is reported, not returned half old, half new). Everything is
  * read beneath the share root without following a symlink (Tree).
  */
-import { createHash } from 'node:crypto';
 import { BigIntStats, closeSync, fstat, fstatSync, read, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { getAttribute, listAttributes } from 'fs-xattr';
@@ -77,8 +76,9 @@ export interface FileBlocks {
  * Reads the given block indexes (all when `which` is null) of the regular
  * file rel beneath the tree's root, never through a symlink. A file that
  * changes while it is read, or is swapped for anything else, is torn.
+ * `idOf` names each block as the site knows it (SiteClient.blockId).
  */
-export async function readBlocks(tree: Tree, rel: string, blockSize: number, which: Set<number> | null): Promise<FileBlocks> {
+export async function readBlocks(tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idOf: (b: Buffer) => string): Promise<FileBlocks> {
   let fd: number;
   try {
     fd = tree.openRead(rel);
@@ -99,7 +99,7 @@ export async function readBlocks(tree: Tree, rel: string, blockSize: number, whi
       const len = Math.min(blockSize, size - i * blockSize);
       const buf = Buffer.allocUnsafe(len);
       if ((await io.read(fd, buf, i * blockSize)) !== len) throw torn(rel);
-      read.set(i, [createHash('sha256').update(buf).digest('hex'), buf]);
+      read.set(i, [idOf(buf), buf]);
     }
     const after = await io.fstat(fd);
     // The name must still be this file, and the file unchanged: metadata and xattrs belong to what was read.

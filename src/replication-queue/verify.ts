@@ -11,7 +11,7 @@
  */
 import { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
-import { DrClient } from './dr-client';
+import type { SiteClient } from './site-client';
 import { metaOfEntry, readBlocks, targetOf } from './source-tree';
 
 export interface Difference {
@@ -69,11 +69,11 @@ function compareMeta(rel: string, e: TreeEntry, o: SiteObject, diffs: Difference
 }
 
 /** Source block hashes against the site's block ids (listed with the objects): no block is downloaded. */
-async function compareContent(tree: Tree, rel: string, obj: SiteObject, diffs: Difference[]): Promise<number> {
+async function compareContent(site: SiteClient, tree: Tree, rel: string, obj: SiteObject, diffs: Difference[]): Promise<number> {
   const ids = obj.blocks ?? [];
   let fb;
   try {
-    fb = await readBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null);
+    fb = await readBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null, (b) => site.blockId(b));
   } catch (err) {
     if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_TORN')) throw err;
     diffs.push({ path: rel, what: 'changed while verified' });
@@ -89,7 +89,7 @@ async function compareContent(tree: Tree, rel: string, obj: SiteObject, diffs: D
  * its id. Blocks are asked for by the object holding them, so a read-only
  * token limited to the bucket can run it.
  */
-async function checkSiteBlocks(site: DrClient, bucket: string, files: string[], diffs: Difference[]): Promise<void> {
+async function checkSiteBlocks(site: SiteClient, bucket: string, files: string[], diffs: Difference[]): Promise<void> {
   const seen = new Set<string>();
   const bad = async (h: string, where: { bucket: string; path: string }) => {
     try {
@@ -120,7 +120,7 @@ async function checkSiteBlocks(site: DrClient, bucket: string, files: string[], 
   }
 }
 
-export async function verifyShare(site: DrClient, bucket: string, root: string, o: VerifyOptions = {}): Promise<Difference[]> {
+export async function verifyShare(site: SiteClient, bucket: string, root: string, o: VerifyOptions = {}): Promise<Difference[]> {
   const tree = Tree.open(root);
   try {
     return await verifyTree(site, bucket, tree, o);
@@ -130,7 +130,7 @@ export async function verifyShare(site: DrClient, bucket: string, root: string, 
 }
 
 /** verifyShare over a tree the caller holds open (the replicator's scrub). */
-export async function verifyTree(site: DrClient, bucket: string, tree: Tree, o: VerifyOptions = {}): Promise<Difference[]> {
+export async function verifyTree(site: SiteClient, bucket: string, tree: Tree, o: VerifyOptions = {}): Promise<Difference[]> {
   const diffs: Difference[] = [];
   // The site lists its objects while the source is walked.
   const listing = site.call<SiteObject[]>('object.list', o.content ? { bucket, blocks: true } : { bucket });
@@ -142,6 +142,8 @@ export async function verifyTree(site: DrClient, bucket: string, tree: Tree, o: 
     throw err;
   }
   const listed = await listing;
+  // Objects whose sealed name or metadata fail authentication were left out of the listing: named here.
+  for (const u of site.takeUnreadable()) diffs.push({ path: u, what: 'fails authentication at the DR site' });
   const objects = new Map(listed.map((x) => [x.path, x]));
   entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   let checked = 0;
@@ -161,7 +163,7 @@ export async function verifyTree(site: DrClient, bucket: string, tree: Tree, o: 
     }
     const before = diffs.length;
     compareMeta(rel, e, obj, diffs);
-    if (o.content && e.kind === 'file' && diffs.length === before) bytesRead += await compareContent(tree, rel, obj, diffs);
+    if (o.content && e.kind === 'file' && diffs.length === before) bytesRead += await compareContent(site, tree, rel, obj, diffs);
   }
   await o.pace?.(entries.length, bytesRead);
   for (const rel of objects.keys()) diffs.push({ path: rel, what: 'at the DR site only' });

@@ -8,7 +8,7 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { recordsOf } from './batch';
-import { DrClient } from './dr-client';
+import { siteOpenerOf } from './site-opener';
 import { Tree } from '../native/tree';
 
 export interface WhyRecord {
@@ -71,7 +71,7 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
 
   const site: WhyReport['site'] = { url: cfg.replication.siteUrl, reachable: false, error: null, head: null, versions: [] };
   try {
-    const c = await DrClient.connect({ url: cfg.replication.siteUrl, token: cfg.replication.token ?? '' });
+    const c = await siteOpenerOf({ ...cfg.replication, encryption: 'off' }).open();
     try {
       site.reachable = true;
       const head = await c.call<{ kind: string; size: number; ts: number; meta: { mtimeNs?: string } } | null>('object.stat', { bucket: share, path: rel });

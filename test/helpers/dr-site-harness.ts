@@ -8,6 +8,8 @@ import { MetaStore } from '../../src/dr-site/meta-store';
 import type { PackStats } from '../../src/dr-site/pack-store';
 import { decompress } from 'zstd-napi';
 import { DrClient } from '../../src/replication-queue/dr-client';
+import type { SiteClient } from '../../src/replication-queue/site-client';
+import { SiteOpener } from '../../src/replication-queue/site-opener';
 import { freePort } from './ports';
 import { VFSX_BIN } from './service-harness';
 import { collectJsonLines } from './json-lines';
@@ -76,8 +78,27 @@ export class DrSiteHarness {
     if (p.exitCode !== null) throw new Error(`dr-site exited: ${JSON.stringify(this.logs.slice(from))}`);
   }
 
+  /** A plain client: the site's calls as they are (sealed names and bytes in an encrypted repository). */
   client(token = this.token): Promise<DrClient> {
     return DrClient.connect({ url: this.url, token });
+  }
+
+  /** The repository passphrase (written when repo() first makes the repository encrypted). */
+  get passphraseFile(): string {
+    return join(this.dir, 'passphrase');
+  }
+
+  /** What a replicating service's configuration names: the site, its token, the passphrase. */
+  get replication(): { siteUrl: string; token: string; passphraseFile: string } {
+    return { siteUrl: this.url, token: this.token, passphraseFile: this.passphraseFile };
+  }
+
+  /**
+   * The repository as vfsx sees it (an encrypted one opened with the
+   * passphrase); a new site is made encrypted here, as a replicator would.
+   */
+  repo(o: { encryptNew?: boolean; token?: string } = {}): Promise<SiteClient> {
+    return new SiteOpener({ url: this.url, token: o.token ?? this.token, passphraseFile: this.passphraseFile, encryptNew: o.encryptNew ?? true }).open();
   }
 
   /** What the site's index holds (opened beside the running site; SQLite WAL allows it). */

@@ -1,0 +1,25 @@
+/**
+ * What the replication engine, verify and restore need of a DR site: the
+ * plain client (src/replication-queue/dr-client.ts) or the same calls
+ * through an encrypted repository's cipher (sealed-site.ts).
+ */
+export interface BlockScope {
+  bucket: string;
+  path: string;
+  at?: number;
+}
+
+export interface SiteClient {
+  /** True when everything goes to the site sealed with the repository's keys. */
+  readonly encrypted: boolean;
+  call<T = unknown>(method: string, params: unknown): Promise<T>;
+  /** The id the site knows a block by (sha256, or a keyed HMAC in an encrypted repository). */
+  blockId(data: Buffer): string;
+  putBlocks(blocks: Buffer[], ids?: string[]): Promise<number>;
+  /** Blocks by id, each checked against its id (and opened) before it is returned. */
+  getBlocks(ids: string[], where?: BlockScope): Promise<Buffer[]>;
+  /** Objects the last listings left out because they failed authentication (and forgets them). */
+  takeUnreadable(): string[];
+  onClose(fn: () => void): void;
+  close(): void;
+}

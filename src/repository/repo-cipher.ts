@@ -1,0 +1,172 @@
+/**
+ * The cipher of an encrypted repository (docs/dr-site.md, "Encryption").
+ * Everything the DR site stores is sealed here, on the Samba host, before
+ * it leaves; the site never holds a key.
+ *
+ * - Blocks: zstd (when it saves 1/16), then AES-256-GCM with a random
+ *   96-bit nonce and the block id as associated data. A block id is
+ *   HMAC-SHA256 of the plaintext under a repository key: the site can
+ *   deduplicate without learning plaintext hashes. Opening checks the tag,
+ *   then the id against the plaintext.
+ * - Names: each path component on its own, deterministically (a synthetic
+ *   IV: HMAC-SHA256 of the name, then AES-256-CTR; padded to 16 bytes),
+ *   so the site keeps the tree's shape: moves, subtree deletes, listings
+ *   by prefix and retention work on sealed names. Equal names seal alike.
+ * - Metadata (mode, owner, times, xattrs, a symlink's target): one
+ *   AES-256-GCM box per version, bound to the version's kind, size and
+ *   block list, so it cannot be moved onto other content.
+ *
+ * All keys come from one 64-byte master key through HKDF-SHA256.
+ */
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
+import { compress, decompress } from 'zstd-napi';
+import { VfsxError } from '../errors/vfsx-error';
+
+export const MASTER_KEY_BYTES = 64;
+const BLOCK_VERSION = 1;
+const FLAG_ZSTD = 1;
+const NONCE = 12;
+const TAG = 16;
+/** version, flags, nonce before the ciphertext; the tag after it. */
+const BLOCK_HEAD = 2 + NONCE;
+export const SEAL_OVERHEAD = BLOCK_HEAD + TAG;
+const MIN_COMPRESS = 512;
+
+const derive = (master: Buffer, what: string) => Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), `vfsx repository v1 ${what}`, 32));
+
+const authFailed = (what: string) => new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${what} fails authentication: altered at the DR site, or sealed with another repository's key`);
+
+export class RepoCipher {
+  private readonly idKey: Buffer;
+  private readonly blockKey: Buffer;
+  private readonly nameMacKey: Buffer;
+  private readonly nameEncKey: Buffer;
+  private readonly metaKey: Buffer;
+  /** A fingerprint of the master key: what the site keeps to tell a wrong key from damage. */
+  readonly check: string;
+  private readonly names = new Map<string, string>();
+
+  constructor(master: Buffer) {
+    if (master.length !== MASTER_KEY_BYTES) throw new VfsxError('VFSX_ERR_REPO_KEY', `a master key is ${MASTER_KEY_BYTES} bytes`);
+    this.idKey = derive(master, 'block id');
+    this.blockKey = derive(master, 'block');
+    this.nameMacKey = derive(master, 'name mac');
+    this.nameEncKey = derive(master, 'name');
+    this.metaKey = derive(master, 'meta');
+    this.check = derive(master, 'check').toString('hex');
+  }
+
+  static newMasterKey(): Buffer {
+    return randomBytes(MASTER_KEY_BYTES);
+  }
+
+  blockId(plain: Buffer): string {
+    return createHmac('sha256', this.idKey).update(plain).digest('hex');
+  }
+
+  sealBlock(id: string, plain: Buffer, compression = true): Buffer {
+    let flags = 0;
+    let body = plain;
+    if (compression && plain.length >= MIN_COMPRESS) {
+      const z = compress(plain, { compressionLevel: 3 });
+      if (z.length <= plain.length - (plain.length >> 4)) {
+        flags = FLAG_ZSTD;
+        body = z;
+      }
+    }
+    const out = Buffer.allocUnsafe(SEAL_OVERHEAD + body.length);
+    out.writeUInt8(BLOCK_VERSION, 0);
+    out.writeUInt8(flags, 1);
+    const nonce = randomBytes(NONCE);
+    nonce.copy(out, 2);
+    const c = createCipheriv('aes-256-gcm', this.blockKey, nonce);
+    c.setAAD(Buffer.from(id, 'hex'));
+    let off = BLOCK_HEAD + c.update(body).copy(out, BLOCK_HEAD);
+    off += c.final().copy(out, off);
+    c.getAuthTag().copy(out, off);
+    return out;
+  }
+
+  /** The plaintext of a sealed block, or VFSX_ERR_DR_BAD_BLOCK: never bytes that fail a check. */
+  openBlock(id: string, sealed: Buffer): Buffer {
+    const bad = (why: string) => new VfsxError('VFSX_ERR_DR_BAD_BLOCK', `block ${id} from the DR site ${why}`);
+    if (sealed.length < SEAL_OVERHEAD || sealed.readUInt8(0) !== BLOCK_VERSION) throw bad('is not a sealed block');
+    const flags = sealed.readUInt8(1);
+    const d = createDecipheriv('aes-256-gcm', this.blockKey, sealed.subarray(2, BLOCK_HEAD));
+    d.setAAD(Buffer.from(id, 'hex'));
+    d.setAuthTag(sealed.subarray(sealed.length - TAG));
+    let body: Buffer;
+    try {
+      body = Buffer.concat([d.update(sealed.subarray(BLOCK_HEAD, sealed.length - TAG)), d.final()]);
+    } catch {
+      throw bad('fails authentication (altered, damaged, or sealed with another key)');
+    }
+    let plain = body;
+    if (flags & FLAG_ZSTD) {
+      try {
+        plain = decompress(body);
+      } catch (err) {
+        throw bad(`does not decompress (${(err as Error).message})`);
+      }
+    }
+    if (this.blockId(plain) !== id) throw bad('is not the block asked for');
+    return plain;
+  }
+
+  /** One path component, sealed deterministically (base64url, no '/', never '.' or '..'). */
+  sealName(name: string): string {
+    const hit = this.names.get(name);
+    if (hit !== undefined) return hit;
+    const plain = Buffer.from(name, 'utf8');
+    const pad = 16 - (plain.length % 16);
+    const padded = Buffer.concat([plain, Buffer.alloc(pad, pad)]);
+    const iv = createHmac('sha256', this.nameMacKey).update(padded).digest().subarray(0, 16);
+    const c = createCipheriv('aes-256-ctr', this.nameEncKey, iv);
+    const sealed = Buffer.concat([iv, c.update(padded), c.final()]).toString('base64url');
+    if (this.names.size > 100_000) this.names.clear();
+    this.names.set(name, sealed);
+    return sealed;
+  }
+
+  openName(sealed: string): string {
+    const raw = Buffer.from(sealed, 'base64url');
+    if (raw.length < 32 || raw.length % 16 !== 0 || raw.toString('base64url') !== sealed) throw authFailed(`name ${sealed.slice(0, 40)}`);
+    const iv = raw.subarray(0, 16);
+    const d = createDecipheriv('aes-256-ctr', this.nameEncKey, iv);
+    const padded = Buffer.concat([d.update(raw.subarray(16)), d.final()]);
+    const mac = createHmac('sha256', this.nameMacKey).update(padded).digest().subarray(0, 16);
+    const pad = padded[padded.length - 1];
+    if (!timingSafeEqual(mac, iv) || pad < 1 || pad > 16) throw authFailed(`name ${sealed.slice(0, 40)}`);
+    return padded.subarray(0, padded.length - pad).toString('utf8');
+  }
+
+  sealPath(path: string): string {
+    return path.split('/').map((c) => this.sealName(c)).join('/');
+  }
+
+  openPath(sealed: string): string {
+    return sealed.split('/').map((c) => this.openName(c)).join('/');
+  }
+
+  /** Seals a version's metadata, bound to what the site keeps in the clear about it. */
+  sealMeta(meta: unknown, bound: string): string {
+    const nonce = randomBytes(NONCE);
+    const c = createCipheriv('aes-256-gcm', this.metaKey, nonce);
+    c.setAAD(Buffer.from(bound));
+    const body = Buffer.concat([c.update(JSON.stringify(meta)), c.final()]);
+    return Buffer.concat([nonce, body, c.getAuthTag()]).toString('base64');
+  }
+
+  openMeta(sealed: string, bound: string, what: string): unknown {
+    const raw = Buffer.from(sealed, 'base64');
+    if (raw.length < NONCE + TAG) throw authFailed(`metadata of ${what}`);
+    const d = createDecipheriv('aes-256-gcm', this.metaKey, raw.subarray(0, NONCE));
+    d.setAAD(Buffer.from(bound));
+    d.setAuthTag(raw.subarray(raw.length - TAG));
+    try {
+      return JSON.parse(Buffer.concat([d.update(raw.subarray(NONCE, raw.length - TAG)), d.final()]).toString('utf8'));
+    } catch {
+      throw authFailed(`metadata of ${what}`);
+    }
+  }
+}
