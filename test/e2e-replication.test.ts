@@ -118,6 +118,20 @@ test('a scripted workload through SMB converges: the DR site holds exactly the s
   assert.ok(listed.includes('report.docx') && listed.includes('a/c/multi.bin') && !listed.includes('a/b'), listed.join(', '));
 });
 
+test('nothing readable at rest: a text file replicated through SMB leaves neither its words nor its name in the site\'s data directory', async () => {
+  const marker = 'WombatMarker4471';
+  await writeFile(join(local, 'marked'), `${marker}: minutes of the meeting\n`.repeat(400));
+  await smb(`mkdir ${marker}-minutes; put ${local}/marked ${marker}-minutes/${marker}.txt`);
+  await drained();
+  assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
+  const walk = (dir: string): string[] => readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]);
+  const files = walk(dr.dataDir);
+  assert.ok(files.length > 0);
+  // Read as the site has them now (the index's write-ahead log included).
+  for (const f of files) assert.equal(readFileSync(f).indexOf(marker), -1, `${marker} is readable in ${f}`);
+});
+
 test('changing 1 byte in the middle of a 256 MiB file sends at most 2 blocks to the site', async () => {
   const big = join(local, 'big.bin');
   await writeFile(big, randomBytes(256 << 20));

@@ -68,7 +68,7 @@ export const RPC_PARAMS: Record<string, object> = {
   'object.move': obj({ bucket, from: path, to: path }, ['bucket', 'from', 'to']),
   'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' } }, ['bucket', 'path']),
   /** With blocks: every file's block list too (a content verify in one call). */
-  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 4096 }, blocks: { type: 'boolean' } }, ['bucket']),
+  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 16384 }, blocks: { type: 'boolean' } }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),
   /** The repository: format, whether encrypted, its key records (passphrase-wrapped, safe to hand out). */
   'repo.info': obj({}, []),

@@ -49,6 +49,7 @@ export async function repoInfo(link: DrClient): Promise<RepoInfo> {
 
 export class SiteOpener {
   private cipher: RepoCipher | null = null;
+  private warnedPlaintext = false;
 
   constructor(private readonly o: SiteOpenerOptions) {}
 
@@ -103,7 +104,13 @@ export class SiteOpener {
       this.cipher ??= await this.unlock(info);
       return new SealedSite(link, this.cipher);
     }
-    if (!this.o.encryptNew || !info.empty) return link;
+    if (!this.o.encryptNew) return link;
+    if (!info.empty) {
+      // A site from before encryption, or made with encryption off: it stays as it is (never a mix).
+      if (!this.warnedPlaintext) this.o.log?.('the DR site repository is not encrypted (it already holds plaintext data): replicating in plaintext; to encrypt, resync into a new, empty site', { url: this.o.url });
+      this.warnedPlaintext = true;
+      return link;
+    }
     const pass = (await this.passphrase()) ?? (await this.newPassphraseFile());
     const master = RepoCipher.newMasterKey();
     const cipher = new RepoCipher(master);

@@ -1,0 +1,277 @@
+/**
+ * The encrypted DR repository end to end, with the real `vfsx dr-site` and
+ * the real CLI: nothing the site stores reveals contents or names, a wrong
+ * passphrase or a tampered pack gives a clear error and no wrong data, keys
+ * are managed with `vfsx key`, and a fresh machine restores with only the
+ * site's address, a token and the passphrase.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { DrSiteHarness } from './helpers/dr-site-harness';
+import { VFSX_BIN } from './helpers/service-harness';
+
+const MARKER = 'QuokkaMarker7731';
+const PASSPHRASE = 'correct horse battery staple';
+let work: string;
+
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'vfsx-enc-'));
+});
+
+after(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+interface Run { code: number; stdout: string; stderr: string }
+
+/** `vfsx ARGS` with a configuration naming only the site, a token and a passphrase file, as on a fresh machine. */
+async function vfsx(dr: DrSiteHarness, args: string[], o: { passphraseFile?: string; env?: Record<string, string>; token?: string } = {}): Promise<Run> {
+  const cfg = join(work, `cfg-${randomBytes(4).toString('hex')}.json`);
+  await writeFile(cfg, JSON.stringify({ replication: { siteUrl: dr.url, token: o.token ?? dr.token, passphraseFile: o.passphraseFile ?? dr.passphraseFile } }));
+  return new Promise((resolve) => {
+    execFile(process.execPath, [VFSX_BIN, ...args, '--config', cfg], { timeout: 300000, maxBuffer: 16 << 20, env: { ...process.env, VFSX_PASSPHRASE: '', VFSX_NEW_PASSPHRASE: '', ...o.env } },
+      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+  });
+}
+
+/** A share with the marker in text, in names, in a symlink target, in a big compressible file and in binary noise. */
+async function makeTree(root: string): Promise<void> {
+  await mkdir(join(root, `${MARKER}-dir`, 'deeper'), { recursive: true });
+  await writeFile(join(root, `${MARKER}-notes.txt`), `${MARKER} says hello\n`.repeat(50));
+  await writeFile(join(root, `${MARKER}-dir`, 'deeper', 'report.csv'), Array.from({ length: 20000 }, (_, i) => `${i},${MARKER},${i * 7}`).join('\n'));
+  await writeFile(join(root, 'noise.bin'), Buffer.concat([randomBytes(200000), Buffer.from(MARKER), randomBytes(100000)]));
+  await writeFile(join(root, 'empty'), '');
+  await symlink(`${MARKER}-notes.txt`, join(root, 'link-to-notes'));
+}
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...await filesUnder(p));
+    else out.push(p);
+  }
+  return out;
+}
+
+function diffR(a: string, b: string): void {
+  const d = spawnSync('diff', ['-r', '--no-dereference', a, b], { encoding: 'utf8' });
+  assert.equal(d.status, 0, d.stdout + d.stderr);
+}
+
+test('nothing readable at rest: after a resync, neither the marker in contents nor any file name appears in the site\'s data directory, and a restore matches diff -r', async () => {
+  const dr = await DrSiteHarness.start();
+  try {
+    const src = join(work, 'rest-src');
+    await makeTree(src);
+    await writeFile(dr.passphraseFile, PASSPHRASE);
+    const r = await vfsx(dr, ['resync', 'docs', '--source', src, '--json']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.equal(JSON.parse(r.stdout).objects >= 7, true, r.stdout);
+    // The site flushed and closed its packs and index when it stopped.
+    await dr.stop();
+    const needles = [MARKER, 'report.csv', 'noise.bin', 'link-to-notes', 'deeper'].map((s) => Buffer.from(s));
+    const files = await filesUnder(dr.dataDir);
+    assert.ok(files.some((f) => f.endsWith('.pack')), `no pack in ${files.join(', ')}`);
+    for (const f of files) {
+      const bytes = await readFile(f);
+      for (const n of needles) assert.equal(bytes.indexOf(n), -1, `${n.toString()} is readable in ${f}`);
+    }
+    await dr.startServer();
+    const dest = join(work, 'rest-restored');
+    const res = await vfsx(dr, ['restore', 'docs', dest, '--json']);
+    assert.equal(res.code, 0, res.stdout + res.stderr);
+    diffR(src, dest);
+  } finally {
+    await dr.destroy();
+  }
+});
+
+test('a wrong passphrase gives a clear error and writes nothing; no passphrase at all says how to give one', async () => {
+  const dr = await DrSiteHarness.start();
+  try {
+    const src = join(work, 'wrong-src');
+    await makeTree(src);
+    await writeFile(dr.passphraseFile, PASSPHRASE);
+    assert.equal((await vfsx(dr, ['resync', 'docs', '--source', src])).code, 0);
+
+    const dest = join(work, 'wrong-restored');
+    const bad = await vfsx(dr, ['restore', 'docs', dest], { env: { VFSX_PASSPHRASE: 'not the passphrase' } });
+    assert.equal(bad.code, 1, bad.stdout + bad.stderr);
+    assert.match(bad.stderr, /passphrase/i);
+    assert.match(bad.stderr, /VFSX_ERR_REPO_PASSPHRASE/);
+    await assert.rejects(readdir(dest), /ENOENT/, 'a wrong passphrase must write nothing');
+
+    const none = await vfsx(dr, ['verify', 'docs', '--source', src], { passphraseFile: join(work, 'no-such-file') });
+    assert.equal(none.code, 1, none.stdout + none.stderr);
+    assert.match(none.stderr, /passphrase/i);
+    assert.doesNotMatch(none.stdout, /identical/);
+  } finally {
+    await dr.destroy();
+  }
+});
+
+/** The pack entries of a site's data directory: [file, offset of the entry, stored length]. */
+async function packEntriesOf(dataDir: string): Promise<Array<{ file: string; off: number; len: number }>> {
+  const out: Array<{ file: string; off: number; len: number }> = [];
+  for (const file of (await filesUnder(dataDir)).filter((f) => f.endsWith('.pack'))) {
+    const pack = await readFile(file);
+    for (let off = 0; off + 44 <= pack.length;) {
+      assert.equal(pack.readUInt32BE(off), 0x76786231, `no entry at ${off} of ${file}`);
+      const len = pack.readUInt32BE(off + 8);
+      out.push({ file, off, len });
+      off += 44 + len;
+    }
+  }
+  return out;
+}
+
+test('a flipped byte in a stored pack fails authentication: verify --deep names the file, restore reports it failed and never writes its wrong bytes, and the rest restores', async () => {
+  const dr = await DrSiteHarness.start();
+  try {
+    const src = join(work, 'flip-src');
+    await mkdir(src);
+    // Random bytes: one block each, stored as they are sealed (nothing to compress).
+    const a = randomBytes(30000);
+    const b = randomBytes(30000);
+    await writeFile(join(src, 'a-victim.bin'), a);
+    await writeFile(dr.passphraseFile, PASSPHRASE);
+    assert.equal((await vfsx(dr, ['resync', 'docs', '--source', src])).code, 0);
+    await writeFile(join(src, 'b-victim.bin'), b);
+    await writeFile(join(src, 'c-intact.txt'), 'nobody touched me\n');
+    assert.equal((await vfsx(dr, ['resync', 'docs', '--source', src])).code, 0);
+    await dr.stop();
+
+    const entries = (await packEntriesOf(dr.dataDir)).filter((e) => e.len > 29000);
+    assert.equal(entries.length, 2, JSON.stringify(entries));
+    // Entry one: a flip the site's own checksum catches (damage at rest).
+    // Entry two: a flip with the checksum rewritten to match, as a hostile
+    // site would serve it: only the replicator's AES-GCM tag can catch it.
+    for (const [i, e] of entries.entries()) {
+      const pack = await readFile(e.file);
+      pack[e.off + 44 + Math.floor(e.len / 2)] ^= 0x01;
+      if (i === 1) createHash('sha256').update(pack.subarray(e.off + 44, e.off + 44 + e.len)).digest().copy(pack, e.off + 12);
+      await writeFile(e.file, pack);
+    }
+    await dr.startServer();
+
+    const v = await vfsx(dr, ['verify', 'docs', '--source', src, '--deep', '--json']);
+    assert.equal(v.code, 1, v.stdout + v.stderr);
+    const named = JSON.parse(v.stdout).differences.map((d: { path: string }) => d.path).sort();
+    assert.deepEqual(named, ['a-victim.bin', 'b-victim.bin'], v.stdout);
+
+    const dest = join(work, 'flip-restored');
+    const res = await vfsx(dr, ['restore', 'docs', dest, '--json']);
+    assert.equal(res.code, 1, res.stdout + res.stderr);
+    const out = JSON.parse(res.stdout);
+    assert.equal(out.complete, false);
+    assert.deepEqual(out.failed.map((f: string) => f.split(':')[0]).sort(), ['a-victim.bin', 'b-victim.bin'], res.stdout);
+    assert.ok(out.failed.every((f: string) => /damaged|authentic|checksum|hash/i.test(f)), res.stdout);
+    const restored = await readdir(dest);
+    assert.ok(!restored.includes('a-victim.bin') && !restored.includes('b-victim.bin'), `damaged files were written: ${restored.join(', ')}`);
+    assert.equal(await readFile(join(dest, 'c-intact.txt'), 'utf8'), 'nobody touched me\n');
+  } finally {
+    await dr.destroy();
+  }
+});
+
+test('vfsx key: add a passphrase, restore with it, remove the first; a key cannot remove itself, the last key stays, and only the admin token may manage keys', async () => {
+  const scoped = randomBytes(16).toString('hex');
+  const dr = await DrSiteHarness.start({ tokens: [{ token: scoped, buckets: ['docs'], access: 'write' }] });
+  try {
+    const src = join(work, 'keys-src');
+    await makeTree(src);
+    await writeFile(dr.passphraseFile, PASSPHRASE);
+    assert.equal((await vfsx(dr, ['resync', 'docs', '--source', src])).code, 0);
+
+    let l = await vfsx(dr, ['key', 'list', '--json']);
+    assert.equal(l.code, 0, l.stderr);
+    const first = JSON.parse(l.stdout) as Array<{ id: string; label: string }>;
+    assert.equal(first.length, 1);
+
+    const second = join(work, 'second-passphrase');
+    await writeFile(second, 'a second, different passphrase\n');
+    const denied = await vfsx(dr, ['key', 'add', '--new-passphrase-file', second], { token: scoped });
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /only the admin token may/);
+
+    const add = await vfsx(dr, ['key', 'add', '--new-passphrase-file', second, '--label', 'ops laptop', '--json']);
+    assert.equal(add.code, 0, add.stdout + add.stderr);
+    const added = JSON.parse(add.stdout) as { id: string; label: string };
+    assert.equal(added.label, 'ops laptop');
+    l = await vfsx(dr, ['key', 'list', '--json']);
+    assert.deepEqual((JSON.parse(l.stdout) as Array<{ id: string }>).map((k) => k.id).sort(), [first[0].id, added.id].sort());
+
+    const own = await vfsx(dr, ['key', 'remove', first[0].id]);
+    assert.equal(own.code, 1);
+    assert.match(own.stderr, /the one your passphrase opens/);
+
+    const rm1 = await vfsx(dr, ['key', 'remove', first[0].id], { passphraseFile: second });
+    assert.equal(rm1.code, 0, rm1.stdout + rm1.stderr);
+    const old = await vfsx(dr, ['restore', 'docs', join(work, 'keys-old')]);
+    assert.equal(old.code, 1, 'the removed passphrase must no longer open the repository');
+    assert.match(old.stderr, /VFSX_ERR_REPO_PASSPHRASE/);
+
+    const dest = join(work, 'keys-restored');
+    const res = await vfsx(dr, ['restore', 'docs', dest], { passphraseFile: second });
+    assert.equal(res.code, 0, res.stdout + res.stderr);
+    diffR(src, dest);
+
+    // The last key cannot go: the site refuses even the admin, whoever asks.
+    const last = await vfsx(dr, ['key', 'remove', added.id], { passphraseFile: second });
+    assert.equal(last.code, 1);
+    const client = await dr.client();
+    try {
+      await assert.rejects(client.call('repo.keyRemove', { id: added.id }), /last key/);
+    } finally {
+      client.close();
+    }
+    l = await vfsx(dr, ['key', 'list', '--json']);
+    assert.equal(JSON.parse(l.stdout).length, 1);
+  } finally {
+    await dr.destroy();
+  }
+});
+
+test('a plaintext (v1-style) repository stays plaintext: resync with encryption off, then an encrypting client is told rather than mixing, and restore works without a passphrase', async () => {
+  const dr = await DrSiteHarness.start();
+  try {
+    const src = join(work, 'plain-src');
+    await makeTree(src);
+    const cfg = join(work, 'plain.json');
+    await writeFile(cfg, JSON.stringify({ replication: { siteUrl: dr.url, token: dr.token, encryption: 'off', passphraseFile: join(work, 'none') } }));
+    const run = (args: string[], conf: string): Promise<Run> => new Promise((resolve) => {
+      execFile(process.execPath, [VFSX_BIN, ...args, '--config', conf], { timeout: 300000, env: { ...process.env, VFSX_PASSPHRASE: '' } },
+        (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+    });
+    const r = await run(['resync', 'docs', '--source', src], cfg);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    // Not encrypted: the names are readable at the site (the scan the at-rest test relies on finds them).
+    const seen = await Promise.all((await filesUnder(dr.dataDir)).map(async (f) => (await readFile(f)).includes('report.csv')));
+    assert.ok(seen.includes(true), 'a plaintext repository keeps its names readable');
+
+    // A replicator configured to encrypt finds a plaintext repository with data: it keeps it plaintext and says so.
+    const enc = await vfsx(dr, ['resync', 'docs', '--source', src]);
+    assert.equal(enc.code, 0, enc.stdout + enc.stderr);
+    assert.match(enc.stderr, /not encrypted/i);
+    // The site itself refuses sealed metadata in a plaintext repository.
+    const client = await dr.client();
+    try {
+      await client.call('bucket.ensure', { bucket: 'docs' });
+      await assert.rejects(client.call('object.commit', { bucket: 'docs', path: 'x', kind: 'file', size: 0, blocks: [], meta: { enc: 'AAAA' } }), /plaintext|not encrypted|enc/i);
+    } finally {
+      client.close();
+    }
+    const dest = join(work, 'plain-restored');
+    const res = await run(['restore', 'docs', dest], cfg);
+    assert.equal(res.code, 0, res.stdout + res.stderr);
+    diffR(src, dest);
+  } finally {
+    await dr.destroy();
+  }
+});
