@@ -64,7 +64,8 @@ for _ in $(seq 100); do grep -q 'dr-site serving' "$demo/dr-site.log" && break; 
 
 cat > "$demo/vfsx.json" <<JSON
 {
-  "replication": { "enabled": true, "siteUrl": "ws://127.0.0.1:$drport/", "token": "$token" },
+  "replication": { "enabled": true, "siteUrl": "ws://127.0.0.1:$drport/", "token": "$token",
+                   "passphraseFile": "$demo/dr-passphrase" },
   "socket": { "path": "$demo/run/vfsx.sock" },
   "redis": { "path": "$demo/redis/redis.sock" },
   "spool": { "dir": "$demo/spool" },
@@ -137,6 +138,13 @@ for _ in $(seq 100); do
 	sleep 0.2
 done
 node "$repo/bin/vfsx.js" verify docs --config "$demo/vfsx.json" --source "$demo/share"
+say "End-to-end encrypted: the replicator made the new repository encrypted with a random passphrase in $demo/dr-passphrase"
+node "$repo/bin/vfsx.js" key list --config "$demo/vfsx.json"
+if grep -rqa -e 'Quarterly figures' -e 'Q3 report' "$demo/dr"; then
+	echo "the DR site's data directory holds readable contents or names" >&2
+	exit 1
+fi
+echo "grep -r 'Quarterly figures' / 'Q3 report' $demo/dr: nothing (contents and names are sealed before they leave this host)"
 say "The saved file at the DR site: vfsx why docs \"Projects/Q3 report.txt\""
 node "$repo/bin/vfsx.js" why docs "Projects/Q3 report.txt" --config "$demo/vfsx.json"
 say "And back: vfsx restore docs $demo/restored"
@@ -155,6 +163,7 @@ The system is running:
   share        //127.0.0.1/docs  port $port  user $user  password $pass
   journal      node bin/vfsx.js journal --config $demo/vfsx.json [--all] [--json] [--follow]
   DR site      ws://127.0.0.1:$drport/  (data in $demo/dr, log $demo/dr-site.log)
+  passphrase   $demo/dr-passphrase  (a restore on another machine needs it, the site's address and the token)
   verify       node bin/vfsx.js verify docs --config $demo/vfsx.json --source $demo/share
   status       node bin/vfsx.js status --config $demo/vfsx.json [--watch] [--json]
   events       node bin/vfsx.js events --config $demo/vfsx.json [--recent]
