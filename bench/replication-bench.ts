@@ -71,9 +71,10 @@ function officeTree(dir: string): number {
 }
 
 /** One initial sync of `src` into a fresh site (so nothing is deduplicated against an earlier round). */
-async function siteRound(src: string, extra: Record<string, unknown> = {}): Promise<{ ms: number; site: DrSiteHarness }> {
+async function siteRound(src: string, extra: Record<string, unknown> = {}, encrypt = true): Promise<{ ms: number; site: DrSiteHarness }> {
   const site = await DrSiteHarness.start({ maxFrameBytes: 64 << 20, ...extra });
-  const client = await site.client();
+  // As a replicator opens a new site: encrypted (the default), or plaintext with encryption off.
+  const client = await site.repo({ encryptNew: encrypt });
   try {
     await client.call('bucket.ensure', { bucket: 'bench' });
     const sync = new SiteSync({ site: client, bucket: 'bench', tree: Tree.open(src), blockSize: 65536, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } });
@@ -97,7 +98,7 @@ function rsyncRound(src: string, dst: string, fsync: boolean): number {
 async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'vfsx-rbench-'));
   const site = await DrSiteHarness.start({ maxFrameBytes: 64 << 20 });
-  const client = await site.client();
+  const client = await site.repo();
   try {
     const src = join(work, 'src');
     mkdirSync(join(src, 'small'), { recursive: true });
@@ -109,6 +110,7 @@ async function main(): Promise<void> {
     const rsyncR: number[] = [];
     const rsyncFsyncR: number[] = [];
     const vfsxR: number[] = [];
+    const plainR: number[] = [];
     let lastSite: DrSiteHarness | null = null;
     for (let r = 0; r < 3; r++) {
       rsyncR.push(rsyncRound(src, join(work, 'rsync-dst'), false));
@@ -117,6 +119,9 @@ async function main(): Promise<void> {
       vfsxR.push(v.ms);
       await lastSite?.destroy();
       lastSite = v.site;
+      const pl = await siteRound(src, {}, false);
+      plainR.push(pl.ms);
+      await pl.site.destroy();
     }
     const rsyncInitial = median(rsyncR);
     const rsyncFsyncInitial = median(rsyncFsyncR);
@@ -128,7 +133,7 @@ async function main(): Promise<void> {
     const rsyncBackR: number[] = [];
     {
       const s = lastSite as DrSiteHarness;
-      const k = await s.client();
+      const k = await s.repo();
       try {
         for (let r = 0; r < 3; r++) {
           rsyncBackR.push(rsyncRound(join(work, 'rsync-fsync-dst'), join(work, 'rsync-back'), true));
@@ -161,7 +166,10 @@ async function main(): Promise<void> {
     const comp = await siteRound(office);
     const compStats = comp.site.stats();
     await comp.site.destroy();
-    const none = await siteRound(office, { compression: 'none' });
+    const plainZstd = await siteRound(office, {}, false);
+    const plainZstdStats = plainZstd.site.stats();
+    await plainZstd.site.destroy();
+    const none = await siteRound(office, { compression: 'none' }, false);
     const noneStats = none.site.stats();
     await none.site.destroy();
 
@@ -221,22 +229,23 @@ async function main(): Promise<void> {
 
     const date = new Date().toISOString().slice(0, 10);
     const lines = [
-      `Replication, measured ${date} on the same machine; DR site over loopback WebSocket, block size 64 KiB, caches dropped before each run.`,
+      `Replication, measured ${date} on the same machine; DR site over loopback WebSocket, block size 64 KiB, caches dropped before each run; the repository encrypted (the default) unless a row says plaintext.`,
       '',
       '| workload | vfsx | rsync | vfsx vs rsync |',
       '|---|---|---|---|',
       `| initial sync, 2,000 x 4 KiB + 4 x 64 MiB (${totalMiB.toFixed(0)} MiB) | ${(totalMiB / (vfsxInitial / 1000)).toFixed(0)} MiB/s (${(vfsxInitial / 1000).toFixed(1)} s) | ${(totalMiB / (rsyncInitial / 1000)).toFixed(0)} MiB/s (${(rsyncInitial / 1000).toFixed(1)} s) | ${(rsyncInitial / vfsxInitial).toFixed(2)}x throughput |`,
       `| initial sync, same tree, vs rsync --fsync (durable copies, as the DR site makes them) | ${(totalMiB / (vfsxInitial / 1000)).toFixed(0)} MiB/s | ${(totalMiB / (rsyncFsyncInitial / 1000)).toFixed(0)} MiB/s (${(rsyncFsyncInitial / 1000).toFixed(1)} s) | ${(rsyncFsyncInitial / vfsxInitial).toFixed(2)}x throughput |`,
+      `| initial sync, same tree, plaintext repository (encryption off) | ${(totalMiB / (median(plainR) / 1000)).toFixed(0)} MiB/s (${(median(plainR) / 1000).toFixed(1)} s) | ${(totalMiB / (rsyncFsyncInitial / 1000)).toFixed(0)} MiB/s (--fsync) | ${(rsyncFsyncInitial / median(plainR)).toFixed(2)}x throughput |`,
       `| 1 byte changed in a 1 GiB file | ${vfsxChange.toFixed(0)} ms, ${sentBlocks} block (${sentBytes} bytes) sent | ${rsyncChange.toFixed(0)} ms, ${literal} literal bytes | ${(rsyncChange / vfsxChange).toFixed(0)}x faster |`,
       `| restore of the mixed tree (vfsx restore vs rsync -a --fsync back into an empty directory) | ${(totalMiB / (median(restoreR) / 1000)).toFixed(0)} MiB/s (${(median(restoreR) / 1000).toFixed(1)} s) | ${(totalMiB / (median(rsyncBackR) / 1000)).toFixed(0)} MiB/s (${(median(rsyncBackR) / 1000).toFixed(1)} s) | ${(median(rsyncBackR) / median(restoreR)).toFixed(2)}x throughput |`,
       '',
-      `Initial sync and restore: medians of 3 rounds, interleaved; each vfsx round into a new, empty site. vfsx rounds: ${vfsxR.map((x) => (x / 1000).toFixed(1)).join(', ')} s; rsync --fsync: ${rsyncFsyncR.map((x) => (x / 1000).toFixed(1)).join(', ')} s. The site stored the mixed tree (random data) as ${mixedStats.blocks} blocks in ${mixedStats.packs} packs, ${(mixedStats.packBytes / 2 ** 20).toFixed(1)} MiB.`,
+      `Initial sync and restore: medians of 3 rounds, interleaved; each vfsx round into a new, empty site. vfsx rounds (encrypted): ${vfsxR.map((x) => (x / 1000).toFixed(1)).join(', ')} s; rsync --fsync: ${rsyncFsyncR.map((x) => (x / 1000).toFixed(1)).join(', ')} s. The site stored the mixed tree (random data) as ${mixedStats.blocks} blocks in ${mixedStats.packs} packs, ${(mixedStats.packBytes / 2 ** 20).toFixed(1)} MiB.`,
       '',
       'Stored bytes at the site for a compressible tree (600 letters, 100 CSV ledgers, 20 already-compressed scans):',
       '',
-      '| source | stored, zstd (default) | stored, compression none | initial sync, zstd / none |',
-      '|---|---|---|---|',
-      `| ${(officeBytes / 2 ** 20).toFixed(1)} MiB | ${(compStats.packBytes / 2 ** 20).toFixed(1)} MiB (${(compStats.packBytes / officeBytes).toFixed(2)} of the source) | ${(noneStats.packBytes / 2 ** 20).toFixed(1)} MiB (${(noneStats.packBytes / officeBytes).toFixed(2)}) | ${(comp.ms / 1000).toFixed(2)} s / ${(none.ms / 1000).toFixed(2)} s |`,
+      '| source | stored, encrypted (zstd by the replicator, the default) | stored, plaintext (zstd at the site) | stored, plaintext, compression none | initial sync, encrypted / plaintext zstd / none |',
+      '|---|---|---|---|---|',
+      `| ${(officeBytes / 2 ** 20).toFixed(1)} MiB | ${(compStats.packBytes / 2 ** 20).toFixed(1)} MiB (${(compStats.packBytes / officeBytes).toFixed(2)} of the source) | ${(plainZstdStats.packBytes / 2 ** 20).toFixed(1)} MiB (${(plainZstdStats.packBytes / officeBytes).toFixed(2)}) | ${(noneStats.packBytes / 2 ** 20).toFixed(1)} MiB (${(noneStats.packBytes / officeBytes).toFixed(2)}) | ${(comp.ms / 1000).toFixed(2)} s / ${(plainZstd.ms / 1000).toFixed(2)} s / ${(none.ms / 1000).toFixed(2)} s |`,
       '',
       'Pack size (drSite.packBytes), one initial sync of the mixed tree each:',
       '',
@@ -251,7 +260,7 @@ async function main(): Promise<void> {
       ...bsRows,
       '',
       'rsync copies between two local directories (no network, no hashing of unchanged files on the initial copy);',
-      'vfsx hashes every block and talks JSON-RPC over WebSocket to a separate DR site process.',
+      'vfsx hashes every block (HMAC-SHA256 ids), compresses and seals it (AES-256-GCM), and talks JSON-RPC over WebSocket to a separate DR site process.',
     ];
     process.stdout.write(`\n${lines.join('\n')}\n`);
   } finally {

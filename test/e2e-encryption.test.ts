@@ -180,9 +180,10 @@ test('a flipped byte in a stored pack fails authentication: verify --deep names 
   }
 });
 
-test('vfsx key: add a passphrase, restore with it, remove the first; a key cannot remove itself, the last key stays, and only the admin token may manage keys', async () => {
+test('vfsx key: add a passphrase, restore with it on a fresh machine (address, read token, passphrase), remove the first; a key cannot remove itself, the last key stays, and only the admin token may manage keys', async () => {
   const scoped = randomBytes(16).toString('hex');
-  const dr = await DrSiteHarness.start({ tokens: [{ token: scoped, buckets: ['docs'], access: 'write' }] });
+  const reader = randomBytes(16).toString('hex');
+  const dr = await DrSiteHarness.start({ tokens: [{ token: scoped, buckets: ['docs'], access: 'write' }, { token: reader, buckets: ['docs'], access: 'read' }] });
   try {
     const src = join(work, 'keys-src');
     await makeTree(src);
@@ -217,8 +218,9 @@ test('vfsx key: add a passphrase, restore with it, remove the first; a key canno
     assert.equal(old.code, 1, 'the removed passphrase must no longer open the repository');
     assert.match(old.stderr, /VFSX_ERR_REPO_PASSPHRASE/);
 
+    // A fresh machine: the site's address, a read token and the passphrase (in the environment, no file).
     const dest = join(work, 'keys-restored');
-    const res = await vfsx(dr, ['restore', 'docs', dest], { passphraseFile: second });
+    const res = await vfsx(dr, ['restore', 'docs', dest], { token: reader, passphraseFile: join(work, 'nothing-here'), env: { VFSX_PASSPHRASE: 'a second, different passphrase' } });
     assert.equal(res.code, 0, res.stdout + res.stderr);
     diffR(src, dest);
 
