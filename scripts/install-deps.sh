@@ -8,7 +8,8 @@ PKGS=(samba samba-vfs-modules smbclient samba-testsuite redis-server
       gcc make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
       rsync sqlite3 util-linux procps iproute2
       debootstrap python3-impacket  # the Samba version matrix; SMB2 stream renames
-      chromium)  # the dashboard test drives it with playwright-core
+      chromium  # the dashboard test drives it with playwright-core
+      ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime)  # a one-host Ceph cluster for the S3 backend's tests
 
 # Samba 4.17's configure needs distutils: its own package on Debian 12, gone from 13.
 if apt-cache policy python3-distutils 2>/dev/null | grep -q "Candidate: [0-9]"; then PKGS+=(python3-distutils); fi
@@ -29,7 +30,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-upgrade --no-install-recommends "${missing[@]}" >/dev/null
 	# The Debian packages start daemons we do not use; our tests run their own.
-	for svc in smbd nmbd samba-ad-dc winbind redis-server; do
+	for svc in smbd nmbd samba-ad-dc winbind redis-server ceph-mon ceph-mgr ceph-osd radosgw ceph.target; do
 		systemctl disable --now "$svc" >/dev/null 2>&1 || true
 		service "$svc" stop >/dev/null 2>&1 || true
 	done

@@ -7,16 +7,13 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { validateConfig } from '../src/config/load-config';
 import type { SiteClient } from '../src/replication-queue/site-client';
-import { JournalReader } from '../src/replication-queue/journal-reader';
 import { verifyShare } from '../src/replication-queue/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
-import { RandomWorkload, treeDiffers } from './helpers/random-workload';
+import { ReplicationStack } from './helpers/replication-stack';
 import { RedisHarness } from './helpers/redis-harness';
 import { REPO, ServiceHarness } from './helpers/service-harness';
 import { q, smbclient } from './helpers/smbclient';
@@ -25,6 +22,7 @@ import { SMB_PASS, SMB_USER, SmbdHarness } from './helpers/smbd-harness';
 import { xattrsOf } from '../src/replication-queue/source-tree';
 import { waitFor } from './helpers/wait-for';
 
+let stack: ReplicationStack;
 let redis: RedisHarness;
 let dr: DrSiteHarness;
 let svc: ServiceHarness;
@@ -34,27 +32,13 @@ let local: string;
 const SHARE = 'docs';
 
 before(async () => {
-  redis = await RedisHarness.start();
-  dr = await DrSiteHarness.start();
-  svc = await ServiceHarness.create({
-    redisSocket: redis.socket,
-    extra: { replication: { enabled: true, ...dr.replication, blockSize: 65536, maxBackoffMs: 1000 } },
-  });
-  (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
-  await svc.rewriteConfig();
-  await svc.start();
-  // As a production share would stack it: NT ACLs and streams live in xattrs below vfsx.
-  smbd = await SmbdHarness.start([{ name: SHARE, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }]);
-  site = await dr.repo();
-  local = await mkdtemp(join(tmpdir(), 'vfsx-repl-'));
+  stack = await ReplicationStack.start({ share: SHARE });
+  ({ redis, dr, svc, smbd, local } = stack);
+  site = stack.site;
 });
 
 after(async () => {
-  site?.close();
-  await smbd?.destroy();
-  await svc?.destroy();
-  await dr?.destroy();
-  await redis?.stop();
+  await stack?.destroy();
 });
 
 async function smb(cmds: string): Promise<void> {
@@ -62,17 +46,14 @@ async function smb(cmds: string): Promise<void> {
   assert.deepEqual(r.statuses, [], `${cmds}: ${r.stdout}${r.stderr}`);
 }
 
-async function drained(): Promise<void> {
-  const cfg = validateConfig(svc.config);
-  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
-  try {
-    await waitFor('the replication backlog to drain', async () => {
-      const b = await reader.backlog();
-      return b.queued + b.pending + b.unpumped === 0;
-    }, 60000, 100);
-  } finally {
-    await reader.close();
-  }
+const drained = () => stack.drained();
+const randomWorkload = (tag: string, ops?: number) => stack.randomWorkload(tag, ops);
+const converged = (tag: string) => stack.converged(tag);
+
+/** After the site restarted: a new connection to it. */
+async function reconnect(): Promise<void> {
+  await stack.reconnect();
+  site = stack.site;
 }
 
 const blockFiles = () => dr.stats().blocks;
@@ -267,39 +248,6 @@ test('vfsx verify finds drift, vfsx resync repairs it, and vfsx restore rebuilds
   assert.equal(await readFile(join(smbd.sharePath(SHARE), 'pit.txt'), 'utf8'), 'version two, longer');
 });
 
-let seed = Number(process.env.VFSX_SEED ?? Date.now() % 100000);
-
-/** A random workload of `ops` operations through SMB in its own directory; the share must then match its model. */
-async function randomWorkload(tag: string, ops = 2000): Promise<void> {
-  const w = new RandomWorkload(++seed, `${tag}`, join(local, `rw-${tag}`));
-  w.plan(ops);
-  const res = await w.run(smbd.port, SHARE);
-  assert.ok(res.ops >= ops, `${res.ops} ops`);
-  assert.deepEqual(await treeDiffers(smbd.sharePath(SHARE), tag, res.expected), [], `seed ${w.seed}: the share does not match the workload's model`);
-  process.stdout.write(`# ${tag}: seed ${w.seed}, ${JSON.stringify(res.counts)}\n`);
-}
-
-/** Drained, then verify reports identical and a restore into an empty directory is identical to the share (diff -r). */
-async function converged(tag: string): Promise<void> {
-  await drained();
-  const diffs = await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true });
-  if (diffs.length > 0) {
-    // What each side has, for the failure report.
-    const detail = await Promise.all(diffs.slice(0, 5).map(async (d) => {
-      const head = await site.call<Record<string, unknown> | null>('object.stat', { bucket: SHARE, path: d.path, blocks: true }).catch((e) => String(e));
-      const src = await stat(join(smbd.sharePath(SHARE), d.path), { bigint: true }).then((s) => ({ size: String(s.size), mtimeNs: String(s.mtimeNs) }), (e) => String(e));
-      return { ...d, site: head, source: src };
-    }));
-    assert.fail(`seed ${seed}: the site differs from the source: ${JSON.stringify(detail)}`);
-  }
-  const dest = join(local, `restore-${tag}`);
-  const res = await cli(['restore', SHARE, dest, '--json']);
-  assert.equal(res.code, 0, res.stdout + res.stderr);
-  const diff = spawnSync('diff', ['-r', smbd.sharePath(SHARE), dest], { encoding: 'utf8', maxBuffer: 64 << 20 });
-  assert.equal(diff.status, 0, diff.stdout.slice(0, 4000) + diff.stderr);
-  await rm(dest, { recursive: true, force: true });
-}
-
 test('a random workload of 2,000 SMB operations converges: verify is identical and a restore matches diff -r', async () => {
   await randomWorkload('random');
   await converged('random');
@@ -333,8 +281,7 @@ test('with the DR site stopped for 30 s during a workload and restarted, replica
   await run;
   await new Promise((r) => setTimeout(r, Math.max(0, 30000 - (Date.now() - downAt)))); // records fail and back off
   await dr.startServer();
-  site.close();
-  site = await dr.repo();
+  await reconnect();
   await converged('sitedown');
 });
 
@@ -345,8 +292,7 @@ test('with the DR site killed (SIGKILL) mid-upload during a workload and restart
   await dr.stop('SIGKILL');
   await run;
   await dr.startServer();
-  site.close();
-  site = await dr.repo();
+  await reconnect();
   await converged('sitekill');
 });
 

@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
 import { DrSiteServer } from '../dr-site/dr-site-server';
+import { packRemoteOf } from '../dr-site/s3-packs';
 import { MetaStore } from '../dr-site/meta-store';
 import { PackStore } from '../dr-site/pack-store';
 import { createLogger } from '../service/create-logger';
@@ -151,7 +152,8 @@ async function replicate(configFile: string | undefined): Promise<number> {
 async function drSiteMigrate(configFile: string | undefined, json: boolean): Promise<number> {
   const d = loadConfig(configFile).drSite;
   const meta = new MetaStore(join(d.dataDir, 'meta.sqlite'));
-  const store = new PackStore({ dir: d.dataDir, meta, packBytes: d.packBytes, compression: d.compression });
+  const log = (msg: string, o: object) => process.stderr.write(`${msg} ${JSON.stringify(o)}\n`);
+  const store = new PackStore({ dir: d.dataDir, meta, packBytes: d.packBytes, compression: d.compression, remote: await packRemoteOf(d.storage, log), log });
   try {
     await store.init();
     const total = meta.looseCount();
@@ -161,6 +163,7 @@ async function drSiteMigrate(configFile: string | undefined, json: boolean): Pro
       (done) => { if (!json) process.stderr.write(`\r${done}/${total} blocks moved into packs`); },
       (hash, err) => { failed++; process.stderr.write(`\nblock ${hash} not moved: ${err.message}\n`); },
     );
+    await store.flushUploads();
     const s = store.stats();
     const out = { moved, failed, seconds: (Date.now() - t0) / 1000, packs: s.packs, packBytes: s.packBytes, rawBytes: s.rawBytes, looseBlocks: s.looseBlocks };
     process.stdout.write(json ? `${JSON.stringify(out)}\n` : `\n${moved} blocks moved into packs in ${out.seconds.toFixed(1)} s; ${failed} could not be read; ${s.looseBlocks} v1 blocks left\n`);
@@ -177,7 +180,10 @@ async function drSite(configFile: string | undefined): Promise<number> {
   if (!d.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.token is required (16 characters or more)');
   if (Boolean(d.tlsCert) !== Boolean(d.tlsKey)) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.tlsCert and drSite.tlsKey go together');
   const logger = createLogger(config.log.level).child({ c: 'dr-site' });
+  const remote = await packRemoteOf(d.storage, (msg, o) => logger.warn(o, msg));
+  if (remote) logger.info({ where: remote.where }, 'closed packs go to object storage');
   const site = await DrSiteServer.create({
+    remote, uploadIdleMs: d.storage.uploadIdleMs,
     host: d.host, port: d.port, token: d.token, tokens: d.tokens, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
     retentionMs: d.retentionMs, gcIntervalMs: d.gcIntervalMs, orphanGraceMs: d.orphanGraceMs,
     packBytes: d.packBytes, compression: d.compression, repackBelow: d.repackBelow,

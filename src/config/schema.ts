@@ -156,6 +156,31 @@ export const configSchema = {
         packBytes: { type: 'integer', minimum: 65536, maximum: 1073741824, default: 16777216, description: 'blocks are appended to pack files closed at this size' },
         compression: { enum: ['zstd', 'none'], default: 'zstd', description: 'zstd per block, kept only when it saves 1/16 or more' },
         repackBelow: { type: 'number', minimum: 0, maximum: 1, default: 0.5, description: 'retention rewrites a pack whose live fraction falls below this' },
+        storage: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          description: 'where closed packs are kept: the data directory (local) or S3-compatible object storage (s3)',
+          properties: {
+            backend: { enum: ['local', 's3'], default: 'local' },
+            uploadIdleMs: { type: 'integer', minimum: 100, default: 30000, description: 's3: an open pack idle this long is closed and uploaded' },
+            s3: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['endpoint', 'bucket'],
+              properties: {
+                endpoint: { type: 'string', pattern: '^https?://' },
+                region: { type: 'string', default: 'us-east-1' },
+                bucket: { type: 'string', minLength: 3, maxLength: 63 },
+                prefix: { type: 'string', default: '', pattern: '^([^/].*/)?$', description: 'key prefix, empty or ending in /' },
+                accessKeyId: { type: 'string', description: 'else AWS_ACCESS_KEY_ID' },
+                secretAccessKey: { type: 'string', description: 'else AWS_SECRET_ACCESS_KEY' },
+                forcePathStyle: { type: 'boolean', default: true },
+                multipartBytes: { type: 'integer', minimum: 5242880, default: 67108864, description: 'packs above this go up in parts' },
+              },
+            },
+          },
+        },
       },
     },
     http: {
@@ -287,6 +312,7 @@ export interface VfsxConfig {
     packBytes: number;
     compression: 'zstd' | 'none';
     repackBelow: number;
+    storage: DrStorageConfig;
   };
   http: { enabled: boolean; host: string; port: number; token?: string; historySeconds: number };
   alerts: {
@@ -296,6 +322,21 @@ export interface VfsxConfig {
     hooks: AlertHookConfig[];
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export interface DrStorageConfig {
+  backend: 'local' | 's3';
+  uploadIdleMs: number;
+  s3?: {
+    endpoint: string;
+    region: string;
+    bucket: string;
+    prefix: string;
+    accessKeyId?: string;
+    secretAccessKey?: string;
+    forcePathStyle: boolean;
+    multipartBytes: number;
+  };
 }
 
 export interface ScrubConfig {

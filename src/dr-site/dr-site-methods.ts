@@ -124,7 +124,7 @@ export class DrSiteMethods {
         if (p.path !== undefined) this.checkBlocksOf(p, hashes);
         const missing = this.missing(hashes);
         if (missing.length > 0) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
-        const parts = await Promise.all(hashes.map(async (hash) => ({ hash, data: await this.blocks.get(hash) })));
+        const parts = (await this.blocks.getMany(hashes)).map((data, i) => ({ hash: hashes[i], data }));
         return { result: { blocks: parts.map((b) => ({ hash: b.hash, size: b.data.length })) }, binary: parts };
       }
       case 'object.commit': {

@@ -17,6 +17,7 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { VfsxError } from '../errors/vfsx-error';
 import { authorize, Rights, rightsOf, ScopedToken } from './access';
 import { PackStore } from './pack-store';
+import type { PackRemote } from './s3-packs';
 import { BinaryPart, DrSiteMethods } from './dr-site-methods';
 import { MetaStore } from './meta-store';
 import { RPC_ERRORS, RPC_PARAMS } from './rpc-schema';
@@ -39,6 +40,9 @@ export interface DrSiteServerOptions {
   compression?: 'zstd' | 'none';
   /** A pack whose live bytes fall below this fraction is rewritten by retention. */
   repackBelow?: number;
+  /** Object storage for closed packs (drSite.storage.backend "s3"). */
+  remote?: PackRemote;
+  uploadIdleMs?: number;
   logger: Logger;
 }
 
@@ -55,6 +59,7 @@ const CODE_OF: Partial<Record<string, number>> = {
   VFSX_ERR_DR_FORBIDDEN: RPC_ERRORS.FORBIDDEN,
   VFSX_ERR_DR_DAMAGED: RPC_ERRORS.DAMAGED,
   VFSX_ERR_DR_REPO_STATE: RPC_ERRORS.REPO_STATE,
+  VFSX_ERR_DR_STORAGE: RPC_ERRORS.STORAGE,
 };
 
 export class DrSiteServer {
@@ -77,7 +82,10 @@ export class DrSiteServer {
     for (const [m, schema] of Object.entries(RPC_PARAMS)) this.validators.set(m, ajv.compile(schema));
     const meta = new MetaStore(join(options.dataDir, 'meta.sqlite'));
     this.methods = new DrSiteMethods(
-      new PackStore({ dir: options.dataDir, meta, packBytes: options.packBytes ?? 16 * 1024 * 1024, compression: options.compression ?? 'zstd' }),
+      new PackStore({
+        dir: options.dataDir, meta, packBytes: options.packBytes ?? 16 * 1024 * 1024, compression: options.compression ?? 'zstd',
+        remote: options.remote, uploadIdleMs: options.uploadIdleMs, log: (msg, o) => this.log.warn(o, msg),
+      }),
       meta,
     );
   }

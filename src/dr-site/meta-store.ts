@@ -92,6 +92,8 @@ export interface BlockLocation {
   offset: number;
   stored: number;
   flags: number;
+  /** Its pack is in object storage. */
+  remote?: boolean;
 }
 
 /** A block just written to a pack; `from` set: a move, applied only if the block is still there. */
@@ -129,6 +131,9 @@ export class MetaStore {
       if (!cols.has(name)) this.db.exec(`ALTER TABLE blocks ADD COLUMN ${name} ${type}`);
     }
     this.db.exec('CREATE INDEX IF NOT EXISTS blocks_pack ON blocks (pack)');
+    const packCols = new Set((this.q('PRAGMA table_info(packs)').all() as Array<{ name: string }>).map((c) => c.name));
+    // 1: the pack is in object storage (its local copy may be gone); 0: only on the local disk.
+    if (!packCols.has('remote')) this.db.exec('ALTER TABLE packs ADD COLUMN remote INTEGER NOT NULL DEFAULT 0');
     this.now = now;
   }
 
@@ -229,12 +234,24 @@ export class MetaStore {
   }
 
   locate(hash: string): BlockLocation | null {
-    const r = this.q('SELECT hash, size, pack, off AS offset, stored, flags FROM blocks WHERE hash = ?').get(hash) as BlockLocation | undefined;
-    return r ?? null;
+    const r = this.q(`SELECT b.hash, b.size, b.pack, b.off AS offset, b.stored, b.flags, COALESCE(p.remote, 0) AS remote
+      FROM blocks b LEFT JOIN packs p ON p.id = b.pack WHERE b.hash = ?`).get(hash) as (Omit<BlockLocation, 'remote'> & { remote: number }) | undefined;
+    return r ? { ...r, remote: r.remote === 1 } : null;
   }
 
-  packs(): Array<{ id: string; bytes: number }> {
-    return this.q('SELECT id, bytes FROM packs').all() as Array<{ id: string; bytes: number }>;
+  packs(): Array<{ id: string; bytes: number; remote: boolean }> {
+    return (this.q('SELECT id, bytes, remote FROM packs').all() as Array<{ id: string; bytes: number; remote: number }>)
+      .map((p) => ({ ...p, remote: p.remote === 1 }));
+  }
+
+  /** The indexed length of a pack, or null when the index no longer knows it. */
+  packBytes(id: string): number | null {
+    return (this.q('SELECT bytes FROM packs WHERE id = ?').get(id) as { bytes: number } | undefined)?.bytes ?? null;
+  }
+
+  /** Records that a pack is in object storage; false when the pack was dropped meanwhile. */
+  markPackRemote(id: string): boolean {
+    return this.q('UPDATE packs SET remote = 1 WHERE id = ?').run(id).changes > 0;
   }
 
   /** Each pack's size and the bytes (entries with headers) still indexed in it. */
@@ -244,7 +261,9 @@ export class MetaStore {
   }
 
   blocksIn(pack: string): BlockLocation[] {
-    return this.q('SELECT hash, size, pack, off AS offset, stored, flags FROM blocks WHERE pack = ?').all(pack) as BlockLocation[];
+    return (this.q(`SELECT b.hash, b.size, b.pack, b.off AS offset, b.stored, b.flags, p.remote
+      FROM blocks b JOIN packs p ON p.id = b.pack WHERE b.pack = ?`).all(pack) as Array<Omit<BlockLocation, 'remote'> & { remote: number }>)
+      .map((r) => ({ ...r, remote: r.remote === 1 }));
   }
 
   /** Forgets a pack nothing is indexed in any more; false if something still is. */
@@ -272,12 +291,12 @@ export class MetaStore {
       .all(after, n) as BlockLocation[];
   }
 
-  storeStats(): { packs: number; packBytes: number; liveBytes: number; blocks: number; rawBytes: number; looseBlocks: number } {
-    const p = this.q('SELECT count(*) AS n, COALESCE(SUM(bytes), 0) AS bytes FROM packs').get() as { n: number; bytes: number };
+  storeStats(): { packs: number; packBytes: number; liveBytes: number; blocks: number; rawBytes: number; looseBlocks: number; remotePacks: number } {
+    const p = this.q('SELECT count(*) AS n, COALESCE(SUM(bytes), 0) AS bytes, COALESCE(SUM(remote), 0) AS remote FROM packs').get() as { n: number; bytes: number; remote: number };
     const b = this.q(`SELECT count(*) AS n, COALESCE(SUM(size), 0) AS raw,
       COALESCE(SUM(CASE WHEN pack IS NULL THEN 0 ELSE stored + ${PACK_ENTRY_HEADER} END), 0) AS live,
       COALESCE(SUM(CASE WHEN pack IS NULL THEN 1 ELSE 0 END), 0) AS loose FROM blocks`).get() as { n: number; raw: number; live: number; loose: number };
-    return { packs: p.n, packBytes: p.bytes, liveBytes: b.live, blocks: b.n, rawBytes: b.raw, looseBlocks: b.loose };
+    return { packs: p.n, packBytes: p.bytes, liveBytes: b.live, blocks: b.n, rawBytes: b.raw, looseBlocks: b.loose, remotePacks: p.remote };
   }
 
   /** Which of these blocks the site does not have. */

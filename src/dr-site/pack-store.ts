@@ -14,6 +14,14 @@
  * Blocks of a v1 site (one file each under blocks/) stay readable and are
  * moved into packs by migrateLoose() with no moment where neither copy is
  * indexed.
+ *
+ * With object storage (`remote`), the local disk only stages the open pack:
+ * blocks are durable there before they are acknowledged, exactly as
+ * without it; a pack that closes (full, or idle for `uploadIdleMs`) is
+ * uploaded whole, then marked remote in the index, then its local file is
+ * deleted. Reads of a remote pack are byte ranges. A crash at any step
+ * leaves either a local pack start-up uploads again or an object nothing
+ * indexes, which start-up deletes.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { open, mkdir, readdir, readFile, rm, stat, truncate, unlink, writeFile, FileHandle } from 'node:fs/promises';
@@ -22,6 +30,7 @@ import { join } from 'node:path';
 import { compress, decompress } from 'zstd-napi';
 import { VfsxError } from '../errors/vfsx-error';
 import { BlockLocation, MetaStore, NewBlock, PACK_ENTRY_HEADER } from './meta-store';
+import type { PackRemote } from './s3-packs';
 
 const HASH_RE = /^[0-9a-f]{64}$/;
 const MAGIC = 0x76786231; // "vxb1"
@@ -53,7 +62,16 @@ export interface PackStoreOptions {
   packBytes: number;
   compression: 'zstd' | 'none';
   zstdLevel?: number;
+  /** Object storage for closed packs; without it packs stay in `dir`. */
+  remote?: PackRemote;
+  /** With `remote`: an open pack nothing was written to for this long is closed and uploaded. */
+  uploadIdleMs?: number;
+  log?: (msg: string, o: object) => void;
 }
+
+/** Ranges of one remote pack closer than this are read in one request. */
+const COALESCE_GAP = 256 * 1024;
+const COALESCE_MAX = 16 * 1024 * 1024;
 
 interface Pending {
   hash: string;
@@ -72,6 +90,8 @@ export interface PackStats {
   blocks: number;
   rawBytes: number;
   looseBlocks: number;
+  /** Packs in object storage (0 without it). */
+  remotePacks: number;
 }
 
 export class PackStore {
@@ -83,6 +103,11 @@ export class PackStore {
   private inflight = new Map<string, Promise<void>>();
   private current: { id: string; fh: FileHandle; bytes: number } | null = null;
   private locked: string | null = null;
+  /** Closed packs waiting for (or in) their upload, one at a time in order. */
+  private uploads: Promise<void> = Promise.resolve();
+  private readonly uploadsPending = new Set<string>();
+  private idleTimer: NodeJS.Timeout | null = null;
+  private closing = false;
 
   constructor(options: PackStoreOptions) {
     this.o = options;
@@ -106,19 +131,95 @@ export class PackStore {
     await this.lock();
     await mkdir(join(this.o.dir, 'packs'), { recursive: true });
     await rm(join(this.o.dir, 'blocks', 'tmp'), { recursive: true, force: true });
-    const known = new Map(this.meta.packs().map((p) => [p.id, p.bytes]));
+    const packs = this.meta.packs();
+    const known = new Map(packs.map((p) => [p.id, p]));
+    const local = new Set<string>();
     for (const sub of await readdir(join(this.o.dir, 'packs'))) {
       for (const name of await readdir(join(this.o.dir, 'packs', sub)).catch(() => [] as string[])) {
         const id = name.replace(/\.pack$/, '');
         const file = join(this.o.dir, 'packs', sub, name);
-        const bytes = known.get(id);
-        if (bytes === undefined) {
-          await unlink(file);
-        } else if ((await stat(file)).size > bytes) {
-          await truncate(file, bytes);
+        const p = known.get(id);
+        if (p === undefined || p.remote) {
+          await unlink(file); // never indexed, or uploaded already (the crash came before its deletion)
+          continue;
         }
+        local.add(id);
+        if ((await stat(file)).size > p.bytes) await truncate(file, p.bytes);
       }
     }
+    if (!this.o.remote) return;
+    for (const p of packs) {
+      if (p.remote) continue;
+      if (local.has(p.id)) this.upload(p.id);
+      else this.o.log?.('a pack is neither uploaded nor on the local disk: its blocks are lost (verify --deep names the files)', { pack: p.id });
+    }
+    // Objects nothing indexes (a crash between dropping a pack and deleting its object): in the background.
+    void this.sweepRemote().catch((err: Error) => this.o.log?.('could not list the packs in object storage', { err: err.message }));
+  }
+
+  private async sweepRemote(): Promise<void> {
+    const remote = this.o.remote as PackRemote;
+    for (const id of await remote.list()) {
+      if (this.meta.packBytes(id) === null && !this.uploadsPending.has(id) && id !== this.current?.id) {
+        await remote.delete(id);
+        this.o.log?.('deleted a pack object nothing indexes', { pack: id });
+      }
+    }
+  }
+
+  /** Queues a closed pack's upload; the index marks it remote, then the local file goes. */
+  private upload(id: string): void {
+    const remote = this.o.remote;
+    if (!remote || this.uploadsPending.has(id)) return;
+    this.uploadsPending.add(id);
+    this.uploads = this.uploads.then(async () => {
+      try {
+        const bytes = this.meta.packBytes(id);
+        if (bytes === null || this.closing) return; // repacked away meanwhile, or shutting down (start-up resumes it)
+        let data: Buffer;
+        try {
+          data = (await readFile(this.packPath(id))).subarray(0, bytes);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') return; // repack deleted it
+          throw err;
+        }
+        if (data.length !== bytes) throw new Error(`pack ${id} is ${data.length} bytes on disk, ${bytes} indexed`);
+        await remote.put(id, data);
+        if (this.meta.markPackRemote(id)) await unlink(this.packPath(id)).catch(() => undefined);
+        else await remote.delete(id); // dropped while it went up
+      } catch (err) {
+        if (!this.closing) this.o.log?.('pack upload failed: it stays on the local disk and is retried at the next start', { pack: id, err: (err as Error).message });
+      } finally {
+        this.uploadsPending.delete(id);
+      }
+    });
+  }
+
+  /** Closed packs not yet in object storage. */
+  get uploadBacklog(): number {
+    return this.uploadsPending.size;
+  }
+
+  /** Resolves once every pack closed so far is uploaded (or failed to be). */
+  async flushUploads(): Promise<void> {
+    if (this.current && this.o.remote) await this.closeIdle(true);
+    await this.uploads;
+  }
+
+  private armIdle(): void {
+    if (!this.o.remote || !this.current) return;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => void this.closeIdle(false), this.o.uploadIdleMs ?? 30000);
+    this.idleTimer.unref();
+  }
+
+  /** Closes the open pack so it is uploaded (after a write in flight, if any). */
+  private async closeIdle(now: boolean): Promise<void> {
+    if (this.writing) {
+      if (!now) return this.armIdle();
+      await this.writing.catch(() => undefined);
+    }
+    if (this.current && !this.writing) await this.closeCurrent();
   }
 
   /**
@@ -230,7 +331,10 @@ export class PackStore {
   private async closeCurrent(): Promise<void> {
     const c = this.current;
     this.current = null;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     await c?.fh.close().catch(() => undefined);
+    if (c && c.bytes > 0 && !this.closing) this.upload(c.id);
   }
 
   private async write(batch: Pending[]): Promise<void> {
@@ -261,6 +365,7 @@ export class PackStore {
     pack.bytes = off;
     this.meta.indexBlocks(pack.id, off, rows);
     if (pack.bytes >= this.o.packBytes) await this.closeCurrent();
+    else this.armIdle();
   }
 
   /** A block's bytes, checked against its id; a damaged one is an error, never data. */
@@ -271,8 +376,8 @@ export class PackStore {
       try {
         return await this.read(hash, loc);
       } catch (err) {
-        // Repack or migration moved it between the look-up and the read: look again.
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 2) continue;
+        // Repack, migration or an upload moved it between the look-up and the read: look again.
+        if (((err as NodeJS.ErrnoException).code === 'ENOENT' || /NoSuchKey/.test((err as Error).message)) && attempt < 2) continue;
         throw err;
       }
     }
@@ -283,7 +388,72 @@ export class PackStore {
   }
 
   /** A block's bytes and, for a packed one, its stored (maybe compressed) form. */
-  private async readEntry(hash: string, loc: BlockLocation): Promise<{ data: Buffer; stored: Buffer | null }> {
+  /** A pack entry's bytes (header and stored block), from the local pack or a range of the remote one. */
+  private async fetchEntry(loc: BlockLocation, damaged: (why: string) => Error): Promise<Buffer> {
+    const length = ENTRY_HEADER + loc.stored;
+    if (loc.remote && this.o.remote) return this.o.remote.getRange(loc.pack as string, loc.offset, length);
+    const fh = await open(this.packPath(loc.pack as string), 'r');
+    try {
+      const entry = Buffer.alloc(length);
+      const { bytesRead } = await fh.read(entry, 0, length, loc.offset);
+      if (bytesRead !== length) throw damaged('the pack is shorter than its index says');
+      return entry;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * Several blocks, in order. Blocks of one remote pack that lie close
+   * together are read in one ranged request (a restore reads files whose
+   * blocks were packed side by side).
+   */
+  async getMany(hashes: string[]): Promise<Buffer[]> {
+    if (!this.o.remote) return Promise.all(hashes.map((h) => this.get(h)));
+    const out = new Array<Buffer | undefined>(hashes.length);
+    const byPack = new Map<string, Array<{ i: number; loc: BlockLocation }>>();
+    hashes.forEach((hash, i) => {
+      const loc = this.meta.locate(hash);
+      if (loc?.remote && loc.pack) {
+        const list = byPack.get(loc.pack) ?? [];
+        list.push({ i, loc });
+        byPack.set(loc.pack, list);
+      }
+    });
+    const runs: Array<Array<{ i: number; loc: BlockLocation }>> = [];
+    for (const list of byPack.values()) {
+      list.sort((a, b) => a.loc.offset - b.loc.offset);
+      let run: typeof list = [];
+      for (const e of list) {
+        const first = run[0]?.loc;
+        const last = run[run.length - 1]?.loc;
+        if (first && last && (e.loc.offset - (last.offset + ENTRY_HEADER + last.stored) > COALESCE_GAP
+          || e.loc.offset + ENTRY_HEADER + e.loc.stored - first.offset > COALESCE_MAX)) {
+          runs.push(run);
+          run = [];
+        }
+        run.push(e);
+      }
+      if (run.length > 0) runs.push(run);
+    }
+    await Promise.all(runs.map(async (run) => {
+      const first = run[0].loc;
+      const end = Math.max(...run.map((e) => e.loc.offset + ENTRY_HEADER + e.loc.stored));
+      let bytes: Buffer;
+      try {
+        bytes = await (this.o.remote as PackRemote).getRange(first.pack as string, first.offset, end - first.offset);
+      } catch {
+        return; // read one by one below (repacked meanwhile, or a failure that get() reports)
+      }
+      for (const e of run) {
+        const at = e.loc.offset - first.offset;
+        out[e.i] = (await this.readEntry(e.loc.hash, e.loc, bytes.subarray(at, at + ENTRY_HEADER + e.loc.stored))).data;
+      }
+    }));
+    return Promise.all(hashes.map((h, i) => out[i] ?? this.get(h)));
+  }
+
+  private async readEntry(hash: string, loc: BlockLocation, prefetched?: Buffer): Promise<{ data: Buffer; stored: Buffer | null }> {
     const where = loc.pack === null ? 'its v1 file' : `pack ${loc.pack} at ${loc.offset}`;
     const damaged = (why: string) => new VfsxError('VFSX_ERR_DR_DAMAGED', `block ${hash} is damaged at the DR site (${where}): ${why}`);
     let data: Buffer;
@@ -291,15 +461,7 @@ export class PackStore {
     if (loc.pack === null) {
       data = await readFile(this.loosePath(hash));
     } else {
-      const fh = await open(this.packPath(loc.pack), 'r');
-      let entry: Buffer;
-      try {
-        entry = Buffer.alloc(ENTRY_HEADER + loc.stored);
-        const { bytesRead } = await fh.read(entry, 0, entry.length, loc.offset);
-        if (bytesRead !== entry.length) throw damaged('the pack is shorter than its index says');
-      } finally {
-        await fh.close();
-      }
+      const entry = prefetched ?? await this.fetchEntry(loc, damaged);
       const sum = entry.subarray(12, ENTRY_HEADER).toString('hex');
       if (entry.readUInt32BE(0) !== MAGIC || entry.readUInt32BE(8) !== loc.stored
         || (!(loc.flags & FLAG_SEALED) && sum !== hash) || entry.readUInt8(4) !== loc.flags) {
@@ -344,6 +506,7 @@ export class PackStore {
       await Promise.all(moves);
       if (this.meta.dropPackIfEmpty(p.id)) {
         await unlink(this.packPath(p.id)).catch(() => undefined);
+        if (this.o.remote) await this.o.remote.delete(p.id).catch((err: Error) => log?.('pack object left for the next start to delete', { pack: p.id, err: err.message }));
         reclaimed += p.bytes - p.live;
         log?.('repacked', { pack: p.id, bytes: p.bytes, live: p.live });
       }
@@ -391,7 +554,11 @@ export class PackStore {
 
   async close(): Promise<void> {
     await this.writing;
+    // Uploads still queued resume at the next start (their packs stay on the local disk).
+    this.closing = true;
     await this.closeCurrent();
+    this.o.remote?.close();
+    await this.uploads;
     if (this.locked) await unlink(this.locked).catch(() => undefined);
     this.locked = null;
   }

@@ -98,4 +98,6 @@ export const RPC_ERRORS = {
   DAMAGED: -32008,
   /** The repository is not in the state the call needs (already encrypted, holds plaintext, last key). */
   REPO_STATE: -32009,
+  /** The site's object storage does not answer: try again later. */
+  STORAGE: -32010,
 } as const;

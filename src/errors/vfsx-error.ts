@@ -26,6 +26,8 @@ export type VfsxErrorCode =
   | 'VFSX_ERR_DR_FORBIDDEN'
   | 'VFSX_ERR_DR_DAMAGED'
   | 'VFSX_ERR_DR_BUSY'
+  /** The DR site's object storage does not answer (or refuses): retry later. */
+  | 'VFSX_ERR_DR_STORAGE'
   | 'VFSX_ERR_DR_BAD_REPLY'
   | 'VFSX_ERR_DR_REPO_STATE'
   | 'VFSX_ERR_REPO_KEY'
