@@ -19,26 +19,7 @@ import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/replication-queue/restore';
 import { SiteSync } from '../src/replication-queue/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
-
-const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
-
-function settle(): void {
-  execFileSync('sync');
-  try {
-    writeFileSync('/proc/sys/vm/drop_caches', '3\n');
-  } catch {
-    /* sync alone */
-  }
-}
-
-function bigFile(path: string, mib: number): void {
-  const fd = openSync(path, 'w');
-  const chunk = randomBytes(8 << 20);
-  for (let i = 0; i < mib / 8; i++) writeSync(fd, chunk.map((b) => b ^ i));
-  closeSync(fd);
-}
-
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+import { bigFile, median, mixedTree, ms, settle } from './bench-util';
 
 /** Text and CSV files of the kind offices keep, compressible as real ones are. */
 function officeTree(dir: string): number {
@@ -101,10 +82,7 @@ async function main(): Promise<void> {
   const client = await site.repo();
   try {
     const src = join(work, 'src');
-    mkdirSync(join(src, 'small'), { recursive: true });
-    for (let i = 0; i < 2000; i++) writeFileSync(join(src, 'small', `f${i}.bin`), randomBytes(4096));
-    for (let i = 0; i < 4; i++) bigFile(join(src, `large${i}.bin`), 64);
-    const totalMiB = (2000 * 4096 + 4 * 64 * 2 ** 20) / 2 ** 20;
+    const totalMiB = mixedTree(src);
 
     // Initial sync, 3 rounds interleaved: rsync, rsync --fsync, vfsx into a fresh site.
     const rsyncR: number[] = [];

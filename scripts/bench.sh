@@ -13,3 +13,4 @@ node dist/bench/replication-bench.js
 node dist/bench/commit-latency-bench.js
 node dist/bench/scan-bench.js
 node dist/bench/spool-bench.js
+node dist/bench/ceph-bench.js

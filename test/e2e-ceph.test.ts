@@ -9,10 +9,14 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { Tree } from '../src/native/tree';
+import { restoreShare } from '../src/replication-queue/restore';
+import { SiteSync } from '../src/replication-queue/site-sync';
 import { CephHarness } from './helpers/ceph-harness';
+import { DrSiteHarness } from './helpers/dr-site-harness';
 import { ReplicationStack } from './helpers/replication-stack';
 import { q, smbclient } from './helpers/smbclient';
 import { waitFor } from './helpers/wait-for';
@@ -125,4 +129,70 @@ test('with the Ceph OSD killed (SIGKILL) during replication and restarted 3 s la
   await allUploaded();
   // Restored from what is in Ceph now: every block read back by range after the OSD's restart.
   await stack.converged('ceph-after-osd');
+});
+
+test('garbage collection on Ceph: after deletes age out of retention, mostly dead packs are rewritten and their objects deleted (space measured), and restores now and --at a retained time still match', async () => {
+  const target = await ceph.bucket();
+  const dr = await DrSiteHarness.start({
+    retentionMs: 4000, gcIntervalMs: 250, orphanGraceMs: 0, packBytes: 1 << 20, repackBelow: 0.5,
+    storage: { backend: 's3', uploadIdleMs: 200, s3: target },
+  });
+  const src = join(stack.local, 'gc-src');
+  await mkdir(src);
+  const site = await dr.repo();
+  const objectCount = async () => (await ceph.keys(target.bucket)).length;
+  const sync = async () => {
+    const tree = Tree.open(src);
+    try {
+      await new SiteSync({ site, bucket: 'gc', tree, blockSize: 65536, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } }).syncTree('');
+    } finally {
+      tree.close();
+    }
+  };
+  const uploaded = () => waitFor('every pack in Ceph', () => {
+    const st = dr.stats();
+    return st.packs > 0 && st.remotePacks === st.packs;
+  }, 60000, 100);
+  try {
+    await site.call('bucket.ensure', { bucket: 'gc' });
+    await writeFile(join(src, 'doomed.bin'), randomBytes(6 << 20));
+    await writeFile(join(src, 'kept.txt'), 'version one\n');
+    await sync();
+    await uploaded();
+    const full = { ...dr.stats(), objects: await objectCount() };
+
+    await rm(join(src, 'doomed.bin'));
+    await site.call('object.delete', { bucket: 'gc', path: 'doomed.bin' });
+    await writeFile(join(src, 'kept.txt'), 'version two, after the delete\n');
+    await sync();
+    await waitFor('a repack', () => dr.logs.some((l) => l.msg === 'repack reclaimed space'), 60000, 100);
+    await waitFor('the dead packs gone', () => dr.stats().packBytes < full.packBytes / 4, 60000, 100);
+    await uploaded();
+    const after = { ...dr.stats(), objects: await objectCount() };
+    process.stdout.write(`# gc on Ceph: ${full.packs} packs (${full.packBytes} bytes, ${full.objects} objects) -> ${after.packs} packs (${after.packBytes} bytes, ${after.objects} objects)\n`);
+    assert.equal(after.objects, after.packs, 'every dropped pack\'s object is deleted from Ceph');
+    assert.ok(after.objects < full.objects, `${full.objects} -> ${after.objects} objects`);
+
+    // A new version now; the state just before it is within retention.
+    await new Promise((r) => setTimeout(r, 20));
+    const between = Date.now();
+    await new Promise((r) => setTimeout(r, 20));
+    await writeFile(join(src, 'kept.txt'), 'version three\n');
+    await writeFile(join(src, 'new.bin'), randomBytes(300000));
+    await sync();
+    const atNow = join(stack.local, 'gc-now');
+    const p = await restoreShare(site, 'gc', atNow);
+    assert.deepEqual([p.failed, p.refused], [[], []]);
+    assert.equal(await readFile(join(atNow, 'kept.txt'), 'utf8'), 'version three\n');
+    assert.deepEqual(await readFile(join(atNow, 'new.bin')), await readFile(join(src, 'new.bin')));
+    assert.deepEqual(readdirSync(atNow).sort(), ['kept.txt', 'new.bin']);
+    const atBefore = join(stack.local, 'gc-before');
+    const q2 = await restoreShare(site, 'gc', atBefore, { at: between });
+    assert.deepEqual([q2.failed, q2.refused], [[], []]);
+    assert.deepEqual(readdirSync(atBefore), ['kept.txt']);
+    assert.equal(await readFile(join(atBefore, 'kept.txt'), 'utf8'), 'version two, after the delete\n');
+  } finally {
+    site.close();
+    await dr.destroy();
+  }
 });
