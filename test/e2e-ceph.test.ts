@@ -41,8 +41,11 @@ before(async () => {
 });
 
 after(async () => {
-  await stack?.destroy();
-  await ceph?.destroy();
+  try {
+    await stack?.destroy();
+  } finally {
+    await ceph?.destroy();
+  }
 });
 
 async function smb(cmds: string): Promise<void> {

@@ -30,6 +30,7 @@ import { join } from 'node:path';
 import { compress, decompress } from 'zstd-napi';
 import { VfsxError } from '../errors/vfsx-error';
 import { BlockLocation, MetaStore, NewBlock, PACK_ENTRY_HEADER } from './meta-store';
+import { PackReader } from './pack-reader';
 import type { PackRemote } from './s3-packs';
 
 const HASH_RE = /^[0-9a-f]{64}$/;
@@ -108,10 +109,12 @@ export class PackStore {
   private readonly uploadsPending = new Set<string>();
   private idleTimer: NodeJS.Timeout | null = null;
   private closing = false;
+  private readonly reader: PackReader | null;
 
   constructor(options: PackStoreOptions) {
     this.o = options;
     this.meta = options.meta;
+    this.reader = options.remote ? new PackReader(options.remote, (id) => this.meta.packBytes(id)) : null;
   }
 
   private packPath(id: string): string {
@@ -391,7 +394,7 @@ export class PackStore {
   /** A pack entry's bytes (header and stored block), from the local pack or a range of the remote one. */
   private async fetchEntry(loc: BlockLocation, damaged: (why: string) => Error): Promise<Buffer> {
     const length = ENTRY_HEADER + loc.stored;
-    if (loc.remote && this.o.remote) return this.o.remote.getRange(loc.pack as string, loc.offset, length);
+    if (loc.remote && this.reader) return this.reader.read(loc.pack as string, loc.offset, length);
     const fh = await open(this.packPath(loc.pack as string), 'r');
     try {
       const entry = Buffer.alloc(length);
@@ -506,6 +509,7 @@ export class PackStore {
       await Promise.all(moves);
       if (this.meta.dropPackIfEmpty(p.id)) {
         await unlink(this.packPath(p.id)).catch(() => undefined);
+        this.reader?.forget(p.id);
         if (this.o.remote) await this.o.remote.delete(p.id).catch((err: Error) => log?.('pack object left for the next start to delete', { pack: p.id, err: err.message }));
         reclaimed += p.bytes - p.live;
         log?.('repacked', { pack: p.id, bytes: p.bytes, live: p.live });

@@ -53,6 +53,8 @@ export interface RestoreOptions {
 }
 
 const BLOCKS_PER_GET = 64;
+/** Files restored at once. */
+const FILES_AT_ONCE = 8;
 /**
  * What the destination says about one object (something in the way, a name
  * it cannot hold): that object is refused and the restore goes on. Anything
@@ -110,21 +112,36 @@ class Restore {
     this.progress.objects = listed.length;
     const dirs: SiteObject[] = [];
     const links: SiteObject[] = [];
+    // Files are fetched FILES_AT_ONCE at a time (a round trip each would otherwise add up);
+    // directories are made in listing order before anything below them starts.
+    const inflight = new Set<Promise<void>>();
+    let fatal: { err: unknown } | null = null;
     for (const obj of objects) {
+      if (fatal) break;
       if (obj.kind === 'symlink') {
         links.push(obj);
         continue;
       }
-      await this.attempt(obj, async () => {
-        this.mkdirs(parentOf(obj.path));
-        if (obj.kind === 'dir') {
+      if (obj.kind === 'dir') {
+        await this.attempt(obj, async () => {
+          this.mkdirs(parentOf(obj.path));
           this.tree.mkdir(obj.path, 0o700);
           dirs.push(obj);
-        } else {
-          await this.file(obj);
-        }
-      });
+        });
+        continue;
+      }
+      // attempt() runs the step at once up to its first await: the parent is made now, in listing order.
+      const p: Promise<void> = this.attempt(obj, async () => {
+        this.mkdirs(parentOf(obj.path));
+        await this.file(obj);
+      }).catch((err: unknown) => {
+        fatal ??= { err };
+      }).finally(() => inflight.delete(p));
+      inflight.add(p);
+      if (inflight.size >= FILES_AT_ONCE) await Promise.race(inflight);
     }
+    await Promise.all(inflight);
+    if (fatal) throw (fatal as { err: unknown }).err;
     // Symlinks last: nothing is written below one, so none is ever traversed.
     for (const obj of links) await this.attempt(obj, async () => this.symlink(obj));
     // Directories' metadata last, deepest first: filling them changed their times.

@@ -70,6 +70,8 @@ export class CephHarness {
   }
 
   client(): S3Client {
+    // The SDK's notice that releases after January 2027 need Node 22 (the version is pinned).
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     return new S3Client({
       endpoint: this.endpoint, region: 'us-east-1', forcePathStyle: true,
       credentials: { accessKeyId: this.accessKeyId, secretAccessKey: this.secretAccessKey },
