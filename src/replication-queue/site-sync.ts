@@ -6,7 +6,7 @@
 import type { Tree, TreeEntry } from '../native/tree';
 import { DrRpcError } from './dr-client';
 import type { SiteClient } from './site-client';
-import { metaOfEntry, readBlocks, targetOf } from './source-tree';
+import { metaOfEntry, readBlocks, streamBlocks, targetOf } from './source-tree';
 
 interface Head {
   kind: string;
@@ -371,21 +371,26 @@ export class SiteSync {
       const st = this.tree.stat(rel);
       if (st && st.size === head.size && st.mtimeNs === head.meta.mtimeNs) which = new Set();
     }
-    const fb = await readBlocks(this.tree, rel, bs, which, this.idOf);
+    // Streamed: each chunk's missing blocks go to the site while the next chunk is read.
+    const asked = new Set<string>();
+    const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, async (chunk) => {
+      const ids = [...new Set(chunk.map(([, h]) => h))].filter((h) => !asked.has(h));
+      if (ids.length === 0) return;
+      for (const h of ids) asked.add(h);
+      const missing = new Set((await site.call<{ missing: string[] }>('blocks.missing', { hashes: ids })).missing);
+      const send: Array<[string, Buffer]> = [];
+      for (const [, h, data] of chunk) {
+        if (missing.delete(h)) send.push([h, data]); // else not missing, or already queued (same block twice)
+      }
+      await this.sendBlocks(send);
+    });
     const meta = metaOfEntry(fb.entry);
     const hashes: string[] = [];
     for (let i = 0; i < fb.count; i++) {
-      const h = fb.read.get(i)?.[0] ?? head?.blocks?.[i];
+      const h = fb.ids.get(i) ?? head?.blocks?.[i];
       if (h === undefined) return this.syncFile(rel, undefined, true); // grew outside the ranges
       hashes.push(h);
     }
-    const fresh = [...fb.read.values()];
-    const missing = new Set((await site.call<{ missing: string[] }>('blocks.missing', { hashes: fresh.map(([h]) => h) })).missing);
-    const send: Array<[string, Buffer]> = [];
-    for (const [h, data] of fresh) {
-      if (missing.delete(h)) send.push([h, data]); // else not missing, or already queued (same block twice)
-    }
-    await this.sendBlocks(send);
     try {
       await site.call('object.commit', {
         bucket, path: rel, kind: 'file', meta, size: fb.entry.size, blockSize: bs, blocks: hashes,

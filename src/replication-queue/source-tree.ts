@@ -79,6 +79,33 @@ export interface FileBlocks {
  * `idOf` names each block as the site knows it (SiteClient.blockId).
  */
 export async function readBlocks(tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idOf: (b: Buffer) => string): Promise<FileBlocks> {
+  const read = new Map<number, [string, Buffer]>();
+  const r = await streamBlocks(tree, rel, blockSize, which, idOf, async (chunk) => {
+    for (const [i, id, buf] of chunk) read.set(i, [id, buf]);
+  }, Infinity);
+  return { entry: r.entry, read, count: r.count };
+}
+
+export interface FileIds {
+  /** The file's entry (xattrs included) as it was while every block was read. */
+  entry: TreeEntry;
+  /** index -> id for the blocks read */
+  ids: Map<number, string>;
+  count: number;
+}
+
+/**
+ * readBlocks for files of any size: the blocks are handed to `onChunk`
+ * about `chunkBytes` at a time, in order, and only their ids are kept.
+ * The next chunk is read while the last one is handled, so reading
+ * overlaps sending and memory stays at two chunks. A file that changes
+ * while it is read is torn (after its chunks were handed over: what was
+ * sent of it is then orphaned blocks, which retention frees).
+ */
+export async function streamBlocks(
+  tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idOf: (b: Buffer) => string,
+  onChunk: (chunk: Array<[number, string, Buffer]>) => Promise<void>, chunkBytes = 16 << 20,
+): Promise<FileIds> {
   let fd: number;
   try {
     fd = tree.openRead(rel);
@@ -87,25 +114,45 @@ export async function readBlocks(tree: Tree, rel: string, blockSize: number, whi
     if (code === 'ELOOP' || code === 'EINVAL' || code === 'ENOENT' || code === 'ENOTDIR') throw torn(rel);
     throw err;
   }
+  let handling: Promise<void> = Promise.resolve();
   try {
     // Small files are read in one synchronous go: four thread-pool round trips would cost more than the read.
     const before = fstatSync(fd, { bigint: true });
     const io = before.size <= BigInt(SYNC_READ_MAX) ? syncIo : asyncIo;
     const size = Number(before.size);
     const count = Math.ceil(size / blockSize);
-    const read = new Map<number, [string, Buffer]>();
+    const ids = new Map<number, string>();
+    let chunk: Array<[number, string, Buffer]> = [];
+    let bytes = 0;
+    const handOver = async () => {
+      await handling; // one chunk handled while the next is read
+      const c = chunk;
+      chunk = [];
+      bytes = 0;
+      handling = onChunk(c);
+      handling.catch(() => undefined); // observed now, awaited (and thrown) at the next hand-over
+    };
     for (let i = 0; i < count; i++) {
       if (which && !which.has(i)) continue;
       const len = Math.min(blockSize, size - i * blockSize);
       const buf = Buffer.allocUnsafe(len);
       if ((await io.read(fd, buf, i * blockSize)) !== len) throw torn(rel);
-      read.set(i, [idOf(buf), buf]);
+      const id = idOf(buf);
+      ids.set(i, id);
+      chunk.push([i, id, buf]);
+      bytes += len;
+      if (bytes >= chunkBytes) await handOver();
     }
+    if (chunk.length > 0) await handOver();
+    await handling;
     const after = await io.fstat(fd);
     // The name must still be this file, and the file unchanged: metadata and xattrs belong to what was read.
     const entry = tree.stat(rel, true);
     if (!entry || !sameFile(before, entry) || !sameFile(after, entry)) throw torn(rel);
-    return { entry, read, count };
+    return { entry, ids, count };
+  } catch (err) {
+    await handling.catch(() => undefined); // a chunk still being handled must not fail unobserved
+    throw err;
   } finally {
     closeSync(fd);
   }

@@ -12,7 +12,7 @@
 import { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
 import type { SiteClient } from './site-client';
-import { metaOfEntry, readBlocks, targetOf } from './source-tree';
+import { metaOfEntry, streamBlocks, targetOf } from './source-tree';
 
 export interface Difference {
   path: string;
@@ -73,13 +73,14 @@ async function compareContent(site: SiteClient, tree: Tree, rel: string, obj: Si
   const ids = obj.blocks ?? [];
   let fb;
   try {
-    fb = await readBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null, (b) => site.blockId(b));
+    // Only the ids are kept: memory stays at two chunks whatever the file's size.
+    fb = await streamBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null, (b) => site.blockId(b), async () => undefined);
   } catch (err) {
     if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_TORN')) throw err;
     diffs.push({ path: rel, what: 'changed while verified' });
     return 0;
   }
-  const src = Array.from({ length: fb.count }, (_, i) => (fb.read.get(i) as [string, Buffer])[0]);
+  const src = Array.from({ length: fb.count }, (_, i) => fb.ids.get(i) as string);
   if (src.length !== ids.length || src.some((h, i) => h !== ids[i])) diffs.push({ path: rel, what: 'content differs' });
   return fb.entry.size;
 }
