@@ -1,0 +1,102 @@
+/**
+ * Unit tests of the encrypted repository's cipher and key records
+ * (src/repository): what goes in comes out, and nothing altered, moved or
+ * sealed with another key ever opens.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { test } from 'node:test';
+import { RepoCipher, SEAL_OVERHEAD } from '../src/repository/repo-cipher';
+import { KeyRecord, unwrapMasterKey, wrapMasterKey } from '../src/repository/key-record';
+
+const cipher = new RepoCipher(RepoCipher.newMasterKey());
+const other = new RepoCipher(RepoCipher.newMasterKey());
+
+test('a sealed block opens to its bytes; ids are keyed (another repository names the same bytes differently); nonces are random', () => {
+  const plain = randomBytes(65536);
+  const id = cipher.blockId(plain);
+  assert.notEqual(id, other.blockId(plain));
+  assert.match(id, /^[0-9a-f]{64}$/);
+  const a = cipher.sealBlock(id, plain);
+  const b = cipher.sealBlock(id, plain);
+  assert.notDeepEqual(a, b, 'two seals of one block differ (random nonce)');
+  assert.deepEqual(cipher.openBlock(id, a), plain);
+  assert.deepEqual(cipher.openBlock(id, b), plain);
+});
+
+test('compression: text shrinks before sealing, noise is stored at its size plus the seal, and a noise-prefixed block is not tried', () => {
+  const text = Buffer.from('minutes of the meeting, quarterly figures, approved\n'.repeat(1300)).subarray(0, 65536);
+  const sealedText = cipher.sealBlock(cipher.blockId(text), text);
+  assert.ok(sealedText.length < text.length / 4, `${sealedText.length} bytes for 64 KiB of text`);
+  assert.deepEqual(cipher.openBlock(cipher.blockId(text), sealedText), text);
+  const noise = randomBytes(65536);
+  assert.equal(cipher.sealBlock(cipher.blockId(noise), noise).length, noise.length + SEAL_OVERHEAD);
+  const mixed = Buffer.concat([randomBytes(4096), text.subarray(0, 65536 - 4096)]);
+  const sealedMixed = cipher.sealBlock(cipher.blockId(mixed), mixed);
+  assert.equal(sealedMixed.length, mixed.length + SEAL_OVERHEAD, 'the probe of the first 4 KiB decides');
+  assert.deepEqual(cipher.openBlock(cipher.blockId(mixed), sealedMixed), mixed);
+});
+
+test('a block altered anywhere, served under another id, or sealed with another key is refused (VFSX_ERR_DR_BAD_BLOCK)', () => {
+  const plain = Buffer.from('the quarterly report '.repeat(200));
+  const id = cipher.blockId(plain);
+  const sealed = cipher.sealBlock(id, plain);
+  for (const at of [0, 1, 2, 13, 14, sealed.length >> 1, sealed.length - 1]) {
+    const bad = Buffer.from(sealed);
+    bad[at] ^= 0x01;
+    assert.throws(() => cipher.openBlock(id, bad), (e: { code?: string }) => e.code === 'VFSX_ERR_DR_BAD_BLOCK', `byte ${at}`);
+  }
+  const otherPlain = Buffer.from('another block');
+  const otherId = cipher.blockId(otherPlain);
+  assert.throws(() => cipher.openBlock(otherId, sealed), /fails authentication/);
+  assert.throws(() => other.openBlock(id, sealed), /fails authentication/);
+  assert.throws(() => cipher.openBlock(id, sealed.subarray(0, 10)), (e: { code?: string }) => e.code === 'VFSX_ERR_DR_BAD_BLOCK');
+});
+
+test('names seal per component, deterministically, and open again; an altered or foreign name is refused', () => {
+  const names = ['Projects', 'Q3 report, final.txt', 'Ünïcödé 日本語 😀', 'a', 'x'.repeat(255), '.hidden'];
+  for (const n of names) {
+    const s = cipher.sealName(n);
+    assert.equal(s, cipher.sealName(n));
+    assert.match(s, /^[A-Za-z0-9_-]+$/);
+    assert.ok(!s.includes(n) || n.length < 2);
+    assert.equal(cipher.openName(s), n);
+    assert.notEqual(s, other.sealName(n));
+    assert.throws(() => other.openName(s), /fails authentication/);
+  }
+  assert.notEqual(cipher.sealName('a'), cipher.sealName('b'));
+  const p = 'Projects/2026/Q3 report.txt';
+  const sp = cipher.sealPath(p);
+  assert.equal(sp.split('/').length, 3);
+  assert.ok(sp.startsWith(`${cipher.sealName('Projects')}/`), 'a prefix seals to a prefix: listings and moves by subtree work');
+  assert.equal(cipher.openPath(sp), p);
+  const raw = Buffer.from(cipher.sealName('Projects'), 'base64url');
+  raw[20] ^= 1;
+  assert.throws(() => cipher.openName(raw.toString('base64url')), /fails authentication/);
+  assert.throws(() => cipher.openName('not-a-sealed-name'), /fails authentication/);
+});
+
+test('metadata opens only with the kind and size it was bound to', () => {
+  const meta = { mode: 0o644, uid: 1000, xattrs: { 'user.DOSATTRIB': 'AAA=' } };
+  const s = cipher.sealMeta(meta, 'file\u0000100');
+  assert.deepEqual(cipher.openMeta(s, 'file\u0000100', 'x'), meta);
+  assert.throws(() => cipher.openMeta(s, 'file\u0000101', 'x'), /fails authentication/);
+  assert.throws(() => other.openMeta(s, 'file\u0000100', 'x'), /fails authentication/);
+  assert.ok(!Buffer.from(s, 'base64').toString('latin1').includes('DOSATTRIB'));
+});
+
+test('a key record unwraps with its passphrase only; a record altered at the site or with hostile scrypt costs is refused', async () => {
+  const master = RepoCipher.newMasterKey();
+  const rec = await wrapMasterKey(master, 'correct horse battery staple', 'test', { N: 1 << 14, r: 8, p: 1 });
+  assert.deepEqual(await unwrapMasterKey(rec, 'correct horse battery staple'), master);
+  assert.equal(await unwrapMasterKey(rec, 'correct horse battery stapler'), null);
+  assert.equal(await unwrapMasterKey({ ...rec, id: '0123456789abcdef' }, 'correct horse battery staple'), null, 'the id is bound to the wrapped key');
+  const raw = Buffer.from(rec.wrapped, 'base64');
+  raw[20] ^= 1;
+  assert.equal(await unwrapMasterKey({ ...rec, wrapped: raw.toString('base64') }, 'correct horse battery staple'), null);
+  const hostile: KeyRecord = { ...rec, kdf: { ...rec.kdf, N: 1 << 24 } };
+  await assert.rejects(unwrapMasterKey(hostile, 'correct horse battery staple'), /out of bounds/);
+  await assert.rejects(unwrapMasterKey({ ...rec, kdf: { ...rec.kdf, p: 64 } }, 'x'), /out of bounds/);
+  await assert.rejects(unwrapMasterKey({ ...rec, kdf: { ...rec.kdf, salt: 'AAAA' } }, 'x'), /salt/);
+  await assert.rejects(unwrapMasterKey({ ...rec, wrapped: 'AAAA' }, 'x'), /malformed/);
+});
