@@ -29,9 +29,12 @@ const WORKLOADS = new RegExp(process.env.VFSX_BENCH_WORKLOADS ?? '');
  * The system as deployed (the default): replication on, `vfsx replicate` at
  * its configured lower priority, the DR site in its own network namespace
  * behind a shaped veth link (it stands for a remote machine) at nice 19, so
- * it does not take this host's cores. VFSX_BENCH_REPLICATION=0: replication off.
+ * it does not take this host's cores. VFSX_BENCH_REPLICATION=0: replication off;
+ * VFSX_BENCH_ENCRYPTION=off: a plaintext DR repository.
  */
 const REPLICATION = process.env.VFSX_BENCH_REPLICATION !== '0';
+/** VFSX_BENCH_ENCRYPTION=off: the DR repository in plaintext (an A/B of what encryption costs the whole system). */
+const ENCRYPTION = process.env.VFSX_BENCH_ENCRYPTION === 'off' ? 'off' : 'on';
 const LINK_MBIT = Number(process.env.VFSX_BENCH_LINK_MBIT ?? 1000);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
@@ -85,7 +88,7 @@ async function main(): Promise<void> {
     redisSocket: redis.socket,
     policy: [{ name: 'ransomware', action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', '.crypt'] }],
     // The journal's and replication's defaults, as the README sets the system up (the harness tunes them for tests).
-    extra: { journal: {}, ...(dr ? { replication: { enabled: true, ...dr.replication } } : {}) },
+    extra: { journal: {}, ...(dr ? { replication: { enabled: true, ...dr.replication, encryption: ENCRYPTION } } : {}) },
   });
   await svc.start();
   const smbd = await SmbdHarness.start([

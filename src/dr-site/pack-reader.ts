@@ -27,8 +27,6 @@ export class PackReader {
   private readonly windows = new Map<string, Window>();
   private readonly streams = new Map<string, { end: number; window: number }>();
   private bytes = 0;
-  hits = 0;
-  fetches = 0;
 
   constructor(
     private readonly remote: PackRemote,
@@ -43,7 +41,6 @@ export class PackReader {
       if (w.pack === pack && w.start <= offset && end <= w.end) {
         this.windows.delete(key);
         this.windows.set(key, w);
-        this.hits++;
         this.advance(pack, end);
         const data = await w.data;
         return data.subarray(offset - w.start, end - w.start);
@@ -54,7 +51,6 @@ export class PackReader {
     const window = sequential ? Math.min(MAX_WINDOW, s.window * 2) : FIRST_WINDOW / 2;
     this.streams.set(pack, { end: Math.max(end, s?.end ?? 0), window });
     if (this.streams.size > 256) this.streams.delete(this.streams.keys().next().value as string);
-    this.fetches++;
     if (!sequential) return this.remote.getRange(pack, offset, length);
     const packEnd = this.packLength(pack) ?? end;
     const wEnd = Math.max(end, Math.min(packEnd, offset + window));

@@ -198,11 +198,6 @@ export class PackStore {
     });
   }
 
-  /** Closed packs not yet in object storage. */
-  get uploadBacklog(): number {
-    return this.uploadsPending.size;
-  }
-
   /** Resolves once every pack closed so far is uploaded (or failed to be). */
   async flushUploads(): Promise<void> {
     if (this.current && this.o.remote) await this.closeIdle(true);
