@@ -381,7 +381,7 @@ async function commitFile(k: DrClient, bucket: string, path: string, blocks: Buf
 }
 
 test('retention rewrites packs that are mostly dead: the space comes back and every kept block still reads', async () => {
-  const gcSite = await DrSiteHarness.start({ retentionMs: 0, gcIntervalMs: 200, orphanGraceMs: 0, packBytes: 256 * 1024, repackBelow: 0.5 });
+  const gcSite = await DrSiteHarness.start({ retentionMs: 0, gcIntervalMs: 200, orphanGraceMs: 1000, packBytes: 256 * 1024, repackBelow: 0.5 });
   const k = await gcSite.client();
   try {
     await k.call('bucket.ensure', { bucket: 'g' });
