@@ -30,9 +30,11 @@ after(async () => {
 interface Run { code: number; stdout: string; stderr: string }
 
 /** `vfsx ARGS` with a configuration naming only the site, a token and a passphrase file, as on a fresh machine. */
-async function vfsx(dr: DrSiteHarness, args: string[], o: { passphraseFile?: string; env?: Record<string, string>; token?: string } = {}): Promise<Run> {
+async function vfsx(dr: DrSiteHarness, args: string[], o: { passphraseFile?: string; env?: Record<string, string>; token?: string; encryption?: 'on' | 'off' } = {}): Promise<Run> {
   const cfg = join(work, `cfg-${randomBytes(4).toString('hex')}.json`);
-  await writeFile(cfg, JSON.stringify({ replication: { siteUrl: dr.url, token: o.token ?? dr.token, passphraseFile: o.passphraseFile ?? dr.passphraseFile } }));
+  await writeFile(cfg, JSON.stringify({ replication: {
+    siteUrl: dr.url, token: o.token ?? dr.token, passphraseFile: o.passphraseFile ?? dr.passphraseFile, ...(o.encryption ? { encryption: o.encryption } : {}),
+  } }));
   return new Promise((resolve) => {
     execFile(process.execPath, [VFSX_BIN, ...args, '--config', cfg], { timeout: 300000, maxBuffer: 16 << 20, env: { ...process.env, VFSX_PASSPHRASE: '', VFSX_NEW_PASSPHRASE: '', ...o.env } },
       (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
@@ -245,13 +247,8 @@ test('a plaintext (v1-style) repository stays plaintext: resync with encryption 
   try {
     const src = join(work, 'plain-src');
     await makeTree(src);
-    const cfg = join(work, 'plain.json');
-    await writeFile(cfg, JSON.stringify({ replication: { siteUrl: dr.url, token: dr.token, encryption: 'off', passphraseFile: join(work, 'none') } }));
-    const run = (args: string[], conf: string): Promise<Run> => new Promise((resolve) => {
-      execFile(process.execPath, [VFSX_BIN, ...args, '--config', conf], { timeout: 300000, env: { ...process.env, VFSX_PASSPHRASE: '' } },
-        (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
-    });
-    const r = await run(['resync', 'docs', '--source', src], cfg);
+    const plain = { encryption: 'off' as const, passphraseFile: join(work, 'none') };
+    const r = await vfsx(dr, ['resync', 'docs', '--source', src], plain);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     // Not encrypted: the names are readable at the site (the scan the at-rest test relies on finds them).
     const seen = await Promise.all((await filesUnder(dr.dataDir)).map(async (f) => (await readFile(f)).includes('report.csv')));
@@ -270,7 +267,7 @@ test('a plaintext (v1-style) repository stays plaintext: resync with encryption 
       client.close();
     }
     const dest = join(work, 'plain-restored');
-    const res = await run(['restore', 'docs', dest], cfg);
+    const res = await vfsx(dr, ['restore', 'docs', dest], plain);
     assert.equal(res.code, 0, res.stdout + res.stderr);
     diffR(src, dest);
   } finally {
