@@ -11,7 +11,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BenchClient } from './bench-client';
-import { createRemoteHost } from './remote-host';
+import { createRemoteHost } from '../test/helpers/remote-host';
 import { validateConfig } from '../src/config/load-config';
 import { EventBus } from '../src/replication-queue/events';
 import { JournalReader } from '../src/replication-queue/journal-reader';

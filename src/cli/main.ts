@@ -19,7 +19,7 @@ import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
 import { keyCommand } from './key-commands';
 import { doctorCommand } from './doctor';
 import { journalCommand } from './journal-command';
-import { eventsCommand, statusCommand, whyCommand } from './ops-commands';
+import { bwlimitCommand, eventsCommand, statusCommand, whyCommand } from './ops-commands';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
 
@@ -74,6 +74,10 @@ Usage:
       VFSX_NEW_PASSPHRASE), unlocked by the current one; remove ID drops
       another passphrase's key (never the last, never your own). add and
       remove need the site's admin token.
+  vfsx bwlimit [RATE|TIMETABLE|config] [--config FILE] [--json]
+      Shows the bandwidth limit on what goes to the DR site, or sets one
+      while running (kept until "vfsx bwlimit config" returns to
+      replication.bwlimit): 5M, 512k, off, or "08:00,512k 18:00,off".
   vfsx status [--config FILE] [--json] [--watch]
       Per share: backlog (records, files, dirty bytes), RPO age (oldest
       change not yet at the DR site), throughput over the last minute,
@@ -270,6 +274,8 @@ export async function main(argv: string[]): Promise<number> {
       });
     case 'status':
       return statusCommand(loadConfig(values.config), { json: values.json === true, watch: values.watch === true });
+    case 'bwlimit':
+      return bwlimitCommand(loadConfig(values.config), positionals.slice(1), { json: values.json === true });
     case 'why': {
       const [, share, path] = positionals;
       if (!share || path === undefined) {

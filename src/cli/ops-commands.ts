@@ -4,7 +4,10 @@
  */
 import type { VfsxConfig } from '../config/schema';
 import { EventBus, VfsxEvent } from '../replication-queue/events';
-import { ShareStatus, Status, StatusReader } from '../replication-queue/status';
+import { BandwidthStatus, ShareStatus, Status, StatusReader } from '../replication-queue/status';
+import IORedis from 'ioredis';
+import { formatRate, Schedule } from '../config/bwlimit';
+import { redisOptions, stateKeys } from '../replication-queue/redis-connection';
 import { why } from '../replication-queue/why';
 
 const age = (s: number) => (s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
@@ -16,6 +19,14 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
 }
 
+/** "5M now (timetable 08:00,5M 18:00,off; set by vfsx bwlimit), sending 4.9M/s". */
+export function bwLine(b: BandwidthStatus): string {
+  const now = b.limit > 0 ? `limited to ${formatRate(b.limit)}/s` : 'no limit';
+  const how = b.text.includes(',') ? ` by timetable "${b.text}"` : '';
+  const who = b.source === 'override' ? ' (set by vfsx bwlimit)' : '';
+  return `${now}${how}${who}; sending ${formatRate(Math.round(b.sentPerSec)).replace('off', '0')}/s`;
+}
+
 export function renderStatus(st: Status): string {
   const out: string[] = [];
   const site = st.site;
@@ -25,6 +36,7 @@ export function renderStatus(st: Status): string {
     out.push(`replicators: ${site.replicators.map((r) => `${r.id} (${r.records} records, ${r.commits} commits)`).join(', ')}`);
   }
   if (site.lastError && site.state !== 'up') out.push(`  last error: ${site.lastError} (${when(site.lastErrorAt, st.at)})`);
+  out.push(`bandwidth: ${bwLine(site.bandwidth)}`);
   out.push(`journal: ${st.journal.unpumped} unpumped, ${st.journal.awaitingOutcome} awaiting outcome; queue ${Object.entries(st.journal.queued).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   out.push(st.spool.failOpenEngaged
     ? `FAIL-OPEN ENGAGED: ${st.spool.files} spool files (${bytes(st.spool.bytes)}) in ${st.spool.dir}`
@@ -68,6 +80,47 @@ export async function statusCommand(config: VfsxConfig, o: { json: boolean; watc
     }
   } finally {
     await reader.close();
+  }
+}
+
+/**
+ * `vfsx bwlimit [RATE|TIMETABLE|config]`: shows the bandwidth limit, or sets
+ * one that overrides replication.bwlimit until `vfsx bwlimit config` (kept
+ * in Redis: it outlives restarts; every replicator takes it up within a second).
+ */
+export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { json: boolean }): Promise<number> {
+  const text = args.join(' ').trim();
+  const key = stateKeys(config.redis.prefix).bwlimit;
+  if (text !== '' && text !== 'config') {
+    try {
+      Schedule.parse(text);
+    } catch (err) {
+      process.stderr.write(`vfsx bwlimit: ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
+  const conn = new IORedis(redisOptions(config.redis, { maxRetriesPerRequest: 1, connectTimeout: 3000 }));
+  conn.on('error', () => undefined);
+  const reader = new StatusReader(config);
+  try {
+    if (text === 'config') await conn.del(key);
+    else if (text !== '') await conn.set(key, text);
+    if (text !== '') await new Promise((r) => setTimeout(r, 1500)); // a replicator takes it up within a second
+    const st = await reader.read();
+    const b = st.site.bandwidth;
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify({ ...b, configured: config.replication.bwlimit, override: await conn.get(key), replicatorRunning: st.site.replicatorRunning })}\n`);
+    } else {
+      const lines = [`bandwidth to ${st.site.url}: ${bwLine(b)}`, `  configured (replication.bwlimit): ${config.replication.bwlimit}`];
+      const over = await conn.get(key);
+      if (over !== null) lines.push(`  set while running (vfsx bwlimit): ${over}  ("vfsx bwlimit config" goes back to the configured limit)`);
+      if (!st.site.replicatorRunning) lines.push('  vfsx replicate is not running: the limit applies when it starts');
+      process.stdout.write(`${lines.join('\n')}\n`);
+    }
+    return 0;
+  } finally {
+    await reader.close();
+    await conn.quit().catch(() => conn.disconnect());
   }
 }
 

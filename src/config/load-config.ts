@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import Ajv from 'ajv';
+import { Schedule } from './bwlimit';
 import { VfsxError } from '../errors/vfsx-error';
 import { configSchema, VfsxConfig } from './schema';
 
@@ -33,6 +34,11 @@ export function validateConfig(raw: unknown): VfsxConfig {
   // The settle window delays every change on its way to the site: it must stay well inside the RPO target.
   if (c.replication.settleMs * 4 > c.alerts.rpoThresholdMs) {
     throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /replication/settleMs (${c.replication.settleMs}) must be at most a quarter of /alerts/rpoThresholdMs (${c.alerts.rpoThresholdMs})`);
+  }
+  try {
+    Schedule.parse(c.replication.bwlimit);
+  } catch (err) {
+    throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /replication/bwlimit ${(err as Error).message}`);
   }
   return deepFreeze(c);
 }

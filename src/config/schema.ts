@@ -100,6 +100,7 @@ export const configSchema = {
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
         encryption: { enum: ['on', 'off'], default: 'on', description: 'on: a new (empty) DR site repository is made encrypted end to end; an encrypted one is always used encrypted, a plaintext one (from before) stays plaintext' },
         passphraseFile: { type: 'string', minLength: 1, default: '/etc/vfsx/dr-passphrase', description: 'the repository passphrase (VFSX_PASSPHRASE overrides it); written with a random one when a new repository is made encrypted and it does not exist: keep a copy away from this host' },
+        bwlimit: { type: 'string', minLength: 1, maxLength: 2000, default: 'off', description: 'bandwidth limit on what goes to the DR site (blocks and metadata), bytes per second: "off", "5M", "512k" (k, M, G = 1024, 1024^2, 1024^3), or a timetable of them by time of day, optionally by weekday: "08:00,512k 18:00,off" or "Mon-08:00,2M Sat-00:00,off"; `vfsx bwlimit` changes it while running' },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
         batchMax: { type: 'integer', minimum: 1, maximum: 5000, default: 500, description: "records of one share per queued job" },
@@ -281,6 +282,8 @@ export interface VfsxConfig {
     /** Whether a new repository is made encrypted (src/repository). */
     encryption: 'on' | 'off';
     passphraseFile: string;
+    /** Bandwidth limit: a rate or a timetable of rates (src/replication-queue/bandwidth.ts). */
+    bwlimit: string;
     /** Cap of the retry backoff while the DR site is unreachable. */
     maxBackoffMs: number;
     /** Records replicated at once; records of related paths still run in journal order. */

@@ -13,7 +13,17 @@ export interface DrClientOptions {
   token: string;
   /** Trusted CA for wss with a private certificate. */
   ca?: Buffer;
+  /** Paces what is sent (a bandwidth limit); requests then go one after another. */
+  pace?: Pacer;
 }
+
+/** Resolves when n more bytes may be sent; undefined when they may go at once. */
+export interface Pacer {
+  take(n: number): Promise<void> | undefined;
+}
+
+/** Fragment size of paced binary messages: small enough that a limited link sends smoothly. */
+const PACED_FRAGMENT = 64 * 1024;
 
 export class DrRpcError extends Error {
   readonly code: number;
@@ -40,9 +50,13 @@ export class DrClient implements SiteClient {
   private readonly ws: WebSocket;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  private readonly pace: Pacer | undefined;
+  /** The paced sends, one message after another (fragments of two messages must not interleave). */
+  private sending: Promise<void> = Promise.resolve();
 
-  private constructor(ws: WebSocket) {
+  private constructor(ws: WebSocket, pace?: Pacer) {
     this.ws = ws;
+    this.pace = pace;
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on('close', () => {
       for (const p of this.pending.values()) p.reject(new Error('connection to the DR site closed'));
@@ -59,7 +73,7 @@ export class DrClient implements SiteClient {
       const ws = new WebSocket(o.url, {
         headers: { authorization: `Bearer ${o.token}` }, ca: o.ca, maxPayload: 1 << 30, generateMask: (mask: Buffer) => { mask.fill(0); },
       });
-      ws.once('open', () => resolve(new DrClient(ws)));
+      ws.once('open', () => resolve(new DrClient(ws, o.pace)));
       ws.once('unexpected-response', (_req, res) => reject(new Error(`DR site refused the connection: HTTP ${res.statusCode}`)));
       ws.once('error', reject);
     });
@@ -115,6 +129,10 @@ export class DrClient implements SiteClient {
       const sent = (err?: Error) => {
         if (err && this.pending.delete(id)) settle.reject(new Error(`cannot send to the DR site: ${err.message}`));
       };
+      if (this.pace) {
+        this.sending = this.sending.then(() => this.sendPaced(req, blocks, sent)).catch((err: Error) => sent(err));
+        return;
+      }
       if (blocks === undefined) {
         this.ws.send(JSON.stringify(req), sent);
         return;
@@ -131,6 +149,38 @@ export class DrClient implements SiteClient {
         this.ws.send(part, { binary: true, fin: last }, last ? sent : (err) => { if (err) sent(err); });
       });
     });
+  }
+
+  /** One request under a bandwidth limit: each piece waits for its bytes' tokens. */
+  private async sendPaced(req: object, blocks: Buffer[] | undefined, sent: (err?: Error) => void): Promise<void> {
+    const pace = this.pace as Pacer;
+    const open = () => this.ws.readyState === WebSocket.OPEN;
+    if (blocks === undefined) {
+      const text = JSON.stringify(req);
+      await pace.take(Buffer.byteLength(text));
+      if (open()) this.ws.send(text, sent);
+      else sent(new Error('connection closed'));
+      return;
+    }
+    const json = Buffer.from(JSON.stringify(req));
+    const head = Buffer.allocUnsafe(4 + json.length);
+    head.writeUInt32BE(json.length, 0);
+    json.copy(head, 4);
+    const parts: Buffer[] = [head];
+    for (const b of blocks) {
+      for (let off = 0; off < b.length; off += PACED_FRAGMENT) parts.push(b.subarray(off, off + PACED_FRAGMENT));
+    }
+    for (let i = 0; i < parts.length; i++) {
+      const w = pace.take(parts[i].length);
+      if (w) await w;
+      // A link that closed mid-message: the request fails (the 'close' handler rejects it).
+      if (!open()) {
+        sent(new Error('connection closed'));
+        return;
+      }
+      const last = i === parts.length - 1;
+      this.ws.send(parts[i], { binary: true, fin: last }, last ? sent : (err) => { if (err) sent(err); });
+    }
   }
 
   async call<T = unknown>(method: string, params: unknown): Promise<T> {

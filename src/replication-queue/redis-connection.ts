@@ -50,6 +50,8 @@ export interface StateKeys {
   replicators: string;
   /** Hash: change -> commit latency histogram (b<i> counts per COMMIT_LATENCY_BUCKETS, inf, sum in seconds, count). */
   latency: string;
+  /** String: the bandwidth limit set while running (`vfsx bwlimit`), overriding replication.bwlimit; absent: the configured one. */
+  bwlimit: string;
   /** Pub/sub channel of events, and a capped list of recent ones (commits are published only). */
   events: string;
   recent: string;
@@ -69,6 +71,7 @@ export function stateKeys(prefix: string): StateKeys {
     totals: `${prefix}:state:replication`,
     replicators: `${prefix}:state:replicators`,
     latency: `${prefix}:state:commit-latency`,
+    bwlimit: `${prefix}:config:bwlimit`,
     events: `${prefix}:events`,
     recent: `${prefix}:events:recent`,
   };

@@ -20,6 +20,7 @@ import { Tree, TreeEntry } from '../native/tree';
 import { BATCH, BatchJob, batchJobId, coalesce, LONE, rangesOf, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
 import type { SiteClient } from './site-client';
 import { siteOpenerOf, SiteOpener } from './site-opener';
+import { Bandwidth } from './bandwidth';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
 import { COMMIT_LATENCY_BUCKETS, redisOptions, StateKeys, stateKeys } from './redis-connection';
@@ -68,6 +69,12 @@ export class Replicator {
   private readonly id = `${hostname()}:${process.pid}`;
   private readonly events: EventBus;
   private readonly rates = new Map<string, RateWindow>();
+  /** The bandwidth limit on what goes to the site (configured, or set while running by `vfsx bwlimit`). */
+  readonly bandwidth: Bandwidth;
+  /** Bytes sent to the site per second, over the last seconds (everything: blocks and metadata). */
+  private readonly sentWindow = new RateWindow(10);
+  private sentCounted = 0;
+  private badBwlimit: string | null = null;
   private link: 'connecting' | 'up' | 'down' = 'connecting';
   private linkSince = Date.now();
   private lastError = '';
@@ -91,7 +98,8 @@ export class Replicator {
     this.queue = new Queue(options.queueName, { connection: this.conn, prefix: options.redis.prefix, defaultJobOptions: REPLICATION_JOB_OPTIONS });
     this.queue.on('error', (err) => this.log.debug({ err }, 'replicator queue error'));
     this.order = new ShareOrder(this.conn, options.redis.prefix);
-    this.opener = siteOpenerOf(options.replication, (msg, o) => this.log.warn(o, msg));
+    this.bandwidth = new Bandwidth(options.replication.bwlimit);
+    this.opener = siteOpenerOf(options.replication, (msg, o) => this.log.warn(o, msg), undefined, this.bandwidth);
   }
 
 
@@ -116,9 +124,13 @@ export class Replicator {
    */
   private async writeState(): Promise<void> {
     const now = Date.now();
+    await this.followBwlimit();
+    this.sentWindow.add(now, 0, this.bandwidth.sent - this.sentCounted);
+    this.sentCounted = this.bandwidth.sent;
     const p = this.conn.pipeline().hset(this.state.site, {
       url: this.opts.replication.siteUrl, state: this.link, since: this.linkSince, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
-      updatedAt: now,
+      limit: this.bandwidth.limit, limitText: this.bandwidth.text, limitSource: this.bandwidth.source,
+      sentPerSec: this.sentWindow.perSecond(now).bytes, updatedAt: now,
     }).hset(this.state.replicators, this.id, JSON.stringify({ pid: process.pid, host: hostname(), records: this.stats.records, commits: this.stats.commits, at: now }));
     for (const [share, w] of this.rates) {
       const r = w.perSecond(now);
@@ -150,6 +162,25 @@ export class Replicator {
       // Not written: count it next time.
       Object.assign(this.reported, sent);
       if (this.latencies.length < 100_000) this.latencies.push(...lat);
+    }
+  }
+
+  /** Takes up a limit set (or cleared) by `vfsx bwlimit` since the last look; one that does not parse is logged and ignored. */
+  private async followBwlimit(): Promise<void> {
+    let text: string | null;
+    try {
+      text = await this.conn.get(this.state.bwlimit);
+    } catch {
+      return; // Redis away: keep the limit in force
+    }
+    try {
+      const was = `${this.bandwidth.text} (${this.bandwidth.source})`;
+      this.bandwidth.setOverride(text);
+      const is = `${this.bandwidth.text} (${this.bandwidth.source})`;
+      if (is !== was) this.log.info({ from: was, to: is }, 'bandwidth limit changed');
+    } catch (err) {
+      if (text !== this.badBwlimit) this.log.warn({ err, bwlimit: text }, 'ignoring a bandwidth limit that does not parse');
+      this.badBwlimit = text;
     }
   }
 
@@ -213,6 +244,7 @@ export class Replicator {
     this.closed = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.heartbeat) clearInterval(this.heartbeat);
+    this.bandwidth.close();
     await this.scrubber?.close();
     await this.worker?.close().catch(() => undefined);
     await this.queue.close().catch(() => undefined);

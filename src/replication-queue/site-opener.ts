@@ -11,7 +11,7 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import { KeyRecord, unwrapMasterKey, wrapMasterKey } from '../repository/key-record';
 import { RepoCipher } from '../repository/repo-cipher';
-import { DrClient, DrRpcError } from './dr-client';
+import { DrClient, DrRpcError, Pacer } from './dr-client';
 import { SealedSite } from './sealed-site';
 import type { SiteClient } from './site-client';
 
@@ -32,6 +32,8 @@ export interface SiteOpenerOptions {
   /** Make a new (empty) site's repository encrypted, writing a new passphrase file if there is none. */
   encryptNew?: boolean;
   log?: (msg: string, o: object) => void;
+  /** A bandwidth limit on what is sent. */
+  pace?: Pacer;
 }
 
 const METHOD_NOT_FOUND = -32601;
@@ -54,7 +56,7 @@ export class SiteOpener {
   constructor(private readonly o: SiteOpenerOptions) {}
 
   async open(): Promise<SiteClient> {
-    const link = await DrClient.connect({ url: this.o.url, token: this.o.token, ca: this.o.ca });
+    const link = await DrClient.connect({ url: this.o.url, token: this.o.token, ca: this.o.ca, pace: this.o.pace });
     try {
       return await this.openOn(link, true);
     } catch (err) {
@@ -145,6 +147,6 @@ export class SiteOpener {
 }
 
 /** The opener a configuration describes (replication.siteUrl, token, encryption, passphraseFile). */
-export function siteOpenerOf(r: VfsxConfig['replication'], log?: (msg: string, o: object) => void, passphraseFile?: string): SiteOpener {
-  return new SiteOpener({ url: r.siteUrl, token: r.token ?? '', passphraseFile: passphraseFile ?? r.passphraseFile, encryptNew: r.encryption === 'on', log });
+export function siteOpenerOf(r: VfsxConfig['replication'], log?: (msg: string, o: object) => void, passphraseFile?: string, pace?: Pacer): SiteOpener {
+  return new SiteOpener({ url: r.siteUrl, token: r.token ?? '', passphraseFile: passphraseFile ?? r.passphraseFile, encryptNew: r.encryption === 'on', log, pace });
 }

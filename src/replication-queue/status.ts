@@ -91,6 +91,19 @@ export interface SiteStatus {
   replicators: ReplicatorStatus[];
   /** Replication totals since the journal began, over every replicator process. */
   totals: ReplicationTotals;
+  /** The bandwidth limit in force and what goes to the site now. */
+  bandwidth: BandwidthStatus;
+}
+
+export interface BandwidthStatus {
+  /** Bytes per second in force now; 0: no limit. */
+  limit: number;
+  /** The limit as written (a rate or a timetable). */
+  text: string;
+  /** config: replication.bwlimit; override: set by `vfsx bwlimit` while running. */
+  source: 'config' | 'override';
+  /** Bytes sent to the site per second (blocks and metadata), over the last 10 s. */
+  sentPerSec: number;
 }
 
 export interface Status {
@@ -174,6 +187,9 @@ export class StatusReader {
           records: Number(totals.records ?? 0), commits: Number(totals.commits ?? 0), coalesced: Number(totals.coalesced ?? 0),
           blocksSent: Number(totals.blocksSent ?? 0), bytesSent: Number(totals.bytesSent ?? 0), failures: Number(totals.failures ?? 0),
         },
+        bandwidth: running && siteHash.limitText !== undefined
+          ? { limit: Number(siteHash.limit ?? 0), text: siteHash.limitText, source: siteHash.limitSource === 'override' ? 'override' : 'config', sentPerSec: Number(siteHash.sentPerSec ?? 0) }
+          : { limit: 0, text: this.cfg.replication.bwlimit, source: 'config', sentPerSec: 0 },
       },
       journal: { unpumped: journal.unpumped, awaitingOutcome: journal.awaiting, queued: journal.queued },
       shares,

@@ -16,7 +16,7 @@ th{background:#f0f0f0}.up{color:#080;font-weight:bold}.down,.unknown{color:#b00;
 </style></head><body>
 <h1>vfsx</h1>
 <div>DR site <code id="site-url"></code>: <span id="site-state" class="unknown">…</span>
- · journal: <span id="journal"></span> · spool: <span id="spool"></span> · updated <span id="updated">never</span></div>
+ · bandwidth: <span id="bandwidth"></span> · journal: <span id="journal"></span> · spool: <span id="spool"></span> · updated <span id="updated">never</span></div>
 <h2>Shares</h2>
 <table id="shares"><thead><tr><th>share</th><th>backlog records</th><th>files</th><th>dirty bytes</th><th>RPO age</th><th>ops/s (1 min)</th><th>bytes/s (1 min)</th><th>last commit</th><th>scrub</th></tr></thead><tbody></tbody></table>
 <h2>Backlog and RPO over time</h2>
@@ -43,12 +43,21 @@ function chart(id, title, points, key, color) {
   return '<div class="chart"><div>' + esc(title) + ': <b>' + esc(key === 'rpo' ? age(last) : last) + '</b> (max ' + esc(key === 'rpo' ? age(max) : max) + ')</div>'
     + '<svg id="' + esc(id) + '" data-points="' + n + '" data-last="' + last + '" width="' + W + '" height="' + H + '"><polyline fill="none" stroke="' + color + '" stroke-width="2" points="' + xy + '"/></svg></div>';
 }
+function rate(b) {
+  const u = [['GiB', 1073741824], ['MiB', 1048576], ['KiB', 1024]];
+  for (const [n, v] of u) if (b >= v) return (b / v).toFixed(1) + ' ' + n + '/s';
+  return Math.round(b) + ' B/s';
+}
 async function refresh() {
   const [st, hist, evs] = await Promise.all([api('/api/status'), api('/api/history'), api('/api/events?n=30')]);
   document.getElementById('site-url').textContent = st.site.url;
   const ss = document.getElementById('site-state');
   ss.textContent = st.site.state + (st.site.lastError && st.site.state !== 'up' ? ' (' + st.site.lastError + ')' : '');
   ss.className = st.site.state;
+  const bw = st.site.bandwidth;
+  document.getElementById('bandwidth').textContent = (bw.limit > 0 ? 'limited to ' + rate(bw.limit) : 'no limit')
+    + (bw.text.indexOf(',') >= 0 ? ' (timetable ' + bw.text + ')' : '') + (bw.source === 'override' ? ' (set by vfsx bwlimit)' : '')
+    + ', sending ' + rate(bw.sentPerSec);
   document.getElementById('journal').textContent = st.journal.unpumped + ' unpumped, ' + st.journal.awaitingOutcome + ' awaiting outcome';
   const sp = document.getElementById('spool');
   sp.textContent = st.spool.failOpenEngaged ? 'FAIL-OPEN: ' + st.spool.files + ' files, ' + st.spool.bytes + ' bytes' : 'empty';

@@ -60,6 +60,8 @@ export class Metrics {
     const up = g('vfsx_redis_up', 'Whether the status could be read from Redis (1) or not (0).');
     const siteUp = g('vfsx_site_up', 'DR site link: 1 up, 0 down or unknown.', ['site']);
     const replicatorUp = g('vfsx_replicator_running', 'Whether the replicator reported within the last 5 s.', ['site']);
+    const bwLimit = g('vfsx_site_bandwidth_limit_bytes_per_second', 'Bandwidth limit in force on what goes to the DR site (0: none).', ['site']);
+    const bwSent = g('vfsx_site_sent_bytes_per_second', 'Bytes sent to the DR site per second (blocks and metadata), over the last 10 s.', ['site']);
     const records = g('vfsx_backlog_records', 'Changes recorded but not yet committed at the DR site.', ['share']);
     const files = g('vfsx_backlog_files', 'Distinct paths among the oldest 1000 uncommitted changes.', ['share']);
     const bytes = g('vfsx_backlog_dirty_bytes', 'Dirty bytes of the oldest 1000 uncommitted closes/flushes.', ['share']);
@@ -102,12 +104,14 @@ export class Metrics {
       commitLatency.hash = lat ?? {};
       totals = st?.site.totals ?? null;
       conns.set(counters.connections());
-      for (const m of [siteUp, replicatorUp, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue,
+      for (const m of [siteUp, replicatorUp, bwLimit, bwSent, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue,
         scrubRunning, scrubChecked, scrubDiffs, scrubRepaired, scrubLast]) m.reset();
       up.set(st ? 1 : 0);
       if (!st) return;
       siteUp.set({ site: st.site.url }, st.site.state === 'up' ? 1 : 0);
       replicatorUp.set({ site: st.site.url }, st.site.replicatorRunning ? 1 : 0);
+      bwLimit.set({ site: st.site.url }, st.site.bandwidth.limit);
+      bwSent.set({ site: st.site.url }, st.site.bandwidth.sentPerSec);
       for (const s of st.shares) {
         const l = { share: s.share };
         records.set(l, s.backlog.records);

@@ -17,12 +17,15 @@ import { verifyShare } from '../../src/replication-queue/verify';
 import { DrSiteHarness } from './dr-site-harness';
 import { RandomWorkload, treeDiffers } from './random-workload';
 import { RedisHarness } from './redis-harness';
+import { createRemoteHost, RemoteHost } from './remote-host';
 import { ServiceHarness } from './service-harness';
 import { SmbdHarness } from './smbd-harness';
 import { waitFor } from './wait-for';
 
 export class ReplicationStack {
   site!: SiteClient;
+  /** The DR site's network namespace, when it runs as a remote host. */
+  remote: RemoteHost | null = null;
   seed = Number(process.env.VFSX_SEED ?? Date.now() % 100000);
 
   private constructor(
@@ -34,14 +37,25 @@ export class ReplicationStack {
     readonly local: string,
   ) {}
 
-  /** Starts every part; `drExtra` goes into the site's drSite configuration. */
-  static async start(o: { share?: string; drExtra?: Record<string, unknown> } = {}): Promise<ReplicationStack> {
+  /**
+   * Starts every part; `drExtra` goes into the site's drSite configuration,
+   * `replExtra` into replication's; `remote` puts the DR site in a network
+   * namespace of its own behind a veth link of that many Mbit/s (a remote host).
+   */
+  static async start(o: { share?: string; drExtra?: Record<string, unknown>; replExtra?: Record<string, unknown>; remote?: { mbit: number } } = {}): Promise<ReplicationStack> {
     const share = o.share ?? 'docs';
     const redis = await RedisHarness.start();
-    const dr = await DrSiteHarness.start(o.drExtra ?? {});
+    const remote = o.remote ? createRemoteHost(o.remote.mbit, `vfsxt${process.pid % 10000}`, 1) : null;
+    let dr: DrSiteHarness;
+    try {
+      dr = await DrSiteHarness.start(o.drExtra ?? {}, remote ? { netns: remote.netns, host: remote.host } : {});
+    } catch (err) {
+      remote?.remove();
+      throw err;
+    }
     const svc = await ServiceHarness.create({
       redisSocket: redis.socket,
-      extra: { replication: { enabled: true, ...dr.replication, blockSize: 65536, maxBackoffMs: 1000 } },
+      extra: { replication: { enabled: true, ...dr.replication, blockSize: 65536, maxBackoffMs: 1000, ...o.replExtra } },
     });
     (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
     await svc.rewriteConfig();
@@ -49,6 +63,7 @@ export class ReplicationStack {
     // As a production share would stack it: NT ACLs and streams live in xattrs below vfsx.
     const smbd = await SmbdHarness.start([{ name: share, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }]);
     const s = new ReplicationStack(share, redis, dr, svc, smbd, await mkdtemp(join(tmpdir(), 'vfsx-repl-')));
+    s.remote = remote;
     s.site = await dr.repo();
     return s;
   }
@@ -112,6 +127,7 @@ export class ReplicationStack {
     await this.smbd?.destroy();
     await this.svc?.destroy();
     await this.dr?.destroy();
+    this.remote?.remove();
     await this.redis?.stop();
     await rm(this.local, { recursive: true, force: true });
   }

@@ -1,22 +1,39 @@
 /**
  * A stand-in for a remote DR site: a network namespace joined to this host
  * by a veth pair, each direction shaped with tc tbf (netem is not available
- * everywhere). Created by the bench and removed after it; traffic never
- * leaves the machine.
+ * everywhere). Created by the bench or a test and removed after it; traffic
+ * never leaves the machine.
  */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 export interface RemoteHost {
   netns: string;
   /** The namespace's address (this host is .1). */
   host: string;
   rateMbit: number;
+  /** The namespace's end of the veth pair. */
+  iface: string;
   remove(): void;
+}
+
+/**
+ * Bytes received so far on `iface` as seen by the process `pid` running in
+ * the namespace (its /proc/PID/net/dev): what arrived at the remote host.
+ */
+export function receivedBytes(pid: number, iface: string): number {
+  for (const line of readFileSync(`/proc/${pid}/net/dev`, 'utf8').split('\n')) {
+    const m = /^\s*([^:\s]+):\s*(\d+)/.exec(line);
+    if (m && m[1] === iface) return Number(m[2]);
+  }
+  throw new Error(`no interface ${iface} in /proc/${pid}/net/dev`);
 }
 
 const sh = (args: string[]) => execFileSync(args[0], args.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
 
-export function createRemoteHost(rateMbit = 1000, name = `vfsxb${process.pid % 10000}`): RemoteHost {
+/** `subnet` (0-255) picks 10.213.SUBNET.0/30, so several remote hosts can exist at once. */
+export function createRemoteHost(rateMbit = 1000, name = `vfsxb${process.pid % 10000}`, subnet = 0): RemoteHost {
+  const net = `10.213.${subnet}`;
   const hostIf = `${name}a`;
   const nsIf = `${name}b`;
   const remove = () => {
@@ -31,10 +48,10 @@ export function createRemoteHost(rateMbit = 1000, name = `vfsxb${process.pid % 1
     sh(['ip', 'netns', 'add', name]);
     sh(['ip', 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf]);
     sh(['ip', 'link', 'set', nsIf, 'netns', name]);
-    sh(['ip', 'addr', 'add', '10.213.0.1/30', 'dev', hostIf]);
+    sh(['ip', 'addr', 'add', `${net}.1/30`, 'dev', hostIf]);
     sh(['ip', 'link', 'set', hostIf, 'up']);
     const inNs = (args: string[]) => sh(['ip', 'netns', 'exec', name, ...args]);
-    inNs(['ip', 'addr', 'add', '10.213.0.2/30', 'dev', nsIf]);
+    inNs(['ip', 'addr', 'add', `${net}.2/30`, 'dev', nsIf]);
     inNs(['ip', 'link', 'set', nsIf, 'up']);
     inNs(['ip', 'link', 'set', 'lo', 'up']);
     const tbf = ['root', 'tbf', 'rate', `${rateMbit}mbit`, 'burst', '256kb', 'latency', '50ms'];
@@ -44,5 +61,5 @@ export function createRemoteHost(rateMbit = 1000, name = `vfsxb${process.pid % 1
     remove();
     throw err;
   }
-  return { netns: name, host: '10.213.0.2', rateMbit, remove };
+  return { netns: name, host: `${net}.2`, rateMbit, iface: nsIf, remove };
 }

@@ -1,0 +1,113 @@
+/**
+ * Bandwidth limits on what goes to a DR site (the limit and its timetable:
+ * src/config/bwlimit.ts). The rate in force can be overridden while the
+ * system runs (`vfsx bwlimit`, kept in Redis). The pacing itself is the
+ * `limiter` package's token bucket.
+ */
+import { TokenBucket } from 'limiter';
+import { Rate, Schedule } from '../config/bwlimit';
+
+const PIECE = 64 * 1024;
+
+/**
+ * Paces bytes sent to one site. `take(n)` resolves when n bytes may go
+ * (at once when no limit is in force: it then returns undefined, so the
+ * unlimited path costs no await). The bucket holds a tenth of a second's
+ * worth (at least one piece), so a limited link never bursts far above its
+ * rate; sends are taken in pieces of at most PIECE bytes.
+ */
+export class Bandwidth {
+  private schedule: Schedule;
+  private override: Schedule | null = null;
+  private rate: Rate = 0;
+  private bucket: TokenBucket | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  /** Bytes paced through here (limited or not), for rates shown to operators. */
+  sent = 0;
+
+  constructor(configured: string, private readonly now: () => Date = () => new Date()) {
+    this.schedule = Schedule.parse(configured);
+    this.apply();
+  }
+
+  /** The rate in force now (bytes per second, 0 = none). */
+  get limit(): Rate {
+    return this.rate;
+  }
+
+  /** What sets the rate: the configuration, or an override made while running. */
+  get source(): 'config' | 'override' {
+    return this.override ? 'override' : 'config';
+  }
+
+  /** The text of the limit in force (a rate or a timetable). */
+  get text(): string {
+    return (this.override ?? this.schedule).text;
+  }
+
+  /** Replaces the configured limit (a config reload). */
+  configure(text: string): void {
+    this.schedule = Schedule.parse(text);
+    this.apply();
+  }
+
+  /** Sets (or, with null, clears) the override; an unparsable one is refused. */
+  setOverride(text: string | null): void {
+    const next = text === null ? null : Schedule.parse(text);
+    if ((next?.text ?? null) === (this.override?.text ?? null)) return;
+    this.override = next;
+    this.apply();
+  }
+
+  take(n: number): Promise<void> | undefined {
+    this.sent += n;
+    if (this.bucket === null || n <= 0) return undefined;
+    return this.drain(n);
+  }
+
+  private async drain(n: number): Promise<void> {
+    for (let left = n; left > 0;) {
+      // The limit may change (or go) while this waits: follow it.
+      const b = this.bucket;
+      if (b === null) return;
+      const piece = Math.min(left, PIECE);
+      await b.removeTokens(piece);
+      left -= piece;
+    }
+  }
+
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  /** Puts the rate of the schedule in force and arms a timer for its next change. */
+  private apply(): void {
+    const s = this.override ?? this.schedule;
+    const now = this.now();
+    const rate = s.rateAt(now);
+    if (rate !== this.rate || (rate > 0) !== (this.bucket !== null)) {
+      this.rate = rate;
+      if (rate === 0) {
+        this.bucket = null;
+      } else {
+        const size = Math.max(PIECE, Math.floor(rate / 10));
+        if (this.bucket) {
+          // Same bucket, new rate: waiters keep their place.
+          this.bucket.tokensPerInterval = rate;
+          this.bucket.bucketSize = size;
+          this.bucket.content = Math.min(this.bucket.content, size);
+        } else {
+          this.bucket = new TokenBucket({ bucketSize: size, tokensPerInterval: rate, interval: 1000 });
+        }
+      }
+    }
+    this.close();
+    const next = s.nextChangeIn(now);
+    if (next !== null) {
+      // At most a minute at a time: the wall clock may jump (NTP, DST).
+      this.timer = setTimeout(() => this.apply(), Math.min(next + 50, 60_000));
+      this.timer.unref();
+    }
+  }
+}

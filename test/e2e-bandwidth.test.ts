@@ -1,0 +1,167 @@
+/**
+ * End to end: bandwidth limits on replication, measured where they matter,
+ * at the DR site. The site runs in a network namespace of its own behind a
+ * veth link (a remote host the test creates and removes); what it received
+ * is read from its own /proc/PID/net/dev. Real smbd with the vfsx module,
+ * real vfsx serve and vfsx replicate, real Redis, the encrypted repository.
+ */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ReplicationStack } from './helpers/replication-stack';
+import { receivedBytes } from './helpers/remote-host';
+import { smbclient } from './helpers/smbclient';
+
+const MiB = 1024 * 1024;
+const LIMIT = 4 * MiB;
+let stack: ReplicationStack;
+
+before(async () => {
+  stack = await ReplicationStack.start({ share: 'bw', remote: { mbit: 1000 }, replExtra: { bwlimit: '4M' } });
+});
+
+after(async () => {
+  await stack?.destroy();
+});
+
+/** Samples what the site received every 250 ms until stopped. */
+class SiteMeter {
+  readonly samples: Array<{ t: number; bytes: number }> = [];
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly pid: number, private readonly iface: string) {
+    this.sample();
+    this.timer = setInterval(() => this.sample(), 250);
+  }
+
+  private sample(): void {
+    this.samples.push({ t: Date.now(), bytes: receivedBytes(this.pid, this.iface) });
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.sample();
+  }
+
+  /** Bytes since the first sample. */
+  get total(): number {
+    return this.samples[this.samples.length - 1].bytes - this.samples[0].bytes;
+  }
+
+  /**
+   * The rate (bytes/s) of what arrived from `from` until arrivals ended
+   * (the last sample that added more than 256 KiB): how fast the rest went.
+   */
+  rateAfter(from: number): number {
+    const s = this.samples;
+    const i = s.findIndex((x) => x.t >= from);
+    if (i < 1) return 0;
+    const start = s[i - 1];
+    const last = s[s.length - 1].bytes;
+    const done = s.find((x) => x.t >= start.t && x.bytes >= last - 256 * 1024) ?? s[s.length - 1];
+    return (done.bytes - start.bytes) / (Math.max(250, done.t - start.t) / 1000);
+  }
+
+  /** The highest rate (bytes/s) over any window of `ms` between `from` and `to` (ms timestamps). */
+  maxRate(ms: number, from = 0, to = Infinity): number {
+    const s = this.samples.filter((x) => x.t >= from && x.t <= to);
+    let best = 0;
+    for (let i = 0, j = 0; i < s.length; i++) {
+      while (j < s.length && s[j].t - s[i].t < ms) j++;
+      if (j >= s.length) break;
+      best = Math.max(best, (s[j].bytes - s[i].bytes) / ((s[j].t - s[i].t) / 1000));
+    }
+    return best;
+  }
+}
+
+/** Puts `n` files of `size` random bytes through SMB into `dir`. */
+async function putFiles(dir: string, n: number, size: number): Promise<void> {
+  const cmds = [`mkdir ${dir}`];
+  for (let i = 0; i < n; i++) {
+    const f = join(stack.local, `${dir}-${i}.bin`);
+    await writeFile(f, randomBytes(size));
+    cmds.push(`put ${f} ${dir}/f${i}.bin`);
+  }
+  const r = await smbclient(stack.smbd.port, stack.share, cmds.join('; '));
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+}
+
+const mb = (b: number) => `${(b / MiB).toFixed(2)} MiB/s`;
+
+test('a site limited to 4 MiB/s receives at most the limit +10% over any 5 s window; vfsx bwlimit lifts it while running', async () => {
+  const pid = stack.dr.pid as number;
+  const meter = new SiteMeter(pid, stack.remote!.iface);
+  await putFiles('limited', 20, 4 * MiB); // 80 MiB: 20 s at the limit, cut short below
+  await new Promise((r) => setTimeout(r, 6000));
+
+  // What operators see while it runs.
+  const st = JSON.parse((await stack.svc.cli(['status', '--json'])).stdout);
+  assert.equal(st.site.bandwidth.limit, LIMIT);
+  assert.equal(st.site.bandwidth.source, 'config');
+  assert.ok(st.site.bandwidth.sentPerSec > LIMIT * 0.5 && st.site.bandwidth.sentPerSec < LIMIT * 1.1, `status says ${mb(st.site.bandwidth.sentPerSec)}`);
+  const metrics = await (await fetch(`${stack.svc.httpUrl}/metrics`)).text();
+  assert.match(metrics, new RegExp(`vfsx_site_bandwidth_limit_bytes_per_second\\{site="[^"]+"\\} ${LIMIT}\\b`));
+  const text = (await stack.svc.cli(['status'])).stdout;
+  assert.match(text, /bandwidth: limited to 4M\/s; sending [\d.]+[kM]\/s/);
+
+  // Lifted while running: the rest goes at the link's speed.
+  const tOff = Date.now();
+  const off = await stack.svc.cli(['bwlimit', 'off']);
+  assert.equal(off.code, 0, off.stderr);
+  assert.match(off.stdout, /no limit \(set by vfsx bwlimit\)/);
+  await stack.drained(120_000);
+  meter.stop();
+
+  const limited = meter.maxRate(5000, 0, tOff);
+  process.stdout.write(`# limited: max ${mb(limited)} over 5 s windows (limit ${mb(LIMIT)}); total ${(meter.total / MiB).toFixed(1)} MiB; after 'off': ${mb(meter.rateAfter(tOff + 1000))}\n`);
+  assert.ok(limited <= LIMIT * 1.1, `the site received ${mb(limited)} over 5 s under a ${mb(LIMIT)} limit`);
+  assert.ok(limited >= LIMIT * 0.6, `the limit, not the replicator, should bound the rate: ${mb(limited)}`);
+  assert.ok(meter.total >= 80 * MiB, `the site received ${meter.total} bytes for 80 MiB of files`);
+  assert.ok(meter.rateAfter(tOff + 1000) > LIMIT * 2, 'after vfsx bwlimit off the rest went faster than the limit');
+
+  // Back to the configured limit.
+  const back = await stack.svc.cli(['bwlimit', 'config', '--json']);
+  const b = JSON.parse(back.stdout);
+  assert.equal(b.source, 'config');
+  assert.equal(b.limit, LIMIT);
+  assert.equal(b.override, null);
+  await stack.converged('limited');
+});
+
+test('a timetable switches the limit mid-run: 1 MiB/s until the next minute, then none', async () => {
+  // A bad timetable is refused and changes nothing.
+  const bad = await stack.svc.cli(['bwlimit', '08:00,quick']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /not a rate/);
+
+  // At least 20 s of the limited part: start early enough in a minute.
+  const sec = new Date().getSeconds();
+  if (sec > 40) await new Promise((r) => setTimeout(r, (61 - sec) * 1000));
+  const now = new Date();
+  const hhmm = (d: Date) => `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+  const next = new Date(now.getTime() + 60_000);
+  const switchAt = new Date(next.getFullYear(), next.getMonth(), next.getDate(), next.getHours(), next.getMinutes()).getTime();
+  const set = await stack.svc.cli(['bwlimit', `${hhmm(now)},1M ${hhmm(next)},off`, '--json']);
+  assert.equal(set.code, 0, set.stderr);
+  assert.equal(JSON.parse(set.stdout).limit, MiB);
+
+  // More than the limited part can carry, so the switch happens mid-transfer.
+  const meter = new SiteMeter(stack.dr.pid as number, stack.remote!.iface);
+  const limitedSecs = (switchAt - Date.now()) / 1000;
+  const files = Math.ceil((limitedSecs + 16) / 2);
+  await putFiles('timetable', files, 2 * MiB);
+  await stack.drained(180_000);
+  meter.stop();
+
+  const before = meter.maxRate(5000, 0, switchAt - 500);
+  const afterSwitch = meter.rateAfter(switchAt + 250);
+  process.stdout.write(`# timetable: ${limitedSecs.toFixed(0)} s at 1 MiB/s: max ${mb(before)} over 5 s; after the switch ${mb(afterSwitch)}\n`);
+  assert.ok(before <= MiB * 1.1, `the site received ${mb(before)} over 5 s under the timetable's 1 MiB/s`);
+  assert.ok(before >= MiB * 0.6, `the limit should bound the rate: ${mb(before)}`);
+  assert.ok(afterSwitch > MiB * 3, `after the timetable's switch to off the rest went faster: ${mb(afterSwitch)}`);
+  await stack.svc.cli(['bwlimit', 'config']);
+  await stack.converged('timetable');
+});
