@@ -7,9 +7,7 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { SiteClient } from '../replication-queue/site-client';
 import { siteOpenerOf } from '../replication-queue/site-opener';
-import { Bandwidth } from '../replication-queue/bandwidth';
-import { redisOptions, stateKeys } from '../replication-queue/redis-connection';
-import IORedis from 'ioredis';
+import { bandwidthOf } from '../replication-queue/bandwidth';
 import { restoreShare } from '../replication-queue/restore';
 import { SiteSync } from '../replication-queue/site-sync';
 import { Tree } from '../native/tree';
@@ -48,24 +46,8 @@ async function connect(config: VfsxConfig, o: DrCommandOptions, writes = false):
   const log = (msg: string, x: object) => process.stderr.write(`${msg} ${JSON.stringify(x)}\n`);
   // What is sent obeys the bandwidth limit the replicator keeps to (a resync is an initial sync).
   const pace = writes ? await bandwidthOf(config) : undefined;
+  if (pace && pace.limit > 0) process.stderr.write(`bandwidth limit: ${pace.text}${pace.source === 'override' ? ' (set by vfsx bwlimit)' : ''}\n`);
   return siteOpenerOf({ ...r, encryption: writes ? r.encryption : 'off' }, log, o.passphraseFile, pace).open();
-}
-
-/** replication.bwlimit, or the limit `vfsx bwlimit` set in Redis (when Redis answers within 3 s). */
-async function bandwidthOf(config: VfsxConfig): Promise<Bandwidth> {
-  const bw = new Bandwidth(config.replication.bwlimit);
-  const conn = new IORedis(redisOptions(config.redis, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
-  conn.on('error', () => undefined);
-  try {
-    await conn.connect();
-    bw.setOverride(await conn.get(stateKeys(config.redis.prefix).bwlimit));
-  } catch {
-    // no Redis here, or an override that does not parse: the configured limit
-  } finally {
-    conn.disconnect();
-  }
-  if (bw.limit > 0) process.stderr.write(`bandwidth limit: ${bw.text}${bw.source === 'override' ? ' (set by vfsx bwlimit)' : ''}\n`);
-  return bw;
 }
 
 function progressLine(json: boolean, text: string): void {

@@ -5,9 +5,8 @@
 import type { VfsxConfig } from '../config/schema';
 import { EventBus, VfsxEvent } from '../replication-queue/events';
 import { BandwidthStatus, ShareStatus, Status, StatusReader } from '../replication-queue/status';
-import IORedis from 'ioredis';
 import { formatRate, Schedule } from '../config/bwlimit';
-import { redisOptions, stateKeys } from '../replication-queue/redis-connection';
+import { bwlimitOverride } from '../replication-queue/bandwidth';
 import { why } from '../replication-queue/why';
 
 const age = (s: number) => (s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
@@ -90,7 +89,6 @@ export async function statusCommand(config: VfsxConfig, o: { json: boolean; watc
  */
 export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { json: boolean }): Promise<number> {
   const text = args.join(' ').trim();
-  const key = stateKeys(config.redis.prefix).bwlimit;
   if (text !== '' && text !== 'config') {
     try {
       Schedule.parse(text);
@@ -99,20 +97,16 @@ export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { js
       return 2;
     }
   }
-  const conn = new IORedis(redisOptions(config.redis, { maxRetriesPerRequest: 1, connectTimeout: 3000 }));
-  conn.on('error', () => undefined);
   const reader = new StatusReader(config);
   try {
-    if (text === 'config') await conn.del(key);
-    else if (text !== '') await conn.set(key, text);
+    const over = await bwlimitOverride(config.redis, text === 'config' ? null : text === '' ? undefined : text);
     if (text !== '') await new Promise((r) => setTimeout(r, 1500)); // a replicator takes it up within a second
     const st = await reader.read();
     const b = st.site.bandwidth;
     if (o.json) {
-      process.stdout.write(`${JSON.stringify({ ...b, configured: config.replication.bwlimit, override: await conn.get(key), replicatorRunning: st.site.replicatorRunning })}\n`);
+      process.stdout.write(`${JSON.stringify({ ...b, configured: config.replication.bwlimit, override: over, replicatorRunning: st.site.replicatorRunning })}\n`);
     } else {
       const lines = [`bandwidth to ${st.site.url}: ${bwLine(b)}`, `  configured (replication.bwlimit): ${config.replication.bwlimit}`];
-      const over = await conn.get(key);
       if (over !== null) lines.push(`  set while running (vfsx bwlimit): ${over}  ("vfsx bwlimit config" goes back to the configured limit)`);
       if (!st.site.replicatorRunning) lines.push('  vfsx replicate is not running: the limit applies when it starts');
       process.stdout.write(`${lines.join('\n')}\n`);
@@ -120,7 +114,6 @@ export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { js
     return 0;
   } finally {
     await reader.close();
-    await conn.quit().catch(() => conn.disconnect());
   }
 }
 

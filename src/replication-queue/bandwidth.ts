@@ -4,8 +4,11 @@
  * system runs (`vfsx bwlimit`, kept in Redis). The pacing itself is the
  * `limiter` package's token bucket.
  */
+import IORedis from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
+import type { VfsxConfig } from '../config/schema';
+import { redisOptions, stateKeys } from './redis-connection';
 
 const PIECE = 64 * 1024;
 
@@ -110,4 +113,34 @@ export class Bandwidth {
       this.timer.unref();
     }
   }
+}
+
+/**
+ * The limit `vfsx bwlimit` set while running (null: none, the configured one
+ * holds). With `set`, first sets it (a string) or clears it (null). Kept in
+ * Redis, where every replicator looks for it each second.
+ */
+export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string | null): Promise<string | null> {
+  const conn = new IORedis(redisOptions(redis, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
+  conn.on('error', () => undefined);
+  const key = stateKeys(redis.prefix).bwlimit;
+  try {
+    await conn.connect();
+    if (set === null) await conn.del(key);
+    else if (set !== undefined) await conn.set(key, set);
+    return await conn.get(key);
+  } finally {
+    conn.disconnect();
+  }
+}
+
+/** A pacer for a command that sends to the site (resync): the configured limit, or the one set while running. */
+export async function bandwidthOf(config: Pick<VfsxConfig, 'redis' | 'replication'>): Promise<Bandwidth> {
+  const bw = new Bandwidth(config.replication.bwlimit);
+  try {
+    bw.setOverride(await bwlimitOverride(config.redis));
+  } catch {
+    // no Redis here, or an override that does not parse: the configured limit
+  }
+  return bw;
 }

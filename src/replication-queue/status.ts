@@ -11,6 +11,7 @@ import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { journalKeys, redisOptions, stateKeys } from './redis-connection';
+import { Schedule } from '../config/bwlimit';
 import { parseRpoMember, recordsOf } from './batch';
 import { entryPairs, heldSummary, nextId } from './stream-ids';
 
@@ -116,6 +117,15 @@ export interface Status {
   spool: { dir: string; files: number; bytes: number; failOpenEngaged: boolean; ingestedFiles: number; lastIngestAt: number | null };
 }
 
+/** The configured limit's rate at `now` (no replicator says what is in force). */
+function configuredRate(text: string, now: number): number {
+  try {
+    return Schedule.parse(text).rateAt(new Date(now));
+  } catch {
+    return 0;
+  }
+}
+
 const num = (s: string | undefined): number | null => (s === undefined || s === '' || s === '0' ? null : Number(s));
 
 export class StatusReader {
@@ -189,7 +199,7 @@ export class StatusReader {
         },
         bandwidth: running && siteHash.limitText !== undefined
           ? { limit: Number(siteHash.limit ?? 0), text: siteHash.limitText, source: siteHash.limitSource === 'override' ? 'override' : 'config', sentPerSec: Number(siteHash.sentPerSec ?? 0) }
-          : { limit: 0, text: this.cfg.replication.bwlimit, source: 'config', sentPerSec: 0 },
+          : { limit: configuredRate(this.cfg.replication.bwlimit, now), text: this.cfg.replication.bwlimit, source: 'config', sentPerSec: 0 },
       },
       journal: { unpumped: journal.unpumped, awaitingOutcome: journal.awaiting, queued: journal.queued },
       shares,
