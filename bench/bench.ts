@@ -4,6 +4,7 @@
  * plain share on the same smbd. Prints a Markdown table for the README.
  * Not a test: nothing here asserts a speed.
  */
+import { sitesOf } from '../src/config/schema';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
@@ -104,7 +105,7 @@ async function main(): Promise<void> {
   const local = await mkdtemp(join(tmpdir(), "vfsx-bench-"));
   const rows: Row[] = [];
   const cfg = validateConfig(svc.config);
-  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
   // Replication must not spill from a vfsx round into the next round's timing: wait (untimed) until it caught up.
   const drained = async () => {
     if (!REPLICATION) return;

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ReplicationStack } from './helpers/replication-stack';
-import { receivedBytes } from './helpers/remote-host';
+import { SiteMeter } from './helpers/site-meter';
 import { smbclient } from './helpers/smbclient';
 
 const MiB = 1024 * 1024;
@@ -25,57 +25,6 @@ before(async () => {
 after(async () => {
   await stack?.destroy();
 });
-
-/** Samples what the site received every 250 ms until stopped. */
-class SiteMeter {
-  readonly samples: Array<{ t: number; bytes: number }> = [];
-  private readonly timer: NodeJS.Timeout;
-
-  constructor(private readonly pid: number, private readonly iface: string) {
-    this.sample();
-    this.timer = setInterval(() => this.sample(), 250);
-  }
-
-  private sample(): void {
-    this.samples.push({ t: Date.now(), bytes: receivedBytes(this.pid, this.iface) });
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
-    this.sample();
-  }
-
-  /** Bytes since the first sample. */
-  get total(): number {
-    return this.samples[this.samples.length - 1].bytes - this.samples[0].bytes;
-  }
-
-  /**
-   * The rate (bytes/s) of what arrived from `from` until arrivals ended
-   * (the last sample that added more than 256 KiB): how fast the rest went.
-   */
-  rateAfter(from: number): number {
-    const s = this.samples;
-    const i = s.findIndex((x) => x.t >= from);
-    if (i < 1) return 0;
-    const start = s[i - 1];
-    const last = s[s.length - 1].bytes;
-    const done = s.find((x) => x.t >= start.t && x.bytes >= last - 256 * 1024) ?? s[s.length - 1];
-    return (done.bytes - start.bytes) / (Math.max(250, done.t - start.t) / 1000);
-  }
-
-  /** The highest rate (bytes/s) over any window of `ms` between `from` and `to` (ms timestamps). */
-  maxRate(ms: number, from = 0, to = Infinity): number {
-    const s = this.samples.filter((x) => x.t >= from && x.t <= to);
-    let best = 0;
-    for (let i = 0, j = 0; i < s.length; i++) {
-      while (j < s.length && s[j].t - s[i].t < ms) j++;
-      if (j >= s.length) break;
-      best = Math.max(best, (s[j].bytes - s[i].bytes) / ((s[j].t - s[i].t) / 1000));
-    }
-    return best;
-  }
-}
 
 /** Puts `n` files of `size` random bytes through SMB into `dir`. */
 async function putFiles(dir: string, n: number, size: number): Promise<void> {

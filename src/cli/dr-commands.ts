@@ -25,6 +25,8 @@ export interface DrCommandOptions {
   force?: boolean;
   /** The repository passphrase's file, instead of replication.passphraseFile. */
   passphraseFile?: string;
+  /** The DR site (replication.sites) to work with; default the first. */
+  site?: string;
 }
 
 /** The share's path: --source, or what smbd's configuration says. */
@@ -45,9 +47,9 @@ async function connect(config: VfsxConfig, o: DrCommandOptions, writes = false):
   if (!r.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token is required to reach the DR site');
   const log = (msg: string, x: object) => process.stderr.write(`${msg} ${JSON.stringify(x)}\n`);
   // What is sent obeys the bandwidth limit the replicator keeps to (a resync is an initial sync).
-  const pace = writes ? await bandwidthOf(config) : undefined;
-  if (pace && pace.limit > 0) process.stderr.write(`bandwidth limit: ${pace.text}${pace.source === 'override' ? ' (set by vfsx bwlimit)' : ''}\n`);
-  return siteOpenerOf({ ...r, encryption: writes ? r.encryption : 'off' }, log, o.passphraseFile, pace).open();
+  const pace = writes ? await bandwidthOf(config, o.site) : undefined;
+  if (pace && pace.limit > 0) process.stderr.write(`bandwidth limit: ${pace.binding.text}${pace.binding.source === 'override' ? ' (set by vfsx bwlimit)' : ''}\n`);
+  return siteOpenerOf(r, { log, passphraseFile: o.passphraseFile, pace, site: o.site, writes }).open();
 }
 
 function progressLine(json: boolean, text: string): void {

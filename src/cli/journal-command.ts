@@ -2,6 +2,7 @@
  * `vfsx journal`: prints change records for people (a line each) or for
  * scripts (--json: one JSON record per line).
  */
+import { sitesOf } from '../config/schema';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { JournalReader } from '../replication-queue/journal-reader';
@@ -26,7 +27,7 @@ function human(r: ChangeRecord): string {
 }
 
 export async function journalCommand(config: VfsxConfig, o: JournalCommandOptions): Promise<number> {
-  const reader = new JournalReader({ redis: config.redis, queueName: config.journal.queueName });
+  const reader = new JournalReader({ redis: config.redis, queueName: config.journal.queueName, sites: sitesOf(config.replication).map((s) => s.name) });
   const print = (r: ChangeRecord) => {
     if (o.share !== undefined && r.share !== o.share) return;
     process.stdout.write(`${o.json ? JSON.stringify(r) : human(r)}\n`);

@@ -4,7 +4,7 @@
  * (src/repository/key-record.ts); adding one needs a passphrase that works.
  */
 import { readFile } from 'node:fs/promises';
-import type { VfsxConfig } from '../config/schema';
+import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import { wrapMasterKey } from '../repository/key-record';
 import { DrClient } from '../replication-queue/dr-client';
@@ -15,15 +15,17 @@ export interface KeyCommandOptions {
   passphraseFile?: string;
   newPassphraseFile?: string;
   label?: string;
+  /** The DR site (replication.sites); default the first. */
+  site?: string;
 }
 
-async function withSite<T>(config: VfsxConfig, fn: (link: DrClient, info: RepoInfo) => Promise<T>): Promise<T> {
-  const r = config.replication;
-  if (!r.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token is required to reach the DR site');
-  const link = await DrClient.connect({ url: r.siteUrl, token: r.token });
+async function withSite<T>(config: VfsxConfig, fn: (link: DrClient, info: RepoInfo) => Promise<T>, site?: string): Promise<T> {
+  const s = siteNamed(config.replication, site);
+  if (!s.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token is required to reach the DR site');
+  const link = await DrClient.connect({ url: s.url, token: s.token });
   try {
     const info = await repoInfo(link);
-    if (!info.encrypted) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', `the repository at ${r.siteUrl} is not encrypted: it has no keys`);
+    if (!info.encrypted) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', `the repository at ${s.url} is not encrypted: it has no keys`);
     return await fn(link, info);
   } finally {
     link.close();
@@ -39,16 +41,17 @@ async function newPassphrase(o: KeyCommandOptions): Promise<string> {
 }
 
 export async function keyCommand(config: VfsxConfig, sub: string | undefined, arg: string | undefined, o: KeyCommandOptions): Promise<number> {
-  const opener = () => siteOpenerOf(config.replication, undefined, o.passphraseFile);
+  const withSiteOf = <T>(c: VfsxConfig, fn: (link: DrClient, info: RepoInfo) => Promise<T>) => withSite(c, fn, o.site);
+  const opener = () => siteOpenerOf(config.replication, { passphraseFile: o.passphraseFile, site: o.site });
   switch (sub) {
     case 'list':
-      return withSite(config, async (_link, info) => {
+      return withSiteOf(config, async (_link, info) => {
         if (o.json) process.stdout.write(`${JSON.stringify(info.keys.map(({ id, label, created }) => ({ id, label, created })))}\n`);
         else for (const k of info.keys) process.stdout.write(`${k.id}  ${new Date(k.created).toISOString()}  ${k.label}\n`);
         return 0;
       });
     case 'add':
-      return withSite(config, async (link, info) => {
+      return withSiteOf(config, async (link, info) => {
         const { master } = await opener().unlockKey(info);
         const rec = await wrapMasterKey(master, await newPassphrase(o), o.label);
         await link.call('repo.keyAdd', { key: rec });
@@ -57,7 +60,7 @@ export async function keyCommand(config: VfsxConfig, sub: string | undefined, ar
       });
     case 'remove':
       if (!arg) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'vfsx key remove: which key (an id from vfsx key list)?');
-      return withSite(config, async (link, info) => {
+      return withSiteOf(config, async (link, info) => {
         // As restic does: the key this passphrase opens stays (removing it could lock the operator out).
         const { id } = await opener().unlockKey(info);
         if (id === arg) throw new VfsxError('VFSX_ERR_DR_REPO_STATE', `key ${arg} is the one your passphrase opens: remove it with another passphrase`);

@@ -14,12 +14,14 @@ import { PackStore } from '../dr-site/pack-store';
 import { createLogger } from '../service/create-logger';
 import { lowerPriority } from '../native/addon';
 import { Replicator } from '../replication-queue/replicator';
+import { Bandwidth } from '../replication-queue/bandwidth';
+import { siteNamed, sitesOf } from '../config/schema';
 import { VfsxService } from '../service/vfsx-service';
 import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
 import { keyCommand } from './key-commands';
 import { doctorCommand } from './doctor';
 import { journalCommand } from './journal-command';
-import { bwlimitCommand, eventsCommand, statusCommand, whyCommand } from './ops-commands';
+import { bwlimitCommand, eventsCommand, siteCommand, statusCommand, whyCommand } from './ops-commands';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
 
@@ -27,11 +29,18 @@ Usage:
   vfsx serve [--config FILE]
       Run the service: the Unix socket smbd's vfsx module connects to, the
       policy, the durable change journal in Redis, spool ingestion.
-  vfsx replicate [--config FILE]
+  vfsx replicate [--config FILE] [--site NAME[,NAME]]
       Run a replicator: takes the journal's changes from the queue and makes
       the DR site match the share (also the scheduled scrub). Lowers itself
       to replication.nice and replication.ioClass/ioLevel so smbd and vfsx
       serve always win the cores and the disk. Several may run at once.
+      With replication.sites, one replicator per site (each its own queue,
+      link, progress and limit); --site runs only those sites. A site new
+      to a system with history gets a full sync first.
+  vfsx site list|remove [NAME] [--config FILE] [--json]
+      The DR sites the journal feeds (configured, or left over). remove
+      stops feeding a site no longer configured and drops its queue and
+      state (its DR site itself is untouched).
   vfsx journal [--config FILE] [--share NAME] [--pending|--all] [--json] [--follow]
       Print queued change records, oldest first (--pending: records still
       awaiting their outcome; --all: also the recently replicated ones).
@@ -48,17 +57,17 @@ Usage:
       The running site does this in the background after an upgrade; this
       does it at once, with the site stopped (it refuses while the site
       runs). Each block is re-indexed before its file is deleted.
-  vfsx resync SHARE [--config FILE] [--source DIR] [--json]
+  vfsx resync SHARE [--config FILE] [--source DIR] [--site NAME] [--json]
       Make the DR site match the share: push what it lacks (blocks it has
       are not sent again), delete what the source no longer has.
-  vfsx verify SHARE [--config FILE] [--source DIR] [--content|--deep] [--json]
+  vfsx verify SHARE [--config FILE] [--source DIR] [--content|--deep] [--site NAME] [--json]
       Compare the share with the DR site (type, size, mode, mtime, xattrs,
       symlink targets); list every difference. Exit 0 only when identical.
       --content also compares every source block's sha256 with the site's
       block ids (nothing is downloaded); --deep also downloads every block
       of every head at the site and checks its bytes against its id.
       The share's path comes from --source or from smbd's configuration.
-  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--passphrase-file FILE] [--json]
+  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--passphrase-file FILE] [--site NAME] [--json]
       Rebuild the share from the DR site into DEST (latest, or as it was at
       TIME: ISO 8601 or ms since the epoch), with contents, owners, modes,
       mtimes and xattrs. Nothing is written outside DEST and no symlink is
@@ -74,17 +83,19 @@ Usage:
       VFSX_NEW_PASSPHRASE), unlocked by the current one; remove ID drops
       another passphrase's key (never the last, never your own). add and
       remove need the site's admin token.
-  vfsx bwlimit [RATE|TIMETABLE|config] [--config FILE] [--json]
+  vfsx bwlimit [RATE|TIMETABLE|config] [--site NAME] [--config FILE] [--json]
       Shows the bandwidth limit on what goes to the DR site, or sets one
       while running (kept until "vfsx bwlimit config" returns to
       replication.bwlimit): 5M, 512k, off, or "08:00,512k 18:00,off".
+      --site: that site's own limit (replication.sites[].bwlimit); without
+      it, the limit on all sites together.
   vfsx status [--config FILE] [--json] [--watch]
       Per share: backlog (records, files, dirty bytes), RPO age (oldest
       change not yet at the DR site), throughput over the last minute,
       records being retried and their error; the DR site link; fail-open
       spooling. --watch redraws every 2 s; --json prints one object (a line
       per refresh with --watch).
-  vfsx why SHARE PATH [--config FILE] [--source DIR] [--json]
+  vfsx why SHARE PATH [--config FILE] [--source DIR] [--site NAME] [--json]
       Everything known about one path: the source's state, the journal's
       records of it, what holds it back, the DR site's versions.
   vfsx events [--config FILE] [--json] [--recent]
@@ -134,16 +145,26 @@ async function serve(configFile: string | undefined): Promise<number> {
   return running;
 }
 
-async function replicate(configFile: string | undefined): Promise<number> {
+async function replicate(configFile: string | undefined, only?: string): Promise<number> {
   const config = loadConfig(configFile);
   const r = config.replication;
   if (!r.enabled) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.enabled is false: nothing to replicate');
   const logger = createLogger(config.log.level).child({ c: 'replicator' });
   lowerPriority(r.nice, r.ioClass, r.ioLevel);
-  const replicator = new Replicator({ redis: config.redis, queueName: config.journal.queueName, replication: r, logger });
-  const running = runUntilSignal(logger, () => replicator.close());
-  replicator.start();
-  logger.info({ site: r.siteUrl, nice: r.nice, io: `${r.ioClass}/${r.ioLevel}` }, 'vfsx replicating');
+  // One replicator per DR site: each its own queue, link, progress and limit; the limit on all sites together is shared.
+  const allSites = new Bandwidth(r.bwlimit);
+  // --site NAME[,NAME]: only those (a replicator per site in its own unit; a site added while the others run).
+  const picked = only === undefined ? sitesOf(r) : only.split(',').map((n) => siteNamed(r, n.trim()));
+  const replicators = picked.map((site) => new Replicator({
+    redis: config.redis, queueName: config.journal.queueName, replication: r, site, allSites,
+    logger: sitesOf(r).length > 1 ? logger.child({ site: site.name }) : logger,
+  }));
+  const running = runUntilSignal(logger, async () => {
+    await Promise.all(replicators.map((x) => x.close()));
+    allSites.close();
+  });
+  await Promise.all(replicators.map((x) => x.start()));
+  logger.info({ sites: picked.map((x) => `${x.name} ${x.url}`), nice: r.nice, io: `${r.ioClass}/${r.ioLevel}` }, 'vfsx replicating');
   return running;
 }
 
@@ -225,6 +246,7 @@ export async function main(argv: string[]): Promise<number> {
       'passphrase-file': { type: 'string' },
       'new-passphrase-file': { type: 'string' },
       label: { type: 'string' },
+      site: { type: 'string' },
       watch: { type: 'boolean', short: 'w', default: false },
       recent: { type: 'boolean', default: false },
       'modules-dir': { type: 'string' },
@@ -242,7 +264,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'serve':
       return serve(values.config);
     case 'replicate':
-      return replicate(values.config);
+      return replicate(values.config, values.site);
     case 'dr-site':
       if (positionals[1] === 'migrate') return drSiteMigrate(values.config, values.json === true);
       if (positionals[1] !== undefined) {
@@ -262,7 +284,7 @@ export async function main(argv: string[]): Promise<number> {
       const o = {
         json: values.json === true, source: values.source, at: values.at,
         content: values.content === true, deep: values.deep === true, force: values.force === true,
-        passphraseFile: values['passphrase-file'],
+        passphraseFile: values['passphrase-file'], site: values.site,
       };
       if (command === 'resync') return resyncCommand(cfg, share, o);
       if (command === 'verify') return verifyCommand(cfg, share, o);
@@ -270,19 +292,21 @@ export async function main(argv: string[]): Promise<number> {
     }
     case 'key':
       return keyCommand(loadConfig(values.config), positionals[1], positionals[2], {
-        json: values.json === true, passphraseFile: values['passphrase-file'], newPassphraseFile: values['new-passphrase-file'], label: values.label,
+        json: values.json === true, passphraseFile: values['passphrase-file'], newPassphraseFile: values['new-passphrase-file'], label: values.label, site: values.site,
       });
     case 'status':
       return statusCommand(loadConfig(values.config), { json: values.json === true, watch: values.watch === true });
     case 'bwlimit':
-      return bwlimitCommand(loadConfig(values.config), positionals.slice(1), { json: values.json === true });
+      return bwlimitCommand(loadConfig(values.config), positionals.slice(1), { json: values.json === true, site: values.site });
+    case 'site':
+      return siteCommand(loadConfig(values.config), positionals[1], positionals[2], { json: values.json === true });
     case 'why': {
       const [, share, path] = positionals;
       if (!share || path === undefined) {
         process.stderr.write(`vfsx why: missing ${share ? 'PATH' : 'SHARE'}\n\n${HELP}`);
         return 2;
       }
-      return whyCommand(loadConfig(values.config), share, path, { json: values.json === true, source: values.source });
+      return whyCommand(loadConfig(values.config), share, path, { json: values.json === true, source: values.source, site: values.site });
     }
     case 'events':
       return eventsCommand(loadConfig(values.config), { json: values.json === true, recent: values.recent === true });

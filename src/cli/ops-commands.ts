@@ -6,7 +6,9 @@ import type { VfsxConfig } from '../config/schema';
 import { EventBus, VfsxEvent } from '../replication-queue/events';
 import { BandwidthStatus, ShareStatus, Status, StatusReader } from '../replication-queue/status';
 import { formatRate, Schedule } from '../config/bwlimit';
+import { siteNamed, sitesOf } from '../config/schema';
 import { bwlimitOverride } from '../replication-queue/bandwidth';
+import { dropSite } from '../replication-queue/site-state';
 import { why } from '../replication-queue/why';
 
 const age = (s: number) => (s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
@@ -28,14 +30,19 @@ export function bwLine(b: BandwidthStatus): string {
 
 export function renderStatus(st: Status): string {
   const out: string[] = [];
-  const site = st.site;
-  out.push(`DR site ${site.url}: ${site.state.toUpperCase()}${site.since ? ` since ${new Date(site.since).toISOString()}` : ''}`
-    + `${site.replicatorRunning ? '' : ' (replicator not running: is vfsx replicate up, with replication.enabled?)'}`);
-  if (site.replicators.length > 0) {
-    out.push(`replicators: ${site.replicators.map((r) => `${r.id} (${r.records} records, ${r.commits} commits)`).join(', ')}`);
+  const many = st.sites.length > 1 || st.site.name !== 'default';
+  for (const { site } of st.sites) {
+    const name = many ? `DR site ${site.name} (${site.url})` : `DR site ${site.url}`;
+    out.push(`${name}: ${site.state.toUpperCase()}${site.since ? ` since ${new Date(site.since).toISOString()}` : ''}`
+      + `${site.replicatorRunning ? '' : ' (replicator not running: is vfsx replicate up, with replication.enabled?)'}`
+      + `${site.configured ? '' : ' (no longer configured: vfsx site remove ' + site.name + ' drops its queue)'}`
+      + `${site.initialSync === 'pending' ? ' (initial sync running)' : ''}`);
+    if (site.replicators.length > 0) {
+      out.push(`  replicators: ${site.replicators.map((r) => `${r.id} (${r.records} records, ${r.commits} commits)`).join(', ')}`);
+    }
+    if (site.lastError && site.state !== 'up') out.push(`  last error: ${site.lastError} (${when(site.lastErrorAt, st.at)})`);
+    out.push(`  bandwidth: ${bwLine(site.bandwidth)}`);
   }
-  if (site.lastError && site.state !== 'up') out.push(`  last error: ${site.lastError} (${when(site.lastErrorAt, st.at)})`);
-  out.push(`bandwidth: ${bwLine(site.bandwidth)}`);
   out.push(`journal: ${st.journal.unpumped} unpumped, ${st.journal.awaitingOutcome} awaiting outcome; queue ${Object.entries(st.journal.queued).map(([k, v]) => `${k} ${v}`).join(', ')}`);
   out.push(st.spool.failOpenEngaged
     ? `FAIL-OPEN ENGAGED: ${st.spool.files} spool files (${bytes(st.spool.bytes)}) in ${st.spool.dir}`
@@ -44,17 +51,19 @@ export function renderStatus(st: Status): string {
   if (st.shares.length === 0) {
     out.push('no shares have reported changes yet');
   } else {
-    const rows = [['SHARE', 'BACKLOG', 'FILES', 'DIRTY', 'RPO AGE', 'OPS/S', 'BYTES/S', 'RETRYING', 'LAST COMMIT', 'SCRUB']];
-    for (const s of st.shares) {
-      rows.push([s.share, `${s.backlog.records}`, `${s.backlog.files}${s.backlog.exact ? '' : '+'}`, bytes(s.backlog.bytes), age(s.rpoAgeSeconds),
-        s.throughput.opsPerSec.toFixed(1), bytes(Math.round(s.throughput.bytesPerSec)), `${s.retrying.length}`, when(s.lastCommitAt, st.at), scrubText(s.scrub, st.at)]);
+    const rows = [[...(many ? ['SITE'] : []), 'SHARE', 'BACKLOG', 'FILES', 'DIRTY', 'RPO AGE', 'OPS/S', 'BYTES/S', 'RETRYING', 'LAST COMMIT', 'SCRUB']];
+    for (const { site, shares } of st.sites) {
+      for (const s of shares) {
+        rows.push([...(many ? [site.name] : []), s.share, `${s.backlog.records}`, `${s.backlog.files}${s.backlog.exact ? '' : '+'}`, bytes(s.backlog.bytes), age(s.rpoAgeSeconds),
+          s.throughput.opsPerSec.toFixed(1), bytes(Math.round(s.throughput.bytesPerSec)), `${s.retrying.length}`, when(s.lastCommitAt, st.at), scrubText(s.scrub, st.at)]);
+      }
     }
     out.push(table(rows));
   }
-  const retrying = st.shares.flatMap((s) => s.retrying);
+  const retrying = st.sites.flatMap((v) => v.shares.flatMap((s) => s.retrying));
   if (retrying.length > 0) {
     out.push('', 'records waiting to be retried (newest error):');
-    for (const r of retrying.slice(0, 10)) out.push(`  ${r.share}:${r.path} ${r.op} after ${r.attempts} attempts: ${r.error}`);
+    for (const r of retrying.slice(0, 10)) out.push(`  ${many && r.site ? `[${r.site}] ` : ''}${r.share}:${r.path} ${r.op} after ${r.attempts} attempts: ${r.error}`);
     if (retrying.length > 10) out.push(`  ... and ${retrying.length - 10} more`);
   }
   return `${out.join('\n')}\n`;
@@ -87,8 +96,9 @@ export async function statusCommand(config: VfsxConfig, o: { json: boolean; watc
  * one that overrides replication.bwlimit until `vfsx bwlimit config` (kept
  * in Redis: it outlives restarts; every replicator takes it up within a second).
  */
-export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { json: boolean }): Promise<number> {
+export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { json: boolean; site?: string }): Promise<number> {
   const text = args.join(' ').trim();
+  const site = o.site === undefined ? undefined : siteNamed(config.replication, o.site).name;
   if (text !== '' && text !== 'config') {
     try {
       Schedule.parse(text);
@@ -99,16 +109,20 @@ export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { js
   }
   const reader = new StatusReader(config);
   try {
-    const over = await bwlimitOverride(config.redis, text === 'config' ? null : text === '' ? undefined : text);
+    const over = await bwlimitOverride(config.redis, text === 'config' ? null : text === '' ? undefined : text, site);
     if (text !== '') await new Promise((r) => setTimeout(r, 1500)); // a replicator takes it up within a second
     const st = await reader.read();
-    const b = st.site.bandwidth;
+    const view = st.sites.find((v) => v.site.name === site) ?? st.sites[0];
+    const b = view.site.bandwidth;
+    const configured = site === undefined ? config.replication.bwlimit : siteNamed(config.replication, site).bwlimit;
+    const key = site === undefined ? 'replication.bwlimit' : `replication.sites[${site}].bwlimit`;
     if (o.json) {
-      process.stdout.write(`${JSON.stringify({ ...b, configured: config.replication.bwlimit, override: over, replicatorRunning: st.site.replicatorRunning })}\n`);
+      process.stdout.write(`${JSON.stringify({ ...b, site: view.site.name, configured, override: over, replicatorRunning: view.site.replicatorRunning })}\n`);
     } else {
-      const lines = [`bandwidth to ${st.site.url}: ${bwLine(b)}`, `  configured (replication.bwlimit): ${config.replication.bwlimit}`];
+      const lines = [`bandwidth to ${view.site.url}: ${bwLine(b)}`, `  configured (${key}): ${configured}`];
       if (over !== null) lines.push(`  set while running (vfsx bwlimit): ${over}  ("vfsx bwlimit config" goes back to the configured limit)`);
-      if (!st.site.replicatorRunning) lines.push('  vfsx replicate is not running: the limit applies when it starts');
+      if (st.sites.length > 1) for (const v of st.sites) if (v !== view) lines.push(`  site ${v.site.name}: ${bwLine(v.site.bandwidth)}`);
+      if (!view.site.replicatorRunning) lines.push('  vfsx replicate is not running: the limit applies when it starts');
       process.stdout.write(`${lines.join('\n')}\n`);
     }
     return 0;
@@ -117,25 +131,61 @@ export async function bwlimitCommand(config: VfsxConfig, args: string[], o: { js
   }
 }
 
-export async function whyCommand(config: VfsxConfig, share: string, path: string, o: { json: boolean; source?: string }): Promise<number> {
+/** `vfsx site list|remove [NAME]`: the sites the journal feeds; remove drops one no longer configured. */
+export async function siteCommand(config: VfsxConfig, sub: string | undefined, name: string | undefined, o: { json: boolean }): Promise<number> {
   const reader = new StatusReader(config);
   try {
-    const r = await why(reader.queue, config, share, path, o.source);
-    if (o.json) {
-      process.stdout.write(`${JSON.stringify(r)}\n`);
+    if (sub === undefined || sub === 'list') {
+      const st = await reader.read();
+      const rows = st.sites.map(({ site, shares }) => ({
+        name: site.name, url: site.url, configured: site.configured, state: site.state, initialSync: site.initialSync,
+        backlog: shares.reduce((a, s) => a + s.backlog.records, 0), rpoAgeSeconds: Math.max(0, ...shares.map((s) => s.rpoAgeSeconds)),
+      }));
+      if (o.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
+      else for (const r of rows) process.stdout.write(`${r.name}  ${r.url}  ${r.state}${r.configured ? '' : '  (not configured)'}  backlog ${r.backlog}  RPO age ${age(r.rpoAgeSeconds)}\n`);
       return 0;
     }
-    const lines = [`${share}:${r.path}: ${r.verdict.toUpperCase()}`];
-    lines.push(`  source: ${r.source.exists ? `${r.source.kind}, ${r.source.size} bytes, modified ${new Date(r.source.mtimeMs ?? 0).toISOString()}` : r.source.root ? 'does not exist' : 'unknown (no record names the share root; pass --source)'}`);
-    lines.push(`  DR site ${r.site.url}: ${r.site.reachable ? (r.site.head ? `${r.site.head.kind}, ${r.site.head.size} bytes, committed ${new Date(r.site.head.ts).toISOString()}, ${r.site.versions.length} versions kept` : 'no such object') : `unreachable (${r.site.error})`}`);
-    if (r.heldBackBy) lines.push(`  held back by: ${r.heldBackBy}`);
-    lines.push(`  ${r.pending} pending record(s); recent records (newest first):`);
-    for (const x of r.records.slice(0, 15)) {
-      // BullMQ counts the successful attempt too.
-      const failedAttempts = x.state === 'committed' ? x.attempts - 1 : x.attempts;
-      lines.push(`    ${new Date(x.at).toISOString()} ${x.op} ${x.state}${failedAttempts > 0 ? ` after ${failedAttempts} failed attempt(s)` : ''}${x.error && x.state !== 'committed' ? `: ${x.error}` : ''}`);
+    if (sub === 'remove' && name) {
+      if (sitesOf(config.replication).some((x) => x.name === name)) {
+        process.stderr.write(`vfsx site remove: ${name} is still in replication.sites: take it out of the configuration (and restart vfsx replicate) first\n`);
+        return 2;
+      }
+      const dropped = await dropSite(config, name);
+      process.stdout.write(o.json ? `${JSON.stringify({ removed: name, ...dropped })}\n` : `site ${name}: no longer fed; ${dropped.jobs} queued jobs and ${dropped.keys} state keys dropped\n`);
+      return 0;
     }
-    if (r.records.length === 0) lines.push('    none kept (replicated records are kept for the last 1000 jobs)');
+    process.stderr.write('usage: vfsx site list | vfsx site remove NAME\n');
+    return 2;
+  } finally {
+    await reader.close();
+  }
+}
+
+export async function whyCommand(config: VfsxConfig, share: string, path: string, o: { json: boolean; source?: string; site?: string }): Promise<number> {
+  const reader = new StatusReader(config);
+  try {
+    // Every site's view of the path (or the one asked for); a single-site system shows its one site as before.
+    const names = o.site ? [siteNamed(config.replication, o.site).name] : sitesOf(config.replication).map((x) => x.name);
+    const reports = [];
+    for (const name of names) reports.push({ name, r: await why(reader.queueOf(name), config, share, path, o.source, name) });
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(names.length === 1 && !o.site ? reports[0].r : reports.map(({ name, r }) => ({ ...r, siteName: name })))}\n`);
+      return 0;
+    }
+    const lines: string[] = [];
+    for (const { name, r } of reports) {
+      lines.push(`${share}:${r.path}: ${r.verdict.toUpperCase()}${names.length > 1 ? ` at site ${name}` : ''}`);
+      lines.push(`  source: ${r.source.exists ? `${r.source.kind}, ${r.source.size} bytes, modified ${new Date(r.source.mtimeMs ?? 0).toISOString()}` : r.source.root ? 'does not exist' : 'unknown (no record names the share root; pass --source)'}`);
+      lines.push(`  DR site ${r.site.url}: ${r.site.reachable ? (r.site.head ? `${r.site.head.kind}, ${r.site.head.size} bytes, committed ${new Date(r.site.head.ts).toISOString()}, ${r.site.versions.length} versions kept` : 'no such object') : `unreachable (${r.site.error})`}`);
+      if (r.heldBackBy) lines.push(`  held back by: ${r.heldBackBy}`);
+      lines.push(`  ${r.pending} pending record(s); recent records (newest first):`);
+      for (const x of r.records.slice(0, 15)) {
+        // BullMQ counts the successful attempt too.
+        const failedAttempts = x.state === 'committed' ? x.attempts - 1 : x.attempts;
+        lines.push(`    ${new Date(x.at).toISOString()} ${x.op} ${x.state}${failedAttempts > 0 ? ` after ${failedAttempts} failed attempt(s)` : ''}${x.error && x.state !== 'committed' ? `: ${x.error}` : ''}`);
+      }
+      if (r.records.length === 0) lines.push('    none kept (replicated records are kept for the last 1000 jobs)');
+    }
     process.stdout.write(`${lines.join('\n')}\n`);
     return 0;
   } finally {

@@ -35,11 +35,18 @@ export function validateConfig(raw: unknown): VfsxConfig {
   if (c.replication.settleMs * 4 > c.alerts.rpoThresholdMs) {
     throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /replication/settleMs (${c.replication.settleMs}) must be at most a quarter of /alerts/rpoThresholdMs (${c.alerts.rpoThresholdMs})`);
   }
-  try {
-    Schedule.parse(c.replication.bwlimit);
-  } catch (err) {
-    throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /replication/bwlimit ${(err as Error).message}`);
+  const limits: Array<[string, string | undefined]> = [['/replication/bwlimit', c.replication.bwlimit]];
+  (c.replication.sites ?? []).forEach((s, i) => limits.push([`/replication/sites/${i}/bwlimit`, s.bwlimit]));
+  for (const [where, text] of limits) {
+    try {
+      if (text !== undefined) Schedule.parse(text);
+    } catch (err) {
+      throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  ${where} ${(err as Error).message}`);
+    }
   }
+  const names = (c.replication.sites ?? []).map((s) => s.name);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup !== undefined) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `invalid configuration:\n  /replication/sites: the name "${dup}" is used twice`);
   return deepFreeze(c);
 }
 

@@ -100,6 +100,24 @@ export const configSchema = {
         blockSize: { type: 'integer', minimum: 4096, maximum: 16777216, default: 65536 },
         encryption: { enum: ['on', 'off'], default: 'on', description: 'on: a new (empty) DR site repository is made encrypted end to end; an encrypted one is always used encrypted, a plaintext one (from before) stays plaintext' },
         passphraseFile: { type: 'string', minLength: 1, default: '/etc/vfsx/dr-passphrase', description: 'the repository passphrase (VFSX_PASSPHRASE overrides it); written with a random one when a new repository is made encrypted and it does not exist: keep a copy away from this host' },
+        sites: {
+          type: 'array',
+          maxItems: 16,
+          description: 'several DR sites, each with its own queue, progress, link, backlog, RPO and bandwidth limit; when absent, the one site of siteUrl/token (named "default")',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['name', 'url'],
+            properties: {
+              name: { type: 'string', pattern: '^[a-z0-9][a-z0-9_-]{0,31}$' },
+              url: { type: 'string', pattern: '^wss?://' },
+              token: { type: 'string', minLength: 16 },
+              bwlimit: { type: 'string', minLength: 1, maxLength: 2000, description: 'this site\'s bandwidth limit (a rate or a timetable, as replication.bwlimit, which then limits all sites together)' },
+              encryption: { enum: ['on', 'off'] },
+              passphraseFile: { type: 'string', minLength: 1 },
+            },
+          },
+        },
         bwlimit: { type: 'string', minLength: 1, maxLength: 2000, default: 'off', description: 'bandwidth limit on what goes to the DR site (blocks and metadata), bytes per second: "off", "5M", "512k" (k, M, G = 1024, 1024^2, 1024^3), or a timetable of them by time of day, optionally by weekday: "08:00,512k 18:00,off" or "Mon-08:00,2M Sat-00:00,off"; `vfsx bwlimit` changes it while running' },
         maxBackoffMs: { type: 'integer', minimum: 100, default: 30000 },
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
@@ -282,8 +300,10 @@ export interface VfsxConfig {
     /** Whether a new repository is made encrypted (src/repository). */
     encryption: 'on' | 'off';
     passphraseFile: string;
-    /** Bandwidth limit: a rate or a timetable of rates (src/replication-queue/bandwidth.ts). */
+    /** Bandwidth limit: a rate or a timetable of rates (src/replication-queue/bandwidth.ts); with several sites, on all of them together. */
     bwlimit: string;
+    /** Several DR sites (absent: the one of siteUrl/token, named "default"); see sitesOf(). */
+    sites?: SiteConfigEntry[];
     /** Cap of the retry backoff while the DR site is unreachable. */
     maxBackoffMs: number;
     /** Records replicated at once; records of related paths still run in journal order. */
@@ -325,6 +345,55 @@ export interface VfsxConfig {
     hooks: AlertHookConfig[];
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export interface SiteConfigEntry {
+  name: string;
+  url: string;
+  token?: string;
+  bwlimit?: string;
+  encryption?: 'on' | 'off';
+  passphraseFile?: string;
+}
+
+/** One DR site as the replicator uses it (every field resolved). */
+export interface SiteConfig {
+  name: string;
+  url: string;
+  token: string;
+  /** This site's own limit ("off": only the global replication.bwlimit). */
+  bwlimit: string;
+  encryption: 'on' | 'off';
+  passphraseFile: string;
+}
+
+/** The site of a configuration without replication.sites. */
+export const DEFAULT_SITE = 'default';
+
+/**
+ * The DR sites to replicate to: replication.sites, or the one site of
+ * siteUrl/token named "default" (whose Redis keys and queue are those of
+ * a single-site system, so upgrading keeps its progress). A listed site's
+ * passphrase file defaults to passphraseFile with "-NAME" appended, so two
+ * encrypted sites never share one by accident.
+ */
+export function sitesOf(r: VfsxConfig['replication']): SiteConfig[] {
+  if (!r.sites || r.sites.length === 0) {
+    return [{ name: DEFAULT_SITE, url: r.siteUrl, token: r.token ?? '', bwlimit: 'off', encryption: r.encryption, passphraseFile: r.passphraseFile }];
+  }
+  return r.sites.map((s) => ({
+    name: s.name, url: s.url, token: s.token ?? r.token ?? '', bwlimit: s.bwlimit ?? 'off', encryption: s.encryption ?? r.encryption,
+    passphraseFile: s.passphraseFile ?? (s.name === DEFAULT_SITE ? r.passphraseFile : `${r.passphraseFile}-${s.name}`),
+  }));
+}
+
+/** A site by name (undefined: the first); throws a clear error for an unknown one. */
+export function siteNamed(r: VfsxConfig['replication'], name?: string): SiteConfig {
+  const all = sitesOf(r);
+  if (name === undefined) return all[0];
+  const s = all.find((x) => x.name === name);
+  if (!s) throw new Error(`no DR site named "${name}" (configured: ${all.map((x) => x.name).join(', ')})`);
+  return s;
 }
 
 export interface DrStorageConfig {

@@ -7,7 +7,7 @@
 import IORedis from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
-import type { VfsxConfig } from '../config/schema';
+import { siteNamed, type VfsxConfig } from '../config/schema';
 import { redisOptions, stateKeys } from './redis-connection';
 
 const PIECE = 64 * 1024;
@@ -120,10 +120,11 @@ export class Bandwidth {
  * holds). With `set`, first sets it (a string) or clears it (null). Kept in
  * Redis, where every replicator looks for it each second.
  */
-export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string | null): Promise<string | null> {
+export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string | null, site?: string): Promise<string | null> {
   const conn = new IORedis(redisOptions(redis, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
   conn.on('error', () => undefined);
-  const key = stateKeys(redis.prefix).bwlimit;
+  const keys = stateKeys(redis.prefix, site);
+  const key = site === undefined ? keys.bwlimit : keys.siteBwlimit;
   try {
     await conn.connect();
     if (set === null) await conn.del(key);
@@ -134,13 +135,49 @@ export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string |
   }
 }
 
-/** A pacer for a command that sends to the site (resync): the configured limit, or the one set while running. */
-export async function bandwidthOf(config: Pick<VfsxConfig, 'redis' | 'replication'>): Promise<Bandwidth> {
-  const bw = new Bandwidth(config.replication.bwlimit);
+/** A pacer for a command that sends to a site (resync): the site's and all sites' limits, configured or set while running. */
+export async function bandwidthOf(config: Pick<VfsxConfig, 'redis' | 'replication'>, site?: string): Promise<SitePace> {
+  const s = siteNamed(config.replication, site);
+  const pace = new SitePace(new Bandwidth(s.bwlimit), new Bandwidth(config.replication.bwlimit));
   try {
-    bw.setOverride(await bwlimitOverride(config.redis));
+    pace.all.setOverride(await bwlimitOverride(config.redis));
+    pace.site.setOverride(await bwlimitOverride(config.redis, undefined, s.name));
   } catch {
-    // no Redis here, or an override that does not parse: the configured limit
+    // no Redis here, or an override that does not parse: the configured limits
   }
-  return bw;
+  return pace;
+}
+
+/**
+ * What one site's sends obey: its own limit and the limit on all sites
+ * together (both Bandwidth objects; the global one is shared by every
+ * site's replicator in the process).
+ */
+export class SitePace {
+  constructor(readonly site: Bandwidth, readonly all: Bandwidth) {}
+
+  take(n: number): Promise<void> | undefined {
+    const a = this.site.take(n);
+    const b = this.all.take(n);
+    if (a === undefined) return b;
+    if (b === undefined) return a;
+    return Promise.all([a, b]).then(() => undefined);
+  }
+
+  /** The rate in force for this site (the lower of the two; 0 = none). */
+  get limit(): number {
+    const xs = [this.site.limit, this.all.limit].filter((x) => x > 0);
+    return xs.length === 0 ? 0 : Math.min(...xs);
+  }
+
+  /** Bytes this site's sends took (counted by its own Bandwidth). */
+  get sent(): number {
+    return this.site.sent;
+  }
+
+  /** The limit in force as written: the one that binds, and what set it. */
+  get binding(): Bandwidth {
+    if (this.site.limit > 0 && (this.all.limit === 0 || this.site.limit <= this.all.limit)) return this.site;
+    return this.all;
+  }
 }

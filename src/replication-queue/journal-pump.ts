@@ -27,9 +27,10 @@ import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { logLinkStatus } from './link-status';
-import { journalKeys, JournalKeys, redisOptions, StateKeys, stateKeys } from './redis-connection';
+import { journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from './redis-connection';
 import { BATCH, BatchJob, batchJobId, LONE, REPLICATION_JOB_OPTIONS, rpoMember } from './batch';
 import { ShareOrder } from './share-order';
+import { DEFAULT_SITE, sitesOf } from '../config/schema';
 import { compareIds, entryPairs, nextId } from './stream-ids';
 
 export interface JournalPumpOptions {
@@ -87,8 +88,15 @@ const READ_COUNT = 500;
 const DEAD_GRACE_MS = 2000;
 const yieldToVerdicts = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** What the pump feeds for one DR site: its queue, its order of batches and its RPO sets. */
+interface SiteLane {
+  name: string;
+  queue: Queue;
+  order: ShareOrder;
+  state: StateKeys;
+}
+
 export class JournalPump {
-  readonly queue: Queue;
   private readonly opts: JournalPumpOptions;
   private readonly keys: JournalKeys;
   private readonly state: StateKeys;
@@ -97,6 +105,14 @@ export class JournalPump {
   private readonly reader: Redis;
   private readonly queueConn: Redis;
   private readonly order: ShareOrder;
+  /**
+   * Every site gets every batch (each its own queue, order and RPO sets):
+   * one down or slow never holds back another. The configured sites, and
+   * any site whose replicator registered itself since (a site added while
+   * the service runs).
+   */
+  private readonly lanes = new Map<string, SiteLane>();
+  private lanesAt = 0;
   private readonly awaiting = new Map<string, { rec: ChangeRecord; sid: string }>();
   /** Per share, in journal order. */
   private readonly held = new Map<string, Held[]>();
@@ -123,12 +139,27 @@ export class JournalPump {
     for (const c of [this.client, this.reader, this.queueConn]) c.on('error', (err) => this.log.debug({ err }, 'pump redis error'));
     logLinkStatus(this.client, 'pump', this.log);
     this.order = new ShareOrder(this.client, options.redis.prefix);
-    this.queue = new Queue(options.journal.queueName, {
+    for (const name of options.replication ? sitesOf(options.replication).map((x) => x.name) : [DEFAULT_SITE]) this.addLane(name);
+  }
+
+  private addLane(name: string): void {
+    if (this.lanes.has(name)) return;
+    const queue = new Queue(queueNameOf(this.opts.journal.queueName, name), {
       connection: this.queueConn,
-      prefix: options.redis.prefix,
+      prefix: this.opts.redis.prefix,
       defaultJobOptions: REPLICATION_JOB_OPTIONS,
     });
-    this.queue.on('error', (err) => this.log.debug({ err }, 'pump queue error'));
+    queue.on('error', (err) => this.log.debug({ err, site: name }, 'pump queue error'));
+    this.lanes.set(name, { name, queue, order: new ShareOrder(this.client, this.opts.redis.prefix, undefined, name), state: stateKeys(this.opts.redis.prefix, name) });
+    if (this.lanesAt > 0) this.log.info({ site: name }, 'a DR site joined: its queue gets every change from now on');
+  }
+
+  /** Takes up sites registered since the last look (at most once a second). */
+  private async refreshLanes(): Promise<void> {
+    if (Date.now() - this.lanesAt < 1000) return;
+    const names = await this.client.smembers(this.state.sites);
+    this.lanesAt = Date.now();
+    for (const n of names) this.addLane(n);
   }
 
   /** Records still waiting for their outcome (for status and `vfsx journal --pending`). */
@@ -145,7 +176,7 @@ export class JournalPump {
     this.closed = true;
     this.reader.disconnect(); // breaks a blocking XREAD
     await this.loop?.catch(() => undefined);
-    await this.queue.close().catch(() => undefined);
+    for (const l of this.lanes.values()) await l.queue.close().catch(() => undefined);
     for (const c of [this.client, this.queueConn]) await c.quit().catch(() => c.disconnect());
   }
 
@@ -331,17 +362,21 @@ export class JournalPump {
     // A record's time joins its share's RPO set, and a batch its share's
     // order, before its job exists (NX: a re-emitted record keeps its first
     // time); the replicator removes both once the site has the changes.
+    if (batches.length + lone.length > 0) await this.refreshLanes();
     const p = this.client.pipeline();
-    for (const b of batches) {
-      this.order.open(p, b.data.share, b.data.seq);
-      const rpo = this.state.rpo(b.data.share);
-      b.data.records.forEach((r, i) => p.zadd(rpo, 'NX', r.ts, rpoMember(b.opts.jobId, i)));
-      p.sadd(this.state.shares, b.data.share);
+    for (const lane of this.lanes.values()) {
+      for (const b of batches) {
+        lane.order.open(p, b.data.share, b.data.seq);
+        const rpo = lane.state.rpo(b.data.share);
+        b.data.records.forEach((r, i) => p.zadd(rpo, 'NX', r.ts, rpoMember(b.opts.jobId, i)));
+      }
+      for (const j of lone) p.zadd(lane.state.rpo(j.data.share), 'NX', j.data.ts, j.opts.jobId);
     }
-    for (const j of lone) p.zadd(this.state.rpo(j.data.share), 'NX', j.data.ts, j.opts.jobId).sadd(this.state.shares, j.data.share);
+    for (const share of new Set([...batches.map((b) => b.data.share), ...lone.map((j) => j.data.share)])) p.sadd(this.state.shares, share);
     if (batches.length + lone.length > 0) {
       for (const [err] of (await p.exec()) ?? []) if (err) throw err;
-      await this.queue.addBulk([...batches, ...lone]);
+      // Every site's queue; a crash between two re-emits to all after the restart (the same job ids: converges).
+      for (const lane of this.lanes.values()) await lane.queue.addBulk([...batches, ...lone]);
     }
     this.stats.jobs += batches.length + lone.length;
     if (failed.length > 0) {

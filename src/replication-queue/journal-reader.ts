@@ -6,18 +6,23 @@ import { JobType, Queue, QueueEvents } from 'bullmq';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { journalKeys, redisOptions } from './redis-connection';
+import { journalKeys, queueNameOf, redisOptions } from './redis-connection';
+import { DEFAULT_SITE } from '../config/schema';
 import { recordsOf } from './batch';
 import { entryPairs, heldSummary, nextId } from './stream-ids';
 
 export interface JournalReaderOptions {
   redis: VfsxConfig['redis'];
   queueName: string;
+  /** The DR sites whose queues count in the backlog (default: the journal's own queue, the site "default"). */
+  sites?: string[];
 }
 
 export class JournalReader {
   private readonly opts: JournalReaderOptions;
   private readonly queue: Queue;
+  /** Every site's queue (the first is `queue`). */
+  private readonly queues: Queue[];
   private readonly queueConn: Redis;
   private readonly client: Redis;
   private eventsConn: Redis | null = null;
@@ -26,10 +31,11 @@ export class JournalReader {
   constructor(options: JournalReaderOptions) {
     this.opts = options;
     this.queueConn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
-    this.queue = new Queue(options.queueName, {
+    this.queues = (options.sites ?? [DEFAULT_SITE]).map((site) => new Queue(queueNameOf(options.queueName, site), {
       connection: this.queueConn,
       prefix: options.redis.prefix,
-    });
+    }));
+    this.queue = this.queues[0];
     this.client = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
   }
 
@@ -68,13 +74,14 @@ export class JournalReader {
   /** What is not replicated yet: queued jobs, records awaiting outcomes, stream entries not pumped. */
   async backlog(): Promise<{ queued: number; pending: number; unpumped: number }> {
     const keys = journalKeys(this.opts.redis.prefix);
-    const counts = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+    let queued = 0;
+    for (const q of this.queues) queued += Object.values(await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized')).reduce((a, b) => a + b, 0);
     const saved = await this.client.hgetall(keys.cursor);
     const from = saved.cursor ? nextId(saved.cursor) : '-';
     let unpumped = ((await this.client.xrange(keys.stream, from, '+', 'COUNT', 1000)) as unknown[]).length;
     for (const [n] of Object.values(heldSummary(saved.held))) unpumped += n; // held for their settle window
     return {
-      queued: Object.values(counts).reduce((a, b) => a + b, 0),
+      queued,
       pending: (await this.pending()).length,
       unpumped,
     };
@@ -96,7 +103,7 @@ export class JournalReader {
 
   async close(): Promise<void> {
     const conns = [this.eventsConn, this.queueConn, this.client];
-    for (const step of [() => this.events?.close(), () => this.queue.close()]) {
+    for (const step of [() => this.events?.close(), ...this.queues.map((q) => () => q.close())]) {
       await Promise.resolve().then(step).catch(() => undefined);
     }
     for (const c of conns) if (c) await c.quit().catch(() => c.disconnect());

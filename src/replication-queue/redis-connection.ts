@@ -2,7 +2,7 @@
  * ioredis connection options and the journal's own keys.
  */
 import IORedis, { type RedisOptions } from 'ioredis';
-import type { VfsxConfig } from '../config/schema';
+import { DEFAULT_SITE, type VfsxConfig } from '../config/schema';
 
 export function redisOptions(cfg: VfsxConfig['redis'], extra: RedisOptions = {}): RedisOptions {
   const base: RedisOptions = cfg.path
@@ -15,6 +15,11 @@ export function redisOptions(cfg: VfsxConfig['redis'], extra: RedisOptions = {})
     retryStrategy: (times: number) => Math.min(2000, 50 * 2 ** Math.min(times, 6)) * (0.5 + Math.random() / 2),
     ...extra,
   };
+}
+
+/** The BullMQ queue of a site's jobs: the journal's queue itself for the site "default". */
+export function queueNameOf(queueName: string, site: string): string {
+  return site === DEFAULT_SITE ? queueName : `${queueName}@${site}`;
 }
 
 export interface JournalKeys {
@@ -30,8 +35,21 @@ export function journalKeys(prefix: string): JournalKeys {
   return { stream: `${prefix}:journal`, cursor: `${prefix}:journal:cursor`, failed: `${prefix}:failed-ops` };
 }
 
-/** Keys of the operator surface: replication state, per-share RPO sets, events. */
+/**
+ * Keys of the operator surface: replication state, per-share RPO sets,
+ * events. Those of one site's progress (link, per-share state, RPO sets,
+ * scrub, totals, latency, its replicators, its limit) carry the site's name,
+ * but for the site "default", whose keys are those of a single-site system.
+ */
 export interface StateKeys {
+  /** The site these keys are of. */
+  siteName: string;
+  /** Hash: share -> its root (the path smbd reports), shared by every site. */
+  roots: string;
+  /** Set of the DR sites whose replicators ran (the pump feeds each, configured or not). */
+  sites: string;
+  /** String: this site's bandwidth limit set while running (`vfsx bwlimit --site`). */
+  siteBwlimit: string;
   /** Hash: the DR site link (url, state, since, lastError, lastErrorAt, updatedAt, counters). */
   site: string;
   /** Set of share names seen by the journal pump. */
@@ -60,17 +78,22 @@ export interface StateKeys {
 /** Upper bounds (seconds) of the change -> commit latency histogram. */
 export const COMMIT_LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60, 300];
 
-export function stateKeys(prefix: string): StateKeys {
+export function stateKeys(prefix: string, site = DEFAULT_SITE): StateKeys {
+  const at = site === DEFAULT_SITE ? '' : `@${site}`;
   return {
-    site: `${prefix}:state:site`,
+    siteName: site,
+    roots: `${prefix}:state:roots`,
+    sites: `${prefix}:state:sites`,
+    siteBwlimit: `${prefix}:config:bwlimit@${site}`,
+    site: `${prefix}:state:site${at}`,
     shares: `${prefix}:state:shares`,
-    share: (name) => `${prefix}:state:share:${name}`,
-    scrub: (name) => `${prefix}:state:scrub:${name}`,
-    rpo: (name) => `${prefix}:rpo:${name}`,
+    share: (name) => `${prefix}:state:share${at}:${name}`,
+    scrub: (name) => `${prefix}:state:scrub${at}:${name}`,
+    rpo: (name) => `${prefix}:rpo${at}:${name}`,
     failOpen: `${prefix}:state:fail-open`,
-    totals: `${prefix}:state:replication`,
-    replicators: `${prefix}:state:replicators`,
-    latency: `${prefix}:state:commit-latency`,
+    totals: `${prefix}:state:replication${at}`,
+    replicators: `${prefix}:state:replicators${at}`,
+    latency: `${prefix}:state:commit-latency${at}`,
     bwlimit: `${prefix}:config:bwlimit`,
     events: `${prefix}:events`,
     recent: `${prefix}:events:recent`,

@@ -19,11 +19,12 @@ import type { ChangeRecord } from '../ops/change-record';
 import { Tree, TreeEntry } from '../native/tree';
 import { BATCH, BatchJob, batchJobId, coalesce, LONE, rangesOf, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
 import type { SiteClient } from './site-client';
-import { siteOpenerOf, SiteOpener } from './site-opener';
-import { Bandwidth } from './bandwidth';
+import { SiteOpener } from './site-opener';
+import { Bandwidth, SitePace } from './bandwidth';
+import { DEFAULT_SITE, SiteConfig, sitesOf } from '../config/schema';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
-import { COMMIT_LATENCY_BUCKETS, redisOptions, StateKeys, stateKeys } from './redis-connection';
+import { COMMIT_LATENCY_BUCKETS, queueNameOf, redisOptions, StateKeys, stateKeys } from './redis-connection';
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
 import { ShareOrder } from './share-order';
@@ -31,9 +32,14 @@ import { SiteSync, SMALL_FILE } from './site-sync';
 
 export interface ReplicatorOptions {
   redis: VfsxConfig['redis'];
+  /** The journal's queue name (each site's queue is named after it: queueNameOf). */
   queueName: string;
   replication: VfsxConfig['replication'];
   logger: Logger;
+  /** The site this replicator feeds (default: the first configured). */
+  site?: SiteConfig;
+  /** The limit on all sites together, shared by the replicators of one process (default: its own, of replication.bwlimit). */
+  allSites?: Bandwidth;
 }
 
 
@@ -69,8 +75,10 @@ export class Replicator {
   private readonly id = `${hostname()}:${process.pid}`;
   private readonly events: EventBus;
   private readonly rates = new Map<string, RateWindow>();
-  /** The bandwidth limit on what goes to the site (configured, or set while running by `vfsx bwlimit`). */
-  readonly bandwidth: Bandwidth;
+  /** The bandwidth limits on what goes to the site: its own and all sites' (configured, or set while running by `vfsx bwlimit`). */
+  readonly pace: SitePace;
+  /** The DR site this replicator feeds. */
+  readonly siteCfg: SiteConfig;
   /** Bytes sent to the site per second, over the last seconds (everything: blocks and metadata). */
   private readonly sentWindow = new RateWindow(10);
   private sentCounted = 0;
@@ -93,13 +101,17 @@ export class Replicator {
     this.log = options.logger;
     this.conn = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: null }));
     this.conn.on('error', (err) => this.log.debug({ err }, 'replicator redis error'));
-    this.state = stateKeys(options.redis.prefix);
+    this.siteCfg = options.site ?? sitesOf(options.replication)[0];
+    this.state = stateKeys(options.redis.prefix, this.siteCfg.name);
     this.events = new EventBus(options.redis, this.conn.duplicate());
-    this.queue = new Queue(options.queueName, { connection: this.conn, prefix: options.redis.prefix, defaultJobOptions: REPLICATION_JOB_OPTIONS });
+    this.queue = new Queue(queueNameOf(options.queueName, this.siteCfg.name), { connection: this.conn, prefix: options.redis.prefix, defaultJobOptions: REPLICATION_JOB_OPTIONS });
     this.queue.on('error', (err) => this.log.debug({ err }, 'replicator queue error'));
-    this.order = new ShareOrder(this.conn, options.redis.prefix);
-    this.bandwidth = new Bandwidth(options.replication.bwlimit);
-    this.opener = siteOpenerOf(options.replication, (msg, o) => this.log.warn(o, msg), undefined, this.bandwidth);
+    this.order = new ShareOrder(this.conn, options.redis.prefix, undefined, this.siteCfg.name);
+    this.pace = new SitePace(new Bandwidth(this.siteCfg.bwlimit), options.allSites ?? new Bandwidth(options.replication.bwlimit));
+    this.opener = new SiteOpener({
+      url: this.siteCfg.url, token: this.siteCfg.token, passphraseFile: this.siteCfg.passphraseFile, encryptNew: this.siteCfg.encryption === 'on',
+      log: (msg, o) => this.log.warn(o, msg), pace: this.pace,
+    });
   }
 
 
@@ -113,7 +125,7 @@ export class Replicator {
     this.link = to;
     this.linkSince = Date.now();
     // The first failure to connect is news too; a first success after start is not.
-    if (to === 'down' || was === 'down') void this.events.publish({ type: to === 'up' ? 'site-up' : 'site-down', at: Date.now(), site: this.opts.replication.siteUrl, error });
+    if (to === 'down' || was === 'down') void this.events.publish({ type: to === 'up' ? 'site-up' : 'site-down', at: Date.now(), site: this.siteLabel, error });
     void this.writeState();
   }
 
@@ -125,11 +137,12 @@ export class Replicator {
   private async writeState(): Promise<void> {
     const now = Date.now();
     await this.followBwlimit();
-    this.sentWindow.add(now, 0, this.bandwidth.sent - this.sentCounted);
-    this.sentCounted = this.bandwidth.sent;
+    this.sentWindow.add(now, 0, this.pace.sent - this.sentCounted);
+    this.sentCounted = this.pace.sent;
+    const bound = this.pace.binding;
     const p = this.conn.pipeline().hset(this.state.site, {
-      url: this.opts.replication.siteUrl, state: this.link, since: this.linkSince, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
-      limit: this.bandwidth.limit, limitText: this.bandwidth.text, limitSource: this.bandwidth.source,
+      name: this.siteCfg.name, url: this.siteCfg.url, state: this.link, since: this.linkSince, lastError: this.lastError, lastErrorAt: this.lastErrorAt,
+      limit: this.pace.limit, limitText: bound.text, limitSource: bound.source, limitScope: bound === this.pace.site ? 'site' : 'all',
       sentPerSec: this.sentWindow.perSecond(now).bytes, updatedAt: now,
     }).hset(this.state.replicators, this.id, JSON.stringify({ pid: process.pid, host: hostname(), records: this.stats.records, commits: this.stats.commits, at: now }));
     for (const [share, w] of this.rates) {
@@ -167,27 +180,54 @@ export class Replicator {
 
   /** Takes up a limit set (or cleared) by `vfsx bwlimit` since the last look; one that does not parse is logged and ignored. */
   private async followBwlimit(): Promise<void> {
-    let text: string | null;
+    let texts: Array<string | null>;
     try {
-      text = await this.conn.get(this.state.bwlimit);
+      texts = await this.conn.mget(this.state.bwlimit, this.state.siteBwlimit);
     } catch {
-      return; // Redis away: keep the limit in force
+      return; // Redis away: keep the limits in force
     }
+    ([[this.pace.all, texts[0], 'all sites'], [this.pace.site, texts[1], `site ${this.siteCfg.name}`]] as const).forEach(([bw, text, scope]) => {
+      try {
+        const was = `${bw.text} (${bw.source})`;
+        bw.setOverride(text);
+        const is = `${bw.text} (${bw.source})`;
+        if (is !== was) this.log.info({ scope, from: was, to: is }, 'bandwidth limit changed');
+      } catch (err) {
+        if (text !== this.badBwlimit) this.log.warn({ err, scope, bwlimit: text }, 'ignoring a bandwidth limit that does not parse');
+        this.badBwlimit = text;
+      }
+    });
+  }
+
+  /** How events name the site: its URL on a single-site system, else its name. */
+  private get siteLabel(): string {
+    return this.siteCfg.name === DEFAULT_SITE ? this.siteCfg.url : this.siteCfg.name;
+  }
+
+  /**
+   * A site this system has never fed, added while shares already have
+   * history (a second site, a replacement): it is marked for its initial
+   * sync (a scrub pass of every share at once, see Scrubber), before any
+   * state of it is written.
+   */
+  private async markIfNew(): Promise<void> {
     try {
-      const was = `${this.bandwidth.text} (${this.bandwidth.source})`;
-      this.bandwidth.setOverride(text);
-      const is = `${this.bandwidth.text} (${this.bandwidth.source})`;
-      if (is !== was) this.log.info({ from: was, to: is }, 'bandwidth limit changed');
+      await this.conn.sadd(this.state.sites, this.siteCfg.name); // the pump feeds it from now on
+      if ((await this.conn.exists(this.state.site)) !== 0) return;
+      if ((await this.conn.hsetnx(this.state.site, 'createdAt', Date.now())) !== 1) return; // another process did
+      if ((await this.conn.scard(this.state.shares)) === 0) return; // nothing happened yet: the journal brings everything
+      await this.conn.hset(this.state.site, 'initialSync', 'pending');
+      this.log.info({ site: this.siteCfg.name }, 'a new DR site: every share is synced to it in full');
     } catch (err) {
-      if (text !== this.badBwlimit) this.log.warn({ err, bwlimit: text }, 'ignoring a bandwidth limit that does not parse');
-      this.badBwlimit = text;
+      this.log.warn({ err }, 'could not tell whether the DR site is new');
     }
   }
 
-  start(): void {
+  async start(): Promise<void> {
+    await this.markIfNew();
     this.heartbeat = setInterval(() => void this.writeState(), 1000);
     this.heartbeat.unref();
-    this.worker = new Worker(this.opts.queueName, (job: Job, token?: string) => this.runJob(job, token), {
+    this.worker = new Worker(queueNameOf(this.opts.queueName, this.siteCfg.name), (job: Job, token?: string) => this.runJob(job, token), {
       connection: this.conn,
       prefix: this.opts.redis.prefix,
       // Batches of a share run one at a time, in order, across processes (ShareOrder); other shares' meanwhile.
@@ -214,7 +254,7 @@ export class Replicator {
     });
     this.worker.on('error', (err) => this.log.debug({ err }, 'replicator worker error'));
     this.scrubber = new Scrubber({
-      config: this.opts.replication.scrub, blockSize: this.opts.replication.blockSize, conn: this.conn, state: this.state,
+      config: this.opts.replication.scrub, blockSize: this.opts.replication.blockSize, conn: this.conn, state: this.state, prefix: this.opts.redis.prefix,
       events: this.events, locks: this.locks, stats: this.stats, site: () => this.site(), tree: (root) => this.tree(root, true),
       logger: this.log.child({ c: 'scrub' }),
     });
@@ -244,7 +284,8 @@ export class Replicator {
     this.closed = true;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     if (this.heartbeat) clearInterval(this.heartbeat);
-    this.bandwidth.close();
+    this.pace.site.close();
+    if (!this.opts.allSites) this.pace.all.close();
     await this.scrubber?.close();
     await this.worker?.close().catch(() => undefined);
     await this.queue.close().catch(() => undefined);
@@ -260,7 +301,7 @@ export class Replicator {
   private async site(): Promise<SiteClient> {
     if (this.client) return this.client;
     if (!this.connecting) {
-      const { siteUrl } = this.opts.replication;
+      const siteUrl = this.siteCfg.url;
       this.connecting = this.opener.open().then(
         (c) => {
           this.client = c;
@@ -517,13 +558,14 @@ export class Replicator {
     const p = this.conn.pipeline();
     if (rpoMembers.length > 0) p.zrem(this.state.rpo(share), ...rpoMembers);
     const last = items[items.length - 1];
+    if (last) p.hset(this.state.roots, share, last.rec.origpath);
     p.hset(this.state.share(share), { lastCommitAt: now, ...(last ? { lastCommitPath: last.rec.names.path ?? '', root: last.rec.origpath } : {}) })
       .hincrby(this.state.share(share), 'commits', items.length)
       .hincrby(this.state.share(share), 'bytesSent', bytes);
     for (const { rec, ts } of items) {
       const latencyMs = now - ts;
       if (this.latencies.length < 100_000) this.latencies.push(latencyMs / 1000);
-      this.events.addTo(p, { type: 'committed', at: now, share, path: rec.names.path, op: rec.op, latencyMs });
+      this.events.addTo(p, { type: 'committed', at: now, share, path: rec.names.path, op: rec.op, latencyMs, ...(this.siteCfg.name === DEFAULT_SITE ? {} : { site: this.siteCfg.name }) });
     }
     await p.exec();
   }

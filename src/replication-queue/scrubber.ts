@@ -17,7 +17,7 @@ import type { Tree } from '../native/tree';
 import type { SiteClient } from './site-client';
 import { EventBus } from './events';
 import { PathLocks } from './path-locks';
-import { StateKeys } from './redis-connection';
+import { StateKeys, stateKeys } from './redis-connection';
 import { SiteSync, SyncStats } from './site-sync';
 import { Difference, verifyTree } from './verify';
 
@@ -26,6 +26,8 @@ export interface ScrubberOptions {
   blockSize: number;
   conn: Redis;
   state: StateKeys;
+  /** The Redis key prefix (for the state of a system from before several sites). */
+  prefix: string;
   events: EventBus;
   locks: PathLocks;
   stats: SyncStats;
@@ -38,6 +40,9 @@ export type ScrubKind = 'metadata' | 'content';
 
 /** How often the schedule is looked at (a pass starts at most this late). */
 const TICK_MS = 1000;
+
+/** A new site's initial sync starts this long after its replicator (the pump takes the site up within a second or two). */
+const INITIAL_SYNC_DELAY_MS = 3000;
 
 /** A scrub lease lapses this long after its holder stopped renewing it (it renews as it goes). */
 const LEASE_MS = 60_000;
@@ -56,7 +61,7 @@ export class Scrubber {
   }
 
   start(): void {
-    if (!this.o.config.enabled) return;
+    // A new site's initial sync runs even with scheduled scrubs off.
     this.timer = setInterval(() => {
       if (this.running || this.closed) return;
       // Never an unhandled rejection (it would end the worker thread): log and try at the next tick.
@@ -73,32 +78,56 @@ export class Scrubber {
     await this.running?.catch(() => undefined);
   }
 
-  /** Runs the passes that are due, one share at a time. */
+  /** The share's root: from any site's commits, or (a system from before several sites) the default site's share state. */
+  private async rootOf(share: string): Promise<string | null> {
+    return (await this.o.conn.hget(this.o.state.roots, share))
+      ?? (await this.o.conn.hget(this.o.state.share(share), 'root'))
+      ?? (await this.o.conn.hget(stateKeys(this.o.prefix).share(share), 'root'));
+  }
+
+  /**
+   * Runs the passes that are due, one share at a time. A new site (marked
+   * by its replicator) first gets a metadata pass of every share at once:
+   * its initial sync, whatever the schedule.
+   */
   private async tick(): Promise<void> {
     const now = Date.now();
-    if (now - this.startedAt < this.o.config.startDelayMs) return;
+    // After a few seconds, so the journal pump feeds the new site's queue before the tree is compared.
+    const initial = now - this.startedAt >= INITIAL_SYNC_DELAY_MS && (await this.o.conn.hget(this.o.state.site, 'initialSync')) === 'pending';
+    if (!initial && (!this.o.config.enabled || now - this.startedAt < this.o.config.startDelayMs)) return;
+    let left = 0;
     for (const share of (await this.o.conn.smembers(this.o.state.shares)).sort()) {
       if (this.closed) return;
       const h = await this.o.conn.hgetall(this.o.state.scrub(share));
-      const root = await this.o.conn.hget(this.o.state.share(share), 'root');
+      const root = await this.rootOf(share);
       if (!root) continue; // no record replicated yet: its root is not known
-      if (now < Number(h.retryAt ?? 0)) continue; // the last pass failed: not before this
-      const dueContent = now - Number(h.lastContentAt ?? 0) >= this.o.config.contentIntervalMs;
-      const dueMeta = now - Number(h.lastMetadataAt ?? 0) >= this.o.config.intervalMs;
+      if (now < Number(h.retryAt ?? 0)) {
+        left++;
+        continue; // the last pass failed: not before this
+      }
+      const neverPassed = h.lastMetadataAt === undefined && h.lastContentAt === undefined;
+      const dueContent = !initial && now - Number(h.lastContentAt ?? 0) >= this.o.config.contentIntervalMs;
+      const dueMeta = (initial && neverPassed) || (!initial && now - Number(h.lastMetadataAt ?? 0) >= this.o.config.intervalMs);
       if (!(dueContent || dueMeta)) continue;
+      left++;
       // One pass of a share at a time, whichever replicator process runs it.
       const lease = `${this.o.state.scrub(share)}:lease`;
       if ((await this.o.conn.set(lease, this.id, 'PX', LEASE_MS, 'NX')) !== 'OK') continue;
       try {
-        await this.pass(share, root, dueContent ? 'content' : 'metadata', () => this.o.conn.set(lease, this.id, 'PX', LEASE_MS, 'XX').then(() => undefined));
+        const r = await this.pass(share, root, dueContent ? 'content' : 'metadata', () => this.o.conn.set(lease, this.id, 'PX', LEASE_MS, 'XX').then(() => undefined));
+        if (r.ok) left--;
       } finally {
         if ((await this.o.conn.get(lease)) === this.id) await this.o.conn.del(lease);
       }
     }
+    if (initial && left === 0 && !this.closed) {
+      await this.o.conn.hset(this.o.state.site, 'initialSync', 'done', 'initialSyncAt', Date.now());
+      this.o.logger.info('initial sync of the new DR site finished');
+    }
   }
 
   /** One pass over one share: compare, then repair every difference. */
-  async pass(share: string, root: string, kind: ScrubKind, renew: () => Promise<void> = async () => undefined): Promise<{ checked: number; differences: number; repaired: number }> {
+  async pass(share: string, root: string, kind: ScrubKind, renew: () => Promise<void> = async () => undefined): Promise<{ checked: number; differences: number; repaired: number; ok: boolean }> {
     const { conn, state, config, log } = { ...this.o, log: this.o.logger.child({ share, kind }) };
     const key = state.scrub(share);
     const t0 = Date.now();
@@ -145,6 +174,6 @@ export class Scrubber {
     });
     await this.o.events.publish({ type: 'scrub-finished', at: finishedAt, share, scrub: kind, files: checked, differences: diffs.length, repaired, ...(error ? { error } : {}) });
     log.info({ ...done, ms: finishedAt - t0, error: error || undefined }, 'scrub finished');
-    return done;
+    return { ...done, ok: error === '' && !this.closed };
   }
 }

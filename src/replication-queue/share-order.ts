@@ -18,14 +18,18 @@ export class ShareOrder {
 
   private readonly graceMs: number;
 
-  constructor(conn: Redis, prefix: string, graceMs = ORPHAN_GRACE_MS) {
+  /** The site whose open batches these are ("default": the keys of a single-site system); numbers are shared by all sites. */
+  private readonly at: string;
+
+  constructor(conn: Redis, prefix: string, graceMs = ORPHAN_GRACE_MS, site = 'default') {
     this.conn = conn;
     this.prefix = prefix;
     this.graceMs = graceMs;
+    this.at = site === 'default' ? '' : `@${site}`;
   }
 
   private key(share: string): string {
-    return `${this.prefix}:order:${share}`;
+    return `${this.prefix}:order${this.at}:${share}`;
   }
 
   private seqKey(): string {

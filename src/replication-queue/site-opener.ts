@@ -7,7 +7,7 @@
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
-import type { VfsxConfig } from '../config/schema';
+import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import { KeyRecord, unwrapMasterKey, wrapMasterKey } from '../repository/key-record';
 import { RepoCipher } from '../repository/repo-cipher';
@@ -147,6 +147,22 @@ export class SiteOpener {
 }
 
 /** The opener a configuration describes (replication.siteUrl, token, encryption, passphraseFile). */
-export function siteOpenerOf(r: VfsxConfig['replication'], log?: (msg: string, o: object) => void, passphraseFile?: string, pace?: Pacer): SiteOpener {
-  return new SiteOpener({ url: r.siteUrl, token: r.token ?? '', passphraseFile: passphraseFile ?? r.passphraseFile, encryptNew: r.encryption === 'on', log, pace });
+export interface OpenAs {
+  log?: (msg: string, o: object) => void;
+  /** Instead of the site's passphrase file. */
+  passphraseFile?: string;
+  pace?: Pacer;
+  /** The site's name (default: the first configured). */
+  site?: string;
+  /** Whether this may make a new (empty) site's repository: only what writes (replication, resync). */
+  writes?: boolean;
+}
+
+/** The opener of a configured site (an unknown name throws with the configured ones). */
+export function siteOpenerOf(r: VfsxConfig['replication'], o: OpenAs = {}): SiteOpener {
+  const s = siteNamed(r, o.site);
+  return new SiteOpener({
+    url: s.url, token: s.token, passphraseFile: o.passphraseFile ?? s.passphraseFile,
+    encryptNew: o.writes === true && s.encryption === 'on', log: o.log, pace: o.pace,
+  });
 }

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { journalKeys, redisOptions, stateKeys } from './redis-connection';
+import { journalKeys, queueNameOf, redisOptions, stateKeys } from './redis-connection';
+import { sitesOf } from '../config/schema';
 import { Schedule } from '../config/bwlimit';
 import { parseRpoMember, recordsOf } from './batch';
 import { entryPairs, heldSummary, nextId } from './stream-ids';
@@ -48,6 +49,8 @@ export interface RetryingRecord {
   op: string;
   attempts: number;
   error: string;
+  /** The site it is retried for. */
+  site?: string;
 }
 
 export interface ShareStatus {
@@ -81,7 +84,25 @@ export interface ScrubStatus {
   error: string | null;
 }
 
+interface JournalInfo {
+  unpumped: number;
+  awaiting: number;
+  oldestUnpumped: Map<string, number>;
+}
+
+/** One DR site and every share's state there. */
+export interface SiteView {
+  site: SiteStatus;
+  shares: ShareStatus[];
+}
+
 export interface SiteStatus {
+  /** "default" on a single-site system. */
+  name: string;
+  /** Whether replication.sites (or siteUrl) names it; a site left over after its removal is not. */
+  configured: boolean;
+  /** A site added to a system with history: its initial sync (a scrub of every share) is pending or done; null otherwise. */
+  initialSync: 'pending' | 'done' | null;
   url: string;
   state: 'up' | 'down' | 'connecting' | 'unknown';
   since: number | null;
@@ -103,6 +124,8 @@ export interface BandwidthStatus {
   text: string;
   /** config: replication.bwlimit; override: set by `vfsx bwlimit` while running. */
   source: 'config' | 'override';
+  /** Which limit binds: this site's own, or the one on all sites together. */
+  scope: 'site' | 'all';
   /** Bytes sent to the site per second (blocks and metadata), over the last 10 s. */
   sentPerSec: number;
 }
@@ -111,8 +134,11 @@ export interface Status {
   at: number;
   redis: 'up';
   replicationEnabled: boolean;
+  /** The first site (the only one on a single-site system); `sites` has them all. */
   site: SiteStatus;
+  sites: SiteView[];
   journal: { unpumped: number; awaitingOutcome: number; queued: Record<string, number> };
+  /** Every share at the first site; `sites` has them at each. */
   shares: ShareStatus[];
   spool: { dir: string; files: number; bytes: number; failOpenEngaged: boolean; ingestedFiles: number; lastIngestAt: number | null };
 }
@@ -132,37 +158,75 @@ export class StatusReader {
   private readonly cfg: Pick<VfsxConfig, 'redis' | 'journal' | 'replication' | 'spool'>;
   private readonly conn: Redis;
   private readonly queueConn: Redis;
+  /** The first site's queue (the journal's own on a single-site system). */
   readonly queue: Queue;
+  private readonly queues = new Map<string, Queue>();
 
   constructor(cfg: Pick<VfsxConfig, 'redis' | 'journal' | 'replication' | 'spool'>) {
     this.cfg = cfg;
     this.conn = new IORedis(redisOptions(cfg.redis, { maxRetriesPerRequest: 1, connectTimeout: 3000 }));
     this.queueConn = new IORedis(redisOptions(cfg.redis, { maxRetriesPerRequest: 1, connectTimeout: 3000 }));
     for (const c of [this.conn, this.queueConn]) c.on('error', () => undefined);
-    this.queue = new Queue(cfg.journal.queueName, { connection: this.queueConn, prefix: cfg.redis.prefix });
-    this.queue.on('error', () => undefined);
+    this.queue = this.queueOf(sitesOf(cfg.replication)[0].name);
+  }
+
+  /** A site's queue (opened once). */
+  queueOf(site: string): Queue {
+    let q = this.queues.get(site);
+    if (!q) {
+      q = new Queue(queueNameOf(this.cfg.journal.queueName, site), { connection: this.queueConn, prefix: this.cfg.redis.prefix });
+      q.on('error', () => undefined);
+      this.queues.set(site, q);
+    }
+    return q;
   }
 
   async close(): Promise<void> {
-    await this.queue.close().catch(() => undefined);
+    for (const q of this.queues.values()) await q.close().catch(() => undefined);
     for (const c of [this.conn, this.queueConn]) await c.quit().catch(() => c.disconnect());
   }
 
-  private jobKey(id: string): string {
-    return `${this.cfg.redis.prefix}:${this.cfg.journal.queueName}:${id}`;
+  private jobKey(site: string, id: string): string {
+    return `${this.cfg.redis.prefix}:${queueNameOf(this.cfg.journal.queueName, site)}:${id}`;
   }
 
-  /** The change -> commit histogram every replicator adds to (StateKeys.latency). */
-  async commitLatency(): Promise<Record<string, string>> {
-    return this.conn.hgetall(stateKeys(this.cfg.redis.prefix).latency);
+  /** The configured sites, then any other whose replicator registered (added while running, or removed from the configuration). */
+  async siteNames(): Promise<string[]> {
+    const configured = sitesOf(this.cfg.replication).map((x) => x.name);
+    const seen = await this.conn.smembers(stateKeys(this.cfg.redis.prefix).sites);
+    return [...configured, ...seen.filter((x) => !configured.includes(x)).sort()];
+  }
+
+  /** The change -> commit histogram every replicator of a site adds to (StateKeys.latency). */
+  async commitLatency(site = sitesOf(this.cfg.replication)[0].name): Promise<Record<string, string>> {
+    return this.conn.hgetall(stateKeys(this.cfg.redis.prefix, site).latency);
   }
 
   async read(now = Date.now()): Promise<Status> {
     const sk = stateKeys(this.cfg.redis.prefix);
-    const [siteHash, shareNames, failOpen, totals, procs] = await Promise.all([
-      this.conn.hgetall(sk.site), this.conn.smembers(sk.shares), this.conn.hgetall(sk.failOpen), this.conn.hgetall(sk.totals),
-      this.conn.hgetall(sk.replicators),
-    ]);
+    const [shareNames, failOpen] = await Promise.all([this.conn.smembers(sk.shares), this.conn.hgetall(sk.failOpen)]);
+    const journal = await this.journal();
+    const sites: Array<SiteView & { queued: Record<string, number> }> = [];
+    for (const name of await this.siteNames()) sites.push(await this.siteView(name, shareNames.sort(), journal, now));
+    const queued: Record<string, number> = {};
+    for (const v of sites) for (const [k, n] of Object.entries(v.queued)) queued[k] = (queued[k] ?? 0) + n;
+    return {
+      at: now,
+      redis: 'up',
+      replicationEnabled: this.cfg.replication.enabled,
+      site: sites[0].site,
+      sites: sites.map(({ site, shares }) => ({ site, shares })),
+      journal: { unpumped: journal.unpumped, awaitingOutcome: journal.awaiting, queued },
+      shares: sites[0].shares,
+      spool: { ...(await this.spool()), ingestedFiles: Number(failOpen.files ?? 0), lastIngestAt: num(failOpen.lastAt) },
+    };
+  }
+
+  /** One site: its link, replicators, totals, limit, and every share's backlog and RPO there. */
+  private async siteView(name: string, shareNames: string[], journal: JournalInfo, now: number): Promise<SiteView & { queued: Record<string, number> }> {
+    const sk = stateKeys(this.cfg.redis.prefix, name);
+    const cfgSite = sitesOf(this.cfg.replication).find((x) => x.name === name);
+    const [siteHash, totals, procs] = await Promise.all([this.conn.hgetall(sk.site), this.conn.hgetall(sk.totals), this.conn.hgetall(sk.replicators)]);
     const replicators: ReplicatorStatus[] = [];
     for (const [id, json] of Object.entries(procs)) {
       try {
@@ -173,42 +237,41 @@ export class StatusReader {
         // not ours
       }
     }
-    const journal = await this.journal();
-    const retrying = await this.retrying();
+    const retrying = await this.retrying(200, name);
     const shares: ShareStatus[] = [];
-    for (const share of shareNames.sort()) {
-      shares.push(await this.share(share, now, journal.oldestUnpumped.get(share) ?? null, retrying.filter((r) => r.share === share)));
+    for (const share of shareNames) {
+      shares.push(await this.share(name, share, now, journal.oldestUnpumped.get(share) ?? null, retrying.filter((r) => r.share === share)));
     }
-    const updatedAt = Number(siteHash.updatedAt ?? 0);
-    const running = now - updatedAt < STALE_MS;
+    const running = now - Number(siteHash.updatedAt ?? 0) < STALE_MS;
+    const configuredLimit = cfgSite && cfgSite.bwlimit !== 'off' ? cfgSite.bwlimit : this.cfg.replication.bwlimit;
+    const queued = await this.queueOf(name).getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
     return {
-      at: now,
-      redis: 'up',
-      replicationEnabled: this.cfg.replication.enabled,
+      queued,
+      shares,
       site: {
-        url: siteHash.url ?? this.cfg.replication.siteUrl,
+        name,
+        configured: cfgSite !== undefined,
+        url: siteHash.url ?? cfgSite?.url ?? this.cfg.replication.siteUrl,
         state: running ? ((siteHash.state as SiteStatus['state']) ?? 'unknown') : 'unknown',
         since: num(siteHash.since),
         lastError: siteHash.lastError || null,
         lastErrorAt: num(siteHash.lastErrorAt),
         replicatorRunning: running,
         replicators: replicators.sort((a, b) => a.id.localeCompare(b.id)),
+        initialSync: siteHash.initialSync === 'pending' ? 'pending' : siteHash.initialSync === 'done' ? 'done' : null,
         totals: {
           records: Number(totals.records ?? 0), commits: Number(totals.commits ?? 0), coalesced: Number(totals.coalesced ?? 0),
           blocksSent: Number(totals.blocksSent ?? 0), bytesSent: Number(totals.bytesSent ?? 0), failures: Number(totals.failures ?? 0),
         },
         bandwidth: running && siteHash.limitText !== undefined
-          ? { limit: Number(siteHash.limit ?? 0), text: siteHash.limitText, source: siteHash.limitSource === 'override' ? 'override' : 'config', sentPerSec: Number(siteHash.sentPerSec ?? 0) }
-          : { limit: configuredRate(this.cfg.replication.bwlimit, now), text: this.cfg.replication.bwlimit, source: 'config', sentPerSec: 0 },
+          ? { limit: Number(siteHash.limit ?? 0), text: siteHash.limitText, source: siteHash.limitSource === 'override' ? 'override' : 'config', scope: siteHash.limitScope === 'site' ? 'site' : 'all', sentPerSec: Number(siteHash.sentPerSec ?? 0) }
+          : { limit: configuredRate(configuredLimit, now), text: configuredLimit, source: 'config', scope: configuredLimit === this.cfg.replication.bwlimit ? 'all' : 'site', sentPerSec: 0 },
       },
-      journal: { unpumped: journal.unpumped, awaitingOutcome: journal.awaiting, queued: journal.queued },
-      shares,
-      spool: { ...(await this.spool()), ingestedFiles: Number(failOpen.files ?? 0), lastIngestAt: num(failOpen.lastAt) },
     };
   }
 
   /** Stream entries the pump has not handled yet (with the oldest change per share among them), and queue counts. */
-  private async journal(): Promise<{ unpumped: number; awaiting: number; queued: Record<string, number>; oldestUnpumped: Map<string, number> }> {
+  private async journal(): Promise<JournalInfo> {
     const jk = journalKeys(this.cfg.redis.prefix);
     const saved = await this.conn.hgetall(jk.cursor);
     const from = saved.cursor ? nextId(saved.cursor) : '-';
@@ -242,26 +305,25 @@ export class StatusReader {
       }
       awaiting = open.size;
     }
-    const queued = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
-    return { unpumped, awaiting, queued, oldestUnpumped };
+    return { unpumped, awaiting, oldestUnpumped };
   }
 
-  /** Records that failed at least once and wait for their next attempt (the site's error). */
-  async retrying(limit = 200): Promise<RetryingRecord[]> {
-    const jobs = await this.queue.getJobs(['delayed', 'active', 'waiting'], 0, limit - 1, true);
-    return jobs.filter((j) => j && j.attemptsMade > 0).map((j) => toRetrying(j));
+  /** Records that failed at least once and wait for their next attempt at a site (the site's error). */
+  async retrying(limit = 200, site = sitesOf(this.cfg.replication)[0].name): Promise<RetryingRecord[]> {
+    const jobs = await this.queueOf(site).getJobs(['delayed', 'active', 'waiting'], 0, limit - 1, true);
+    return jobs.filter((j) => j && j.attemptsMade > 0).map((j) => ({ ...toRetrying(j), site }));
   }
 
-  private async share(share: string, now: number, unpumpedAt: number | null, retrying: RetryingRecord[]): Promise<ShareStatus> {
-    const sk = stateKeys(this.cfg.redis.prefix);
+  private async share(site: string, share: string, now: number, unpumpedAt: number | null, retrying: RetryingRecord[]): Promise<ShareStatus> {
+    const sk = stateKeys(this.cfg.redis.prefix, site);
     const [records, hash, scrub] = await Promise.all([this.conn.zcard(sk.rpo(share)), this.conn.hgetall(sk.share(share)), this.conn.hgetall(sk.scrub(share))]);
-    let oldest = await this.oldest(share, now);
+    let oldest = await this.oldest(site, share, now);
     if (unpumpedAt !== null && (oldest === null || unpumpedAt < oldest)) oldest = unpumpedAt;
     // Files and bytes of the oldest SAMPLE records (dirty bytes of closes; 0 for namespace changes).
     const members = (await this.conn.zrange(sk.rpo(share), 0, SAMPLE - 1)).map(parseRpoMember);
     const jobIds = [...new Set(members.map((m) => m.jobId))];
     const p = this.conn.pipeline();
-    for (const id of jobIds) p.hget(this.jobKey(id), 'data');
+    for (const id of jobIds) p.hget(this.jobKey(site, id), 'data');
     const data = new Map<string, ChangeRecord[]>();
     ((await p.exec()) ?? []).forEach(([, d], i) => {
       if (typeof d === 'string') data.set(jobIds[i], recordsOf(JSON.parse(d)));
@@ -302,12 +364,12 @@ export class StatusReader {
   }
 
   /** The oldest uncommitted change of a share; drops leftovers whose job finished or never came. */
-  private async oldest(share: string, now: number): Promise<number | null> {
-    const key = stateKeys(this.cfg.redis.prefix).rpo(share);
+  private async oldest(site: string, share: string, now: number): Promise<number | null> {
+    const key = stateKeys(this.cfg.redis.prefix, site).rpo(share);
     for (let i = 0; i < 50; i++) {
       const [id, score] = await this.conn.zrange(key, 0, 0, 'WITHSCORES');
       if (id === undefined) return null;
-      const [finishedOn, data] = await this.conn.hmget(this.jobKey(parseRpoMember(id).jobId), 'finishedOn', 'data');
+      const [finishedOn, data] = await this.conn.hmget(this.jobKey(site, parseRpoMember(id).jobId), 'finishedOn', 'data');
       if (finishedOn || (!data && now - Number(score) > ORPHAN_MS)) {
         await this.conn.zrem(key, id);
         continue;

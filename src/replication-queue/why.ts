@@ -4,7 +4,7 @@
  * (and the error holding them back), and what the DR site has committed.
  */
 import type { Queue } from 'bullmq';
-import type { VfsxConfig } from '../config/schema';
+import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { recordsOf } from './batch';
@@ -42,7 +42,7 @@ export interface WhyReport {
 
 const names = (r: ChangeRecord): string[] => [r.names.path, r.names.to, r.names.from].filter((p): p is string => typeof p === 'string');
 
-export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, share: string, path: string, sourceRoot?: string): Promise<WhyReport> {
+export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, share: string, path: string, sourceRoot?: string, siteName?: string): Promise<WhyReport> {
   const rel = path.replace(/^\/+/, '').replace(/\/+$/, '');
   if (rel.includes('\u0000') || rel.split('/').some((c) => c === '..' || c === '.')) {
     throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `not a path inside a share: ${JSON.stringify(path)}`);
@@ -69,9 +69,9 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
     ? { exists: true, kind: st.kind, size: st.size, mtimeMs: Number(BigInt(st.mtimeNs) / 1_000_000n), root }
     : { exists: false, root };
 
-  const site: WhyReport['site'] = { url: cfg.replication.siteUrl, reachable: false, error: null, head: null, versions: [] };
+  const site: WhyReport['site'] = { url: siteNamed(cfg.replication, siteName).url, reachable: false, error: null, head: null, versions: [] };
   try {
-    const c = await siteOpenerOf({ ...cfg.replication, encryption: 'off' }).open();
+    const c = await siteOpenerOf(cfg.replication, { site: siteName }).open();
     try {
       site.reachable = true;
       const head = await c.call<{ kind: string; size: number; ts: number; meta: { mtimeNs?: string } } | null>('object.stat', { bucket: share, path: rel });

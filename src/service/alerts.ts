@@ -53,14 +53,20 @@ export class Alerts {
   async check(st: Status): Promise<void> {
     try {
       const thresholdMs = this.opts.config.alerts.rpoThresholdMs;
-      for (const s of st.shares) {
-        const rpoAgeMs = Math.round(s.rpoAgeSeconds * 1000);
-        if (rpoAgeMs >= thresholdMs && !this.crossed.has(s.share)) {
-          this.crossed.add(s.share);
-          await this.opts.bus.publish({ type: 'rpo-threshold-crossed', at: Date.now(), share: s.share, rpoAgeMs, thresholdMs, records: s.backlog.records });
-        } else if (rpoAgeMs < thresholdMs && this.crossed.has(s.share)) {
-          this.crossed.delete(s.share);
-          await this.opts.bus.publish({ type: 'rpo-recovered', at: Date.now(), share: s.share, rpoAgeMs, thresholdMs });
+      // Per share and site: a site that falls behind alerts on its own (a single-site system names no site).
+      const many = st.sites.length > 1;
+      for (const { site, shares } of st.sites) {
+        for (const s of shares) {
+          const key = `${site.name}\0${s.share}`;
+          const where = many ? { site: site.name } : {};
+          const rpoAgeMs = Math.round(s.rpoAgeSeconds * 1000);
+          if (rpoAgeMs >= thresholdMs && !this.crossed.has(key)) {
+            this.crossed.add(key);
+            await this.opts.bus.publish({ type: 'rpo-threshold-crossed', at: Date.now(), share: s.share, ...where, rpoAgeMs, thresholdMs, records: s.backlog.records });
+          } else if (rpoAgeMs < thresholdMs && this.crossed.has(key)) {
+            this.crossed.delete(key);
+            await this.opts.bus.publish({ type: 'rpo-recovered', at: Date.now(), share: s.share, ...where, rpoAgeMs, thresholdMs });
+          }
         }
       }
     } catch (err) {

@@ -17,6 +17,8 @@ th{background:#f0f0f0}.up{color:#080;font-weight:bold}.down,.unknown{color:#b00;
 <h1>vfsx</h1>
 <div>DR site <code id="site-url"></code>: <span id="site-state" class="unknown">…</span>
  · bandwidth: <span id="bandwidth"></span> · journal: <span id="journal"></span> · spool: <span id="spool"></span> · updated <span id="updated">never</span></div>
+<h2>DR sites</h2>
+<table id="sites"><thead><tr><th>site</th><th>url</th><th>link</th><th>bandwidth</th><th>backlog records</th><th>worst RPO age</th></tr></thead><tbody></tbody></table>
 <h2>Shares</h2>
 <table id="shares"><thead><tr><th>share</th><th>backlog records</th><th>files</th><th>dirty bytes</th><th>RPO age</th><th>ops/s (1 min)</th><th>bytes/s (1 min)</th><th>last commit</th><th>scrub</th></tr></thead><tbody></tbody></table>
 <h2>Backlog and RPO over time</h2>
@@ -58,6 +60,14 @@ async function refresh() {
   document.getElementById('bandwidth').textContent = (bw.limit > 0 ? 'limited to ' + rate(bw.limit) : 'no limit')
     + (bw.text.indexOf(',') >= 0 ? ' (timetable ' + bw.text + ')' : '') + (bw.source === 'override' ? ' (set by vfsx bwlimit)' : '')
     + ', sending ' + rate(bw.sentPerSec);
+  document.querySelector('#sites tbody').innerHTML = st.sites.map((v) => {
+    const b = v.site.bandwidth;
+    const back = v.shares.reduce((a, x) => a + x.backlog.records, 0);
+    const rpo = v.shares.reduce((a, x) => Math.max(a, x.rpoAgeSeconds), 0);
+    return '<tr data-site="' + esc(v.site.name) + '"><td>' + esc(v.site.name) + '</td><td>' + esc(v.site.url) + '</td><td class="' + esc(v.site.state) + '">' + esc(v.site.state)
+      + (v.site.initialSync === 'pending' ? ' (initial sync)' : '') + '</td><td>' + (b.limit > 0 ? 'limited to ' + rate(b.limit) : 'no limit') + ', sending ' + rate(b.sentPerSec)
+      + '</td><td class="records">' + back + '</td><td>' + rpo.toFixed(1) + ' s</td></tr>';
+  }).join('');
   document.getElementById('journal').textContent = st.journal.unpumped + ' unpumped, ' + st.journal.awaitingOutcome + ' awaiting outcome';
   const sp = document.getElementById('spool');
   sp.textContent = st.spool.failOpenEngaged ? 'FAIL-OPEN: ' + st.spool.files + ' files, ' + st.spool.bytes + ' bytes' : 'empty';

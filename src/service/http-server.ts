@@ -126,7 +126,8 @@ export class HttpServer {
       case 'POST /api/retry': {
         const id = url.searchParams.get('job');
         if (!id) return send(res, 400, { error: 'job is required' });
-        const job = await status.queue.getJob(id);
+        const site = url.searchParams.get('site');
+        const job = await (site ? status.queueOf(site) : status.queue).getJob(id);
         if (!job) return send(res, 404, { error: `no job ${id}` });
         const state = await job.getState();
         if (state === 'delayed') await job.promote();

@@ -62,20 +62,20 @@ export class Metrics {
     const replicatorUp = g('vfsx_replicator_running', 'Whether the replicator reported within the last 5 s.', ['site']);
     const bwLimit = g('vfsx_site_bandwidth_limit_bytes_per_second', 'Bandwidth limit in force on what goes to the DR site (0: none).', ['site']);
     const bwSent = g('vfsx_site_sent_bytes_per_second', 'Bytes sent to the DR site per second (blocks and metadata), over the last 10 s.', ['site']);
-    const records = g('vfsx_backlog_records', 'Changes recorded but not yet committed at the DR site.', ['share']);
-    const files = g('vfsx_backlog_files', 'Distinct paths among the oldest 1000 uncommitted changes.', ['share']);
-    const bytes = g('vfsx_backlog_dirty_bytes', 'Dirty bytes of the oldest 1000 uncommitted closes/flushes.', ['share']);
-    const rpo = g('vfsx_rpo_age_seconds', 'Age of the oldest change not yet committed at the DR site (0: none).', ['share']);
-    const opsRate = g('vfsx_replicated_ops_per_second', 'Changes committed per second, averaged over the last minute.', ['share']);
-    const bytesRate = g('vfsx_replicated_bytes_per_second', 'Block bytes sent per second, averaged over the last minute.', ['share']);
-    const commits = g('vfsx_share_commits', 'Changes committed at the DR site since the journal began (per share).', ['share']);
-    const lastCommit = g('vfsx_last_commit_timestamp_seconds', 'When the last change of the share was committed.', ['share']);
-    const retrying = g('vfsx_retrying_records', 'Records that failed at least once and wait to be retried.', ['share']);
-    const scrubRunning = g('vfsx_scrub_running', '1 while a scrub pass of the share runs.', ['share', 'kind']);
-    const scrubChecked = g('vfsx_scrub_checked_entries', 'Entries the running (or last) scrub pass checked.', ['share']);
-    const scrubDiffs = g('vfsx_scrub_differences', 'Differences the last scrub pass found between the share and the DR site.', ['share']);
-    const scrubRepaired = g('vfsx_scrub_repaired', 'Differences the last scrub pass repaired.', ['share']);
-    const scrubLast = g('vfsx_scrub_last_pass_timestamp_seconds', 'When the last successful scrub pass of this kind started.', ['share', 'kind']);
+    const records = g('vfsx_backlog_records', 'Changes recorded but not yet committed at the DR site.', ['share', 'site']);
+    const files = g('vfsx_backlog_files', 'Distinct paths among the oldest 1000 uncommitted changes.', ['share', 'site']);
+    const bytes = g('vfsx_backlog_dirty_bytes', 'Dirty bytes of the oldest 1000 uncommitted closes/flushes.', ['share', 'site']);
+    const rpo = g('vfsx_rpo_age_seconds', 'Age of the oldest change not yet committed at the DR site (0: none).', ['share', 'site']);
+    const opsRate = g('vfsx_replicated_ops_per_second', 'Changes committed per second, averaged over the last minute.', ['share', 'site']);
+    const bytesRate = g('vfsx_replicated_bytes_per_second', 'Block bytes sent per second, averaged over the last minute.', ['share', 'site']);
+    const commits = g('vfsx_share_commits', 'Changes committed at the DR site since the journal began (per share).', ['share', 'site']);
+    const lastCommit = g('vfsx_last_commit_timestamp_seconds', 'When the last change of the share was committed.', ['share', 'site']);
+    const retrying = g('vfsx_retrying_records', 'Records that failed at least once and wait to be retried.', ['share', 'site']);
+    const scrubRunning = g('vfsx_scrub_running', '1 while a scrub pass of the share runs.', ['share', 'kind', 'site']);
+    const scrubChecked = g('vfsx_scrub_checked_entries', 'Entries the running (or last) scrub pass checked.', ['share', 'site']);
+    const scrubDiffs = g('vfsx_scrub_differences', 'Differences the last scrub pass found between the share and the DR site.', ['share', 'site']);
+    const scrubRepaired = g('vfsx_scrub_repaired', 'Differences the last scrub pass repaired.', ['share', 'site']);
+    const scrubLast = g('vfsx_scrub_last_pass_timestamp_seconds', 'When the last successful scrub pass of this kind started.', ['share', 'kind', 'site']);
     const unpumped = g('vfsx_journal_unpumped_records', 'Journal entries not yet turned into replication jobs (up to 1000).');
     const awaiting = g('vfsx_journal_awaiting_outcome_records', 'Journal records whose operation outcome has not arrived.');
     const queue = g('vfsx_queue_jobs', 'BullMQ replication jobs by state.', ['state']);
@@ -108,12 +108,14 @@ export class Metrics {
         scrubRunning, scrubChecked, scrubDiffs, scrubRepaired, scrubLast]) m.reset();
       up.set(st ? 1 : 0);
       if (!st) return;
-      siteUp.set({ site: st.site.url }, st.site.state === 'up' ? 1 : 0);
-      replicatorUp.set({ site: st.site.url }, st.site.replicatorRunning ? 1 : 0);
-      bwLimit.set({ site: st.site.url }, st.site.bandwidth.limit);
-      bwSent.set({ site: st.site.url }, st.site.bandwidth.sentPerSec);
-      for (const s of st.shares) {
-        const l = { share: s.share };
+      for (const { site, shares } of st.sites) {
+      const at = { site: site.name };
+      siteUp.set(at, site.state === 'up' ? 1 : 0);
+      replicatorUp.set(at, site.replicatorRunning ? 1 : 0);
+      bwLimit.set(at, site.bandwidth.limit);
+      bwSent.set(at, site.bandwidth.sentPerSec);
+      for (const s of shares) {
+        const l = { share: s.share, site: site.name };
         records.set(l, s.backlog.records);
         files.set(l, s.backlog.files);
         bytes.set(l, s.backlog.bytes);
@@ -124,12 +126,13 @@ export class Metrics {
         if (s.lastCommitAt) lastCommit.set(l, s.lastCommitAt / 1000);
         retrying.set(l, s.retrying.length);
         const sc = s.scrub;
-        if (sc.kind) scrubRunning.set({ ...l, kind: sc.kind }, sc.state === 'running' ? 1 : 0);
+        if (sc.kind) scrubRunning.set({ share: s.share, kind: sc.kind, site: site.name }, sc.state === 'running' ? 1 : 0);
         scrubChecked.set(l, sc.checked);
         scrubDiffs.set(l, sc.differences);
         scrubRepaired.set(l, sc.repaired);
-        if (sc.lastMetadataAt) scrubLast.set({ ...l, kind: 'metadata' }, sc.lastMetadataAt / 1000);
-        if (sc.lastContentAt) scrubLast.set({ ...l, kind: 'content' }, sc.lastContentAt / 1000);
+        if (sc.lastMetadataAt) scrubLast.set({ share: s.share, kind: 'metadata', site: site.name }, sc.lastMetadataAt / 1000);
+        if (sc.lastContentAt) scrubLast.set({ share: s.share, kind: 'content', site: site.name }, sc.lastContentAt / 1000);
+      }
       }
       unpumped.set(st.journal.unpumped);
       awaiting.set(st.journal.awaitingOutcome);

@@ -5,6 +5,7 @@
  * convergence tests ask of it: a seeded random SMB workload, waiting for the
  * backlog to drain, and "converged" (verify identical, restore = diff -r).
  */
+import { sitesOf } from '../../src/config/schema';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
@@ -80,7 +81,7 @@ export class ReplicationStack {
 
   async drained(timeoutMs = 60000): Promise<void> {
     const cfg = validateConfig(this.svc.config);
-    const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+    const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
     try {
       await waitFor('the replication backlog to drain', async () => {
         const b = await reader.backlog();

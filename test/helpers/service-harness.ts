@@ -93,19 +93,19 @@ export class ServiceHarness {
     if ((this.config.replication as { enabled?: boolean } | undefined)?.enabled) await this.startReplicator();
   }
 
-  /** Starts `vfsx replicate` (its own process, as deployed) with this config. */
-  async startReplicator(): Promise<void> {
+  /** Starts `vfsx replicate` (its own process, as deployed) with this config; `args` e.g. ['--site', 'third']. */
+  async startReplicator(args: string[] = []): Promise<void> {
     const from = this.logs.length;
-    const p = this.spawnVfsx('replicate');
+    const p = this.spawnVfsx('replicate', args);
     this.replicators.push(p);
     await waitFor('vfsx replicate to start', () => this.logs.slice(from).some((l) => l.msg === 'vfsx replicating') || p.exitCode !== null);
     if (p.exitCode !== null) throw new Error(`vfsx replicate exited: ${JSON.stringify(this.logs.slice(from))}`);
   }
 
-  private spawnVfsx(command: string): ChildProcess {
+  private spawnVfsx(command: string, args: string[] = []): ChildProcess {
     // VFSX_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") passes options to node for profiling.
     const nodeArgs = (process.env.VFSX_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const p = spawn(process.execPath, [...nodeArgs, VFSX_BIN, command, '--config', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [...nodeArgs, VFSX_BIN, command, '--config', this.configFile, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
     return p;

@@ -1,0 +1,243 @@
+/**
+ * End to end: several DR sites. Each site is a real `vfsx dr-site` in a
+ * network namespace of its own behind a veth link (remote hosts the test
+ * creates and removes); real smbd with the vfsx module, vfsx serve, vfsx
+ * replicate, Redis; encrypted repositories, each with its own passphrase.
+ * Every site has its own queue and progress: one down never holds back
+ * another, and nothing is lost for the one that was down.
+ */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { validateConfig } from '../src/config/load-config';
+import { sitesOf } from '../src/config/schema';
+import { EventBus } from '../src/replication-queue/events';
+import { JournalReader } from '../src/replication-queue/journal-reader';
+import { verifyShare } from '../src/replication-queue/verify';
+import { DrSiteHarness } from './helpers/dr-site-harness';
+import { RandomWorkload, treeDiffers } from './helpers/random-workload';
+import { RedisHarness } from './helpers/redis-harness';
+import { createRemoteHost, RemoteHost } from './helpers/remote-host';
+import { ServiceHarness } from './helpers/service-harness';
+import { SiteMeter } from './helpers/site-meter';
+import { smbclient } from './helpers/smbclient';
+import { SmbdHarness } from './helpers/smbd-harness';
+import { waitFor } from './helpers/wait-for';
+
+const SHARE = 'multi';
+const MiB = 1024 * 1024;
+const OUTAGE_MS = Number(process.env.VFSX_SITE_OUTAGE_MS ?? 60_000);
+
+interface Site {
+  name: string;
+  host: RemoteHost;
+  dr: DrSiteHarness;
+}
+
+let redis: RedisHarness;
+let svc: ServiceHarness;
+let smbd: SmbdHarness;
+let local: string;
+const sites: Site[] = [];
+let seed = Number(process.env.VFSX_SEED ?? Date.now() % 100000);
+/** change -> committed (ms) per site, while `recording`. */
+const latencies = new Map<string, number[]>();
+let recording = false;
+let unsubscribe: (() => Promise<void>) | null = null;
+
+async function startSite(name: string, subnet: number): Promise<Site> {
+  const host = createRemoteHost(1000, `vfsxs${subnet}${process.pid % 1000}`, subnet);
+  try {
+    return { name, host, dr: await DrSiteHarness.start({}, { netns: host.netns, host: host.host }) };
+  } catch (err) {
+    host.remove();
+    throw err;
+  }
+}
+
+const siteEntry = (s: Site) => ({ name: s.name, url: s.dr.replication.siteUrl, token: s.dr.replication.token, passphraseFile: s.dr.replication.passphraseFile });
+
+before(async () => {
+  redis = await RedisHarness.start();
+  sites.push(await startSite('near', 2), await startSite('far', 3));
+  svc = await ServiceHarness.create({
+    redisSocket: redis.socket,
+    extra: { replication: { enabled: true, sites: sites.map(siteEntry), blockSize: 65536, maxBackoffMs: 1000 } },
+  });
+  (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
+  await svc.rewriteConfig();
+  await svc.start();
+  smbd = await SmbdHarness.start([{ name: SHARE, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }]);
+  local = await mkdtemp(join(tmpdir(), 'vfsx-sites-'));
+  const cfg = validateConfig(svc.config);
+  unsubscribe = await EventBus.subscribe(cfg.redis, (e) => {
+    if (!recording || e.type !== 'committed' || e.latencyMs === undefined) return;
+    const site = e.site ?? 'default';
+    if (!latencies.has(site)) latencies.set(site, []);
+    latencies.get(site)?.push(e.latencyMs);
+  });
+});
+
+after(async () => {
+  await unsubscribe?.();
+  await smbd?.destroy();
+  await svc?.destroy();
+  for (const s of sites) {
+    await s.dr.destroy();
+    s.host.remove();
+  }
+  await redis?.stop();
+  if (local) await rm(local, { recursive: true, force: true });
+});
+
+/** Every configured site's queue empty, nothing unpumped or awaiting its outcome. */
+async function drained(timeoutMs = 180_000): Promise<void> {
+  const cfg = validateConfig(svc.config);
+  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
+  try {
+    await waitFor('every site\'s backlog to drain', async () => {
+      const b = await reader.backlog();
+      return b.queued + b.pending + b.unpumped === 0;
+    }, timeoutMs, 200);
+  } finally {
+    await reader.close();
+  }
+}
+
+async function workload(tag: string, ops: number): Promise<void> {
+  const w = new RandomWorkload(++seed, tag, join(local, `rw-${tag}`));
+  w.plan(ops);
+  const res = await w.run(smbd.port, SHARE);
+  assert.deepEqual(await treeDiffers(smbd.sharePath(SHARE), tag, res.expected), [], `seed ${w.seed}: the share does not match the workload's model`);
+  process.stdout.write(`# ${tag}: seed ${w.seed}, ${JSON.stringify(res.counts)}\n`);
+}
+
+/** The site is identical to the share: verify (with content) through the CLI's --site, and a restore from it equals the share. */
+async function identicalAt(s: Site, tag: string): Promise<void> {
+  const v = await svc.cli(['verify', SHARE, '--site', s.name, '--source', smbd.sharePath(SHARE), '--content', '--json']);
+  assert.equal(v.code, 0, `site ${s.name} differs: ${v.stdout.slice(0, 3000)} ${v.stderr.slice(0, 2000)}`);
+  assert.equal(JSON.parse(v.stdout).identical, true);
+  const repo = await s.dr.repo();
+  try {
+    assert.deepEqual(await verifyShare(repo, SHARE, smbd.sharePath(SHARE), { content: true }), [], `site ${s.name}`);
+  } finally {
+    repo.close();
+  }
+  const dest = join(local, `restore-${tag}-${s.name}`);
+  const r = await svc.cli(['restore', SHARE, dest, '--site', s.name, '--json']);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  const diff = spawnSync('diff', ['-r', smbd.sharePath(SHARE), dest], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  assert.equal(diff.status, 0, `site ${s.name}: ${diff.stdout.slice(0, 3000)}${diff.stderr}`);
+  await rm(dest, { recursive: true, force: true });
+}
+
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
+
+test('the random workload converges at both sites while one is stopped; the healthy site keeps its pace', async () => {
+  const [near, far] = sites;
+  // Normal range first: both sites up.
+  latencies.clear();
+  recording = true;
+  await workload('both-up', 600);
+  await drained();
+  recording = false;
+  const normal = latencies.get('near') ?? [];
+  assert.ok(normal.length > 0, 'near committed changes');
+
+  // One site down for the outage; the workload runs meanwhile.
+  await far.dr.stop('SIGKILL');
+  const down = Date.now();
+  latencies.clear();
+  recording = true;
+  await workload('far-down', 2000);
+  // The healthy site catches up on its own while the other is still down.
+  const cfg = validateConfig(svc.config);
+  await waitFor('near to have everything while far is down', async () => {
+    const st = JSON.parse((await svc.cli(['status', '--json'])).stdout);
+    const v = st.sites.find((x: { site: { name: string } }) => x.site.name === 'near');
+    return v.shares.every((s: { backlog: { records: number } }) => s.backlog.records === 0);
+  }, 120_000, 500);
+  recording = false;
+  const during = latencies.get('near') ?? [];
+  await identicalAt(near, 'far-down');
+
+  // Far's backlog waits for it: nothing dropped.
+  const st = JSON.parse((await svc.cli(['status', '--json'])).stdout);
+  const farView = st.sites.find((x: { site: { name: string } }) => x.site.name === 'far');
+  assert.ok(farView.shares.some((s: { backlog: { records: number } }) => s.backlog.records > 0), 'far keeps a backlog while it is down');
+  assert.notEqual(farView.site.state, 'up');
+  assert.match((await svc.cli(['status'])).stdout, /DR site far \(ws:\/\/[^)]+\): (DOWN|CONNECTING)/);
+  const metrics = await (await fetch(`${svc.httpUrl}/metrics`)).text();
+  assert.match(metrics, /vfsx_site_up\{site="far"\} 0/);
+  assert.match(metrics, /vfsx_site_up\{site="near"\} 1/);
+  assert.match(metrics, new RegExp(`vfsx_backlog_records\\{share="${SHARE}",site="far"\\} [1-9]`));
+
+  const p99 = { normal: pct(normal, 0.99), during: pct(during, 0.99) };
+  process.stdout.write(`# near close->committed: both up p50 ${pct(normal, 0.5)} p99 ${p99.normal} ms (${normal.length}); far down p50 ${pct(during, 0.5)} p99 ${p99.during} ms (${during.length})\n`);
+  assert.ok(p99.during <= Math.max(2 * p99.normal, p99.normal + 1500), `near's p99 while far was down: ${p99.during} ms against ${p99.normal} ms with both up`);
+
+  // The rest of the outage, then far comes back and converges.
+  const left = OUTAGE_MS - (Date.now() - down);
+  if (left > 0) await new Promise((r) => setTimeout(r, left));
+  await far.dr.startServer();
+  await drained(240_000);
+  void cfg;
+  await identicalAt(far, 'far-back');
+  await identicalAt(near, 'far-back');
+});
+
+test('a site limited to 2 MiB/s receives at most the limit +10%; the other runs unlimited', async () => {
+  const [near, far] = sites;
+  const set = await svc.cli(['bwlimit', '--site', 'far', '2M', '--json']);
+  assert.equal(set.code, 0, set.stderr);
+  const b = JSON.parse(set.stdout);
+  assert.equal(b.site, 'far');
+  assert.equal(b.limit, 2 * MiB);
+  const meters = { near: new SiteMeter(near.dr.pid as number, near.host.iface), far: new SiteMeter(far.dr.pid as number, far.host.iface) };
+  const cmds = ['mkdir bw'];
+  for (let i = 0; i < 8; i++) {
+    const f = join(local, `bw-${i}.bin`);
+    await writeFile(f, randomBytes(3 * MiB));
+    cmds.push(`put ${f} bw/f${i}.bin`);
+  }
+  const r = await smbclient(smbd.port, SHARE, cmds.join('; '));
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  await drained(120_000);
+  meters.near.stop();
+  meters.far.stop();
+  const farMax = meters.far.maxRate(5000);
+  const nearRate = meters.near.rateAfter(meters.near.samples[0].t);
+  process.stdout.write(`# far (2 MiB/s): max ${(farMax / MiB).toFixed(2)} MiB/s over 5 s; near (no limit): ${(nearRate / MiB).toFixed(1)} MiB/s\n`);
+  assert.ok(farMax <= 2 * MiB * 1.1, `far received ${farMax} B/s over 5 s under a 2 MiB/s limit`);
+  assert.ok(farMax >= 2 * MiB * 0.6, `the limit should bound far's rate: ${farMax} B/s`);
+  assert.ok(nearRate > 2 * MiB * 3, `near is not limited: ${nearRate} B/s`);
+  assert.ok(meters.far.total >= 24 * MiB && meters.near.total >= 24 * MiB, 'both sites received the 24 MiB');
+  await svc.cli(['bwlimit', '--site', 'far', 'config']);
+});
+
+test('a third site added to the running system is brought to identical without pausing the others', async () => {
+  const third = await startSite('third', 4);
+  sites.push(third);
+  (svc.config.replication as { sites: unknown[] }).sites.push(siteEntry(third));
+  await svc.rewriteConfig();
+  latencies.clear();
+  recording = true;
+  // Its own replicator process, as a new systemd unit instance would be; the others keep running.
+  await svc.startReplicator(['--site', 'third']);
+  await workload('third-joins', 600);
+  await waitFor('the third site\'s initial sync', async () => {
+    const st = JSON.parse((await svc.cli(['status', '--json'])).stdout);
+    return st.sites.find((x: { site: { name: string } }) => x.site.name === 'third')?.site.initialSync === 'done';
+  }, 240_000, 1000);
+  await drained(240_000);
+  recording = false;
+  for (const name of ['near', 'far']) assert.ok((latencies.get(name) ?? []).length > 0, `${name} kept committing while the third site was synced`);
+  process.stdout.write(`# while the third site joined: near p99 ${pct(latencies.get('near') ?? [0], 0.99)} ms, far p99 ${pct(latencies.get('far') ?? [0], 0.99)} ms\n`);
+  for (const s of sites) await identicalAt(s, 'three');
+  const list = await svc.cli(['site', 'list', '--json']);
+  assert.deepEqual(JSON.parse(list.stdout).map((x: { name: string }) => x.name), ['near', 'far', 'third']);
+});
