@@ -3,7 +3,7 @@
  * Progress goes to a terminal as one updating line, or as JSON with --json.
  */
 import { execFileSync } from 'node:child_process';
-import type { VfsxConfig } from '../config/schema';
+import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { SiteClient } from '../replication-queue/site-client';
 import { siteOpenerOf } from '../replication-queue/site-opener';
@@ -44,7 +44,7 @@ function shareRoot(share: string, source?: string): string {
 /** Opens the site's repository; only a writing command (resync) may make a new one encrypted. */
 async function connect(config: VfsxConfig, o: DrCommandOptions, writes = false): Promise<SiteClient> {
   const r = config.replication;
-  if (!r.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token is required to reach the DR site');
+  if (!siteNamed(r, o.site).token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token (or the site\'s token) is required to reach the DR site');
   const log = (msg: string, x: object) => process.stderr.write(`${msg} ${JSON.stringify(x)}\n`);
   // What is sent obeys the bandwidth limit the replicator keeps to (a resync is an initial sync).
   const pace = writes ? await bandwidthOf(config, o.site) : undefined;
