@@ -8,7 +8,7 @@
  */
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { EventBus } from '../src/replication-queue/events';
+import { EventBus } from '../src/journal/events';
 import { validateConfig } from '../src/config/load-config';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 import { RedisHarness } from '../test/helpers/redis-harness';

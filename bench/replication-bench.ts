@@ -16,8 +16,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tree } from '../src/native/tree';
-import { restoreShare } from '../src/replication-queue/restore';
-import { SiteSync } from '../src/replication-queue/site-sync';
+import { restoreShare } from '../src/operator/restore';
+import { SiteSync } from '../src/replication/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 import { bigFile, median, mixedTree, ms, settle } from './bench-util';
 

@@ -16,8 +16,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tree } from '../src/native/tree';
-import { SiteSync } from '../src/replication-queue/site-sync';
-import { verifyShare } from '../src/replication-queue/verify';
+import { SiteSync } from '../src/replication/site-sync';
+import { verifyShare } from '../src/replication/verify';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 
 const FILES = 50_000;

@@ -6,7 +6,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { formatRate, parseRate, Schedule } from '../src/config/bwlimit';
-import { Bandwidth } from '../src/replication-queue/bandwidth';
+import { Bandwidth } from '../src/site-link/bandwidth';
 import { validateConfig } from '../src/config/load-config';
 
 test('rates: units are powers of 1024, off is no limit, nonsense is refused', () => {

@@ -14,7 +14,7 @@ import type { VfsxConfig } from '../src/config/schema';
 import type { ChangeRecord } from '../src/ops/change-record';
 import { BATCH, BatchJob, coalesce } from '../src/replication-queue/batch';
 import { JournalPump } from '../src/replication-queue/journal-pump';
-import { JournalReader } from '../src/replication-queue/journal-reader';
+import { JournalReader } from '../src/operator/journal-reader';
 import { ShareOrder } from '../src/replication-queue/share-order';
 import { RedisHarness } from './helpers/redis-harness';
 

@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import Database from 'better-sqlite3';
 import { MetaStore, segmentHash } from '../src/dr-site/meta-store';
-import { blockHash, DrClient, DrRpcError } from '../src/replication-queue/dr-client';
+import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
 import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
 import { waitFor } from './helpers/wait-for';

@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 import IORedis from 'ioredis';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { chromium } from 'playwright-core';
-import type { Status } from '../src/replication-queue/status';
+import type { Status } from '../src/operator/status';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { RandomWorkload } from './helpers/random-workload';
 import { RedisHarness } from './helpers/redis-harness';

@@ -1,7 +1,7 @@
 /** PathLocks: records of related paths keep their order; unrelated ones overlap. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PathLocks } from '../src/replication-queue/path-locks';
+import { PathLocks } from '../src/replication/path-locks';
 
 const tick = () => new Promise((r) => setImmediate(r));
 

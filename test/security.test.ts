@@ -16,9 +16,9 @@ import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { packEntries } from './helpers/dr-site-harness';
 import { Tree } from '../src/native/tree';
-import { blockHash, DrClient, DrRpcError } from '../src/replication-queue/dr-client';
-import { SiteSync } from '../src/replication-queue/site-sync';
-import { verifyShare } from '../src/replication-queue/verify';
+import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
+import { SiteSync } from '../src/replication/site-sync';
+import { verifyShare } from '../src/replication/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
 

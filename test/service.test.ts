@@ -15,7 +15,7 @@ import { OpDispatcher } from '../src/ops/op-dispatcher';
 import { Policy } from '../src/ops/policy';
 import { FrameDecoder } from '../src/protocol/frame-decoder';
 import { formatMessage, parseMessage } from '../src/protocol/message';
-import { Journal } from '../src/replication-queue/journal';
+import { Journal } from '../src/journal/journal';
 import { waitForRecords } from './helpers/journal-client';
 import { RawClient } from './helpers/raw-client';
 import { RedisHarness } from './helpers/redis-harness';

@@ -7,9 +7,9 @@ import { createConnection } from 'node:net';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VfsxConfig } from '../config/schema';
-import { DrClient } from '../replication-queue/dr-client';
-import { repoInfo, RepoInfo, siteOpenerOf } from '../replication-queue/site-opener';
-import { redisHealth } from '../replication-queue/redis-connection';
+import { DrClient } from '../site-link/dr-client';
+import { repoInfo, RepoInfo, siteOpenerOf } from '../site-link/site-opener';
+import { redisHealth } from '../journal/redis-connection';
 
 export interface Check {
   name: string;

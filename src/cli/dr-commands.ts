@@ -5,13 +5,13 @@
 import { execFileSync } from 'node:child_process';
 import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
-import type { SiteClient } from '../replication-queue/site-client';
-import { siteOpenerOf } from '../replication-queue/site-opener';
-import { bandwidthOf } from '../replication-queue/bandwidth';
-import { restoreShare } from '../replication-queue/restore';
-import { SiteSync } from '../replication-queue/site-sync';
+import type { SiteClient } from '../site-link/site-client';
+import { siteOpenerOf } from '../site-link/site-opener';
+import { bandwidthOf } from '../site-link/bandwidth';
+import { restoreShare } from '../operator/restore';
+import { SiteSync } from '../replication/site-sync';
 import { Tree } from '../native/tree';
-import { verifyShare } from '../replication-queue/verify';
+import { verifyShare } from '../replication/verify';
 
 export interface DrCommandOptions {
   json: boolean;

@@ -5,7 +5,7 @@
 import { sitesOf } from '../config/schema';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { JournalReader } from '../replication-queue/journal-reader';
+import { JournalReader } from '../operator/journal-reader';
 
 export interface JournalCommandOptions {
   share?: string;

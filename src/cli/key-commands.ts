@@ -7,8 +7,8 @@ import { readFile } from 'node:fs/promises';
 import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import { wrapMasterKey } from '../repository/key-record';
-import { DrClient } from '../replication-queue/dr-client';
-import { repoInfo, RepoInfo, siteOpenerOf } from '../replication-queue/site-opener';
+import { DrClient } from '../site-link/dr-client';
+import { repoInfo, RepoInfo, siteOpenerOf } from '../site-link/site-opener';
 
 export interface KeyCommandOptions {
   json: boolean;

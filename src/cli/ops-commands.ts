@@ -3,13 +3,13 @@
  * A human table on a terminal, stable JSON (--json) for scripts.
  */
 import type { VfsxConfig } from '../config/schema';
-import { EventBus, VfsxEvent } from '../replication-queue/events';
-import { BandwidthStatus, ShareStatus, Status, StatusReader } from '../replication-queue/status';
+import { EventBus, VfsxEvent } from '../journal/events';
+import { BandwidthStatus, ShareStatus, Status, StatusReader } from '../operator/status';
 import { formatRate, Schedule } from '../config/bwlimit';
 import { siteNamed, sitesOf } from '../config/schema';
-import { bwlimitOverride } from '../replication-queue/bandwidth';
+import { bwlimitOverride } from '../site-link/bandwidth';
 import { dropSite } from '../replication-queue/site-state';
-import { why } from '../replication-queue/why';
+import { why } from '../operator/why';
 
 const age = (s: number) => (s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`);
 const bytes = (n: number) => (n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB` : n < 1 << 30 ? `${(n / (1 << 20)).toFixed(1)} MiB` : `${(n / (1 << 30)).toFixed(2)} GiB`);

@@ -2,7 +2,7 @@
  * A bandwidth limit as configured: a rate in bytes per second, or a
  * timetable of rates by time of day (optionally by weekday), written the
  * way rclone's --bwlimit is: "08:00,512k 18:00,off" or
- * "Mon-08:00,2M Sat-00:00,off". Pacing by it: src/replication-queue/bandwidth.ts.
+ * "Mon-08:00,2M Sat-00:00,off". Pacing by it: src/site-link/bandwidth.ts.
  */
 import { VfsxError } from '../errors/vfsx-error';
 

@@ -300,7 +300,7 @@ export interface VfsxConfig {
     /** Whether a new repository is made encrypted (src/repository). */
     encryption: 'on' | 'off';
     passphraseFile: string;
-    /** Bandwidth limit: a rate or a timetable of rates (src/replication-queue/bandwidth.ts); with several sites, on all of them together. */
+    /** Bandwidth limit: a rate or a timetable of rates (src/site-link/bandwidth.ts); with several sites, on all of them together. */
     bwlimit: string;
     /** Several DR sites (absent: the one of siteUrl/token, named "default"); see sitesOf(). */
     sites?: SiteConfigEntry[];

@@ -26,12 +26,12 @@ import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { logLinkStatus } from './link-status';
-import { journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from './redis-connection';
+import { logLinkStatus } from '../journal/link-status';
+import { journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
 import { BATCH, BatchJob, batchJobId, LONE, REPLICATION_JOB_OPTIONS, rpoMember } from './batch';
 import { ShareOrder } from './share-order';
 import { DEFAULT_SITE, sitesOf } from '../config/schema';
-import { compareIds, entryPairs, nextId } from './stream-ids';
+import { compareIds, entryPairs, nextId } from '../journal/stream-ids';
 
 export interface JournalPumpOptions {
   redis: VfsxConfig['redis'];

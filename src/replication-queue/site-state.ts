@@ -6,7 +6,7 @@
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
-import { queueNameOf, redisOptions, stateKeys } from './redis-connection';
+import { queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
 
 /** Stops feeding `site` and drops its queue and state (not the DR site's data). */
 export async function dropSite(config: Pick<VfsxConfig, 'redis' | 'journal'>, site: string): Promise<{ jobs: number; keys: number }> {

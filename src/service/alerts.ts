@@ -7,8 +7,8 @@
 import { execFile } from 'node:child_process';
 import type { Logger } from 'pino';
 import type { AlertHookConfig, VfsxConfig } from '../config/schema';
-import { ALERT_EVENTS, EventBus, VfsxEvent } from '../replication-queue/events';
-import type { Status } from '../replication-queue/status';
+import { ALERT_EVENTS, EventBus, VfsxEvent } from '../journal/events';
+import type { Status } from '../operator/status';
 
 export interface AlertsOptions {
   config: VfsxConfig;

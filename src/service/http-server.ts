@@ -9,9 +9,9 @@ import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
-import type { EventBus } from '../replication-queue/events';
-import type { Status, StatusReader } from '../replication-queue/status';
-import { why } from '../replication-queue/why';
+import type { EventBus } from '../journal/events';
+import type { Status, StatusReader } from '../operator/status';
+import { why } from '../operator/why';
 import { DASHBOARD_HTML } from './dashboard-page';
 import type { Metrics } from './metrics';
 

@@ -6,8 +6,8 @@
  * adds to in Redis, read at scrape time.
  */
 import { Counter, Gauge, Histogram, MetricObjectWithValues, MetricValueWithName, Registry } from 'prom-client';
-import { COMMIT_LATENCY_BUCKETS } from '../replication-queue/redis-connection';
-import type { ReplicationTotals, Status } from '../replication-queue/status';
+import { COMMIT_LATENCY_BUCKETS } from '../journal/redis-connection';
+import type { ReplicationTotals, Status } from '../operator/status';
 
 export interface ServiceCounters {
   connectionsAccepted: () => number;

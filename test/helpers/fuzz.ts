@@ -18,8 +18,8 @@ import { OP_TABLE, parseArgs } from '../../src/ops/op-table';
 import { encodeFrame, FrameDecoder } from '../../src/protocol/frame-decoder';
 import { formatMessage, parseMessage } from '../../src/protocol/message';
 import { PROTOCOL_VERSION } from '../../src/protocol/reply';
-import { DrClient, DrRpcError } from '../../src/replication-queue/dr-client';
-import { restoreShare } from '../../src/replication-queue/restore';
+import { DrClient, DrRpcError } from '../../src/site-link/dr-client';
+import { restoreShare } from '../../src/operator/restore';
 
 export interface FuzzResult {
   inputs: number;

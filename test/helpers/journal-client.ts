@@ -1,5 +1,5 @@
 /** Reads the journal of a test service with the product's own reader. */
-import { JournalReader } from '../../src/replication-queue/journal-reader';
+import { JournalReader } from '../../src/operator/journal-reader';
 import type { ChangeRecord } from '../../src/ops/change-record';
 import { validateConfig } from '../../src/config/load-config';
 import type { ServiceHarness } from './service-harness';

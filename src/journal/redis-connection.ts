@@ -56,7 +56,7 @@ export interface StateKeys {
   shares: string;
   /** Hash per share: root, lastCommitAt, lastCommitPath, commits, bytesSent, opsPerSec, bytesPerSec. */
   share: (name: string) => string;
-  /** Hash per share: the scrub's state, progress and last passes (src/replication-queue/scrubber.ts). */
+  /** Hash per share: the scrub's state, progress and last passes (src/replication/scrubber.ts). */
   scrub: (name: string) => string;
   /** Sorted set per share: job id -> ms of the change; the oldest member gives the RPO age. */
   rpo: (name: string) => string;

@@ -1,6 +1,6 @@
 /**
  * What the replication engine, verify and restore need of a DR site: the
- * plain client (src/replication-queue/dr-client.ts) or the same calls
+ * plain client (src/site-link/dr-client.ts) or the same calls
  * through an encrypted repository's cipher (sealed-site.ts).
  */
 export interface BlockScope {

@@ -6,10 +6,10 @@ import { JobType, Queue, QueueEvents } from 'bullmq';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { journalKeys, queueNameOf, redisOptions } from './redis-connection';
+import { journalKeys, queueNameOf, redisOptions } from '../journal/redis-connection';
 import { DEFAULT_SITE } from '../config/schema';
-import { recordsOf } from './batch';
-import { entryPairs, heldSummary, nextId } from './stream-ids';
+import { recordsOf } from '../replication-queue/batch';
+import { entryPairs, heldSummary, nextId } from '../journal/stream-ids';
 
 export interface JournalReaderOptions {
   redis: VfsxConfig['redis'];

@@ -7,8 +7,8 @@ import type { Queue } from 'bullmq';
 import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
-import { recordsOf } from './batch';
-import { siteOpenerOf } from './site-opener';
+import { recordsOf } from '../replication-queue/batch';
+import { siteOpenerOf } from '../site-link/site-opener';
 import { Tree } from '../native/tree';
 
 export interface WhyRecord {

@@ -14,10 +14,10 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { ScrubConfig } from '../config/schema';
 import type { Tree } from '../native/tree';
-import type { SiteClient } from './site-client';
-import { EventBus } from './events';
+import type { SiteClient } from '../site-link/site-client';
+import { EventBus } from '../journal/events';
 import { PathLocks } from './path-locks';
-import { StateKeys, stateKeys } from './redis-connection';
+import { StateKeys, stateKeys } from '../journal/redis-connection';
 import { SiteSync, SyncStats } from './site-sync';
 import { Difference, verifyTree } from './verify';
 

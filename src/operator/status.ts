@@ -10,11 +10,11 @@ import { join } from 'node:path';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { journalKeys, queueNameOf, redisOptions, stateKeys } from './redis-connection';
+import { journalKeys, queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
 import { sitesOf } from '../config/schema';
 import { Schedule } from '../config/bwlimit';
-import { parseRpoMember, recordsOf } from './batch';
-import { entryPairs, heldSummary, nextId } from './stream-ids';
+import { parseRpoMember, recordsOf } from '../replication-queue/batch';
+import { entryPairs, heldSummary, nextId } from '../journal/stream-ids';
 
 /** Backlog details (files, bytes) come from this many oldest records; counts are always exact. */
 const SAMPLE = 1000;
@@ -68,7 +68,7 @@ export interface ShareStatus {
   scrub: ScrubStatus;
 }
 
-/** The scheduled scrub of a share (src/replication-queue/scrubber.ts). */
+/** The scheduled scrub of a share (src/replication/scrubber.ts). */
 export interface ScrubStatus {
   state: 'running' | 'idle' | 'never';
   /** The pass running now, or the last one. */

@@ -17,17 +17,17 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { Tree, TreeEntry } from '../native/tree';
-import { BATCH, BatchJob, batchJobId, coalesce, LONE, rangesOf, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from './batch';
-import type { SiteClient } from './site-client';
-import { SiteOpener } from './site-opener';
-import { Bandwidth, SitePace } from './bandwidth';
+import { BATCH, BatchJob, batchJobId, coalesce, LONE, rangesOf, REPLICATION_JOB_OPTIONS, rpoMember, WorkItem } from '../replication-queue/batch';
+import type { SiteClient } from '../site-link/site-client';
+import { SiteOpener } from '../site-link/site-opener';
+import { Bandwidth, SitePace } from '../site-link/bandwidth';
 import { DEFAULT_SITE, SiteConfig, sitesOf } from '../config/schema';
-import { EventBus } from './events';
+import { EventBus } from '../journal/events';
 import { PathLocks } from './path-locks';
-import { COMMIT_LATENCY_BUCKETS, queueNameOf, redisOptions, StateKeys, stateKeys } from './redis-connection';
+import { COMMIT_LATENCY_BUCKETS, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
-import { ShareOrder } from './share-order';
+import { ShareOrder } from '../replication-queue/share-order';
 import { SiteSync, SMALL_FILE } from './site-sync';
 
 export interface ReplicatorOptions {

@@ -17,8 +17,8 @@ import { resolve } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
 import { checkObjectPath } from '../dr-site/object-path';
 import { Tree } from '../native/tree';
-import { DrRpcError } from './dr-client';
-import type { SiteClient } from './site-client';
+import { DrRpcError } from '../site-link/dr-client';
+import type { SiteClient } from '../site-link/site-client';
 
 const writeAsync = promisify(write);
 const fsyncAsync = promisify(fsync);

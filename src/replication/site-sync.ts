@@ -4,8 +4,8 @@
  * share by `vfsx resync`.
  */
 import type { Tree, TreeEntry } from '../native/tree';
-import { DrRpcError } from './dr-client';
-import type { SiteClient } from './site-client';
+import { DrRpcError } from '../site-link/dr-client';
+import type { SiteClient } from '../site-link/site-client';
 import { metaOfEntry, readBlocks, streamBlocks, targetOf } from './source-tree';
 
 interface Head {

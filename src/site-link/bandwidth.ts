@@ -8,7 +8,7 @@ import IORedis from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
 import { siteNamed, type VfsxConfig } from '../config/schema';
-import { redisOptions, stateKeys } from './redis-connection';
+import { redisOptions, stateKeys } from '../journal/redis-connection';
 
 const PIECE = 64 * 1024;
 

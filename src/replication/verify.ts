@@ -11,7 +11,7 @@
  */
 import { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
-import type { SiteClient } from './site-client';
+import type { SiteClient } from '../site-link/site-client';
 import { metaOfEntry, streamBlocks, targetOf } from './source-tree';
 
 export interface Difference {
