@@ -154,12 +154,23 @@ export class JournalPump {
     if (this.lanesAt > 0) this.log.info({ site: name }, 'a DR site joined: its queue gets every change from now on');
   }
 
-  /** Takes up sites registered since the last look (at most once a second). */
+  /**
+   * Takes up sites registered since the last look, and lets go of one
+   * `vfsx site remove` dropped (neither configured nor registered); at most
+   * once a second.
+   */
   private async refreshLanes(): Promise<void> {
     if (Date.now() - this.lanesAt < 1000) return;
-    const names = await this.client.smembers(this.state.sites);
+    const registered = await this.client.smembers(this.state.sites);
     this.lanesAt = Date.now();
-    for (const n of names) this.addLane(n);
+    for (const n of registered) this.addLane(n);
+    const configured = this.opts.replication ? sitesOf(this.opts.replication).map((x) => x.name) : [DEFAULT_SITE];
+    for (const [name, lane] of this.lanes) {
+      if (configured.includes(name) || registered.includes(name)) continue;
+      this.lanes.delete(name);
+      await lane.queue.close().catch(() => undefined);
+      this.log.info({ site: name }, 'a DR site was removed: its queue gets nothing more');
+    }
   }
 
   /** Records still waiting for their outcome (for status and `vfsx journal --pending`). */

@@ -115,12 +115,16 @@ export class DrClient implements SiteClient {
         return;
       }
       // A site that stops answering (frozen, network black hole) must not hold a record forever.
-      const timer = setTimeout(() => {
-        if (!this.pending.delete(id)) return;
-        reject(new Error(`DR site did not answer ${method} within ${REQUEST_TIMEOUT_MS / 1000} s`));
-        this.ws.terminate(); // the link is in an unknown state: start afresh
-      }, REQUEST_TIMEOUT_MS);
-      timer.unref();
+      // Armed once the request is on its way (under a bandwidth limit it may first wait its turn).
+      let timer: NodeJS.Timeout | undefined;
+      const arm = () => {
+        timer = setTimeout(() => {
+          if (!this.pending.delete(id)) return;
+          reject(new Error(`DR site did not answer ${method} within ${REQUEST_TIMEOUT_MS / 1000} s`));
+          this.ws.terminate(); // the link is in an unknown state: start afresh
+        }, REQUEST_TIMEOUT_MS);
+        timer.unref();
+      };
       const settle = {
         resolve: (v: { result: unknown; binary: Buffer[] }) => { clearTimeout(timer); resolve(v); },
         reject: (e: Error) => { clearTimeout(timer); reject(e); },
@@ -130,9 +134,10 @@ export class DrClient implements SiteClient {
         if (err && this.pending.delete(id)) settle.reject(new Error(`cannot send to the DR site: ${err.message}`));
       };
       if (this.pace) {
-        this.sending = this.sending.then(() => this.sendPaced(req, blocks, sent)).catch((err: Error) => sent(err));
+        this.sending = this.sending.then(() => this.sendPaced(req, blocks, sent, arm)).catch((err: Error) => sent(err));
         return;
       }
+      arm();
       if (blocks === undefined) {
         this.ws.send(JSON.stringify(req), sent);
         return;
@@ -152,14 +157,18 @@ export class DrClient implements SiteClient {
   }
 
   /** One request under a bandwidth limit: each piece waits for its bytes' tokens. */
-  private async sendPaced(req: object, blocks: Buffer[] | undefined, sent: (err?: Error) => void): Promise<void> {
+  private async sendPaced(req: object, blocks: Buffer[] | undefined, sent: (err?: Error) => void, arm: () => void): Promise<void> {
     const pace = this.pace as Pacer;
     const open = () => this.ws.readyState === WebSocket.OPEN;
     if (blocks === undefined) {
       const text = JSON.stringify(req);
       await pace.take(Buffer.byteLength(text));
-      if (open()) this.ws.send(text, sent);
-      else sent(new Error('connection closed'));
+      if (!open()) {
+        sent(new Error('connection closed'));
+        return;
+      }
+      arm();
+      this.ws.send(text, sent);
       return;
     }
     const json = Buffer.from(JSON.stringify(req));
@@ -179,6 +188,7 @@ export class DrClient implements SiteClient {
         return;
       }
       const last = i === parts.length - 1;
+      if (last) arm();
       this.ws.send(parts[i], { binary: true, fin: last }, last ? sent : (err) => { if (err) sent(err); });
     }
   }
