@@ -219,6 +219,44 @@ test('a site limited to 2 MiB/s receives at most the limit +10%; the other runs 
   await svc.cli(['bwlimit', '--site', 'far', 'config']);
 });
 
+test('a site limited by a timetable switching mid-run: 1 MiB/s until the next minute, then none; the other runs unlimited', async () => {
+  const [near, far] = sites;
+  // At least 20 s of the limited part: start early enough in a minute.
+  const sec = new Date().getSeconds();
+  if (sec > 40) await new Promise((r) => setTimeout(r, (61 - sec) * 1000));
+  const now = new Date();
+  const next = new Date(now.getTime() + 60_000);
+  const hhmm = (d: Date) => `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+  const switchAt = new Date(next.getFullYear(), next.getMonth(), next.getDate(), next.getHours(), next.getMinutes()).getTime();
+  const set = await svc.cli(['bwlimit', '--site', 'far', `${hhmm(now)},1M ${hhmm(next)},off`, '--json']);
+  assert.equal(set.code, 0, set.stderr);
+  assert.equal(JSON.parse(set.stdout).limit, MiB);
+  const meters = { near: new SiteMeter(near.dr.pid as number, near.host.iface), far: new SiteMeter(far.dr.pid as number, far.host.iface) };
+  // More than the limited part can carry, so the switch happens mid-transfer.
+  const limitedSecs = (switchAt - Date.now()) / 1000;
+  const files = Math.ceil((limitedSecs + 16) / 2);
+  const cmds = ['mkdir tt'];
+  for (let i = 0; i < files; i++) {
+    const f = join(local, `tt-${i}.bin`);
+    await writeFile(f, randomBytes(2 * MiB));
+    cmds.push(`put ${f} tt/f${i}.bin`);
+  }
+  const r = await smbclient(smbd.port, SHARE, cmds.join('; '));
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  await drained(180_000);
+  meters.near.stop();
+  meters.far.stop();
+  const before = meters.far.maxRate(5000, 0, switchAt - 500);
+  const afterSwitch = meters.far.rateAfter(switchAt + 250);
+  const nearMax = meters.near.maxRate(1000);
+  process.stdout.write(`# far by timetable: ${limitedSecs.toFixed(0)} s at 1 MiB/s: max ${(before / MiB).toFixed(2)} MiB/s over 5 s; after the switch ${(afterSwitch / MiB).toFixed(1)} MiB/s; near (no limit): max ${(nearMax / MiB).toFixed(1)} MiB/s over 1 s\n`);
+  assert.ok(before <= MiB * 1.1, `far received ${before} B/s over 5 s under its timetable's 1 MiB/s`);
+  assert.ok(before >= MiB * 0.6, `the timetable's limit should bound far's rate: ${before} B/s`);
+  assert.ok(afterSwitch > MiB * 3, `after the switch to off far's rest went faster: ${afterSwitch} B/s`);
+  assert.ok(nearMax > MiB * 3, `near is not limited: ${nearMax} B/s`);
+  await svc.cli(['bwlimit', '--site', 'far', 'config']);
+});
+
 test('a third site added to the running system is brought to identical without pausing the others', async () => {
   const third = await startSite('third', 4);
   sites.push(third);
