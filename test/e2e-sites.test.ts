@@ -14,9 +14,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateConfig } from '../src/config/load-config';
-import { sitesOf } from '../src/config/schema';
 import { EventBus } from '../src/journal/events';
-import { JournalReader } from '../src/operator/journal-reader';
 import { verifyShare } from '../src/replication/verify';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { RandomWorkload, treeDiffers } from './helpers/random-workload';
@@ -27,6 +25,7 @@ import { SiteMeter } from './helpers/site-meter';
 import { smbclient } from './helpers/smbclient';
 import { SmbdHarness } from './helpers/smbd-harness';
 import { waitFor } from './helpers/wait-for';
+import { drained as drainedAll } from './helpers/replication-stack';
 
 const SHARE = 'multi';
 const MiB = 1024 * 1024;
@@ -94,23 +93,8 @@ after(async () => {
   if (local) await rm(local, { recursive: true, force: true });
 });
 
-/** Every configured site's queue empty, nothing unpumped or awaiting its outcome. */
-async function drained(timeoutMs = 180_000): Promise<void> {
-  const cfg = validateConfig(svc.config);
-  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
-  try {
-    // Empty for a whole second: a report smbd sent as the workload ended may still be on its way into the journal.
-    let since = 0;
-    await waitFor('every site\'s backlog to drain', async () => {
-      const b = await reader.backlog();
-      if (b.queued + b.pending + b.unpumped > 0) since = 0;
-      else if (since === 0) since = Date.now();
-      return since > 0 && Date.now() - since >= 1000;
-    }, timeoutMs, 200);
-  } finally {
-    await reader.close();
-  }
-}
+/** Every site's backlog empty (for a whole second). */
+const drained = (timeoutMs = 180_000) => drainedAll(svc.config, timeoutMs);
 
 async function workload(tag: string, ops: number): Promise<void> {
   const w = new RandomWorkload(++seed, tag, join(local, `rw-${tag}`));
@@ -159,7 +143,6 @@ test('the random workload converges at both sites while one is stopped; the heal
   recording = true;
   await workload('far-down', 2000);
   // The healthy site catches up on its own while the other is still down.
-  const cfg = validateConfig(svc.config);
   await waitFor('near to have everything while far is down', async () => {
     const st = JSON.parse((await svc.cli(['status', '--json'])).stdout);
     const v = st.sites.find((x: { site: { name: string } }) => x.site.name === 'near');
@@ -189,7 +172,6 @@ test('the random workload converges at both sites while one is stopped; the heal
   if (left > 0) await new Promise((r) => setTimeout(r, left));
   await far.dr.startServer();
   await drained(240_000);
-  void cfg;
   await identicalAt(far, 'far-back');
   await identicalAt(near, 'far-back');
 });

@@ -80,20 +80,7 @@ export class ReplicationStack {
   }
 
   async drained(timeoutMs = 60000): Promise<void> {
-    const cfg = validateConfig(this.svc.config);
-    const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
-    try {
-      // Empty for a whole second: a report smbd sent as the workload ended may still be on its way into the journal.
-      let since = 0;
-      await waitFor('the replication backlog to drain', async () => {
-        const b = await reader.backlog();
-        if (b.queued + b.pending + b.unpumped > 0) since = 0;
-        else if (since === 0) since = Date.now();
-        return since > 0 && Date.now() - since >= 1000;
-      }, timeoutMs, 100);
-    } finally {
-      await reader.close();
-    }
+    await drained(this.svc.config, timeoutMs);
   }
 
   /** A random workload of `ops` operations through SMB in its own directory; the share must then match its model. */
@@ -135,5 +122,26 @@ export class ReplicationStack {
     this.remote?.remove();
     await this.redis?.stop();
     await rm(this.local, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Waits until every configured site's queue is empty and nothing is
+ * unpumped or awaiting its outcome, for a whole second: a report smbd sent
+ * as a workload ended may still be on its way into the journal.
+ */
+export async function drained(config: Record<string, unknown>, timeoutMs = 60000): Promise<void> {
+  const cfg = validateConfig(config);
+  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
+  try {
+    let since = 0;
+    await waitFor('the replication backlog to drain', async () => {
+      const b = await reader.backlog();
+      if (b.queued + b.pending + b.unpumped > 0) since = 0;
+      else if (since === 0) since = Date.now();
+      return since > 0 && Date.now() - since >= 1000;
+    }, timeoutMs, 100);
+  } finally {
+    await reader.close();
   }
 }
