@@ -7,12 +7,9 @@
  */
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { ReplicationStack } from './helpers/replication-stack';
 import { SiteMeter } from './helpers/site-meter';
-import { smbclient } from './helpers/smbclient';
+import { putRandomFiles } from './helpers/smbclient';
 
 const MiB = 1024 * 1024;
 const LIMIT = 4 * MiB;
@@ -27,16 +24,7 @@ after(async () => {
 });
 
 /** Puts `n` files of `size` random bytes through SMB into `dir`. */
-async function putFiles(dir: string, n: number, size: number): Promise<void> {
-  const cmds = [`mkdir ${dir}`];
-  for (let i = 0; i < n; i++) {
-    const f = join(stack.local, `${dir}-${i}.bin`);
-    await writeFile(f, randomBytes(size));
-    cmds.push(`put ${f} ${dir}/f${i}.bin`);
-  }
-  const r = await smbclient(stack.smbd.port, stack.share, cmds.join('; '));
-  assert.equal(r.code, 0, r.stdout + r.stderr);
-}
+const putFiles = (dir: string, n: number, size: number) => putRandomFiles(stack.smbd.port, stack.share, stack.local, dir, n, size);
 
 const mb = (b: number) => `${(b / MiB).toFixed(2)} MiB/s`;
 

@@ -9,8 +9,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateConfig } from '../src/config/load-config';
@@ -22,7 +21,7 @@ import { RedisHarness } from './helpers/redis-harness';
 import { createRemoteHost, RemoteHost } from './helpers/remote-host';
 import { ServiceHarness } from './helpers/service-harness';
 import { SiteMeter } from './helpers/site-meter';
-import { smbclient } from './helpers/smbclient';
+import { putRandomFiles } from './helpers/smbclient';
 import { SmbdHarness } from './helpers/smbd-harness';
 import { waitFor } from './helpers/wait-for';
 import { drained as drainedAll } from './helpers/replication-stack';
@@ -184,14 +183,7 @@ test('a site limited to 2 MiB/s receives at most the limit +10%; the other runs 
   assert.equal(b.site, 'far');
   assert.equal(b.limit, 2 * MiB);
   const meters = { near: new SiteMeter(near.dr.pid as number, near.host.iface), far: new SiteMeter(far.dr.pid as number, far.host.iface) };
-  const cmds = ['mkdir bw'];
-  for (let i = 0; i < 8; i++) {
-    const f = join(local, `bw-${i}.bin`);
-    await writeFile(f, randomBytes(3 * MiB));
-    cmds.push(`put ${f} bw/f${i}.bin`);
-  }
-  const r = await smbclient(smbd.port, SHARE, cmds.join('; '));
-  assert.equal(r.code, 0, r.stdout + r.stderr);
+  await putRandomFiles(smbd.port, SHARE, local, 'bw', 8, 3 * MiB);
   await drained(120_000);
   meters.near.stop();
   meters.far.stop();
@@ -221,14 +213,7 @@ test('a site limited by a timetable switching mid-run: 1 MiB/s until the next mi
   // More than the limited part can carry, so the switch happens mid-transfer.
   const limitedSecs = (switchAt - Date.now()) / 1000;
   const files = Math.ceil((limitedSecs + 16) / 2);
-  const cmds = ['mkdir tt'];
-  for (let i = 0; i < files; i++) {
-    const f = join(local, `tt-${i}.bin`);
-    await writeFile(f, randomBytes(2 * MiB));
-    cmds.push(`put ${f} tt/f${i}.bin`);
-  }
-  const r = await smbclient(smbd.port, SHARE, cmds.join('; '));
-  assert.equal(r.code, 0, r.stdout + r.stderr);
+  await putRandomFiles(smbd.port, SHARE, local, 'tt', files, 2 * MiB);
   await drained(180_000);
   meters.near.stop();
   meters.far.stop();
