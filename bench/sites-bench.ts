@@ -60,6 +60,8 @@ async function main(): Promise<void> {
       extra: { journal: {}, replication: { enabled: true, sites: [entry('near', drs[0]), entry('far', drs[1], { bwlimit: FAR_LIMIT })] } },
     });
     (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
+    // The spool scan at its deployed default (the harness scans every 100 ms for tests).
+    Object.assign(svc.config.spool as object, { scanIntervalMs: 1000 });
     await svc.rewriteConfig();
     await svc.start();
     smbd = await SmbdHarness.start([{ name: 'plain' }, { name: 'vfsx', vfsx: { socket: svc.socket, spool: svc.spool } }]);

@@ -49,6 +49,7 @@ struct vfsx_link {
 	bool spool_dirty;	/* written since the last fdatasync */
 	struct tevent_timer *spool_timer;
 	uint32_t verdict_mask;	/* ops that must wait for a verdict */
+	bool folds;		/* the service takes folded reports (hello 3) */
 	uint64_t sent;		/* frames sent on this connection (hello = 1) */
 	size_t rlen;
 	uint8_t rbuf[4096];
@@ -87,10 +88,25 @@ static struct tevent_timer *flush_te;
 static bool flush_due;
 static int gather_ms;
 
+/*
+ * Folding: an async report of an operation that has not finished is held
+ * here (not yet in obuf or the ring) until its outcome, and then goes out
+ * as ONE frame that carries err= (a folded report, when the service said
+ * it takes them), instead of the report and a "done" frame: half the
+ * frames, records and journal entries per change. Anything else sent
+ * meanwhile (a nested report, a verdict request, a flush, a disconnect)
+ * first releases the held report as it is, so frames keep their order;
+ * its "done" then follows as before.
+ */
+static struct vfsx_msg held;
+static uint64_t held_seq;	/* 0: nothing held */
+
 static struct vfsx_link L = {
 	.fd = -1, .spool_fd = -1, .verdict_mask = (1u << VFSX_N_OPS) - 1
 };
 static struct vfsx_msg hello_msg;
+static void release_held(void);
+static void flush_schedule(void);
 /* The policy's rules when simple enough to apply here (from the hello answer). */
 static struct vfsx_rules rules;
 static bool have_rules;
@@ -143,6 +159,7 @@ static void build_hello(void)
 	vfsx_msg_arg_u64(&hello_msg, "pid", (uint64_t)L.pid);
 	vfsx_msg_arg_u64(&hello_msg, "start", L.start);
 	vfsx_msg_arg_str(&hello_msg, "module", VFSX_MODULE_VERSION);
+	vfsx_msg_arg_u64(&hello_msg, "fold", 1);
 	vfsx_msg_end(&hello_msg);
 }
 
@@ -388,6 +405,7 @@ static int take_reply(char *kind, uint64_t *seq, int *err, uint32_t *mask)
 	rc = vfsx_reply_parse(L.rbuf + 4, n, kind, seq, err, &ops, &ops_len);
 	if (rc == 0 && *kind == 'H') {
 		*mask = vfsx_ops_mask(ops, ops_len);
+		L.folds = *seq >= VFSX_PROTO_FOLDS;
 		have_rules = vfsx_rules_parse(ops, ops_len, &rules) == 0;
 	}
 	memmove(L.rbuf, L.rbuf + 4 + n, L.rlen - 4 - n);
@@ -698,6 +716,7 @@ static void flush_gathered(void)
 	int rc;
 
 	flush_due = false;
+	release_held();
 	if (L.fd < 0 || L.state == LINK_DOWN) {
 		return;
 	}
@@ -778,6 +797,7 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
 	bool kept = false;
 	int rc;
 
+	release_held();
 	if (L.state == LINK_DOWN) {
 		vfsx_link_spool(m);
 		return -ENOTCONN;
@@ -825,6 +845,7 @@ void vfsx_link_drain(void)
 {
 	int verdict = 0, rc;
 
+	release_held();
 	if (L.state == LINK_UP && obuf_flush() != 0) {
 		link_fail("flush at disconnect", EPIPE);
 	}
@@ -861,6 +882,7 @@ void vfsx_link_post(struct vfsx_msg *m)
 {
 	int verdict = 0, rc;
 
+	release_held();
 	if (L.state != LINK_UP) {
 		vfsx_link_spool(m);
 		return;
@@ -899,4 +921,51 @@ void vfsx_link_post(struct vfsx_msg *m)
 			link_fail("no memory for unacked frame", -rc);
 		}
 	}
+}
+
+/* Sends the held report as it is (its outcome follows in a "done" frame). */
+static void release_held(void)
+{
+	if (held_seq == 0) {
+		return;
+	}
+	held_seq = 0;
+	vfsx_link_post(&held);
+}
+
+void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq)
+{
+	release_held();
+	if (L.ev != NULL && flush_im == NULL) {
+		flush_im = tevent_create_immediate(NULL);
+	}
+	if (L.state != LINK_UP || !L.folds || flush_im == NULL || seq == 0) {
+		vfsx_link_post(m);
+		return;
+	}
+	held.len = m->len;
+	held.nargs = m->nargs;
+	held.overflow = false;
+	memcpy(held.buf, m->buf, m->len);
+	held_seq = seq;
+	/* Should the outcome never come, the next flush sends it as it is. */
+	flush_schedule();
+}
+
+bool vfsx_link_fold(uint64_t seq, int err)
+{
+	if (held_seq == 0 || held_seq != seq) {
+		return false;
+	}
+	if (held.len + 32 > sizeof(held.buf)) {
+		release_held();
+		return false;
+	}
+	held_seq = 0;
+	vfsx_msg_arg_u64(&held, "err", (uint64_t)err);
+	if (vfsx_msg_end(&held) != 0) {
+		return false; /* cannot happen: room was checked */
+	}
+	vfsx_link_post(&held);
+	return true;
 }

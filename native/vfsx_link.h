@@ -34,6 +34,14 @@ int vfsx_link_ask(struct vfsx_msg *m, uint64_t seq, int timeout_ms,
  * goes to the spool. Spools the frame at once while the link is not up.
  */
 void vfsx_link_post(struct vfsx_msg *m);
+/*
+ * Like vfsx_link_post for the async report of an operation about to run:
+ * the frame may be held until vfsx_link_fold gives its outcome, and then
+ * goes out as one folded frame (report + err=). Returns true when folded;
+ * false: the report was already sent, send a "done" frame as before.
+ */
+void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq);
+bool vfsx_link_fold(uint64_t seq, int err);
 bool vfsx_link_up(void);
 /* The policy's rules, when the service sent them and the link is up; else NULL (ask). */
 const struct vfsx_rules *vfsx_link_rules(void);

@@ -11,6 +11,8 @@
 #include <stdint.h>
 
 #define VFSX_PROTO_VERSION 2
+/* A hello answer of this version or later: the service takes folded reports (docs/protocol.md). */
+#define VFSX_PROTO_FOLDS 3
 #define VFSX_FRAME_MAX 65536	/* payload bytes; the server enforces it too */
 #define VFSX_MAX_RANGES 32
 

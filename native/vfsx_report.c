@@ -183,7 +183,7 @@ int report_ask(struct vfsx_call *c)
 				c->seq);
 			return c->sh->deny ? c->sh->deny_errno : 0;
 		}
-		vfsx_link_post(&g_msg);
+		vfsx_link_hold(&g_msg, c->seq);
 		c->asked = true;
 		return 0;
 	}
@@ -212,7 +212,8 @@ void report_done(struct vfsx_call *c, int ret)
 {
 	int saved = errno;
 
-	if (c->asked) {
+	if (c->asked &&
+	    !vfsx_link_fold(c->seq, ret < 0 ? saved : 0)) {
 		vfsx_msg_begin(&g_msg, c->sh->user, "done", c->sh->origpath);
 		vfsx_msg_arg_u64(&g_msg, "seq", c->seq);
 		vfsx_msg_arg_u64(&g_msg, "err", ret < 0 ? (uint64_t)saved : 0);

@@ -84,6 +84,32 @@ test('a several-MB put records create, then a close whose dirty ranges cover exa
   assert.deepEqual(await readFile(join(share, 'big.bin')), data);
 });
 
+/** vfsx_bridge_frames_total by kind, from the service's /metrics. */
+async function frames(): Promise<Record<string, number>> {
+  const text = await (await fetch(`${svc.httpUrl}/metrics`)).text();
+  return Object.fromEntries([...text.matchAll(/^vfsx_bridge_frames_total\{kind="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+}
+
+test('the reports of a put carry their own outcomes (folded): no separate outcome frames, every record confirmed', async () => {
+  await writeFile(join(local, 'fold.bin'), randomBytes(4096));
+  const before = await frames();
+  // A new smbd process: its first report (the mkdir) waits for the hello's answer and asks, so one "done" follows it;
+  // then the link is up and the policy known, and the two puts' reports go out folded.
+  await smb(`mkdir folddir; put ${join(local, 'fold.bin')} folddir/a.bin; put ${join(local, 'fold.bin')} folddir/b.bin`);
+  const recs = [
+    ...await recordsFor('folddir/a.bin', (r) => r.some((x) => x.op === 'close')),
+    ...await recordsFor('folddir/b.bin', (r) => r.some((x) => x.op === 'close')),
+  ];
+  const after = await frames();
+  assert.equal(recs.filter((r) => r.op === 'create').length, 2, JSON.stringify(ops(recs)));
+  for (const r of recs) assert.equal(r.outcome, 'confirmed', `${r.op} ${r.outcome}`);
+  const delta = (k: string) => after[k] - before[k];
+  assert.ok(delta('report') >= recs.length + 1, `reports ${delta('report')} for ${recs.length} records and the mkdir`);
+  assert.equal(delta('outcome'), 1, `outcome frames: ${JSON.stringify({ before, after })}`);
+  // Every report of the puts but the closes (which always carry their outcome) arrived folded (so did the directory's attribute).
+  assert.ok(delta('folded') >= recs.filter((r) => r.op !== 'close').length, `folded frames: ${JSON.stringify({ before, after })}`);
+});
+
 test('overwrite, write at end (append), write in the middle and truncate each record what changed', async () => {
   const first = randomBytes(3000);
   await writeFile(join(local, 'f.bin'), first);

@@ -106,6 +106,27 @@ test('a failed outcome is not queued for replication', async () => {
   c.close();
 });
 
+test('folded reports carry their own outcome: confirmed or failed at once, never paired with a done; only async ones may', async () => {
+  const c = await RawClient.connect(svc.socket);
+  // A module that offers folding is told the service takes it (hello 3); one that does not gets hello 2 (next test).
+  const start = await startTime(process.pid);
+  assert.equal(await c.hello(process.pid, start, [['fold', 1]]), 'hello:3:');
+  c.send(formatMessage('gil', 'mkdir', '/srv/share', [['seq', 1], ['share', 'sh'], ['path', 'folded-ok'], ['mode', '755'], ['async', 1], ['err', 0]]));
+  c.send(formatMessage('gil', 'unlink', '/srv/share', [['seq', 2], ['share', 'sh'], ['path', 'folded-failed'], ['async', 1], ['err', 2]]));
+  // Waiting for a verdict means the operation has not run: an outcome there is malformed (EINVAL), nothing recorded.
+  assert.equal(await c.ask('gil', 'rename', [['seq', 3], ['share', 'sh'], ['path', 'folded-bad'], ['to', 'x'], ['err', 0]]), 'fail:3:22');
+  c.send(formatMessage('gil', 'mkdir', '/srv/share', [['seq', 4], ['share', 'sh'], ['path', 'folded-last'], ['mode', '755'], ['async', 1], ['err', 0]]));
+  await c.waitAcked(5);
+  const recs = await waitForRecords(svc, 'folded-last', (r) => r.some((x) => x.names.path === 'folded-last'));
+  const ok = recs.find((x) => x.names.path === 'folded-ok');
+  assert.equal(ok?.outcome, 'confirmed');
+  assert.equal(ok?.errno, undefined);
+  // Queued for replication at once (confirmed), not after an outcome or a reconcile; the failed and the malformed never.
+  assert.equal(recs.some((x) => x.names.path === 'folded-failed' || x.names.path === 'folded-bad'), false);
+  assert.equal(svc.logs.some((l) => l.msg === 'reconciling a record without outcome' && l.id === `${process.pid}-${start}-1`), false);
+  c.close();
+});
+
 test('while Redis is down the service answers unavailable at once, and records again after Redis returns', async () => {
   const c = await RawClient.connect(svc.socket);
   await c.hello(process.pid, await startTime(process.pid));

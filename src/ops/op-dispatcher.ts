@@ -12,7 +12,7 @@
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
 import { BridgeMessage } from '../protocol/message';
-import { encodeHelloReply, encodeVerdict, PROTOCOL_VERSION, Verdict } from '../protocol/reply';
+import { encodeHelloReply, encodeVerdict, PROTOCOL_FOLDS, PROTOCOL_VERSION, Verdict } from '../protocol/reply';
 import { ChangeRecord, ChangeSink } from './change-record';
 import { OP_TABLE, parseArgs } from './op-table';
 import { Policy } from './policy';
@@ -88,7 +88,7 @@ export class OpDispatcher {
       return NONE;
     }
     if (msg.args.has('async') || !live) {
-      this.checkAsync(session, rec);
+      this.checkAsync(session, rec, msg);
       return { reply: null, durable: this.write(rec), later: null };
     }
     const denied = this.deny(rec);
@@ -121,7 +121,8 @@ export class OpDispatcher {
     const pid = uintArg(msg, 'pid');
     session.pid = pid;
     session.instance = `${pid}-${uintArg(msg, 'start')}`;
-    return encodeHelloReply(PROTOCOL_VERSION, this.verdictOps, this.localRules);
+    const folds = msg.args.get('fold')?.toString('latin1') === '1';
+    return encodeHelloReply(folds ? PROTOCOL_FOLDS : PROTOCOL_VERSION, this.verdictOps, this.localRules);
   }
 
   private write(rec: ChangeRecord, urgent = false): Promise<void> {
@@ -129,8 +130,10 @@ export class OpDispatcher {
   }
 
   /** An async report the policy would deny means module and service disagree: say so loudly. */
-  private checkAsync(session: BridgeSession, rec: ChangeRecord): void {
-    if (session.source !== 'live' || this.policy.empty || rec.outcome !== 'pending') return;
+  private checkAsync(session: BridgeSession, rec: ChangeRecord, msg: BridgeMessage): void {
+    // A folded report (pre-phase op with its outcome) is checked like a pending one; it did not fail.
+    const asked = rec.outcome === 'pending' || (rec.outcome === 'confirmed' && OP_TABLE.get(rec.op)?.phase === 'pre' && msg.args.has('err'));
+    if (session.source !== 'live' || this.policy.empty || !asked) return;
     const d = this.policy.evaluate(this.policyInput(rec));
     if (d !== null) {
       this.log.error({ rule: d.rule, op: rec.op, names: rec.names }, 'async report of an operation the policy denies');
@@ -158,6 +161,10 @@ export class OpDispatcher {
       const h = OP_TABLE.get(msg.op);
       if (h === undefined) throw new VfsxError('VFSX_ERR_OPS_UNKNOWN_OP', `unknown operation ${msg.op}`);
       const parsed = parseArgs(h, msg.args);
+      if (h.phase === 'pre' && parsed.err !== undefined && !msg.args.has('async')) {
+        // Only a report nobody waits for may carry its outcome: a verdict is asked before the operation runs.
+        throw new VfsxError('VFSX_ERR_OPS_BAD_ARGS', `${msg.op}: err on a report that waits for a verdict`);
+      }
       const share = msg.args.get('share');
       if (share === undefined || share.length === 0) {
         throw new VfsxError('VFSX_ERR_OPS_BAD_ARGS', `${msg.op}: missing share`);
@@ -179,6 +186,8 @@ export class OpDispatcher {
         source: session.source,
       };
       if (parsed.ranges) rec.ranges = parsed.ranges;
+      // A folded report carries its own outcome (err=): nothing to pair it with later.
+      if (parsed.err !== undefined) rec.outcome = 'confirmed';
       if (parsed.err) {
         rec.errno = parsed.err;
         rec.outcome = 'failed';

@@ -26,7 +26,8 @@ export interface ParsedArgs {
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 function handler(op: string, phase: Phase, required: OpHandler['required'], optional: OpHandler['optional'] = {}): OpHandler {
-  return { op, phase, required, optional: { stream: 'name', ...optional } };
+  // err: a pre-phase report may carry its outcome (a folded report, docs/protocol.md).
+  return { op, phase, required, optional: { stream: 'name', ...(phase === 'pre' ? { err: 'uint' as const } : {}), ...optional } };
 }
 
 const times = { atime: 'time', mtime: 'time', ctime: 'time', btime: 'time' } as const;

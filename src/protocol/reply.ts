@@ -4,6 +4,12 @@
 import { encodeFrame } from './frame-decoder';
 
 export const PROTOCOL_VERSION = 2;
+/**
+ * The hello answer's version to a module that offers folded reports
+ * (`fold=1`): a report that carries its own outcome (`err=`) instead of a
+ * later "done" frame. Modules that do not offer it get PROTOCOL_VERSION.
+ */
+export const PROTOCOL_FOLDS = 3;
 
 export type Verdict =
   | { kind: 'transparent' }

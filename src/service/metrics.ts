@@ -11,6 +11,8 @@ import type { ReplicationTotals, Status } from '../operator/status';
 
 export interface ServiceCounters {
   connectionsAccepted: () => number;
+  /** Frames received from smbd, by kind. */
+  frames: () => { reports: number; folded: number; outcomes: number };
   connections: () => number;
   spoolFilesIngested: () => number;
   /** The commit-latency hash (see StateKeys.latency), or null when it cannot be read. */
@@ -85,6 +87,16 @@ export class Metrics {
     const conns = g('vfsx_bridge_connections', 'smbd processes connected to the socket.');
     new Counter({ name: 'vfsx_spool_files_ingested_total', help: 'Spool files ingested by this service.', registers: [r], collect() { this.reset(); this.inc(counters.spoolFilesIngested()); } });
     new Counter({ name: 'vfsx_bridge_connections_accepted_total', help: 'smbd connections accepted by this service.', registers: [r], collect() { this.reset(); this.inc(counters.connectionsAccepted()); } });
+    new Counter({
+      name: 'vfsx_bridge_frames_total', help: 'Frames received from smbd: reports (folded: reports that carry their outcome) and separate outcomes.', labelNames: ['kind'], registers: [r],
+      collect() {
+        this.reset();
+        const f = counters.frames();
+        this.inc({ kind: 'report' }, f.reports);
+        this.inc({ kind: 'folded' }, f.folded);
+        this.inc({ kind: 'outcome' }, f.outcomes);
+      },
+    });
     let totals: ReplicationTotals | null = null;
     const repl = (name: string, help: string, pick: (s: ReplicationTotals) => number) =>
       new Counter({ name, help, registers: [r], collect() { this.reset(); if (totals) this.inc(pick(totals)); } });

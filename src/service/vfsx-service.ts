@@ -53,6 +53,7 @@ export class VfsxService {
     // Scrapes are rare and must be exact: a fresh read each.
     this.metrics = new Metrics(() => this.freshStatus(), {
       connectionsAccepted: () => this.server.accepted,
+      frames: () => this.server.frames,
       connections: () => this.server.connections.size,
       spoolFilesIngested: () => this.spool.files,
       commitLatency: () => this.status.commitLatency().catch(() => null),

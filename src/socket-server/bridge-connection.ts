@@ -19,6 +19,15 @@ export interface BridgeConnectionOptions {
   onClose: (conn: BridgeConnection) => void;
   /** Seconds from a report's frame to its verdict being written (reports that wait for one). */
   observeVerdict?: (seconds: number) => void;
+  /** Frames received, by kind (shared by every connection of a server). */
+  frames?: FrameCounts;
+}
+
+/** Frames received from smbd: reports (folded ones, which carry their outcome, also count as folded) and outcomes ("done"). */
+export interface FrameCounts {
+  reports: number;
+  folded: number;
+  outcomes: number;
 }
 
 /** Acknowledgements go out at most this often per connection... */
@@ -33,6 +42,7 @@ export class BridgeConnection {
   private readonly decoder: FrameDecoder;
   private readonly log: Logger;
   private readonly observeVerdict?: (seconds: number) => void;
+  private readonly frames?: FrameCounts;
   private closed = false;
   /** Frames received (the hello is frame 1): what "ack:N" counts. */
   messages = 0;
@@ -49,6 +59,7 @@ export class BridgeConnection {
     this.decoder = new FrameDecoder({ maxFrameBytes: options.maxFrameBytes });
     this.log = options.logger;
     this.observeVerdict = options.observeVerdict;
+    this.frames = options.frames;
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('error', (err) => this.log.debug({ err }, 'connection error'));
     this.socket.on('close', () => {
@@ -86,6 +97,13 @@ export class BridgeConnection {
       return;
     }
     const index = this.messages;
+    if (this.frames && index > 1) {
+      if (msg.op === 'done') this.frames.outcomes++;
+      else {
+        this.frames.reports++;
+        if (msg.args.has('async') && msg.args.has('err') && msg.op !== 'close' && msg.op !== 'fsync') this.frames.folded++;
+      }
+    }
     const t0 = this.observeVerdict && index > 1 ? performance.now() : 0;
     let r: DispatchResult;
     try {

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
 import { peerCred } from '../native/addon';
 import type { OpDispatcher } from '../ops/op-dispatcher';
-import { BridgeConnection } from './bridge-connection';
+import { BridgeConnection, FrameCounts } from './bridge-connection';
 
 export interface SocketServerOptions {
   path: string;
@@ -47,6 +47,8 @@ export class SocketServer {
   readonly connections = new Set<BridgeConnection>();
   refused = 0;
   accepted = 0;
+  /** Frames received on every connection so far. */
+  readonly frames: FrameCounts = { reports: 0, folded: 0, outcomes: 0 };
 
   constructor(options: SocketServerOptions) {
     this.opts = options;
@@ -99,6 +101,7 @@ export class SocketServer {
       socket,
       dispatcher: this.opts.dispatcher,
       maxFrameBytes: this.opts.maxFrameBytes,
+      frames: this.frames,
       logger: this.log.child({ peer: { pid: cred.pid, uid: cred.uid } }),
       onClose: (c) => this.connections.delete(c),
       observeVerdict: this.opts.observeVerdict,

@@ -46,8 +46,9 @@ export class RawClient {
     this.socket.write(bytes);
   }
 
-  hello(pid: number, start: number): Promise<string | null> {
-    this.send(formatMessage('root', 'hello', '', [['proto', PROTOCOL_VERSION], ['pid', pid], ['start', start]]));
+  /** extra: more hello arguments, e.g. [['fold', 1]] (the module offers folded reports). */
+  hello(pid: number, start: number, extra: Array<[string, string | number]> = []): Promise<string | null> {
+    this.send(formatMessage('root', 'hello', '', [['proto', PROTOCOL_VERSION], ['pid', pid], ['start', start], ...extra]));
     return this.next();
   }
 
