@@ -3,8 +3,10 @@
  * the module's own encoder (native/vfsx_msg.c), a blocking Unix socket,
  * poll() for the answer. No Samba needed.
  *
- *   verdict_rtt client SOCKET N   hello, then N create reports that wait
- *                                 for their verdict (every other one strict),
+ *   verdict_rtt client SOCKET N [plain]
+ *                                 hello, then N create reports that wait
+ *                                 for their verdict (every other one strict,
+ *                                 unless "plain"),
  *                                 each followed by its "done" as the module
  *                                 sends it; prints one JSON line of latencies
  *                                 in microseconds: {"plain":[..],"strict":[..]}
@@ -17,6 +19,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +96,7 @@ static double now_us(void)
 	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
-static int client(const char *path, int n)
+static int client(const char *path, int n, bool with_strict)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uint8_t reply[512];
@@ -125,7 +128,7 @@ static int client(const char *path, int n)
 		vfsx_msg_arg_str(&m, "path", name);
 		vfsx_msg_arg_str(&m, "flags", "cx");
 		vfsx_msg_arg_oct(&m, "mode", 0644);
-		if (i % 2 == 0) {
+		if (with_strict && i % 2 == 0) {
 			vfsx_msg_arg_u64(&m, "strict", 1);
 		}
 		vfsx_msg_end(&m);
@@ -217,8 +220,8 @@ static int echo(const char *path)
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && strcmp(argv[1], "client") == 0) {
-		return client(argv[2], atoi(argv[3]));
+	if ((argc == 4 || argc == 5) && strcmp(argv[1], "client") == 0) {
+		return client(argv[2], atoi(argv[3]), argc == 4 || strcmp(argv[4], "plain") != 0);
 	}
 	if (argc == 3 && strcmp(argv[1], "echo") == 0) {
 		return echo(argv[2]);
