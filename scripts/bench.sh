@@ -9,6 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 bash scripts/setup.sh
 node dist/bench/bench.js
+node dist/bench/module-bench.js # diagnostic: the module alone, against a C stand-in for the service
 node dist/bench/sites-bench.js
 node dist/bench/replication-bench.js
 node dist/bench/commit-latency-bench.js
