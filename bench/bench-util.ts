@@ -34,3 +34,11 @@ export function mixedTree(src: string): number {
   for (let i = 0; i < 4; i++) bigFile(join(src, `large${i}.bin`), 64);
   return (2000 * 4096 + 4 * 64 * 2 ** 20) / 2 ** 20;
 }
+
+/** Compiles bench/frame_peer.c (a C client, echo or service stand-in on the bridge socket) into dir. */
+export function buildFramePeer(dir: string): string {
+  const bin = join(dir, 'frame_peer');
+  execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-o', bin, join(__dirname, '../../bench/frame_peer.c'),
+    join(__dirname, '../../native/vfsx_msg.c'), '-lpthread']);
+  return bin;
+}

@@ -12,6 +12,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BenchClient } from './bench-client';
+import { buildFramePeer } from './bench-util';
 import { createRemoteHost } from '../test/helpers/remote-host';
 import { validateConfig } from '../src/config/load-config';
 import { EventBus } from '../src/journal/events';
@@ -213,8 +214,8 @@ async function main(): Promise<void> {
       return;
     }
     // Verdict latency as smbd sees it: a C client with the module's own encoder and a blocking socket
-    // (bench/verdict_rtt.c), sequential create reports the policy judges, every other one strict.
-    const rttBin = buildVerdictRtt(local);
+    // (bench/frame_peer.c), sequential create reports the policy judges, every other one strict.
+    const rttBin = buildFramePeer(local);
     await verdictRtt(rttBin, svc.socket, 3000); // a running service is warm (JIT)
     const measured = await verdictRtt(rttBin, svc.socket, 20000);
     const lat = measured.plain;
@@ -267,14 +268,6 @@ async function main(): Promise<void> {
     remote?.remove();
     await rm(local, { recursive: true, force: true });
   }
-}
-
-/** Compiles bench/verdict_rtt.c with the module's encoder. */
-function buildVerdictRtt(dir: string): string {
-  const bin = join(dir, 'verdict_rtt');
-  const src = join(__dirname, '../../bench/verdict_rtt.c');
-  execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-o', bin, src, join(__dirname, '../../native/vfsx_msg.c')]);
-  return bin;
 }
 
 /** n verdict round trips through the socket; latencies in microseconds, plain and strict reports. */
@@ -360,7 +353,7 @@ function printReport(rows: Row[], j: { p50: number; p99: number; strictP50: numb
     'applies itself, so nothing waits for the service. vfsx strict: vfsx:strict = yes, every create and rename waits',
     'for its verdict, and the verdict for the durable record in Redis. The journal rows measure the service\'s',
     'verdict path directly: the latency rows with a C client that encodes and waits as the module does',
-    '(bench/verdict_rtt.c, 10,000 round trips of each kind) when the policy is not simple enough for the module;',
+    '(bench/frame_peer.c, 10,000 round trips of each kind) when the policy is not simple enough for the module;',
     'the ingest rows with Node clients, many connections at once.');
   process.stdout.write(out.join('\n') + '\n');
 }

@@ -1,6 +1,6 @@
 /**
  * Diagnostic, not the deployed system (that is bench.ts): the vfsx module's
- * own cost in smbd. The vfsx share talks to bench/service_sink.c, a C
+ * own cost in smbd. The vfsx share talks to bench/frame_peer.c sink, a C
  * stand-in for `vfsx serve` that answers the hello with the README policy's
  * rules (as serve would, folded reports on), acknowledges everything and
  * records nothing. Side by side with a plain share on the same smbd, rounds
@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { Policy } from '../src/ops/policy';
 import { encodeHelloReply, PROTOCOL_FOLDS } from '../src/protocol/reply';
 import { SMB_PASS, SMB_USER, SmbdHarness } from '../test/helpers/smbd-harness';
+import { buildFramePeer } from './bench-util';
 
 const ROUNDS = Number(process.env.VFSX_BENCH_ROUNDS ?? 3);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -34,13 +35,12 @@ function smbclient(port: number, share: string, cmds: string): Promise<number> {
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'vfsx-modbench-'));
-  const bin = join(dir, 'service_sink');
-  execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-o', bin, join(__dirname, '../../bench/service_sink.c'), '-lpthread']);
+  const bin = buildFramePeer(dir);
   // The hello answer serve gives a folding module under the README's policy.
   const policy = new Policy([{ name: 'ransomware', action: 'deny', errno: 'EACCES', ops: ['create', 'rename'], extensions: ['.locked', '.crypt'] }]);
   const hello = encodeHelloReply(PROTOCOL_FOLDS, policy.verdictOps(), policy.localRules()).subarray(4).toString('latin1');
   const socket = join(dir, 'sink.sock');
-  const sink = spawn(bin, [socket, hello], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sink = spawn(bin, ['sink', socket, hello], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise((r) => sink.stdout?.once('data', r));
   await mkdir(join(dir, 'spool'));
   const smbd = await SmbdHarness.start([{ name: 'plain' }, { name: 'vfsx', vfsx: { socket, spool: join(dir, 'spool') } }]);
@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   process.stdout.write([
     `The module alone, measured ${new Date().toISOString().slice(0, 10)} on ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ` +
       `${Math.round(totalmem() / 2 ** 30)} GiB RAM, ${samba}: the vfsx share's service is a C stand-in that records nothing ` +
-      `(bench/service_sink.c); medians of ${ROUNDS} interleaved rounds.`,
+      `(bench/frame_peer.c sink); medians of ${ROUNDS} interleaved rounds.`,
     '',
     '| workload | plain share | vfsx, service stand-in | vfsx / plain |',
     '|---|---|---|---|',

@@ -954,18 +954,23 @@ void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq)
 
 bool vfsx_link_fold(uint64_t seq, int err)
 {
-	if (held_seq == 0 || held_seq != seq) {
+	size_t len = held.len;
+	unsigned nargs = held.nargs;
+
+	if (seq == 0 || held_seq != seq) {
 		return false;
 	}
-	if (held.len + 32 > sizeof(held.buf)) {
+	vfsx_msg_arg_u64(&held, "err", (uint64_t)err);
+	if (vfsx_msg_end(&held) != 0) {
+		/* no room for err= in this frame: send it as it is, "done" follows */
+		held.len = len;
+		held.nargs = nargs;
+		held.overflow = false;
+		vfsx_msg_end(&held);
 		release_held();
 		return false;
 	}
 	held_seq = 0;
-	vfsx_msg_arg_u64(&held, "err", (uint64_t)err);
-	if (vfsx_msg_end(&held) != 0) {
-		return false; /* cannot happen: room was checked */
-	}
 	vfsx_link_post(&held);
 	return true;
 }

@@ -14,7 +14,7 @@ import { VfsxError } from '../errors/vfsx-error';
 import { BridgeMessage } from '../protocol/message';
 import { encodeHelloReply, encodeVerdict, PROTOCOL_FOLDS, PROTOCOL_VERSION, Verdict } from '../protocol/reply';
 import { ChangeRecord, ChangeSink } from './change-record';
-import { OP_TABLE, parseArgs } from './op-table';
+import { isFolded, OP_TABLE, parseArgs } from './op-table';
 import { Policy } from './policy';
 
 const EINVAL = 22;
@@ -132,7 +132,7 @@ export class OpDispatcher {
   /** An async report the policy would deny means module and service disagree: say so loudly. */
   private checkAsync(session: BridgeSession, rec: ChangeRecord, msg: BridgeMessage): void {
     // A folded report (pre-phase op with its outcome) is checked like a pending one; it did not fail.
-    const asked = rec.outcome === 'pending' || (rec.outcome === 'confirmed' && OP_TABLE.get(rec.op)?.phase === 'pre' && msg.args.has('err'));
+    const asked = rec.outcome === 'pending' || (rec.outcome === 'confirmed' && isFolded(msg.op, msg.args));
     if (session.source !== 'live' || this.policy.empty || !asked) return;
     const d = this.policy.evaluate(this.policyInput(rec));
     if (d !== null) {
@@ -161,7 +161,7 @@ export class OpDispatcher {
       const h = OP_TABLE.get(msg.op);
       if (h === undefined) throw new VfsxError('VFSX_ERR_OPS_UNKNOWN_OP', `unknown operation ${msg.op}`);
       const parsed = parseArgs(h, msg.args);
-      if (h.phase === 'pre' && parsed.err !== undefined && !msg.args.has('async')) {
+      if (isFolded(msg.op, msg.args) && !msg.args.has('async')) {
         // Only a report nobody waits for may carry its outcome: a verdict is asked before the operation runs.
         throw new VfsxError('VFSX_ERR_OPS_BAD_ARGS', `${msg.op}: err on a report that waits for a verdict`);
       }

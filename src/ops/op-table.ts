@@ -114,6 +114,11 @@ function convert(op: string, key: string, kind: ArgKind, v: Buffer, out: ParsedA
   else out.args[key] = s;
 }
 
+/** A folded report: a before-phase operation's report that carries its own outcome (err=; docs/protocol.md). */
+export function isFolded(op: string, args: Map<string, Buffer>): boolean {
+  return OP_TABLE.get(op)?.phase === 'pre' && args.has('err');
+}
+
 /** Validates the arguments of one report against its handler. */
 export function parseArgs(h: OpHandler, args: Map<string, Buffer>): ParsedArgs {
   const out: ParsedArgs = { names: {}, args: {} };

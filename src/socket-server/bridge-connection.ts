@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
 import type { BridgeSession, DispatchResult, OpDispatcher } from '../ops/op-dispatcher';
+import { isFolded } from '../ops/op-table';
 import { FrameDecoder } from '../protocol/frame-decoder';
 import { parseMessage } from '../protocol/message';
 import { encodeAck } from '../protocol/reply';
@@ -101,7 +102,7 @@ export class BridgeConnection {
       if (msg.op === 'done') this.frames.outcomes++;
       else {
         this.frames.reports++;
-        if (msg.args.has('async') && msg.args.has('err') && msg.op !== 'close' && msg.op !== 'fsync') this.frames.folded++;
+        if (isFolded(msg.op, msg.args)) this.frames.folded++;
       }
     }
     const t0 = this.observeVerdict && index > 1 ? performance.now() : 0;
