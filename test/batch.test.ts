@@ -121,11 +121,11 @@ test('ShareOrder: a batch whose job never came (the pump died in between) is ski
 });
 
 /** A pump over its own prefix, with the given settle window and batch size. */
-function pumpFor(prefix: string, settleMs: number, batchMax: number): { pump: JournalPump; cfg: VfsxConfig } {
+function pumpFor(prefix: string, settleMs: number, batchMax: number, more: { enabled?: boolean; keepRecords?: number } = {}): { pump: JournalPump; cfg: VfsxConfig } {
   const cfg = validateConfig({
     redis: { path: redis.socket, prefix },
-    journal: { pumpIntervalMs: 0, sweepIntervalMs: 60_000 },
-    replication: { settleMs, batchMax },
+    journal: { pumpIntervalMs: 0, sweepIntervalMs: 60_000, ...(more.keepRecords === undefined ? {} : { keepRecords: more.keepRecords }) },
+    replication: { enabled: more.enabled ?? true, settleMs, batchMax },
   });
   const pump = new JournalPump({ redis: cfg.redis, journal: cfg.journal, replication: cfg.replication, logger: pino({ level: 'silent' }) });
   return { pump, cfg };
@@ -195,5 +195,43 @@ test('the pump queues full batches at once; records it held when it stopped are 
     assert.equal(await held(), 0);
   } finally {
     await b.pump.close();
+  }
+});
+
+test('with replication off the pump queues nothing, keeps only the newest journal.keepRecords records, and marks sites fed before for a full sync', async () => {
+  // A site fed before replication was turned off.
+  await conn.sadd('p3:state:sites', 'default');
+  await conn.hset('p3:state:site', 'createdAt', Date.now());
+  const { pump, cfg } = pumpFor('p3', 0, 500, { enabled: false, keepRecords: 5 });
+  const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+  pump.start();
+  try {
+    await until('the site marked for a full sync', async () => (await conn.hget('p3:state:site', 'initialSync')) === 'pending');
+    const recs = Array.from({ length: 8 }, (_, i) => rec('mkdir', `k${i}`));
+    await append('p3', recs.slice(0, 3));
+    await until('the first records kept', async () => (await reader.queued()).length === 3);
+    await append('p3', recs.slice(3));
+    await until('the cap', async () => (await reader.queued()).at(-1)?.names.path === 'k7');
+    assert.deepEqual((await reader.queued()).map((r) => r.names.path), ['k3', 'k4', 'k5', 'k6', 'k7'], 'the newest five, oldest first');
+    assert.equal(await conn.llen('p3:recent-ops'), 5);
+    assert.deepEqual(await batchJobs('p3'), [], 'no job: no replicator would ever take it');
+    const left = await conn.keys('p3:*');
+    // (p3:journal:meta comes from the probes' own Queue objects.)
+    assert.deepEqual(left.filter((k) => /:(rpo|order)/.test(k) || k.startsWith('p3:journal:') && !/:(cursor|meta)$/.test(k)), [], 'no RPO, order or queue keys');
+    assert.equal((await reader.backlog()).queued, 0, 'nothing counts as backlog');
+  } finally {
+    await pump.close();
+    await reader.close();
+  }
+  // Turned on: changes are queued again, and what was kept while off is history, not backlog.
+  const on = pumpFor('p3', 0, 500);
+  on.pump.start();
+  try {
+    await append('p3', [rec('mkdir', 'after')]);
+    await until('a batch', async () => (await batchJobs('p3')).length === 1);
+    assert.deepEqual(await batchJobs('p3'), [{ seq: 1, paths: ['after'] }]);
+    assert.equal(await conn.exists('p3:recent-ops'), 0);
+  } finally {
+    await on.pump.close();
   }
 });

@@ -61,6 +61,7 @@ export const configSchema = {
         pumpIntervalMs: { type: 'integer', minimum: 0, maximum: 10000, default: 10 },
         groupCommitMs: { type: 'integer', minimum: 0, maximum: 50, default: 2, description: 'reports arriving within this window go to Redis as one write (strict verdicts do not wait for it)' },
         keepFailedOps: { type: 'integer', minimum: 0, default: 1000 },
+        keepRecords: { type: 'integer', minimum: 0, maximum: 10000000, default: 100000, description: 'with replication off, the newest records kept for `vfsx journal` (nothing is queued then, so Redis does not grow)' },
       },
     },
     policy: {
@@ -289,6 +290,7 @@ export interface VfsxConfig {
     /** Reports arriving within this window go to Redis as one stream entry. */
     groupCommitMs: number;
     keepFailedOps: number;
+    keepRecords: number;
   };
   policy: { rules: PolicyRuleConfig[] };
   replication: {

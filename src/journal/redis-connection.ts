@@ -29,10 +29,12 @@ export interface JournalKeys {
   cursor: string;
   /** Capped list of records whose operation failed (audit). */
   failed: string;
+  /** With replication off: capped list of the newest records, newest first (journal.keepRecords). */
+  recent: string;
 }
 
 export function journalKeys(prefix: string): JournalKeys {
-  return { stream: `${prefix}:journal`, cursor: `${prefix}:journal:cursor`, failed: `${prefix}:failed-ops` };
+  return { stream: `${prefix}:journal`, cursor: `${prefix}:journal:cursor`, failed: `${prefix}:failed-ops`, recent: `${prefix}:recent-ops` };
 }
 
 /**

@@ -39,12 +39,17 @@ export class JournalReader {
     this.client = new IORedis(redisOptions(options.redis, { maxRetriesPerRequest: 1 }));
   }
 
-  /** Queued records (not yet taken by the replicator), oldest first; with `done`, also the recently replicated ones. */
+  /**
+   * Queued records (not yet taken by the replicator), oldest first; with
+   * `done`, also the recently replicated ones. With replication off nothing
+   * is queued: the newest journal.keepRecords records instead.
+   */
   async queued(done = false): Promise<ChangeRecord[]> {
     const states: JobType[] = ['waiting', 'delayed', 'prioritized', 'active'];
     if (done) states.push('completed');
     const jobs = await this.queue.getJobs(states, 0, -1, true);
-    return jobs.flatMap((j) => recordsOf(j.data)).sort((a, b) => a.ts - b.ts || a.seq - b.seq);
+    const kept = (await this.client.lrange(journalKeys(this.opts.redis.prefix).recent, 0, -1)).map((x) => JSON.parse(x) as ChangeRecord);
+    return [...jobs.flatMap((j) => recordsOf(j.data)), ...kept].sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
   /** Records whose outcome has not arrived yet, computed from the stream as the pump does. */

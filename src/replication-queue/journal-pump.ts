@@ -30,7 +30,7 @@ import { logLinkStatus } from '../journal/link-status';
 import { journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
 import { BATCH, BatchJob, batchJobId, LONE, REPLICATION_JOB_OPTIONS, rpoMember } from './batch';
 import { ShareOrder } from './share-order';
-import { DEFAULT_SITE, sitesOf } from '../config/schema';
+import { sitesOf } from '../config/schema';
 import { compareIds, entryPairs, nextId } from '../journal/stream-ids';
 
 export interface JournalPumpOptions {
@@ -126,7 +126,7 @@ export class JournalPump {
   private loop: Promise<void> | null = null;
   private closed = false;
   private lastSweep = 0;
-  readonly stats = { entries: 0, jobs: 0, failed: 0, reconciled: 0 };
+  readonly stats = { entries: 0, jobs: 0, kept: 0, failed: 0, reconciled: 0 };
 
   constructor(options: JournalPumpOptions) {
     this.opts = options;
@@ -139,7 +139,23 @@ export class JournalPump {
     for (const c of [this.client, this.reader, this.queueConn]) c.on('error', (err) => this.log.debug({ err }, 'pump redis error'));
     logLinkStatus(this.client, 'pump', this.log);
     this.order = new ShareOrder(this.client, options.redis.prefix);
-    for (const name of options.replication ? sitesOf(options.replication).map((x) => x.name) : [DEFAULT_SITE]) this.addLane(name);
+    for (const name of this.configuredSites()) this.addLane(name);
+  }
+
+  /**
+   * The sites this host replicates to: none with replication off. Then
+   * the pump queues nothing (no replicator would take it: Redis would
+   * grow with every change) and keeps the newest journal.keepRecords
+   * records for `vfsx journal` instead.
+   */
+  private configuredSites(): string[] {
+    const r = this.opts.replication;
+    return r?.enabled ? sitesOf(r).map((x) => x.name) : [];
+  }
+
+  /** Whether records go to the capped list of recent ones rather than to any queue. */
+  get journalOnly(): boolean {
+    return this.configuredSites().length === 0;
   }
 
   private addLane(name: string): void {
@@ -160,11 +176,11 @@ export class JournalPump {
    * once a second.
    */
   private async refreshLanes(): Promise<void> {
-    if (Date.now() - this.lanesAt < 1000) return;
+    if (this.journalOnly || Date.now() - this.lanesAt < 1000) return;
     const registered = await this.client.smembers(this.state.sites);
     this.lanesAt = Date.now();
     for (const n of registered) this.addLane(n);
-    const configured = this.opts.replication ? sitesOf(this.opts.replication).map((x) => x.name) : [DEFAULT_SITE];
+    const configured = this.configuredSites();
     for (const [name, lane] of this.lanes) {
       if (configured.includes(name) || registered.includes(name)) continue;
       this.lanes.delete(name);
@@ -225,6 +241,9 @@ export class JournalPump {
   /** After a (re)start: re-read from the oldest entry that may still matter. */
   private async resume(): Promise<void> {
     const saved = await this.client.hgetall(this.keys.cursor);
+    if (this.journalOnly) await this.markSitesBehind();
+    // Kept while replication was off: history, not backlog (the sites' full sync covers what changed then).
+    else await this.client.del(this.keys.recent);
     this.awaiting.clear();
     this.held.clear();
     this.heldLow.clear();
@@ -242,6 +261,20 @@ export class JournalPump {
     }
     this.heldFrom = '';
     this.log.info({ cursor: this.cursor, awaiting: this.awaiting.size, held: this.heldCount() }, 'journal pump resumed');
+  }
+
+  /**
+   * Replication off, yet sites were fed before: from now on they miss
+   * changes, so each is marked for a full sync (a scrub pass of every share,
+   * as for a new site) when its replicator runs again.
+   */
+  private async markSitesBehind(): Promise<void> {
+    const sites = await this.client.smembers(this.state.sites);
+    if (sites.length === 0) return;
+    const p = this.client.pipeline();
+    for (const name of sites) p.hset(stateKeys(this.opts.redis.prefix, name).site, 'initialSync', 'pending');
+    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+    this.log.warn({ sites }, 'replication is off: changes reach no DR site now; each will be synced in full when replication is on again');
   }
 
   private async handle(entries: StreamEntry[], advance = true): Promise<void> {
@@ -360,6 +393,30 @@ export class JournalPump {
    * pump); reconciled records (outcome unknown, delayed) go alone.
    */
   private async emit(byShare: Map<string, ChangeRecord[]>, lone: JobEntry[], failed: ChangeRecord[]): Promise<void> {
+    if (this.journalOnly) await this.keep(byShare, lone);
+    else await this.queue(byShare, lone);
+    if (failed.length > 0) {
+      await this.client.pipeline()
+        .lpush(this.keys.failed, ...failed.map((r) => JSON.stringify(r)))
+        .ltrim(this.keys.failed, 0, Math.max(0, this.opts.journal.keepFailedOps - 1))
+        .exec();
+      this.stats.failed += failed.length;
+    }
+  }
+
+  /** Replication off: the records join the capped list of recent ones (in journal order, newest first), and nothing else. */
+  private async keep(byShare: Map<string, ChangeRecord[]>, lone: JobEntry[]): Promise<void> {
+    const recs = [...[...byShare.values()].flat(), ...lone.map((j) => j.data)];
+    if (recs.length === 0) return;
+    const p = this.client.pipeline();
+    for (const share of byShare.keys()) p.sadd(this.state.shares, share);
+    p.lpush(this.keys.recent, ...recs.map((r) => JSON.stringify(r)));
+    p.ltrim(this.keys.recent, 0, Math.max(0, this.opts.journal.keepRecords - 1));
+    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+    this.stats.kept += recs.length;
+  }
+
+  private async queue(byShare: Map<string, ChangeRecord[]>, lone: JobEntry[]): Promise<void> {
     const max = this.opts.replication?.batchMax ?? 500;
     const batches: Array<{ name: string; data: BatchJob; opts: { jobId: string } }> = [];
     for (const [share, recs] of byShare) {
@@ -390,13 +447,6 @@ export class JournalPump {
       for (const lane of this.lanes.values()) await lane.queue.addBulk([...batches, ...lone]);
     }
     this.stats.jobs += batches.length + lone.length;
-    if (failed.length > 0) {
-      await this.client.pipeline()
-        .lpush(this.keys.failed, ...failed.map((r) => JSON.stringify(r)))
-        .ltrim(this.keys.failed, 0, Math.max(0, this.opts.journal.keepFailedOps - 1))
-        .exec();
-      this.stats.failed += failed.length;
-    }
   }
 
   /**

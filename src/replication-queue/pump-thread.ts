@@ -19,6 +19,8 @@ export interface PumpThreadOptions {
 export interface PumpStats {
   entries: number;
   jobs: number;
+  /** Records kept in the list of recent ones (replication off). */
+  kept: number;
   failed: number;
   reconciled: number;
   pending: number;
@@ -28,7 +30,7 @@ export class PumpThread {
   private readonly opts: PumpThreadOptions;
   private worker: Worker | null = null;
   private closing: Promise<void> | null = null;
-  stats: PumpStats = { entries: 0, jobs: 0, failed: 0, reconciled: 0, pending: 0 };
+  stats: PumpStats = { entries: 0, jobs: 0, kept: 0, failed: 0, reconciled: 0, pending: 0 };
 
   constructor(options: PumpThreadOptions) {
     this.opts = options;
