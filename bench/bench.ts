@@ -7,7 +7,7 @@
 import { sitesOf } from '../src/config/schema';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +22,8 @@ import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 import { ServiceHarness } from '../test/helpers/service-harness';
 import { SMB_PASS, SMB_USER, SmbdHarness } from '../test/helpers/smbd-harness';
 
-const ROUNDS = Number(process.env.VFSX_BENCH_ROUNDS ?? 3);
+/** Six by default: every share takes every place in the order once (ORDERS), and paired ratios get a median worth the name. */
+const ROUNDS = Number(process.env.VFSX_BENCH_ROUNDS ?? 6);
 /** VFSX_BENCH_ONLY=journal skips the SMB workloads (for working on the service); =smb skips the journal part. */
 const ONLY = process.env.VFSX_BENCH_ONLY ?? '';
 /** VFSX_BENCH_WORKLOADS=REGEX runs only the SMB workloads whose name matches (e.g. "mkdir|4 KiB"). */
@@ -61,10 +62,33 @@ interface Row {
   higherIsBetter: boolean;
   /** min and max per share across rounds */
   spread: Record<string, [number, number]>;
-  /** CPU seconds per 1000 operations on the vfsx share: vfsx serve, vfsx replicate (null: not measured). */
-  cpu: { serve: number; replicate: number } | null;
+  /**
+   * Ratios to the plain share paired by round (each round's vfsx against the
+   * same round's plain run): median, min, max. The machine's speed drifts
+   * between rounds on a VM; within a round both shares see the same drift.
+   */
+  paired: Record<string, [number, number, number]>;
+  /** CPU seconds per 1000 operations on the vfsx share: vfsx serve, vfsx replicate, Redis (null: not measured). */
+  cpu: { serve: number; replicate: number; redis: number } | null;
+  /** Wake-ups (context switches of every thread) per operation on the vfsx share: vfsx serve, vfsx replicate, Redis. */
+  wakes: { serve: number; replicate: number; redis: number } | null;
   /** change -> committed at the site during the vfsx rounds (ms). */
   commit: { p50: number; p99: number; n: number } | null;
+}
+
+/** Context switches (voluntary and not) of every thread of a process so far: how often it was woken or preempted. */
+function wakeUps(pid: number | undefined): number {
+  if (!pid) return 0;
+  let n = 0;
+  try {
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      const st = readFileSync(`/proc/${pid}/task/${t}/status`, 'latin1');
+      for (const m of st.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) n += Number(m[1]);
+    }
+  } catch {
+    // the process or a thread went away meanwhile
+  }
+  return n;
 }
 
 /** CPU seconds (user + system, every thread) a process has used. */
@@ -132,8 +156,10 @@ async function main(): Promise<void> {
     const sideBySide = async (name: string, unit: string, higher: boolean, once: (share: string, round: number, mark: () => Promise<void>) => Promise<number>, rounds = ROUNDS, ops = 0) => {
       if (!WORKLOADS.test(name)) return;
       const r: Record<string, number[]> = { plain: [], vfsx: [], strict: [] };
-      let serveCpu = 0;
-      let replCpu = 0;
+      // serve, replicate, Redis: CPU seconds and wake-ups over the vfsx rounds.
+      const pids = () => [svc.pid, svc.replicatorPid, redis.pid];
+      const sample = () => [...pids().map(cpuSeconds), ...pids().map(wakeUps)];
+      const used = [0, 0, 0, 0, 0, 0];
       commits.length = 0;
       for (let i = 0; i < rounds; i++) {
         // Every share takes every position in turn (the 6 orders of 3): on this VM the first run after a
@@ -142,26 +168,29 @@ async function main(): Promise<void> {
         for (const share of order) {
           await drained();
           // CPU of serve and replicate from the start of a vfsx round until replication caught up with it.
-          let c0 = [cpuSeconds(svc.pid), cpuSeconds(svc.replicatorPid)];
+          let c0 = sample();
           recording = share === 'vfsx';
           // A workload's untimed preparation calls mark() when the measured part starts.
           const mark = async () => {
             await drained();
-            c0 = [cpuSeconds(svc.pid), cpuSeconds(svc.replicatorPid)];
+            c0 = sample();
           };
           r[share].push(await once(share, i, mark));
           await drained();
           recording = false;
-          if (share === 'vfsx') {
-            serveCpu += cpuSeconds(svc.pid) - c0[0];
-            replCpu += cpuSeconds(svc.replicatorPid) - c0[1];
-          }
+          if (share === 'vfsx') sample().forEach((v, k) => { used[k] += v - c0[k]; });
         }
       }
       const spread = Object.fromEntries(SHARES.map((x) => [x, [Math.min(...r[x]), Math.max(...r[x])] as [number, number]]));
-      const cpu = ops > 0 ? { serve: (serveCpu / (rounds * ops)) * 1000, replicate: (replCpu / (rounds * ops)) * 1000 } : null;
+      const paired = Object.fromEntries(SHARES.map((x) => {
+        const q = r[x].map((v, k) => (higher ? v / r.plain[k] : r.plain[k] / v));
+        return [x, [median(q), Math.min(...q), Math.max(...q)] as [number, number, number]];
+      }));
+      const n = rounds * ops;
+      const cpu = ops > 0 ? { serve: (used[0] / n) * 1000, replicate: (used[1] / n) * 1000, redis: (used[2] / n) * 1000 } : null;
+      const wakes = ops > 0 ? { serve: used[3] / n, replicate: used[4] / n, redis: used[5] / n } : null;
       const commit = commits.length > 0 ? { p50: pct(commits, 0.5), p99: pct(commits, 0.99), n: commits.length } : null;
-      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher, spread, cpu, commit });
+      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher, spread, paired, cpu, wakes, commit });
       process.stderr.write(`bench: ${name}: ${SHARES.map((x) => `${x} ${median(r[x]).toFixed(3)}`).join(' ')} ${unit}\n`);
     };
 
@@ -321,13 +350,15 @@ function printReport(rows: Row[], j: { p50: number; p99: number; strictP50: numb
     : 'replication off (vfsx serve and Redis only)';
   out.push(`Measured ${date} on ${machine()}; ${system}; SMB over loopback with smbclient; medians of ${ROUNDS} interleaved rounds (256 MiB put: ${Math.max(ROUNDS, 5)}, caches dropped before each); replication caught up (untimed) after every round.`, '');
   if (ALT !== null) out.push(`The "vfsx strict" columns are a vfsx share with: ${ALT.join('; ')}.`, '');
-  out.push('| workload | plain share | vfsx | vfsx / plain | vfsx strict | strict / plain | CPU s per 1000 ops: serve / replicate | change -> committed p50 / p99 |', '|---|---|---|---|---|---|---|---|');
+  out.push('| workload | plain share | vfsx | vfsx / plain | vfsx / plain paired by round: median (min-max) | vfsx strict | strict / plain | CPU s per 1000 ops: serve / replicate / Redis | wake-ups per op: serve / replicate / Redis | change -> committed p50 / p99 |', '|---|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const ratio = (v: number) => (r.higherIsBetter ? v / r.plain : r.plain / v).toFixed(2);
     const f = (v: number) => `${v.toFixed(r.unit === 'ms/op' ? 3 : 0)} ${r.unit}`;
-    const cpu = r.cpu ? `${r.cpu.serve.toFixed(2)} / ${r.cpu.replicate.toFixed(2)}` : '';
+    const cpu = r.cpu ? `${r.cpu.serve.toFixed(2)} / ${r.cpu.replicate.toFixed(2)} / ${r.cpu.redis.toFixed(2)}` : '';
+    const wakes = r.wakes ? `${r.wakes.serve.toFixed(1)} / ${r.wakes.replicate.toFixed(1)} / ${r.wakes.redis.toFixed(1)}` : '';
     const commit = r.commit ? `${Math.round(r.commit.p50)} / ${Math.round(r.commit.p99)} ms` : '';
-    out.push(`| ${r.name} | ${f(r.plain)} | ${f(r.vfsx)} | ${ratio(r.vfsx)}x | ${f(r.strict)} | ${ratio(r.strict)}x | ${cpu} | ${commit} |`);
+    const pair = (x: string) => `${r.paired[x][0].toFixed(2)}x (${r.paired[x][1].toFixed(2)}-${r.paired[x][2].toFixed(2)})`;
+    out.push(`| ${r.name} | ${f(r.plain)} | ${f(r.vfsx)} | ${ratio(r.vfsx)}x | ${pair('vfsx')} | ${f(r.strict)} | ${ratio(r.strict)}x | ${cpu} | ${wakes} | ${commit} |`);
   }
   for (const r of rows) {
     const noisy = SHARES.filter((x) => {
@@ -348,7 +379,10 @@ function printReport(rows: Row[], j: { p50: number; p99: number; strictP50: numb
     out.push(`| journal ingest, reports waiting for verdicts, 64 connections | ${Math.round(j.ingest)} ops/s | | |`);
     out.push(`| journal ingest, async reports (op + outcome) acknowledged, 16 connections | ${Math.round(j.asyncIngest)} ops/s | | |`);
   }
-  out.push('', 'Ratios are speed relative to the plain share (1.00x = no overhead; higher is better).',
+  out.push('', 'Ratios are speed relative to the plain share (1.00x = no overhead; higher is better). "vfsx / plain" divides the',
+    'medians; "paired by round" takes each round\'s vfsx run against the same round\'s plain run (the VM\'s speed drifts',
+    'between rounds, less within one), then the median and range of those ratios. Wake-ups: context switches of every',
+    'thread of the process, per operation.',
     'vfsx: default settings with the ransomware policy (deny .locked/.crypt on create and rename), which the module',
     'applies itself, so nothing waits for the service. vfsx strict: vfsx:strict = yes, every create and rename waits',
     'for its verdict, and the verdict for the durable record in Redis. The journal rows measure the service\'s',

@@ -34,6 +34,10 @@ export class RedisHarness {
     await waitFor('redis to answer', () => this.ping(), 10000, 20);
   }
 
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
   async ping(): Promise<boolean> {
     const c = new IORedis({ path: this.socket, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     c.on('error', () => undefined);
