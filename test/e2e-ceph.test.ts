@@ -15,6 +15,9 @@ import { after, before, test } from 'node:test';
 import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/operator/restore';
 import { SiteSync } from '../src/replication/site-sync';
+import IORedis from 'ioredis';
+import { INDEX_COPIES_KEPT } from '../src/dr-site/index-snapshots';
+import { S3Packs } from '../src/dr-site/s3-packs';
 import { CephHarness } from './helpers/ceph-harness';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { ReplicationStack } from './helpers/replication-stack';
@@ -35,7 +38,8 @@ before(async () => {
       // Small packs closed after 300 ms idle, so packs go up while the workloads run;
       // full ones (8 MiB) above multipartBytes go up in parts.
       packBytes: 8 << 20,
-      storage: { backend: 's3', uploadIdleMs: 300, s3: { ...target, prefix: 'site-a/', multipartBytes: 5 << 20 } },
+      // Index copies only on the way out and before pack deletes (the lost-index test controls when).
+      storage: { backend: 's3', uploadIdleMs: 300, indexCopySeconds: 86400, s3: { ...target, prefix: 'site-a/', multipartBytes: 5 << 20 } },
     },
   });
 });
@@ -134,6 +138,57 @@ test('with the Ceph OSD killed (SIGKILL) during replication and restarted 3 s la
   await stack.converged('ceph-after-osd');
 });
 
+test('a DR site whose data directory is lost comes back from its index copy in Ceph and converges (changes after the copy by a full sync); with packs but no copy it refuses to start and deletes nothing', async () => {
+  const s3 = new S3Packs({
+    endpoint: ceph.endpoint, accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey, bucket, prefix: 'site-a/',
+    forcePathStyle: true, region: 'us-east-1', multipartBytes: 5 << 20, retryForMs: 10000,
+  });
+  const conn = new IORedis({ path: stack.redis.socket });
+  try {
+    await stack.randomWorkload('ceph-lost-a', 300);
+    await stack.drained();
+    await allUploaded();
+    // A graceful stop leaves a copy of the index in the bucket; the site then runs on, and more changes reach it.
+    await stack.dr.stop('SIGTERM');
+    const copies = await s3.listIndex();
+    assert.ok(copies.length >= 1 && copies.length <= INDEX_COPIES_KEPT, `index copies: ${copies.join(', ')}`);
+    await stack.dr.startServer();
+    await stack.reconnect();
+    await stack.randomWorkload('ceph-lost-b', 300);
+    await writeFile(join(stack.local, 'after-copy'), randomBytes(300000));
+    await smb(`put ${q(join(stack.local, 'after-copy'))} after-copy.bin`);
+    await stack.drained();
+    assert.deepEqual(await s3.listIndex(), copies, 'no copy since: the site knows more than its copy');
+    const packsBefore = await s3.list();
+
+    // The site's disk is lost.
+    await stack.dr.stop('SIGKILL');
+    await rm(stack.dr.dataDir, { recursive: true, force: true });
+
+    // Without a copy of the index, the packs in the bucket are not taken for leftovers.
+    const saved = await Promise.all(copies.map(async (n) => [n, await s3.getIndex(n)] as const));
+    for (const n of copies) await s3.deleteIndex(n);
+    await assert.rejects(stack.dr.startServer(), /holds \d+ packs but no copy of the index/);
+    assert.deepEqual((await s3.list()).sort(), [...packsBefore].sort(), 'every pack object is still there');
+    await rm(stack.dr.dataDir, { recursive: true, force: true });
+    for (const [n, data] of saved) await s3.putIndex(n, data);
+
+    // With it, the site recovers; the replicator sees it and syncs every share in full.
+    const site = `${stack.svc.prefix}:state:site`;
+    await conn.hset(site, 'initialSync', 'done');
+    await stack.dr.startServer();
+    assert.ok(stack.dr.logs.some((l) => String(l.msg).startsWith('the index was lost and is recovered')), 'the site says it recovered');
+    await stack.reconnect();
+    await waitFor('the replicator to mark the site for a full sync', async () => (await conn.hget(site, 'initialSync')) === 'pending', 30000, 100);
+    await waitFor('the full sync', async () => (await conn.hget(site, 'initialSync')) === 'done', 120000, 200);
+    await stack.converged('ceph-lost');
+    await allUploaded();
+  } finally {
+    s3.close();
+    conn.disconnect();
+  }
+});
+
 test('garbage collection on Ceph: after deletes age out of retention, mostly dead packs are rewritten and their objects deleted (space measured), and restores now and --at a retained time still match', async () => {
   const target = await ceph.bucket();
   // A grace above the upload -> commit time of a sync: blocks sent but not yet committed must not be freed.
@@ -144,7 +199,8 @@ test('garbage collection on Ceph: after deletes age out of retention, mostly dea
   const src = join(stack.local, 'gc-src');
   await mkdir(src);
   const site = await dr.repo();
-  const objectCount = async () => (await ceph.keys(target.bucket)).length;
+  // Pack objects (the bucket also holds copies of the index under index/).
+  const objectCount = async () => (await ceph.keys(target.bucket)).filter((k) => k.key.startsWith('packs/')).length;
   const sync = async () => {
     const tree = Tree.open(src);
     try {

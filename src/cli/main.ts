@@ -208,7 +208,7 @@ async function drSite(configFile: string | undefined): Promise<number> {
   const remote = await packRemoteOf(d.storage, (msg, o) => logger.warn(o, msg));
   if (remote) logger.info({ where: remote.where }, 'closed packs go to object storage');
   const site = await DrSiteServer.create({
-    remote, uploadIdleMs: d.storage.uploadIdleMs,
+    remote, uploadIdleMs: d.storage.uploadIdleMs, indexCopyMs: d.storage.indexCopySeconds * 1000,
     host: d.host, port: d.port, token: d.token, tokens: d.tokens, dataDir: d.dataDir, maxFrameBytes: d.maxFrameBytes, logger,
     retentionMs: d.retentionMs, gcIntervalMs: d.gcIntervalMs, orphanGraceMs: d.orphanGraceMs,
     packBytes: d.packBytes, compression: d.compression, repackBelow: d.repackBelow,

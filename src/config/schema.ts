@@ -184,6 +184,7 @@ export const configSchema = {
           properties: {
             backend: { enum: ['local', 's3'], default: 'local' },
             uploadIdleMs: { type: 'integer', minimum: 100, default: 30000, description: 's3: an open pack idle this long is closed and uploaded' },
+            indexCopySeconds: { type: 'integer', minimum: 1, maximum: 86400, default: 300, description: 's3: the site\'s index (meta.sqlite) is copied into the bucket this often when it changed (and before any pack object is deleted); a site whose data directory is lost recovers from the newest copy' },
             s3: {
               type: 'object',
               additionalProperties: false,
@@ -401,6 +402,7 @@ export function siteNamed(r: VfsxConfig['replication'], name?: string): SiteConf
 export interface DrStorageConfig {
   backend: 'local' | 's3';
   uploadIdleMs: number;
+  indexCopySeconds: number;
   s3?: {
     endpoint: string;
     region: string;

@@ -163,7 +163,8 @@ export class DrSiteMethods {
         return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };
       case 'repo.info': {
         const check = this.meta.keyCheck();
-        return { result: { format: 2, encrypted: check !== null, empty: this.meta.isEmpty(), check, keys: this.meta.keyRecords() } };
+        const recoveredAt = Number(this.meta.repoValue('recoveredAt') ?? 0);
+        return { result: { format: 2, encrypted: check !== null, empty: this.meta.isEmpty(), check, keys: this.meta.keyRecords(), ...(recoveredAt > 0 ? { recoveredAt } : {}) } };
       }
       case 'repo.init':
         this.meta.initEncryption(p.check as string, p.key as { id: string });

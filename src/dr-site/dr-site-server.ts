@@ -17,6 +17,7 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { VfsxError } from '../errors/vfsx-error';
 import { authorize, Rights, rightsOf, ScopedToken } from './access';
 import { PackStore } from './pack-store';
+import { IndexSnapshots, recoverIndex } from './index-snapshots';
 import type { PackRemote } from './s3-packs';
 import { BinaryPart, DrSiteMethods } from './dr-site-methods';
 import { MetaStore } from './meta-store';
@@ -43,6 +44,8 @@ export interface DrSiteServerOptions {
   /** Object storage for closed packs (drSite.storage.backend "s3"). */
   remote?: PackRemote;
   uploadIdleMs?: number;
+  /** With `remote`: how often the index is copied into the bucket when it changed (index-snapshots.ts). */
+  indexCopyMs?: number;
   logger: Logger;
 }
 
@@ -73,6 +76,9 @@ export class DrSiteServer {
   private gcTimer: NodeJS.Timeout | null = null;
   private gcRunning: Promise<number> | null = null;
   private migrating: Promise<void> = Promise.resolve();
+  /** With object storage: copies of the index in the bucket. */
+  readonly indexCopies: IndexSnapshots | null = null;
+  private copyTimer: NodeJS.Timeout | null = null;
   port = 0;
 
   constructor(options: DrSiteServerOptions) {
@@ -81,18 +87,27 @@ export class DrSiteServer {
     const ajv = new Ajv({ allErrors: true, strict: true });
     for (const [m, schema] of Object.entries(RPC_PARAMS)) this.validators.set(m, ajv.compile(schema));
     const meta = new MetaStore(join(options.dataDir, 'meta.sqlite'));
-    this.methods = new DrSiteMethods(
-      new PackStore({
-        dir: options.dataDir, meta, packBytes: options.packBytes ?? 16 * 1024 * 1024, compression: options.compression ?? 'zstd',
-        remote: options.remote, uploadIdleMs: options.uploadIdleMs, log: (msg, o) => this.log.warn(o, msg),
-      }),
-      meta,
-    );
+    const log = (msg: string, o: object) => this.log.warn(o, msg);
+    const blocks = new PackStore({
+      dir: options.dataDir, meta, packBytes: options.packBytes ?? 16 * 1024 * 1024, compression: options.compression ?? 'zstd',
+      remote: options.remote, uploadIdleMs: options.uploadIdleMs, log,
+      beforeRemoteDelete: async () => { await this.indexCopies?.take(true); },
+    });
+    this.methods = new DrSiteMethods(blocks, meta);
+    if (options.remote) this.indexCopies = new IndexSnapshots({ dataDir: options.dataDir, meta, blocks, remote: options.remote, log, info: (msg, o) => this.log.info(o, msg) });
   }
 
   static async create(options: DrSiteServerOptions): Promise<DrSiteServer> {
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+    // A site whose index is gone comes back from the copy in the bucket (before anything could take its packs for leftovers).
+    const from = options.remote ? await recoverIndex(join(options.dataDir, 'meta.sqlite'), options.remote, (msg, o) => options.logger.warn(o, msg)) : null;
     const s = new DrSiteServer(options);
+    if (from) {
+      // Replicators learn of it (repo.info) and sync every share in full: what changed after the copy is not here.
+      s.methods.meta.setRepoValue('recoveredAt', String(Date.now()));
+      s.methods.meta.setRepoValue('recoveredFrom', from);
+      options.logger.warn({ copy: from }, 'the index was lost and is recovered from its newest copy in object storage; replicators sync every share in full');
+    }
     await s.methods.blocks.init();
     return s;
   }
@@ -116,6 +131,11 @@ export class DrSiteServer {
     this.port = (this.http.address() as { port: number }).port;
     this.gcTimer = setInterval(() => void this.gc(), this.opts.gcIntervalMs);
     this.gcTimer.unref();
+    if (this.indexCopies) {
+      const copy = () => void this.indexCopies?.take().catch((err: Error) => this.log.warn({ err: err.message }, 'no copy of the index in object storage this time'));
+      this.copyTimer = setInterval(copy, this.opts.indexCopyMs ?? 300_000);
+      this.copyTimer.unref();
+    }
     this.migrating = this.migrateLoose();
     this.log.info({ host: this.opts.host, port: this.port, tls: Boolean(tls) }, 'dr site listening');
   }
@@ -280,8 +300,11 @@ export class DrSiteServer {
 
   async close(): Promise<void> {
     if (this.gcTimer) clearInterval(this.gcTimer);
+    if (this.copyTimer) clearInterval(this.copyTimer);
     await this.gcRunning;
     await this.migrating;
+    // A last copy on the way out, when the index moved since the last one (a stop must not lose the bucket's view of it).
+    await this.indexCopies?.take().catch((err: Error) => this.log.warn({ err: err.message }, 'no copy of the index in object storage at stop'));
     await this.methods.blocks.close();
     for (const c of this.wss?.clients ?? []) c.terminate();
     await new Promise<void>((r) => (this.wss ? this.wss.close(() => r()) : r()));

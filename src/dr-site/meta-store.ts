@@ -254,6 +254,31 @@ export class MetaStore {
     return this.q('UPDATE packs SET remote = 1 WHERE id = ?').run(id).changes > 0;
   }
 
+  /** Blocks whose only copy is on the local disk: in packs not uploaded, or v1 files. */
+  localOnlyBlocks(): number {
+    return (this.q(`SELECT COUNT(*) AS n FROM blocks b LEFT JOIN packs p ON p.id = b.pack
+      WHERE b.pack IS NULL OR p.remote IS NOT 1`).get() as { n: number }).n;
+  }
+
+  /** Rows changed through this connection since it opened: tells whether the index moved since a copy of it. */
+  changes(): number {
+    return (this.q('SELECT total_changes() AS n').get() as { n: number }).n;
+  }
+
+  /** Copies the index, consistent, into `file` (SQLite's online backup). */
+  async backup(file: string): Promise<void> {
+    await this.db.backup(file);
+  }
+
+  /** A value of the repo table (null when unset). */
+  repoValue(name: string): string | null {
+    return (this.q('SELECT value FROM repo WHERE name = ?').get(name) as { value: string } | undefined)?.value ?? null;
+  }
+
+  setRepoValue(name: string, value: string): void {
+    this.q('INSERT INTO repo (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value').run(name, value);
+  }
+
   /** Each pack's size and the bytes (entries with headers) still indexed in it. */
   packUsage(): Array<{ id: string; bytes: number; live: number }> {
     return this.q(`SELECT p.id, p.bytes, COALESCE(SUM(b.stored + ${PACK_ENTRY_HEADER}), 0) AS live

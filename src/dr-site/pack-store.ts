@@ -65,6 +65,12 @@ export interface PackStoreOptions {
   zstdLevel?: number;
   /** Object storage for closed packs; without it packs stay in `dir`. */
   remote?: PackRemote;
+  /**
+   * With `remote`: runs before any pack object is deleted (repack, the
+   * start-up sweep), so the index copy in the bucket no longer needs it
+   * (index-snapshots.ts). A failure keeps the objects.
+   */
+  beforeRemoteDelete?: () => Promise<void>;
   /** With `remote`: an open pack nothing was written to for this long is closed and uploaded. */
   uploadIdleMs?: number;
   log?: (msg: string, o: object) => void;
@@ -110,6 +116,10 @@ export class PackStore {
   private idleTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private readonly reader: PackReader | null;
+  /** Set while quiesce() runs: the writer waits before its next write. */
+  private paused: Promise<void> | null = null;
+  /** The write in progress, if any. */
+  private inWrite: Promise<void> | null = null;
 
   constructor(options: PackStoreOptions) {
     this.o = options;
@@ -162,11 +172,13 @@ export class PackStore {
 
   private async sweepRemote(): Promise<void> {
     const remote = this.o.remote as PackRemote;
-    for (const id of await remote.list()) {
-      if (this.meta.packBytes(id) === null && !this.uploadsPending.has(id) && id !== this.current?.id) {
-        await remote.delete(id);
-        this.o.log?.('deleted a pack object nothing indexes', { pack: id });
-      }
+    const unknown = (await remote.list()).filter((id) => this.meta.packBytes(id) === null && !this.uploadsPending.has(id) && id !== this.current?.id);
+    if (unknown.length === 0) return;
+    await this.o.beforeRemoteDelete?.();
+    for (const id of unknown) {
+      if (this.meta.packBytes(id) !== null) continue; // indexed meanwhile (cannot happen for a random id, but never delete what the index knows)
+      await remote.delete(id);
+      this.o.log?.('deleted a pack object nothing indexes', { pack: id });
     }
   }
 
@@ -299,15 +311,40 @@ export class PackStore {
       let n = 0;
       let bytes = 0;
       while (n < this.queue.length && (n === 0 || bytes + ENTRY_HEADER + this.queue[n].data.length <= room)) bytes += ENTRY_HEADER + this.queue[n++].data.length;
+      while (this.paused) await this.paused;
       const batch = this.queue.splice(0, n);
       try {
-        await this.write(batch);
+        this.inWrite = this.write(batch);
+        await this.inWrite;
         batch.forEach((e) => e.done());
       } catch (err) {
         // The open pack may now hold a partial tail: close it, index nothing of it.
         await this.closeCurrent();
         batch.forEach((e) => e.done(err as Error));
+      } finally {
+        this.inWrite = null;
       }
+    }
+  }
+
+  /**
+   * Runs fn with no block being written (writes queue meanwhile) and every
+   * pack closed so far, the open one included, uploaded: what the index
+   * says then is all in object storage, unless an upload failed (the
+   * caller checks unuploadedPacks()).
+   */
+  async quiesce<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.paused) await this.paused;
+    let release = () => undefined as void;
+    this.paused = new Promise<void>((r) => { release = r; });
+    try {
+      await this.inWrite?.catch(() => undefined);
+      if (this.current && this.o.remote) await this.closeCurrent();
+      await this.uploads;
+      return await fn();
+    } finally {
+      this.paused = null;
+      release();
     }
   }
 
@@ -495,6 +532,7 @@ export class PackStore {
    */
   async repack(minLive: number, log?: (msg: string, o: object) => void): Promise<number> {
     let reclaimed = 0;
+    const dropped: string[] = [];
     for (const p of this.meta.packUsage()) {
       if (p.id === this.current?.id || p.live >= p.bytes * minLive) continue;
       const moves = this.meta.blocksIn(p.id).map(async (loc) => {
@@ -505,9 +543,22 @@ export class PackStore {
       if (this.meta.dropPackIfEmpty(p.id)) {
         await unlink(this.packPath(p.id)).catch(() => undefined);
         this.reader?.forget(p.id);
-        if (this.o.remote) await this.o.remote.delete(p.id).catch((err: Error) => log?.('pack object left for the next start to delete', { pack: p.id, err: err.message }));
+        if (this.o.remote) dropped.push(p.id);
         reclaimed += p.bytes - p.live;
         log?.('repacked', { pack: p.id, bytes: p.bytes, live: p.live });
+      }
+    }
+    if (dropped.length > 0) {
+      // The moved blocks' new pack goes up, and the index copy in the bucket
+      // stops naming the old ones, before any old object is deleted: until
+      // then the old objects are the only remote copy of those blocks.
+      try {
+        await this.flushUploads();
+        if (this.meta.localOnlyBlocks() > 0) throw new Error('a pack is not uploaded yet');
+        await this.o.beforeRemoteDelete?.();
+        for (const id of dropped) await (this.o.remote as PackRemote).delete(id);
+      } catch (err) {
+        log?.('repacked pack objects left for the next start to delete', { packs: dropped.length, err: (err as Error).message });
       }
     }
     return reclaimed;

@@ -28,6 +28,11 @@ export interface PackRemote {
   delete(id: string): Promise<void>;
   /** The ids of every pack stored. */
   list(): Promise<string[]>;
+  /** Copies of the site's index (index-snapshots.ts): stored under a name, read back, listed, deleted. */
+  putIndex(name: string, data: Buffer): Promise<void>;
+  getIndex(name: string): Promise<Buffer>;
+  listIndex(): Promise<string[]>;
+  deleteIndex(name: string): Promise<void>;
   readonly where: string;
   close(): void;
 }
@@ -47,6 +52,8 @@ export interface S3PacksOptions {
 }
 
 const PACK_ID = /^[0-9a-f]{32}$/;
+/** An index copy: its time (ms, zero-padded, so names sort by time) and a random tag. */
+export const INDEX_NAME = /^[0-9]{15}-[0-9a-f]{8}\.sqlite\.zst$/;
 
 export class S3Packs implements PackRemote {
   private readonly s3: S3Client;
@@ -124,14 +131,43 @@ export class S3Packs implements PackRemote {
   }
 
   async list(): Promise<string[]> {
+    return (await this.listUnder('packs/')).filter((id) => PACK_ID.test(id));
+  }
+
+  private indexKey(name: string): string {
+    if (!INDEX_NAME.test(name)) throw new VfsxError('VFSX_ERR_DR_STORAGE', `not an index copy's name: ${name}`);
+    return `${this.o.prefix}index/${name}`;
+  }
+
+  async putIndex(name: string, data: Buffer): Promise<void> {
+    const md5 = createHash('md5').update(data).digest('base64');
+    await this.retry(`upload of index copy ${name}`, () => this.s3.send(new PutObjectCommand({
+      Bucket: this.o.bucket, Key: this.indexKey(name), Body: data, ContentMD5: md5, ContentLength: data.length,
+    })));
+  }
+
+  async getIndex(name: string): Promise<Buffer> {
+    return this.retry(`read of index copy ${name}`, async () => {
+      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.o.bucket, Key: this.indexKey(name) }));
+      return Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+    });
+  }
+
+  async listIndex(): Promise<string[]> {
+    return (await this.listUnder('index/')).filter((n) => INDEX_NAME.test(n)).sort();
+  }
+
+  async deleteIndex(name: string): Promise<void> {
+    await this.retry(`delete of index copy ${name}`, () => this.s3.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.indexKey(name) })));
+  }
+
+  /** Names of the objects under `<prefix><dir>`. */
+  private async listUnder(dir: string): Promise<string[]> {
     const out: string[] = [];
     let token: string | undefined;
     do {
-      const r = await this.retry('listing of packs', () => this.s3.send(new ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: `${this.o.prefix}packs/`, ContinuationToken: token })));
-      for (const c of r.Contents ?? []) {
-        const id = (c.Key ?? '').slice(`${this.o.prefix}packs/`.length);
-        if (PACK_ID.test(id)) out.push(id);
-      }
+      const r = await this.retry(`listing of ${dir}`, () => this.s3.send(new ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: `${this.o.prefix}${dir}`, ContinuationToken: token })));
+      for (const c of r.Contents ?? []) out.push((c.Key ?? '').slice(`${this.o.prefix}${dir}`.length));
       token = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (token);
     return out;

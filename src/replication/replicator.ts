@@ -298,6 +298,26 @@ export class Replicator {
     await this.conn.quit().catch(() => this.conn.disconnect());
   }
 
+  /**
+   * A site that lost its index and recovered it from its copy in object
+   * storage lacks what changed after that copy: the first replicator to
+   * see it marks the site for a full sync (a scrub pass of every share, as
+   * for a new site).
+   */
+  private async noticeRecovery(): Promise<void> {
+    const at = this.opener.lastInfo?.recoveredAt;
+    if (!at) return;
+    try {
+      if ((await this.conn.hsetnx(this.state.site, `recovered:${at}`, Date.now())) !== 1) return;
+      // Its scrub history is void: every share gets the pass a share that never had one gets.
+      for (const share of await this.conn.smembers(this.state.shares)) await this.conn.hdel(this.state.scrub(share), 'lastMetadataAt', 'lastContentAt');
+      await this.conn.hset(this.state.site, 'initialSync', 'pending');
+      this.log.warn({ site: this.siteCfg.name, recoveredAt: at }, 'the DR site recovered its index from a copy: every share is synced to it in full');
+    } catch (err) {
+      this.log.warn({ err }, 'could not mark the recovered DR site for a full sync');
+    }
+  }
+
   private async site(): Promise<SiteClient> {
     if (this.client) return this.client;
     if (!this.connecting) {
@@ -314,6 +334,7 @@ export class Replicator {
           });
           this.log.info({ url: siteUrl }, 'DR site link up');
           this.setLink('up');
+          void this.noticeRecovery();
           return c;
         },
         (err) => {

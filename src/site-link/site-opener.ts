@@ -21,6 +21,8 @@ export interface RepoInfo {
   empty: boolean;
   check: string | null;
   keys: KeyRecord[];
+  /** When the site last recovered its lost index from its copy in object storage (ms; absent: never). */
+  recoveredAt?: number;
 }
 
 export interface SiteOpenerOptions {
@@ -52,6 +54,8 @@ export async function repoInfo(link: DrClient): Promise<RepoInfo> {
 export class SiteOpener {
   private cipher: RepoCipher | null = null;
   private warnedPlaintext = false;
+  /** What the site said of its repository at the last open. */
+  lastInfo: RepoInfo | null = null;
 
   constructor(private readonly o: SiteOpenerOptions) {}
 
@@ -101,6 +105,7 @@ export class SiteOpener {
 
   private async openOn(link: DrClient, mayInit: boolean): Promise<SiteClient> {
     const info = await repoInfo(link);
+    this.lastInfo = info;
     if (info.encrypted) {
       if (this.cipher && this.cipher.check !== info.check) this.cipher = null; // another repository behind the same address
       this.cipher ??= await this.unlock(info);
