@@ -93,8 +93,9 @@ async function frames(): Promise<Record<string, number>> {
 test('the reports of a put carry their own outcomes (folded): no separate outcome frames, every record confirmed', async () => {
   await writeFile(join(local, 'fold.bin'), randomBytes(4096));
   const before = await frames();
-  // A new smbd process: its first report (the mkdir) waits for the hello's answer and asks, so one "done" follows it;
-  // then the link is up and the policy known, and the two puts' reports go out folded.
+  // A new smbd process: its first report (the mkdir) may go out before the hello's answer and then asks, so one
+  // "done" follows it (when the answer came first, it is folded too); then the link is up and the policy known,
+  // and the two puts' reports go out folded.
   await smb(`mkdir folddir; put ${join(local, 'fold.bin')} folddir/a.bin; put ${join(local, 'fold.bin')} folddir/b.bin`);
   const recs = [
     ...await recordsFor('folddir/a.bin', (r) => r.some((x) => x.op === 'close')),
@@ -105,7 +106,7 @@ test('the reports of a put carry their own outcomes (folded): no separate outcom
   for (const r of recs) assert.equal(r.outcome, 'confirmed', `${r.op} ${r.outcome}`);
   const delta = (k: string) => after[k] - before[k];
   assert.ok(delta('report') >= recs.length + 1, `reports ${delta('report')} for ${recs.length} records and the mkdir`);
-  assert.equal(delta('outcome'), 1, `outcome frames: ${JSON.stringify({ before, after })}`);
+  assert.ok(delta('outcome') <= 1, `outcome frames (at most the mkdir's): ${JSON.stringify({ before, after })}`);
   // Every report of the puts but the closes (which always carry their outcome) arrived folded (so did the directory's attribute).
   assert.ok(delta('folded') >= recs.filter((r) => r.op !== 'close').length, `folded frames: ${JSON.stringify({ before, after })}`);
 });

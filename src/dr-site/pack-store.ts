@@ -331,7 +331,7 @@ export class PackStore {
    * Runs fn with no block being written (writes queue meanwhile) and every
    * pack closed so far, the open one included, uploaded: what the index
    * says then is all in object storage, unless an upload failed (the
-   * caller checks unuploadedPacks()).
+   * caller checks MetaStore.localOnlyBlocks()).
    */
   async quiesce<T>(fn: () => Promise<T>): Promise<T> {
     while (this.paused) await this.paused;
