@@ -24,7 +24,7 @@ th{background:#f0f0f0}.up{color:#080;font-weight:bold}.down,.unknown{color:#b00;
 <h2>Backlog and RPO over time</h2>
 <div class="charts" id="charts"></div>
 <h2>Records waiting to be retried</h2>
-<table id="retrying"><thead><tr><th>share</th><th>path</th><th>op</th><th>attempts</th><th>last error</th><th></th></tr></thead><tbody></tbody></table>
+<table id="retrying"><caption id="retry-note"></caption><thead><tr><th>share</th><th>path</th><th>op</th><th>attempts</th><th>last error</th><th></th></tr></thead><tbody></tbody></table>
 <h2>Recent events</h2>
 <ul id="events"></ul>
 <h2>Why?</h2>
@@ -94,8 +94,10 @@ document.addEventListener('click', async (ev) => {
   const b = ev.target.closest && ev.target.closest('button.retry');
   if (!b) return;
   b.disabled = true;
-  try { const r = await api('/api/retry?job=' + encodeURIComponent(b.dataset.job), { method: 'POST' }); b.textContent = 'retried (' + r.was + ')'; }
-  catch (e) { b.textContent = 'failed: ' + e.message; }
+  // The answer also goes to the table's caption: the next refresh redraws the rows (and drops a record that committed).
+  const note = (t) => { b.textContent = t; document.getElementById('retry-note').textContent = 'job ' + b.dataset.job + ': ' + t; };
+  try { const r = await api('/api/retry?job=' + encodeURIComponent(b.dataset.job), { method: 'POST' }); note('retried (' + r.was + ')'); }
+  catch (e) { note('failed: ' + e.message); }
 });
 document.getElementById('why-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
