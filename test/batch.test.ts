@@ -202,11 +202,14 @@ test('with replication off the pump queues nothing, keeps only the newest journa
   // A site fed before replication was turned off.
   await conn.sadd('p3:state:sites', 'default');
   await conn.hset('p3:state:site', 'createdAt', Date.now());
+  await conn.sadd('p3:state:shares', 's');
+  await conn.hset('p3:state:scrub:s', 'lastMetadataAt', 1, 'lastContentAt', 1);
   const { pump, cfg } = pumpFor('p3', 0, 500, { enabled: false, keepRecords: 5 });
   const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
   pump.start();
   try {
     await until('the site marked for a full sync', async () => (await conn.hget('p3:state:site', 'initialSync')) === 'pending');
+    assert.deepEqual(await conn.hgetall('p3:state:scrub:s'), {}, 'its scrub history voided: every share gets the full pass');
     const recs = Array.from({ length: 8 }, (_, i) => rec('mkdir', `k${i}`));
     await append('p3', recs.slice(0, 3));
     await until('the first records kept', async () => (await reader.queued()).length === 3);

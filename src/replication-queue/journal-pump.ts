@@ -30,6 +30,7 @@ import { logLinkStatus } from '../journal/link-status';
 import { journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
 import { BATCH, BatchJob, batchJobId, LONE, REPLICATION_JOB_OPTIONS, rpoMember } from './batch';
 import { ShareOrder } from './share-order';
+import { markForFullSync } from './site-state';
 import { sitesOf } from '../config/schema';
 import { compareIds, entryPairs, nextId } from '../journal/stream-ids';
 
@@ -271,9 +272,7 @@ export class JournalPump {
   private async markSitesBehind(): Promise<void> {
     const sites = await this.client.smembers(this.state.sites);
     if (sites.length === 0) return;
-    const p = this.client.pipeline();
-    for (const name of sites) p.hset(stateKeys(this.opts.redis.prefix, name).site, 'initialSync', 'pending');
-    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+    for (const name of sites) await markForFullSync(this.client, this.opts.redis.prefix, name);
     this.log.warn({ sites }, 'replication is off: changes reach no DR site now; each will be synced in full when replication is on again');
   }
 

@@ -4,9 +4,23 @@
  * drops it all for a site taken out of the configuration.
  */
 import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
+import IORedis, { type Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import { queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
+
+/**
+ * Marks a site for a full sync: a scrub pass of every share (as for a new
+ * site, src/replication/scrubber.ts), its scrub history voided so that
+ * every share gets that pass. For a site that missed changes (replication
+ * was off, or the site recovered an older index).
+ */
+export async function markForFullSync(conn: Redis, prefix: string, site: string): Promise<void> {
+  const sk = stateKeys(prefix, site);
+  const p = conn.pipeline();
+  for (const share of await conn.smembers(sk.shares)) p.hdel(sk.scrub(share), 'lastMetadataAt', 'lastContentAt');
+  p.hset(sk.site, 'initialSync', 'pending');
+  for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+}
 
 /** Stops feeding `site` and drops its queue and state (not the DR site's data). */
 export async function dropSite(config: Pick<VfsxConfig, 'redis' | 'journal'>, site: string): Promise<{ jobs: number; keys: number }> {

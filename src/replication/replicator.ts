@@ -28,6 +28,7 @@ import { COMMIT_LATENCY_BUCKETS, queueNameOf, redisOptions, StateKeys, stateKeys
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
 import { ShareOrder } from '../replication-queue/share-order';
+import { markForFullSync } from '../replication-queue/site-state';
 import { SiteSync, SMALL_FILE } from './site-sync';
 
 export interface ReplicatorOptions {
@@ -309,9 +310,7 @@ export class Replicator {
     if (!at) return;
     try {
       if ((await this.conn.hsetnx(this.state.site, `recovered:${at}`, Date.now())) !== 1) return;
-      // Its scrub history is void: every share gets the pass a share that never had one gets.
-      for (const share of await this.conn.smembers(this.state.shares)) await this.conn.hdel(this.state.scrub(share), 'lastMetadataAt', 'lastContentAt');
-      await this.conn.hset(this.state.site, 'initialSync', 'pending');
+      await markForFullSync(this.conn, this.opts.redis.prefix, this.siteCfg.name);
       this.log.warn({ site: this.siteCfg.name, recoveredAt: at }, 'the DR site recovered its index from a copy: every share is synced to it in full');
     } catch (err) {
       this.log.warn({ err }, 'could not mark the recovered DR site for a full sync');
