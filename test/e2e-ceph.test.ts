@@ -228,7 +228,10 @@ test('garbage collection on Ceph: after deletes age out of retention, mostly dea
     await waitFor('a repack', () => dr.logs.some((l) => l.msg === 'repack reclaimed space'), 60000, 100);
     await waitFor('the dead packs gone', () => dr.stats().packBytes < full.packBytes / 4, 60000, 100);
     await uploaded();
-    const after = { ...dr.stats(), objects: await objectCount() };
+    // A repack drops packs from the index first and deletes their objects after the next index copy is up: wait for that.
+    let objects = -1;
+    await waitFor('every dropped pack\'s object deleted', async () => (objects = await objectCount()) === dr.stats().packs, 60000, 200).catch(() => undefined);
+    const after = { ...dr.stats(), objects };
     process.stdout.write(`# gc on Ceph: ${full.packs} packs (${full.packBytes} bytes, ${full.objects} objects) -> ${after.packs} packs (${after.packBytes} bytes, ${after.objects} objects)\n`);
     assert.equal(after.objects, after.packs, 'every dropped pack\'s object is deleted from Ceph');
     assert.ok(after.objects < full.objects, `${full.objects} -> ${after.objects} objects`);
