@@ -62,11 +62,16 @@ export class DrSiteMethods {
     }
     const kind = p.kind as 'file' | 'dir' | 'symlink';
     const blocks = kind === 'file' ? ((p.blocks as string[]) ?? []) : [];
+    // A patch commit names the version's segments, spelling out only those that changed.
+    const segments = kind === 'file' ? (p.segments as string[] | undefined) : undefined;
+    const newSegments = segments ? ((p.newSegments as string[][]) ?? []) : [];
     this.checkNotFreeing(blocks);
+    this.checkNotFreeing(newSegments.flat());
     return this.meta.commit(bucket, path, {
       kind, meta: p.meta as object, size: kind === 'file' ? (p.size as number) ?? 0 : 0,
       blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? (p.target as string) ?? '' : null,
-    }, blocks);
+      ...(segments ? { segments } : {}),
+    }, blocks, newSegments);
   }
 
   /** Blocks asked for by object (bucket, path, at) must be blocks of that object. */
@@ -152,7 +157,12 @@ export class DrSiteMethods {
         const bucket = this.bucket(p);
         const path = checkObjectPath(p.path);
         const v = p.at === undefined ? this.meta.head(bucket, path) : this.meta.at(bucket, path, p.at as number);
-        return { result: publicVersion(v, v && p.blocks && v.kind === 'file' ? this.meta.blocksOf(v) : undefined) };
+        const out = publicVersion(v, v && p.blocks && v.kind === 'file' ? this.meta.blocksOf(v) : undefined);
+        // The segment list, and the block lists of the segments asked for: what a patch commit starts from.
+        if (v && v.kind === 'file' && Array.isArray(p.segments)) {
+          return { result: { ...(out as object), segments: v.segments, segmentBlocks: this.meta.segmentBlocks(v, p.segments as number[]) } };
+        }
+        return { result: out };
       }
       case 'object.list': {
         const prefix = p.prefix === undefined || p.prefix === '' ? undefined : checkObjectPath(p.prefix);

@@ -7,8 +7,8 @@
  * transaction, and idempotent: repeating a call changes nothing.
  */
 import Database from 'better-sqlite3';
-import { createHash } from 'node:crypto';
 import { VfsxError } from '../errors/vfsx-error';
+import { SEGMENT_BLOCKS, segmentHash } from '../protocol/segments';
 import { subtreeBounds } from './object-path';
 
 export type ObjectKind = 'file' | 'dir' | 'symlink';
@@ -48,11 +48,7 @@ interface VersionRow {
   target: string | null;
 }
 
-export const SEGMENT_BLOCKS = 256;
-
-export function segmentHash(blocks: string[]): string {
-  return createHash('sha256').update(blocks.join('\n')).digest('hex');
-}
+export { SEGMENT_BLOCKS, segmentHash };
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, created INTEGER NOT NULL);
@@ -373,6 +369,12 @@ export class MetaStore {
       .map(toVersion);
   }
 
+  /** The block lists of some of a file version's segments (by index into its segment list). */
+  segmentBlocks(v: ObjectVersion, indexes: number[]): string[][] {
+    const q = this.q('SELECT blocks FROM segments WHERE hash = ?');
+    return indexes.map((i) => (i < v.segments.length ? JSON.parse((q.get(v.segments[i]) as { blocks: string }).blocks) as string[] : []));
+  }
+
   /** Block hashes of a file version, in order. */
   blocksOf(v: ObjectVersion): string[] {
     const q = this.q('SELECT blocks FROM segments WHERE hash = ?');
@@ -383,7 +385,7 @@ export class MetaStore {
    * Commits a new version of bucket/path unless the head is already the
    * same (idempotent). File blocks must all be stored. Returns the head.
    */
-  commit(bucket: string, path: string, nv: NewVersion, blocks: string[] = []): ObjectVersion {
+  commit(bucket: string, path: string, nv: NewVersion, blocks: string[] = [], newSegments: string[][] = []): ObjectVersion {
     return this.db.transaction(() => {
       this.checkAncestors(bucket, path);
       // Nothing lives below a file or symlink: a directory replaced by one ends its subtree.
@@ -402,6 +404,28 @@ export class MetaStore {
           segments.push(h);
         }
         const missing = this.missingBlocks(fresh.flatMap(([, seg]) => seg));
+        if (missing.length > 0) {
+          throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
+        }
+        const add = this.q('INSERT OR IGNORE INTO segments (hash, blocks, refs) VALUES (?, ?, 0)');
+        for (const [h, seg] of fresh) add.run(h, JSON.stringify(seg));
+      } else if (nv.kind === 'file') {
+        // A patch commit: the segment list, with the block lists of segments the site may lack.
+        // Every other segment must be one a version references (so all its blocks are stored).
+        const given = new Map(newSegments.map((seg) => [segmentHash(seg), seg]));
+        const live = this.q('SELECT 1 FROM segments WHERE hash = ? AND refs > 0');
+        const fresh = new Map<string, string[]>();
+        const unknown: string[] = [];
+        for (const h of segments) {
+          if (fresh.has(h) || live.get(h) !== undefined) continue;
+          const seg = given.get(h);
+          if (seg === undefined) unknown.push(h);
+          else fresh.set(h, seg);
+        }
+        if (unknown.length > 0) {
+          throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${unknown.length} segments are neither stored nor given`, { cause: [] });
+        }
+        const missing = this.missingBlocks([...fresh.values()].flat());
         if (missing.length > 0) {
           throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
         }

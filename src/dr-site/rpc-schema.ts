@@ -28,6 +28,10 @@ const commitProps = {
   size: { type: 'integer', minimum: 0 },
   blockSize: { type: 'integer', minimum: 512, maximum: 1 << 26 },
   blocks: { type: 'array', items: hash, maxItems: 1 << 22 },
+  /** A patch commit: the version's segment list (instead of blocks)... */
+  segments: { type: 'array', items: hash, maxItems: 1 << 14 },
+  /** ...and the block lists of segments the site may not have. */
+  newSegments: { type: 'array', maxItems: 1024, items: { type: 'array', items: hash, minItems: 1, maxItems: 256 } },
   target: { type: 'string', maxLength: 4096 },
 } as const;
 
@@ -47,6 +51,9 @@ const keyRecord = {
   },
 } as const;
 
+/** A commit names its blocks or its segments, never both. */
+const BLOCKS_AND_SEGMENTS = { properties: { blocks: {}, segments: {} }, required: ['blocks', 'segments'] } as const;
+
 const obj = (properties: Record<string, unknown>, required: string[]) =>
   ({ type: 'object', additionalProperties: false, properties, required }) as const;
 
@@ -56,17 +63,18 @@ export const RPC_PARAMS: Record<string, object> = {
   'blocks.put': obj({ blocks: { type: 'array', maxItems: 4096, items: obj({ hash, size: { type: 'integer', minimum: 0 } }, ['hash', 'size']) } }, ['blocks']),
   /** With bucket and path (and at), only blocks of that object are served: what a scoped token must send. */
   'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 }, bucket, path, at }, ['hashes']),
-  'object.commit': obj({ bucket, ...commitProps }, ['bucket', 'path', 'kind', 'meta']),
+  'object.commit': { ...obj({ bucket, ...commitProps }, ['bucket', 'path', 'kind', 'meta']), not: BLOCKS_AND_SEGMENTS },
   /** Several commits in one transaction (one fsync): what a resync of many small files sends. */
   'object.commitMany': obj({
     bucket,
-    objects: { type: 'array', minItems: 1, maxItems: 512, items: obj(commitProps, ['path', 'kind', 'meta']) },
+    objects: { type: 'array', minItems: 1, maxItems: 512, items: { ...obj(commitProps, ['path', 'kind', 'meta']), not: BLOCKS_AND_SEGMENTS } },
   }, ['bucket', 'objects']),
   'object.delete': obj({ bucket, path }, ['bucket', 'path']),
   /** Several deletes in one transaction: what a batch of removed files sends. */
   'object.deleteMany': obj({ bucket, paths: { type: 'array', minItems: 1, maxItems: 512, items: path } }, ['bucket', 'paths']),
   'object.move': obj({ bucket, from: path, to: path }, ['bucket', 'from', 'to']),
-  'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' } }, ['bucket', 'path']),
+  /** With segments (indexes): the file's segment list and the block lists of those segments. */
+  'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' }, segments: { type: 'array', maxItems: 1024, items: { type: 'integer', minimum: 0 } } }, ['bucket', 'path']),
   /** With blocks: every file's block list too (a content verify in one call). */
   'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 16384 }, blocks: { type: 'boolean' } }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),

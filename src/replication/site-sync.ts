@@ -4,6 +4,8 @@
  * share by `vfsx resync`.
  */
 import type { Tree, TreeEntry } from '../native/tree';
+import { VfsxError } from '../errors/vfsx-error';
+import { SEGMENT_BLOCKS, segmentHash } from '../protocol/segments';
 import { DrRpcError } from '../site-link/dr-client';
 import type { SiteClient } from '../site-link/site-client';
 import { metaOfEntry, readBlocks, streamBlocks, targetOf } from './source-tree';
@@ -31,6 +33,18 @@ const TREE_CONCURRENCY = 16;
 /** Files up to this size go to the site many at a time (one blocks.missing, one commitMany). */
 export const SMALL_FILE = 256 << 10;
 const BATCH_FILES = 64;
+
+interface PatchHead {
+  kind: string;
+  size: number;
+  blockSize: number;
+  segments?: string[];
+  segmentBlocks?: string[][];
+}
+
+/** A patch commit spells out at most this many segments (the site takes 1,024); more changes take the usual way. */
+const PATCH_SEGMENTS = 64;
+const INVALID_PARAMS = -32602;
 
 interface ListedObject {
   path: string;
@@ -61,6 +75,8 @@ export class SiteSync {
   readonly blockSize: number;
   private readonly stats: SyncStats;
   private readonly idOf = (b: Buffer) => this.site.blockId(b);
+  /** The site refused a patch commit's stat (older than them): never ask again on this link. */
+  private noPatch = false;
   /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
   private heads: Map<string, ListedObject> | null = null;
   /** During syncTree: each directory's entries, scanned while the site's list was on its way. */
@@ -354,9 +370,102 @@ export class SiteSync {
     await Promise.all(Array.from({ length: Math.min(PUT_WINDOW, frames.length) }, lane));
   }
 
+  /**
+   * Hands each chunk's blocks the site lacks to it (one "which are
+   * missing" per chunk; a block met twice is asked for and sent once).
+   */
+  private chunkSender(): (chunk: Array<[number, string, Buffer]>) => Promise<void> {
+    const asked = new Set<string>();
+    return async (chunk) => {
+      const ids = [...new Set(chunk.map(([, h]) => h))].filter((h) => !asked.has(h));
+      if (ids.length === 0) return;
+      for (const h of ids) asked.add(h);
+      const missing = new Set((await this.site.call<{ missing: string[] }>('blocks.missing', { hashes: ids })).missing);
+      const send: Array<[string, Buffer]> = [];
+      for (const [, h, data] of chunk) {
+        if (missing.delete(h)) send.push([h, data]); // else not missing, or already queued (same block twice)
+      }
+      await this.sendBlocks(send);
+    };
+  }
+
+  /**
+   * A few blocks of a file changed in place (its size did not): reads and
+   * sends those blocks, and commits the site's segment list with only the
+   * segments they fall in spelt out, instead of fetching and sending the
+   * whole block list (16,384 ids for 1 GiB). Null when this cannot apply
+   * (no such head, another size or block size, a site without patch
+   * commits, or an encrypted head sealed before segment lists were bound):
+   * the caller takes the usual way.
+   */
+  private async patchFile(rel: string, ranges: Array<[number, number]>): Promise<boolean | null> {
+    const { site, bucket, blockSize: bs } = this;
+    const st = this.tree.stat(rel);
+    if (this.noPatch || !st || st.kind !== 'file' || st.size === 0) return null;
+    const count = Math.ceil(st.size / bs);
+    const which = new Set<number>();
+    for (const [off, len] of ranges) {
+      if (len === 0) continue;
+      for (let i = Math.floor(off / bs); i <= Math.min(count - 1, Math.floor((off + len - 1) / bs)); i++) which.add(i);
+    }
+    const segIdx = [...new Set([...which].map((i) => Math.floor(i / SEGMENT_BLOCKS)))].sort((a, b) => a - b);
+    if (which.size === 0 || segIdx.length > PATCH_SEGMENTS) return null;
+    let head: PatchHead | null;
+    try {
+      head = await site.call<PatchHead | null>('object.stat', { bucket, path: rel, segments: segIdx });
+    } catch (err) {
+      if (!(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
+      this.noPatch = true; // a site from before patch commits
+      return null;
+    }
+    if (!head || head.kind !== 'file' || head.blockSize !== bs || head.size !== st.size
+      || !Array.isArray(head.segments) || !Array.isArray(head.segmentBlocks)) return null;
+    const headSegments = head.segments;
+    const headLists = head.segmentBlocks;
+    const nseg = Math.ceil(count / SEGMENT_BLOCKS);
+    if (headSegments.length !== nseg || headLists.length !== segIdx.length) {
+      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment list does not fit the file's size`);
+    }
+    // Each segment's block list must be the one its hash names (what a hostile site cannot fake).
+    const lists = new Map<number, string[]>();
+    segIdx.forEach((si, k) => {
+      const list = headLists[k];
+      const want = si === nseg - 1 ? count - si * SEGMENT_BLOCKS : SEGMENT_BLOCKS;
+      if (!Array.isArray(list) || list.length !== want || segmentHash(list) !== headSegments[si]) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment ${si} is not the one its list names`);
+      }
+      lists.set(si, [...list]);
+    });
+    const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, this.chunkSender());
+    if (fb.count !== count) return null; // resized meanwhile: the usual way reads what it is now
+    for (const i of which) (lists.get(Math.floor(i / SEGMENT_BLOCKS)) as string[])[i % SEGMENT_BLOCKS] = fb.ids.get(i) as string;
+    const segments = [...headSegments];
+    const newSegments: string[][] = [];
+    for (const [si, list] of lists) {
+      const h = segmentHash(list);
+      if (h === segments[si]) continue;
+      segments[si] = h;
+      newSegments.push(list);
+    }
+    try {
+      await site.call('object.commit', {
+        bucket, path: rel, kind: 'file', meta: metaOfEntry(fb.entry), size: fb.entry.size, blockSize: bs, segments, newSegments,
+      });
+    } catch (err) {
+      // A segment or block went away meanwhile (retention raced us): send everything.
+      if (err instanceof DrRpcError && err.code === -32001) return this.syncFile(rel, undefined, true);
+      throw err;
+    }
+    return false;
+  }
+
   /** Returns whether every block was read. */
   private async syncFile(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
     const { site, bucket } = this;
+    if (!full && ranges) {
+      const patched = await this.patchFile(rel, ranges);
+      if (patched !== null) return patched;
+    }
     const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
     const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.blockSize;
     let which: Set<number> | null = null;
@@ -372,18 +481,7 @@ export class SiteSync {
       if (st && st.size === head.size && st.mtimeNs === head.meta.mtimeNs) which = new Set();
     }
     // Streamed: each chunk's missing blocks go to the site while the next chunk is read.
-    const asked = new Set<string>();
-    const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, async (chunk) => {
-      const ids = [...new Set(chunk.map(([, h]) => h))].filter((h) => !asked.has(h));
-      if (ids.length === 0) return;
-      for (const h of ids) asked.add(h);
-      const missing = new Set((await site.call<{ missing: string[] }>('blocks.missing', { hashes: ids })).missing);
-      const send: Array<[string, Buffer]> = [];
-      for (const [, h, data] of chunk) {
-        if (missing.delete(h)) send.push([h, data]); // else not missing, or already queued (same block twice)
-      }
-      await this.sendBlocks(send);
-    });
+    const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, this.chunkSender());
     const meta = metaOfEntry(fb.entry);
     const hashes: string[] = [];
     for (let i = 0; i < fb.count; i++) {

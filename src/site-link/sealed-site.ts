@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VfsxError } from '../errors/vfsx-error';
+import { segmentsOf } from '../protocol/segments';
 import { RepoCipher } from '../repository/repo-cipher';
 import { DrClient } from './dr-client';
 import type { BlockScope, SiteClient } from './site-client';
@@ -90,7 +91,16 @@ export class SealedSite implements SiteClient {
     const size = kind === 'file' ? (o.size ?? 0) : 0;
     const inner: Obj = { m: o.meta };
     if (kind === 'symlink') inner.t = o.target ?? '';
-    if (kind === 'file') inner.b = digest((o.blocks as unknown[] | undefined) ?? []);
+    if (kind === 'file') {
+      // Bound to the block list (b) and to its segment list (s): a patch commit, which names
+      // only segments, can be bound (s only), and checked later against either.
+      if (Array.isArray(o.segments)) inner.s = digest(o.segments);
+      else {
+        const blocks = (o.blocks as string[] | undefined) ?? [];
+        inner.b = digest(blocks);
+        inner.s = digest(segmentsOf(blocks));
+      }
+    }
     const sealed: Obj = { ...o, path: o.path, meta: { enc: this.cipher.sealMeta(inner, bound(kind, size)) } };
     if (kind === 'symlink') sealed.target = '';
     return sealed;
@@ -111,9 +121,18 @@ export class SealedSite implements SiteClient {
     if (typeof enc !== 'string') throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${path}: the DR site sent unsealed metadata`);
     const inner = this.cipher.openMeta(enc, bound(v.kind, v.kind === 'file' ? v.size : 0), path) as Obj | null;
     if (typeof inner !== 'object' || inner === null) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${path}: malformed sealed metadata`);
-    if (Array.isArray(v.blocks) && inner.b !== digest(v.blocks)) {
+    if (Array.isArray(v.blocks) && (inner.b !== undefined ? inner.b !== digest(v.blocks) : inner.s !== digest(segmentsOf(v.blocks as string[])))) {
       throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${path}: the DR site's block list is not the one committed`);
     }
-    return { ...v, path, meta: inner.m, target: v.kind === 'symlink' ? inner.t : v.target };
+    const out: Obj = { ...v, path, meta: inner.m, target: v.kind === 'symlink' ? inner.t : v.target };
+    if (Array.isArray(v.segments)) {
+      if (inner.s === undefined) {
+        delete out.segments; // sealed before segment lists were bound: a patch cannot start from it
+        delete out.segmentBlocks;
+      } else if (inner.s !== digest(v.segments)) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${path}: the DR site's segment list is not the one committed`);
+      }
+    }
+    return out;
   }
 }
