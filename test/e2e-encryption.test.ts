@@ -12,6 +12,11 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { Tree } from '../src/native/tree';
+import { restoreShare } from '../src/operator/restore';
+import { SiteSync } from '../src/replication/site-sync';
+import { DrRpcError } from '../src/site-link/dr-client';
+import type { SiteClient } from '../src/site-link/site-client';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
 
@@ -272,5 +277,89 @@ test('a plaintext (v1-style) repository stays plaintext: resync with encryption 
     diffR(src, dest);
   } finally {
     await dr.destroy();
+  }
+});
+
+test("a few bytes changed in place go as a patch commit (the changed blocks and segments only), restore byte for byte, encrypted and plaintext; a site that alters a segment's block list (and, encrypted, the segment list) is refused and nothing is committed; a site without patch commits gets the usual commit", async () => {
+  for (const encryptNew of [true, false]) {
+    const dr = await DrSiteHarness.start();
+    const client = await dr.repo({ encryptNew });
+    try {
+      await client.call('bucket.ensure', { bucket: 'p' });
+      const src = join(work, `patch-src-${encryptNew}`);
+      await mkdir(src, { recursive: true });
+      const file = join(src, 'big.bin');
+      // 4 KiB blocks: 640 blocks in three segments (256, 256, 128).
+      await writeFile(file, randomBytes(640 * 4096 - 1000));
+      const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+      const tree = Tree.open(src);
+      const sync = new SiteSync({ site: client, bucket: 'p', tree, blockSize: 4096, stats });
+      await sync.syncPath('big.bin');
+      // What the site is asked, seen below the sealing (the link's own calls).
+      const link = encryptNew ? (client as unknown as { link: SiteClient }).link : client;
+      const realCall = link.call.bind(link);
+      const seen: Array<[string, Record<string, unknown>]> = [];
+      let tamper: ((method: string, r: Record<string, unknown>) => void) | null = null;
+      let refuse = false;
+      (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+        seen.push([method, params as Record<string, unknown>]);
+        if (refuse && method === 'object.stat' && (params as { segments?: unknown }).segments) throw new DrRpcError(-32602, 'invalid params');
+        const r = await realCall<T>(method, params);
+        if (tamper && r && typeof r === 'object') tamper(method, r as Record<string, unknown>);
+        return r;
+      };
+      const poke = async (offs: number[]) => {
+        const data = await readFile(file);
+        for (const o of offs) data[o] ^= 0x5a;
+        await writeFile(file, data);
+        return offs.map((o): [number, number] => [o, 1]);
+      };
+      const versions = async () => (await client.call<unknown[]>('object.versions', { bucket: 'p', path: 'big.bin' })).length;
+
+      // Two bytes in segments 1 and 2: two blocks sent, a commit naming segments, two of them spelt out.
+      const before = stats.blocksSent;
+      await sync.syncPath('big.bin', await poke([300 * 4096 + 7, 600 * 4096]));
+      assert.equal(stats.blocksSent - before, 2, 'two changed blocks sent');
+      const commit = seen.find(([m]) => m === 'object.commit')?.[1];
+      assert.ok(commit && Array.isArray(commit.segments) && commit.blocks === undefined, 'a patch commit names segments, not blocks');
+      assert.equal((commit.segments as string[]).length, 3);
+      assert.equal((commit.newSegments as string[][]).length, 2);
+      assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true), 'the whole block list was never fetched');
+      const out = join(work, `patch-out-${encryptNew}`);
+      assert.deepEqual((await restoreShare(client, 'p', out)).failed, []);
+      assert.deepEqual(await readFile(join(out, 'big.bin')), await readFile(file));
+
+      // A hostile site: a segment's block list with one id swapped, then (encrypted: the list is bound to
+      // the sealed metadata; a plaintext repository trusts its site for lists) a segment list with one hash swapped.
+      const n = await versions();
+      tamper = (method, r) => {
+        if (method === 'object.stat' && Array.isArray(r.segmentBlocks)) {
+          const l = (r.segmentBlocks as string[][])[0];
+          [l[0], l[1]] = [l[1], l[0]];
+        }
+      };
+      await assert.rejects(sync.syncPath('big.bin', await poke([10])), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY' && /segment 0/.test(err.message));
+      tamper = (method, r) => {
+        if (method === 'object.stat' && Array.isArray(r.segments)) (r.segments as string[])[2] = (r.segments as string[])[1];
+      };
+      if (encryptNew) await assert.rejects(sync.syncPath('big.bin', await poke([11])), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY');
+      assert.equal(await versions(), n, 'nothing committed from a tampered answer');
+
+      // A site from before patch commits (it refuses the parameter): the usual commit, still only the changed block sent.
+      tamper = null;
+      refuse = true;
+      seen.length = 0;
+      const b2 = stats.blocksSent;
+      await sync.syncPath('big.bin', await poke([12]));
+      assert.equal(stats.blocksSent - b2, 1);
+      assert.ok(seen.some(([m, p]) => m === 'object.commit' && Array.isArray(p.blocks)), 'the usual commit with the block list');
+      const out2 = join(work, `patch-out2-${encryptNew}`);
+      assert.deepEqual((await restoreShare(client, 'p', out2)).failed, []);
+      assert.deepEqual(await readFile(join(out2, 'big.bin')), await readFile(file));
+      tree.close();
+    } finally {
+      client.close();
+      await dr.destroy();
+    }
   }
 });
