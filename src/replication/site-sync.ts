@@ -422,20 +422,20 @@ export class SiteSync {
       || !Array.isArray(head.segments) || !Array.isArray(head.segmentBlocks)) return null;
     const headSegments = head.segments;
     const headLists = head.segmentBlocks;
-    const nseg = Math.ceil(count / SEGMENT_BLOCKS);
-    if (headSegments.length !== nseg || headLists.length !== segIdx.length) {
-      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment list does not fit the file's size`);
-    }
+    if (headLists.length !== segIdx.length) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site answered ${headLists.length} segments for ${segIdx.length} asked`);
     // Each segment's block list must be the one its hash names (what a hostile site cannot fake).
     const lists = new Map<number, string[]>();
-    segIdx.forEach((si, k) => {
+    for (let k = 0; k < segIdx.length; k++) {
       const list = headLists[k];
-      const want = si === nseg - 1 ? count - si * SEGMENT_BLOCKS : SEGMENT_BLOCKS;
-      if (!Array.isArray(list) || list.length !== want || segmentHash(list) !== headSegments[si]) {
-        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment ${si} is not the one its list names`);
+      if (!Array.isArray(list) || segmentHash(list) !== headSegments[segIdx[k]]) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment ${segIdx[k]} is not the one its list names`);
       }
-      lists.set(si, [...list]);
-    });
+      lists.set(segIdx[k], [...list]);
+    }
+    // A head whose segments do not tile the file as this client cuts it: the usual way rewrites it whole.
+    const nseg = Math.ceil(count / SEGMENT_BLOCKS);
+    const fits = (si: number) => (lists.get(si) as string[]).length === (si === nseg - 1 ? count - si * SEGMENT_BLOCKS : SEGMENT_BLOCKS);
+    if (headSegments.length !== nseg || !segIdx.every(fits)) return null;
     const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, this.chunkSender());
     if (fb.count !== count) return null; // resized meanwhile: the usual way reads what it is now
     for (const i of which) (lists.get(Math.floor(i / SEGMENT_BLOCKS)) as string[])[i % SEGMENT_BLOCKS] = fb.ids.get(i) as string;
