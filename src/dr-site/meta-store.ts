@@ -390,40 +390,36 @@ export class MetaStore {
       this.checkAncestors(bucket, path);
       // Nothing lives below a file or symlink: a directory replaced by one ends its subtree.
       if (nv.kind !== 'dir') this.deleteBelow(bucket, path);
-      const segments: string[] = nv.segments ?? [];
-      if (nv.kind === 'file' && nv.segments === undefined) {
+      let segments: string[] = nv.segments ?? [];
+      if (nv.kind === 'file') {
+        // The segments whose block lists come with this call: every one of a whole block list,
+        // or those a patch commit spells out (the rest must be segments a version references).
+        const known = new Map<string, string[]>();
+        if (nv.segments === undefined) {
+          segments = [];
+          for (let i = 0; i < blocks.length; i += SEGMENT_BLOCKS) {
+            const seg = blocks.slice(i, i + SEGMENT_BLOCKS);
+            const h = segmentHash(seg);
+            known.set(h, seg);
+            segments.push(h);
+          }
+        } else {
+          for (const seg of newSegments) known.set(segmentHash(seg), seg);
+        }
         // A segment some version references has all its blocks (referenced blocks are never
         // freed): only the blocks of new segments need looking up (a 1-byte change in a
         // 1 GiB file checks 256 blocks, not 16,384).
         const live = this.q('SELECT 1 FROM segments WHERE hash = ? AND refs > 0');
-        const fresh: Array<[string, string[]]> = [];
-        for (let i = 0; i < blocks.length; i += SEGMENT_BLOCKS) {
-          const seg = blocks.slice(i, i + SEGMENT_BLOCKS);
-          const h = segmentHash(seg);
-          if (live.get(h) === undefined) fresh.push([h, seg]);
-          segments.push(h);
-        }
-        const missing = this.missingBlocks(fresh.flatMap(([, seg]) => seg));
-        if (missing.length > 0) {
-          throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
-        }
-        const add = this.q('INSERT OR IGNORE INTO segments (hash, blocks, refs) VALUES (?, ?, 0)');
-        for (const [h, seg] of fresh) add.run(h, JSON.stringify(seg));
-      } else if (nv.kind === 'file') {
-        // A patch commit: the segment list, with the block lists of segments the site may lack.
-        // Every other segment must be one a version references (so all its blocks are stored).
-        const given = new Map(newSegments.map((seg) => [segmentHash(seg), seg]));
-        const live = this.q('SELECT 1 FROM segments WHERE hash = ? AND refs > 0');
         const fresh = new Map<string, string[]>();
-        const unknown: string[] = [];
+        let unknown = 0;
         for (const h of segments) {
           if (fresh.has(h) || live.get(h) !== undefined) continue;
-          const seg = given.get(h);
-          if (seg === undefined) unknown.push(h);
+          const seg = known.get(h);
+          if (seg === undefined) unknown++;
           else fresh.set(h, seg);
         }
-        if (unknown.length > 0) {
-          throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${unknown.length} segments are neither stored nor given`, { cause: [] });
+        if (unknown > 0) {
+          throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${unknown} segments are neither stored nor given`, { cause: [] });
         }
         const missing = this.missingBlocks([...fresh.values()].flat());
         if (missing.length > 0) {
