@@ -43,6 +43,8 @@ void vfsx_link_post(struct vfsx_msg *m);
 void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq);
 bool vfsx_link_fold(uint64_t seq, int err);
 bool vfsx_link_up(void);
+/* As vfsx_link_up, after reading what the service sent (an EOF: down). */
+bool vfsx_link_alive(void);
 /* The policy's rules, when the service sent them and the link is up; else NULL (ask). */
 const struct vfsx_rules *vfsx_link_rules(void);
 /*

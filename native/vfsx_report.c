@@ -174,7 +174,7 @@ int report_ask(struct vfsx_call *c)
 	}
 	if (c->sh->async && (local == 0 || !vfsx_link_needs_verdict(c->op))) {
 		/* No rule can deny it (or none did, here): record it without waiting. */
-		if (!vfsx_link_up() && c->sh->deny) {
+		if (c->sh->deny && !vfsx_link_alive()) {
 			return c->sh->deny_errno;
 		}
 		vfsx_msg_arg_u64(&g_msg, "async", 1);
@@ -201,6 +201,11 @@ int report_ask(struct vfsx_call *c)
 	}
 	/* The link recorded the report anyway (spool). */
 	if (c->sh->deny) {
+		/* ...of a call that will not happen: its outcome says so. */
+		c->asked = true;
+		errno = c->sh->deny_errno;
+		report_done(c, -1);
+		c->asked = false;
 		return c->sh->deny_errno;
 	}
 	c->asked = true;

@@ -6,9 +6,10 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
+import { constants } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { waitForRecords } from './helpers/journal-client';
+import { readFailed, waitForRecords } from './helpers/journal-client';
 import { RedisHarness } from './helpers/redis-harness';
 import { ServiceHarness } from './helpers/service-harness';
 import { SmbSession } from './helpers/smb-session';
@@ -185,7 +186,14 @@ test('with on_failure = deny and the service stopped, operations fail cleanly an
     assert.equal(existsSync(join(smbd.sharePath('closed'), 'refused.txt')), false);
     await svc.start();
     await waitFor('link back up', async () => (await s.run('mkdir ok2')).statuses.length === 0, 15000, 200);
-    await waitForRecords(svc, 'mkdir ok2', (recs) => recs.some((x) => x.op === 'mkdir' && x.names.path === 'ok2'));
+    const recs = await waitForRecords(svc, 'mkdir ok2', (r) => r.some((x) => x.op === 'mkdir' && x.names.path === 'ok2'));
+    assert.ok(!recs.some((x) => x.names.path === 'refused' || x.names.path === 'refused.txt'), JSON.stringify(recs));
+    // The refused create was spooled with its outcome: an audit entry, never a change of unknown outcome to replicate.
+    const failed = await waitFor('the refused create listed as failed', async () => {
+      const f = (await readFailed(svc)).filter((x) => x.names.path === 'refused.txt');
+      return f.length > 0 ? f : undefined;
+    });
+    assert.deepEqual(failed.map((x) => [x.op, x.outcome, x.errno]), [['create', 'failed', constants.errno.EACCES]]);
   } finally {
     await s.close();
   }

@@ -13,6 +13,7 @@ export interface JournalCommandOptions {
   follow: boolean;
   pending: boolean;
   all: boolean;
+  failed?: boolean;
 }
 
 /** A name as typed: quoted when it holds blanks, quotes, '=' or control bytes. */
@@ -34,7 +35,7 @@ export async function journalCommand(config: VfsxConfig, o: JournalCommandOption
   };
   try {
     if (o.follow) await reader.follow(print);
-    for (const r of o.pending ? await reader.pending() : await reader.queued(o.all)) print(r);
+    for (const r of o.failed ? await reader.failed() : o.pending ? await reader.pending() : await reader.queued(o.all)) print(r);
     if (o.follow) {
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);

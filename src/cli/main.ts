@@ -41,9 +41,11 @@ Usage:
       The DR sites the journal feeds (configured, or left over). remove
       stops feeding a site no longer configured and drops its queue and
       state (its DR site itself is untouched).
-  vfsx journal [--config FILE] [--share NAME] [--pending|--all] [--json] [--follow]
+  vfsx journal [--config FILE] [--share NAME] [--pending|--all|--failed] [--json] [--follow]
       Print queued change records, oldest first (--pending: records still
-      awaiting their outcome; --all: also the recently replicated ones).
+      awaiting their outcome; --all: also the recently replicated ones;
+      --failed: operations smbd attempted that failed or were refused, the
+      newest journal.keepFailedOps, never replicated).
       --json prints one JSON record per line.
       --follow keeps printing records as they are added.
   vfsx dr-site [--config FILE]
@@ -238,6 +240,7 @@ export async function main(argv: string[]): Promise<number> {
       follow: { type: 'boolean', short: 'f', default: false },
       pending: { type: 'boolean', default: false },
       all: { type: 'boolean', default: false },
+      failed: { type: 'boolean', default: false },
       source: { type: 'string' },
       at: { type: 'string' },
       content: { type: 'boolean', default: false },
@@ -319,6 +322,7 @@ export async function main(argv: string[]): Promise<number> {
         follow: values.follow === true,
         pending: values.pending === true,
         all: values.all === true,
+        failed: values.failed === true,
       });
     default:
       process.stderr.write(`vfsx: unknown command ${command}\n\n${HELP}`);

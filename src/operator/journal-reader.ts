@@ -52,6 +52,12 @@ export class JournalReader {
     return [...jobs.flatMap((j) => recordsOf(j.data)), ...kept].sort((a, b) => a.ts - b.ts || a.seq - b.seq);
   }
 
+  /** Operations smbd attempted that failed (or a share refused), oldest first: the newest journal.keepFailedOps, never replicated. */
+  async failed(): Promise<ChangeRecord[]> {
+    const list = await this.client.lrange(journalKeys(this.opts.redis.prefix).failed, 0, -1);
+    return list.map((x) => JSON.parse(x) as ChangeRecord).reverse();
+  }
+
   /** Records whose outcome has not arrived yet, computed from the stream as the pump does. */
   async pending(): Promise<ChangeRecord[]> {
     const keys = journalKeys(this.opts.redis.prefix);

@@ -15,6 +15,17 @@ export async function readJournal(svc: ServiceHarness): Promise<ChangeRecord[]> 
   }
 }
 
+/** Operations that failed or were refused (`vfsx journal --failed`), oldest first. */
+export async function readFailed(svc: ServiceHarness): Promise<ChangeRecord[]> {
+  const cfg = validateConfig(svc.config);
+  const r = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
+  try {
+    return await r.failed();
+  } finally {
+    await r.close();
+  }
+}
+
 /** Waits until the journal holds records matching pred, and returns them. */
 export async function waitForRecords(
   svc: ServiceHarness,

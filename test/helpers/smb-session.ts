@@ -15,15 +15,22 @@ export class SmbSession {
   private marks = 0;
 
   private constructor(port: number, share: string) {
-    // stdbuf: smbclient block-buffers stdout on a pipe; each marker must arrive at once.
-    this.proc = spawn('stdbuf', ['-oL', '-eL', 'smbclient', `//127.0.0.1/${share}`, '-p', String(port), '-U', `${SMB_USER}%${SMB_PASS}`]);
+    // stdbuf: smbclient block-buffers stdout on a pipe; each marker must arrive at
+    // once. And it waits for stdin to become readable before each fgets: a second
+    // line already in stdio's buffer would wait for the next write, so stdin is
+    // unbuffered (-i0). One pipe for both streams keeps an error before its marker.
+    const args = ['-i0', '-oL', '-eL', 'smbclient', `//127.0.0.1/${share}`, '-p', String(port), '-U', `${SMB_USER}%${SMB_PASS}`];
+    this.proc = spawn('sh', ['-c', 'exec stdbuf "$@" 2>&1', 'sh', ...args]);
     this.proc.stdout.on('data', (c: Buffer) => (this.out += c.toString()));
     this.proc.stderr.on('data', (c: Buffer) => (this.out += c.toString()));
   }
 
   static async open(port: number, share: string): Promise<SmbSession> {
     const s = new SmbSession(port, share);
-    await s.run('pwd');
+    // One marker to wait for (run() would add a second).
+    s.proc.stdin.write('pwd\n');
+    await waitFor('smbclient to connect', () => s.count() >= 1, 30000, 5);
+    s.marks = 1;
     return s;
   }
 
@@ -33,7 +40,9 @@ export class SmbSession {
     const t0 = Date.now();
     const want = this.marks + 1;
     this.proc.stdin.write(`${cmd}\npwd\n`);
-    await waitFor(`smbclient to finish ${cmd}`, () => this.count() >= want, timeoutMs, 5);
+    await waitFor(`smbclient to finish ${cmd}`, () => this.count() >= want, timeoutMs, 5).catch((err: Error) => {
+      throw new Error(`${err.message}; smbclient said: ${this.out.slice(start)}`);
+    });
     this.marks = want;
     const output = this.out.slice(start);
     return { output, statuses: output.match(/NT_STATUS_[A-Z_]+/g) ?? [], ms: Date.now() - t0 };
