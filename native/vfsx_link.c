@@ -873,19 +873,18 @@ bool vfsx_link_up(void)
 	return L.state == LINK_UP;
 }
 
+/*
+ * The event loop may not have run since the service went away (an SMB
+ * request and the socket's EOF become ready together): look now, without
+ * waiting, so a share that fails when the service is down does not let an
+ * operation through on a link that is already gone. One read may take
+ * replies and leave the EOF behind them for the next.
+ */
 bool vfsx_link_alive(void)
 {
-	struct pollfd pfd = { .fd = L.fd, .events = POLLIN };
-
-	/*
-	 * The event loop may not have run since the service went away (an
-	 * SMB request and the socket's EOF become ready together): look now,
-	 * without waiting, so a share that fails when the service is down
-	 * does not let an operation through on a link that is already gone.
-	 */
+	struct pollfd pfd = { .events = POLLIN };
 	int i;
 
-	/* One read may take replies and leave the EOF behind them for the next. */
 	for (i = 0; i < 4 && L.state == LINK_UP && L.fd >= 0; i++) {
 		pfd.fd = L.fd;
 		if (poll(&pfd, 1, 0) <= 0) {

@@ -5,26 +5,20 @@ import { validateConfig } from '../../src/config/load-config';
 import type { ServiceHarness } from './service-harness';
 import { waitFor } from './wait-for';
 
-export async function readJournal(svc: ServiceHarness): Promise<ChangeRecord[]> {
+async function withReader<T>(svc: ServiceHarness, f: (r: JournalReader) => Promise<T>): Promise<T> {
   const cfg = validateConfig(svc.config);
   const r = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
   try {
-    return await r.queued();
+    return await f(r);
   } finally {
     await r.close();
   }
 }
 
+export const readJournal = (svc: ServiceHarness): Promise<ChangeRecord[]> => withReader(svc, (r) => r.queued());
+
 /** Operations that failed or were refused (`vfsx journal --failed`), oldest first. */
-export async function readFailed(svc: ServiceHarness): Promise<ChangeRecord[]> {
-  const cfg = validateConfig(svc.config);
-  const r = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName });
-  try {
-    return await r.failed();
-  } finally {
-    await r.close();
-  }
-}
+export const readFailed = (svc: ServiceHarness): Promise<ChangeRecord[]> => withReader(svc, (r) => r.failed());
 
 /** Waits until the journal holds records matching pred, and returns them. */
 export async function waitForRecords(
