@@ -144,6 +144,20 @@ struct vfsx_msg *report_begin(vfs_handle_struct *handle,
 	return &g_msg;
 }
 
+/* The outcome of report c: folded into its held frame, else a "done" frame. */
+static void send_done(struct vfsx_call *c, int err)
+{
+	if (vfsx_link_fold(c->seq, err)) {
+		return;
+	}
+	vfsx_msg_begin(&g_msg, c->sh->user, "done", c->sh->origpath);
+	vfsx_msg_arg_u64(&g_msg, "seq", c->seq);
+	vfsx_msg_arg_u64(&g_msg, "err", (uint64_t)err);
+	if (vfsx_msg_end(&g_msg) == 0) {
+		vfsx_link_post(&g_msg);
+	}
+}
+
 /* Returns 0 to let the call proceed, or the errno to fail it with. */
 int report_ask(struct vfsx_call *c)
 {
@@ -202,10 +216,7 @@ int report_ask(struct vfsx_call *c)
 	/* The link recorded the report anyway (spool). */
 	if (c->sh->deny) {
 		/* ...of a call that will not happen: its outcome says so. */
-		c->asked = true;
-		errno = c->sh->deny_errno;
-		report_done(c, -1);
-		c->asked = false;
+		send_done(c, c->sh->deny_errno);
 		return c->sh->deny_errno;
 	}
 	c->asked = true;
@@ -217,14 +228,8 @@ void report_done(struct vfsx_call *c, int ret)
 {
 	int saved = errno;
 
-	if (c->asked &&
-	    !vfsx_link_fold(c->seq, ret < 0 ? saved : 0)) {
-		vfsx_msg_begin(&g_msg, c->sh->user, "done", c->sh->origpath);
-		vfsx_msg_arg_u64(&g_msg, "seq", c->seq);
-		vfsx_msg_arg_u64(&g_msg, "err", ret < 0 ? (uint64_t)saved : 0);
-		if (vfsx_msg_end(&g_msg) == 0) {
-			vfsx_link_post(&g_msg);
-		}
+	if (c->asked) {
+		send_done(c, ret < 0 ? saved : 0);
 	}
 	errno = saved;
 }

@@ -13,7 +13,7 @@ export interface JournalCommandOptions {
   follow: boolean;
   pending: boolean;
   all: boolean;
-  failed?: boolean;
+  failed: boolean;
 }
 
 /** A name as typed: quoted when it holds blanks, quotes, '=' or control bytes. */
