@@ -16,6 +16,7 @@ import { BATCH, BatchJob, coalesce } from '../src/replication-queue/batch';
 import { JournalPump } from '../src/replication-queue/journal-pump';
 import { JournalReader } from '../src/operator/journal-reader';
 import { ShareOrder } from '../src/replication-queue/share-order';
+import { BATCH_FIELD, entryPairs, packBatch, recordField } from '../src/journal/stream-ids';
 import { RedisHarness } from './helpers/redis-harness';
 
 let seq = 0;
@@ -81,6 +82,29 @@ after(async () => {
   await redis?.stop();
 });
 
+test('a packed group commit reads back as its reports in order; entries of the older field/value form read as before', () => {
+  const rec = JSON.stringify({ id: 'i-1', path: 'a\nb', note: 'line\r\nbreak' });
+  const lines = [`r${rec}`, 'oi-1 0', 'r{}', 'oi-2 13'];
+  assert.deepEqual([...entryPairs([BATCH_FIELD, packBatch(lines)])], [['r', rec], ['o', 'i-1 0'], ['r', '{}'], ['o', 'i-2 13']]);
+  assert.deepEqual([...entryPairs(['r', rec, 'o', 'i-1 0'])], [['r', rec], ['o', 'i-1 0']]);
+  assert.deepEqual([...entryPairs([BATCH_FIELD, ''])], []);
+});
+
+test('status picks id, share and ts out of a record without parsing it, whatever the names and arguments hold', () => {
+  for (const r of [
+    rec('create', 'plain.txt'),
+    rec('rename', 'a"share":"x".txt', { names: { path: 'a"share":"x".txt', to: '"ts":1,"id":"y"' } }),
+    { ...rec('mkdir', 'd'), share: 'sh"are\\\\', id: 'i\\"d' },
+    { ...rec('create', 'f'), args: { ts: 7, id: 'q', share: 'z' } },
+  ]) {
+    const json = JSON.stringify(r);
+    assert.equal(recordField(json, 'id'), r.id, json);
+    assert.equal(recordField(json, 'share'), r.share, json);
+    assert.equal(recordField(json, 'ts'), r.ts, json);
+  }
+  assert.equal(recordField('not json', 'id'), undefined);
+});
+
 test('ShareOrder: a batch runs only when every earlier batch of its share is done; shares are independent', async () => {
   const order = new ShareOrder(conn, 'o1');
   const first = await order.allocate('s', 3);
@@ -133,7 +157,7 @@ function pumpFor(prefix: string, settleMs: number, batchMax: number, more: { ena
 
 /** Appends records (complete, or pending with their outcome in a later entry) as the service's group commits do. */
 async function append(prefix: string, recs: ChangeRecord[]): Promise<void> {
-  await conn.xadd(`${prefix}:journal`, '*', ...recs.flatMap((r) => ['r', JSON.stringify(r)]));
+  await conn.xadd(`${prefix}:journal`, '*', BATCH_FIELD, packBatch(recs.map((r) => `r${JSON.stringify(r)}`)));
 }
 
 async function batchJobs(prefix: string): Promise<Array<{ seq: number; paths: string[] }>> {
@@ -182,6 +206,7 @@ test('the pump queues full batches at once; records it held when it stopped are 
   // A pending record whose outcome comes in a later entry; the pump stops while holding it and a4.
   const pending = rec('rename', 'a5', { outcome: 'pending', names: { path: 'a5', to: 'a6' } });
   await append('p2', [pending]);
+  // An outcome in the field/value form of entries written before batches were packed: still read.
   await conn.xadd('p2:journal', '*', 'o', `${pending.id} 0`);
   const held = async () => (JSON.parse((await conn.hget('p2:journal:cursor', 'held')) ?? '{}') as Record<string, [number, number]>).s?.[0] ?? 0;
   await until('the checkpoint of two held records', async () => (await held()) === 2);

@@ -15,6 +15,7 @@ import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord, ChangeSink } from '../ops/change-record';
 import { logLinkStatus } from './link-status';
 import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
+import { BATCH_FIELD, packBatch } from './stream-ids';
 
 export interface JournalOptions {
   redis: VfsxConfig['redis'];
@@ -29,7 +30,7 @@ interface Waiter {
 }
 
 interface Batch {
-  entries: string[]; // field value pairs: ['r', json] or ['o', 'id err']
+  lines: string[]; // 'r' + JSON, or 'o' + "id err" (journal/stream-ids.ts: packBatch)
   waiters: Waiter[]; // at most one: everyone in the batch shares `done`
   done?: Promise<void>;
 }
@@ -41,7 +42,7 @@ export class Journal implements ChangeSink {
   private readonly writeTimeoutMs: number;
   private readonly groupCommitMs: number;
   private timer: NodeJS.Timeout | null = null;
-  private batch: Batch = { entries: [], waiters: [] };
+  private batch: Batch = { lines: [], waiters: [] };
   private scheduled = false;
   private readonly inFlight = new Set<Promise<void>>();
   private closed = false;
@@ -106,7 +107,7 @@ export class Journal implements ChangeSink {
   private add(field: string, value: string, urgent: boolean): Promise<void> {
     if (this.closed) return Promise.reject(new VfsxError('VFSX_ERR_JOURNAL_UNAVAILABLE', 'journal closed'));
     const b = this.batch;
-    b.entries.push(field, value);
+    b.lines.push(field + value);
     if (!b.done) b.done = new Promise<void>((resolve, reject) => b.waiters.push({ resolve, reject }));
     if (urgent && this.timer) {
       clearTimeout(this.timer);
@@ -125,8 +126,8 @@ export class Journal implements ChangeSink {
     this.scheduled = false;
     this.timer = null;
     const b = this.batch;
-    this.batch = { entries: [], waiters: [] };
-    if (b.entries.length === 0) return;
+    this.batch = { lines: [], waiters: [] };
+    if (b.lines.length === 0) return;
     const p = this.write(b).finally(() => this.inFlight.delete(p));
     this.inFlight.add(p);
   }
@@ -135,20 +136,21 @@ export class Journal implements ChangeSink {
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
-        this.client.xadd(this.keys.stream, '*', ...b.entries),
+        // One field for the whole batch: one argument to encode and parse, whatever the batch's size.
+        this.client.xadd(this.keys.stream, '*', BATCH_FIELD, packBatch(b.lines)),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new VfsxError('VFSX_ERR_JOURNAL_TIMEOUT',
             `journal write took longer than ${this.writeTimeoutMs} ms`)), this.writeTimeoutMs);
         }),
       ]);
       this.stats.batches++;
-      this.stats.entries += b.entries.length / 2;
+      this.stats.entries += b.lines.length;
       for (const w of b.waiters) w.resolve();
     } catch (err) {
       this.stats.failures++;
       const e = err instanceof VfsxError ? err
         : new VfsxError('VFSX_ERR_JOURNAL_UNAVAILABLE', `journal write failed: ${(err as Error).message}`, { cause: err });
-      this.log.warn({ err: e, entries: b.entries.length / 2 }, 'journal batch not written');
+      this.log.warn({ err: e, entries: b.lines.length }, 'journal batch not written');
       for (const w of b.waiters) w.reject(e);
     } finally {
       clearTimeout(timer);

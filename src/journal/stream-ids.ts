@@ -11,12 +11,37 @@ export function compareIds(a: string, b: string): number {
   return as === bs ? 0 : as < bs ? -1 : 1;
 }
 
+/** The field of a journal stream entry that holds a whole group commit (packBatch). */
+export const BATCH_FIELD = 'b';
+
+/**
+ * One group commit as one field value: a line per report, its kind ('r' for
+ * a record, 'o' for an outcome) then its value. JSON never holds a raw
+ * newline and an outcome is "id errno", so the lines split back exactly.
+ */
+export function packBatch(lines: string[]): string {
+  return lines.join('\n');
+}
+
 /**
  * The (kind, value) pairs of one journal stream entry: an entry holds every
- * record ('r', JSON) and outcome ('o', "id err") of one group commit.
+ * record ('r', JSON) and outcome ('o', "id err") of one group commit, packed
+ * in its BATCH_FIELD, or (entries written before 2026-12-05) as field/value pairs.
  */
 export function* entryPairs(fields: string[]): Generator<[string, string]> {
-  for (let i = 0; i + 1 < fields.length; i += 2) yield [fields[i], fields[i + 1]];
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (fields[i] !== BATCH_FIELD) {
+      yield [fields[i], fields[i + 1]];
+      continue;
+    }
+    const packed = fields[i + 1];
+    for (let at = 0; at < packed.length;) {
+      let nl = packed.indexOf('\n', at);
+      if (nl < 0) nl = packed.length;
+      if (nl > at) yield [packed[at], packed.slice(at + 1, nl)];
+      at = nl + 1;
+    }
+  }
 }
 
 /** The smallest id greater than id. */
@@ -42,5 +67,39 @@ export function heldSummary(field: string | undefined): Record<string, [number, 
     return out;
   } catch {
     return {};
+  }
+}
+
+/**
+ * A top-level field of a record's JSON (journal 'r' values, written by
+ * JSON.stringify) without parsing the whole record: status reads count
+ * thousands of them. Inside a JSON string every quote is escaped, so
+ * `"key":` can only be the key itself. Falls back to a full parse when the
+ * text is not as expected. A record's keys come in the order OpDispatcher
+ * builds them: id and share before names and args (objects whose keys vary),
+ * ts after them and followed by no object, so the first "id"/"share" and the
+ * last "ts" are the record's own.
+ */
+export function recordField(json: string, key: 'id' | 'share' | 'ts'): string | number | undefined {
+  const at = key === 'ts' ? json.lastIndexOf(`"${key}":`) : json.indexOf(`"${key}":`);
+  if (at >= 0) {
+    const from = at + key.length + 3;
+    if (json[from] === '"') {
+      let end = json.indexOf('"', from + 1);
+      while (end > 0 && json[end - 1] === '\\') end = json.indexOf('"', end + 1);
+      if (end > 0) {
+        const raw = json.slice(from, end + 1);
+        if (!raw.includes('\\')) return raw.slice(1, -1);
+      }
+    } else {
+      const m = /^-?\d+/.exec(json.slice(from, from + 24));
+      if (m) return Number(m[0]);
+    }
+  }
+  try {
+    const v = (JSON.parse(json) as Record<string, unknown>)[key];
+    return typeof v === 'string' || typeof v === 'number' ? v : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -14,7 +14,7 @@ import { journalKeys, queueNameOf, redisOptions, stateKeys } from '../journal/re
 import { sitesOf } from '../config/schema';
 import { Schedule } from '../config/bwlimit';
 import { parseRpoMember, recordsOf } from '../replication-queue/batch';
-import { entryPairs, heldSummary, nextId } from '../journal/stream-ids';
+import { entryPairs, heldSummary, nextId, recordField } from '../journal/stream-ids';
 
 /** Backlog details (files, bytes) come from this many oldest records; counts are always exact. */
 const SAMPLE = 1000;
@@ -279,12 +279,13 @@ export class StatusReader {
     const oldestUnpumped = new Map<string, number>();
     let awaiting = 0;
     let unpumped = 0;
+    // The service's main thread answers verdicts between these reads: fields are picked, records not parsed.
     for (const [, fields] of entries) {
       for (const [kind, value] of entryPairs(fields)) {
         if (kind !== 'r') continue;
         unpumped++;
-        const rec = JSON.parse(value) as ChangeRecord;
-        if (!oldestUnpumped.has(rec.share)) oldestUnpumped.set(rec.share, rec.ts);
+        const share = recordField(value, 'share');
+        if (typeof share === 'string' && !oldestUnpumped.has(share)) oldestUnpumped.set(share, Number(recordField(value, 'ts')));
       }
     }
     // Records the pump holds for their settle window count as not pumped yet.
@@ -299,7 +300,7 @@ export class StatusReader {
       const open = new Set<string>();
       for (const [, fields] of held) {
         for (const [kind, value] of entryPairs(fields)) {
-          if (kind === 'r' && value.includes('"outcome":"pending"')) open.add((JSON.parse(value) as ChangeRecord).id);
+          if (kind === 'r' && value.includes('"outcome":"pending"')) open.add(String(recordField(value, 'id')));
           else if (kind === 'o') open.delete(value.split(' ')[0]);
         }
       }

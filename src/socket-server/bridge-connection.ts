@@ -50,8 +50,10 @@ export class BridgeConnection {
   private ackDue = 0;
   private ackSent = 0;
   private ackTimer: NodeJS.Timeout | null = null;
-  /** Frames whose acknowledgement waits for an earlier one; tail settles after the last. */
+  /** Entries (a batch's frames, or frames with nothing to record) waiting to be acknowledged; tail settles after the last. */
   private unsettled = 0;
+  /** The newest of them: a frame of the same batch joins it rather than chaining its own continuation. */
+  private waiting: { durable: Promise<void> | null; index: number } | null = null;
   private tail: Promise<void> = Promise.resolve();
 
   constructor(options: BridgeConnectionOptions) {
@@ -129,23 +131,35 @@ export class BridgeConnection {
    * Acknowledges frame `index` once it and every frame before it are
    * durable: journal batches settle in order, but a frame with nothing to
    * record (a denied report) must not be acknowledged ahead of them.
+   * Frames of one journal batch share its promise: they wait as one entry
+   * (one continuation per batch, not per frame, when the batch is written).
    */
   private settle(index: number, durable: Promise<void> | null): void {
     if (durable === null && this.unsettled === 0) {
       this.ack(index);
       return;
     }
+    const last = this.waiting;
+    if (last !== null && last.durable === durable) {
+      // Same batch as the frame before (or nothing to record after it): settles with it.
+      last.index = index;
+      return;
+    }
+    const w = { durable, index };
+    this.waiting = w;
     this.unsettled++;
     // Handled at once (never an unhandled rejection), acted on in frame order.
     const outcome = durable === null ? null : durable.then(() => null, (err: unknown) => err ?? new Error('not recorded'));
     this.tail = this.tail.then(() => outcome).then((err) => {
       this.unsettled--;
+      // Frames handled from here on wait for their own entry (this one is acted on now).
+      if (this.waiting === w) this.waiting = null;
       if (err === null) {
-        this.ack(index);
+        this.ack(w.index);
         return;
       }
       // Not durable: closing makes the module spool what it did not see acknowledged.
-      if (!this.closed) this.log.warn({ err, index }, 'report not recorded; closing so the module spools it');
+      if (!this.closed) this.log.warn({ err, index: w.index }, 'report not recorded; closing so the module spools it');
       this.close('journal write failed');
     });
   }
