@@ -87,7 +87,7 @@ static int vfsx_connect(vfs_handle_struct *handle, const char *service,
 			lp_parm_const_string(snum, "vfsx", "spool",
 					     "/var/spool/vfsx"),
 			sh->timeout_ms,
-			lp_parm_int(snum, "vfsx", "gather ms", 5));
+			lp_parm_int(snum, "vfsx", "gather ms", 50));
 	DBG_INFO("vfsx: connected share=%s path=%s user=%s on_failure=%s\n",
 		 sh->share, sh->origpath, sh->user, on_failure);
 	return 0;

@@ -10,6 +10,7 @@ fi
 bash scripts/setup.sh
 node dist/bench/bench.js
 node dist/bench/module-bench.js # diagnostic: the module alone, against a C stand-in for the service
+node dist/bench/background-bench.js # diagnostic: what background work of a known size costs a plain share here
 node dist/bench/sites-bench.js
 node dist/bench/replication-bench.js
 node dist/bench/commit-latency-bench.js
