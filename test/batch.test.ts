@@ -145,11 +145,11 @@ test('ShareOrder: a batch whose job never came (the pump died in between) is ski
 });
 
 /** A pump over its own prefix, with the given settle window and batch size. */
-function pumpFor(prefix: string, settleMs: number, batchMax: number, more: { enabled?: boolean; keepRecords?: number } = {}): { pump: JournalPump; cfg: VfsxConfig } {
+function pumpFor(prefix: string, settleMs: number, batchMax: number, more: { enabled?: boolean; keepRecords?: number; yieldMs?: number; yieldRate?: number } = {}): { pump: JournalPump; cfg: VfsxConfig } {
   const cfg = validateConfig({
     redis: { path: redis.socket, prefix },
     journal: { pumpIntervalMs: 0, sweepIntervalMs: 60_000, ...(more.keepRecords === undefined ? {} : { keepRecords: more.keepRecords }) },
-    replication: { enabled: more.enabled ?? true, settleMs, batchMax },
+    replication: { enabled: more.enabled ?? true, settleMs, batchMax, yieldMs: more.yieldMs ?? 0, yieldRate: more.yieldRate ?? 250 },
   });
   const pump = new JournalPump({ redis: cfg.redis, journal: cfg.journal, replication: cfg.replication, logger: pino({ level: 'silent' }) });
   return { pump, cfg };
@@ -220,6 +220,44 @@ test('the pump queues full batches at once; records it held when it stopped are 
     assert.equal(await held(), 0);
   } finally {
     await b.pump.close();
+  }
+});
+
+test('during a burst of a share\'s changes the pump holds them past the settle window until the burst ends, and no longer than yieldMs beyond it', async () => {
+  // settle 200 ms, yield 800 ms; a burst is more than 50 changes/s (10 within 200 ms: one append below).
+  const { pump } = pumpFor('p5', 200, 500, { yieldMs: 800, yieldRate: 50 });
+  pump.start();
+  const burst = async (ms: number, tag: string) => {
+    let n = 0;
+    for (const end = Date.now() + ms; Date.now() < end;) {
+      await append('p5', Array.from({ length: 10 }, () => rec('mkdir', `${tag}${n++}`)));
+      await new Promise((r) => setTimeout(r, 25)); // about 400 changes/s
+    }
+    return n;
+  };
+  try {
+    // A burst of 600 ms: past the settle window, nothing is queued while it goes on...
+    const n1 = await burst(600, 'a');
+    assert.deepEqual(await batchJobs('p5'), [], 'nothing queued during the burst, though its first changes settled 400 ms ago');
+    // ...and all of it together once it has ended.
+    const ended = Date.now();
+    await until('the batch after the burst', async () => (await batchJobs('p5')).length === 1, 2000);
+    assert.ok(Date.now() - ended < 900, `queued soon after the burst ended (${Date.now() - ended} ms), not at the end of the yield`);
+    assert.equal((await batchJobs('p5'))[0].paths.length, n1, 'the whole burst in one batch');
+    // A burst longer than settle + yield: its first changes go while it still goes on.
+    let during = 0;
+    const t0 = Date.now();
+    const long = burst(2200, 'b');
+    await until('a batch during the long burst', async () => (await batchJobs('p5')).length === 2, 3000);
+    during = Date.now() - t0;
+    await long;
+    assert.ok(during >= 900 && during < 2100, `the hold ends at settle + yield (${during} ms after the burst began), before the burst does`);
+    await until('the rest after the long burst', async () => (await batchJobs('p5')).length === 3, 3000);
+    const jobs = await batchJobs('p5');
+    assert.deepEqual(jobs.map((j) => j.seq), [1, 2, 3]);
+    assert.ok(jobs.slice(1).every((j) => j.paths.every((p) => p.startsWith('b'))), 'journal order kept');
+  } finally {
+    await pump.close();
   }
 });
 

@@ -124,6 +124,8 @@ export const configSchema = {
         concurrency: { type: 'integer', minimum: 1, maximum: 256, default: 8 },
         batchMax: { type: 'integer', minimum: 1, maximum: 5000, default: 500, description: "records of one share per queued job" },
         settleMs: { type: 'integer', minimum: 0, maximum: 10000, default: 500, description: 'the pump holds a share\'s records this long and queues them as one batch, so a file created and deleted, or written again, within it costs little or nothing at the site; keep well below alerts.rpoThresholdMs' },
+        yieldMs: { type: 'integer', minimum: 0, maximum: 10000, default: 1000, description: 'while a share\'s changes come faster than yieldRate (a burst of user work), the pump holds them up to this much longer than settleMs, until the burst ends, so replication catches up in the gap after it rather than competing with it; 0: never' },
+        yieldRate: { type: 'integer', minimum: 1, default: 250, description: 'changes per second of one share that make a burst (see yieldMs)' },
         nice: { type: 'integer', minimum: 0, maximum: 19, default: 10, description: 'CPU niceness of vfsx replicate (smbd and vfsx serve keep 0)' },
         ioClass: { enum: ['best-effort', 'idle'], default: 'best-effort', description: 'I/O scheduling class of vfsx replicate' },
         ioLevel: { type: 'integer', minimum: 0, maximum: 7, default: 7, description: 'I/O priority level within ioClass (7 = lowest)' },
@@ -315,6 +317,10 @@ export interface VfsxConfig {
     batchMax: number;
     /** How long a batch waits before it is replicated (coalescing window; bounded by the RPO target). */
     settleMs: number;
+    /** How much longer than settleMs a share's records wait while a burst of its changes goes on (0: never). */
+    yieldMs: number;
+    /** Changes per second of one share that make a burst. */
+    yieldRate: number;
     /** CPU niceness and I/O class/level `vfsx replicate` lowers itself to. */
     nice: number;
     ioClass: 'best-effort' | 'idle';

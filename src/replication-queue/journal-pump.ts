@@ -60,6 +60,10 @@ export async function instanceAlive(instance: string): Promise<boolean> {
 }
 
 type StreamEntry = [string, string[]];
+/** A burst of a share's changes is judged over this window (replication.yieldRate)... */
+const BURST_WINDOW_MS = 200;
+/** ...and held back at most this many full batches (memory stays bounded). */
+const BURST_CAP = 8;
 /**
  * A record that happened, held for its share's settle window: its entry,
  * where it was completed (`<entry id>/<pair index>`: an entry holds many
@@ -334,23 +338,50 @@ export class JournalPump {
     return n;
   }
 
-  /** Milliseconds until a share's held records are due (the XREAD's block time): 1 to 500. */
+  /** Milliseconds until a share's held records may be due (the XREAD's block time): 1 to 500. */
   private untilDue(): number {
     const settle = this.opts.replication?.settleMs ?? 0;
+    const now = Date.now();
     let t = 500;
-    for (const l of this.held.values()) if (l.length > 0) t = Math.min(t, l[0].at + settle - Date.now());
+    for (const l of this.held.values()) {
+      if (l.length === 0) continue;
+      // In a burst, the next look is when it may have ended (or when the hold is over).
+      const at = this.inBurst(l, now) ? Math.min(now + BURST_WINDOW_MS / 4, l[0].at + settle + this.yieldMs()) : l[0].at + settle;
+      t = Math.min(t, at - now);
+    }
     return Math.max(1, Math.ceil(t));
+  }
+
+  private yieldMs(): number {
+    return this.opts.replication?.yieldMs ?? 0;
+  }
+
+  /**
+   * Whether a share's changes are coming in a burst of user work: more than
+   * replication.yieldRate a second over the last BURST_WINDOW_MS, counted
+   * from the newest held records.
+   */
+  private inBurst(l: Held[], now: number): boolean {
+    const rate = this.opts.replication?.yieldRate ?? Infinity;
+    const need = Math.ceil((rate * BURST_WINDOW_MS) / 1000);
+    if (this.yieldMs() === 0 || l.length < need) return false;
+    return now - l[l.length - need].at < BURST_WINDOW_MS;
   }
 
   /**
    * Takes what is due from the held records: a share's whole list once its
-   * oldest waited the settle window, else its full batches (batchMax).
+   * oldest waited the settle window, else its full batches (batchMax). While
+   * the share's changes come in a burst, it takes nothing until the burst
+   * ends or the oldest waited replication.yieldMs beyond the settle window
+   * (or BURST_CAP batches gathered): replication catches up in the gap after
+   * the burst instead of taking the cores from it, and the hold stays bounded.
    */
   private takeDue(now: number): Map<string, ChangeRecord[]> {
     const max = this.opts.replication?.batchMax ?? 500;
     const settle = this.opts.replication?.settleMs ?? 0;
     const due = new Map<string, ChangeRecord[]>();
     for (const [share, l] of this.held) {
+      if (l.length > 0 && l.length < max * BURST_CAP && now - l[0].at < settle + this.yieldMs() && this.inBurst(l, now)) continue;
       const take = l.length > 0 && now - l[0].at >= settle ? l.length : l.length - (l.length % max);
       if (take === 0) continue;
       const recs = l.splice(0, take).map((h) => h.rec);
