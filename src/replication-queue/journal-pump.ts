@@ -10,7 +10,10 @@
  * Records that happened are held per share for the settle window
  * (replication.settleMs) and then queued as one batch, or sooner when
  * replication.batchMax of them gather: a storm of small changes costs the
- * replicator a few large jobs, not one per pump round.
+ * replicator a few large jobs, not one per pump round. While a share's
+ * changes come in a burst (replication.yieldRate), they are held until it
+ * ends, up to replication.yieldMs longer: the replicator works in the gap
+ * after a burst, not beside it.
  *
  * Restart-safe: the cursor (last entry handled) and the low-water mark
  * (oldest entry still awaiting its outcome or held) live in Redis; a
