@@ -29,6 +29,7 @@ const ONLY = process.env.VFSX_BENCH_ONLY ?? '';
 /** VFSX_BENCH_WORKLOADS=REGEX runs only the SMB workloads whose name matches (e.g. "mkdir|4 KiB"). */
 const WORKLOADS = new RegExp(process.env.VFSX_BENCH_WORKLOADS ?? '');
 /** VFSX_BENCH_JOURNAL='{"groupCommitMs":0}' merges into the service's journal config (for A/B runs of the service). */
+const JOURNAL = JSON.parse(process.env.VFSX_BENCH_JOURNAL ?? '{}') as Record<string, unknown>;
 /**
  * The system as deployed (the default): replication on, `vfsx replicate` at
  * its configured lower priority, the DR site in its own network namespace
@@ -116,7 +117,7 @@ async function main(): Promise<void> {
     redisSocket: redis.socket,
     policy: [{ name: 'ransomware', action: 'deny', ops: ['create', 'rename'], extensions: ['.locked', '.crypt'] }],
     // The journal's and replication's defaults, as the README sets the system up (the harness tunes them for tests).
-    extra: { journal: JSON.parse(process.env.VFSX_BENCH_JOURNAL ?? '{}'), ...(dr ? { replication: { enabled: true, ...dr.replication, encryption: ENCRYPTION } } : {}) },
+    extra: { journal: JOURNAL, ...(dr ? { replication: { enabled: true, ...dr.replication, encryption: ENCRYPTION } } : {}) },
   });
   // The spool scan at its deployed default (the harness scans every 100 ms for tests).
   Object.assign(svc.config.spool as object, { scanIntervalMs: 1000 });

@@ -348,8 +348,8 @@ export class JournalPump {
     let t = 500;
     for (const l of this.held.values()) {
       if (l.length === 0) continue;
-      // In a burst, the next look is when it may have ended (or when the hold is over).
-      const at = this.inBurst(l, now) ? Math.min(now + BURST_WINDOW_MS / 4, l[0].at + settle + this.yieldMs()) : l[0].at + settle;
+      // Yielding to a burst, the next look is when it may have ended (or when the hold is over).
+      const at = this.yielding(l, now) ? Math.min(now + BURST_WINDOW_MS / 4, l[0].at + settle + this.yieldMs()) : l[0].at + settle;
       t = Math.min(t, at - now);
     }
     return Math.max(1, Math.ceil(t));
@@ -357,6 +357,17 @@ export class JournalPump {
 
   private yieldMs(): number {
     return this.opts.replication?.yieldMs ?? 0;
+  }
+
+  /**
+   * Whether a share's held records wait for its burst to end: it goes on,
+   * the oldest has not waited yieldMs beyond the settle window, and fewer
+   * than BURST_CAP full batches are held.
+   */
+  private yielding(l: Held[], now: number): boolean {
+    const max = this.opts.replication?.batchMax ?? 500;
+    const settle = this.opts.replication?.settleMs ?? 0;
+    return l.length > 0 && l.length < max * BURST_CAP && now - l[0].at < settle + this.yieldMs() && this.inBurst(l, now);
   }
 
   /**
@@ -384,7 +395,7 @@ export class JournalPump {
     const settle = this.opts.replication?.settleMs ?? 0;
     const due = new Map<string, ChangeRecord[]>();
     for (const [share, l] of this.held) {
-      if (l.length > 0 && l.length < max * BURST_CAP && now - l[0].at < settle + this.yieldMs() && this.inBurst(l, now)) continue;
+      if (this.yielding(l, now)) continue;
       const take = l.length > 0 && now - l[0].at >= settle ? l.length : l.length - (l.length % max);
       if (take === 0) continue;
       const recs = l.splice(0, take).map((h) => h.rec);
