@@ -5,6 +5,16 @@ import { closeSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:f
 import { join } from 'node:path';
 
 /** Milliseconds since `t0` (process.hrtime.bigint()). */
+/**
+ * The environment for baseline tools (rsync): without the huge-page tunable
+ * the bench process restarted itself with, as they run on a machine.
+ */
+export function baselineEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.GLIBC_TUNABLES;
+  return env;
+}
+
 export const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 
 export const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];

@@ -15,11 +15,12 @@ import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { restartWithHugePages } from '../src/native/huge-pages';
 import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/operator/restore';
 import { SiteSync } from '../src/replication/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
-import { bigFile, median, mixedTree, ms, settle } from './bench-util';
+import { baselineEnv, bigFile, median, mixedTree, ms, settle } from './bench-util';
 
 /** Text and CSV files of the kind offices keep, compressible as real ones are. */
 function officeTree(dir: string): number {
@@ -72,11 +73,13 @@ function rsyncRound(src: string, dst: string, fsync: boolean): number {
   rmSync(dst, { recursive: true, force: true });
   settle();
   const t0 = process.hrtime.bigint();
-  execFileSync('rsync', ['-a', ...(fsync ? ['--fsync'] : []), `${src}/`, dst]);
+  execFileSync('rsync', ['-a', ...(fsync ? ['--fsync'] : []), `${src}/`, dst], { env: baselineEnv() });
   return ms(t0);
 }
 
 async function main(): Promise<void> {
+  restartWithHugePages(); // this process does the work of vfsx replicate and vfsx restore, which run on huge pages
+
   const work = await mkdtemp(join(tmpdir(), 'vfsx-rbench-'));
   const site = await DrSiteHarness.start({ maxFrameBytes: 64 << 20 });
   const client = await site.repo();
@@ -158,7 +161,7 @@ async function main(): Promise<void> {
     let t0: bigint;
     const gib = join(src, 'gib.bin');
     bigFile(gib, 1024);
-    execFileSync('rsync', ['-a', gib, join(work, 'rsync-dst', 'gib.bin')]);
+    execFileSync('rsync', ['-a', gib, join(work, 'rsync-dst', 'gib.bin')], { env: baselineEnv() });
     await sync.syncPath('gib.bin');
     const mid = 512 * 2 ** 20 + 12345;
     const fd = openSync(gib, 'r+');
@@ -167,7 +170,7 @@ async function main(): Promise<void> {
 
     settle();
     t0 = process.hrtime.bigint();
-    const out = execFileSync('rsync', ['--inplace', '--no-whole-file', '--stats', gib, join(work, 'rsync-dst', 'gib.bin')], { encoding: 'utf8' });
+    const out = execFileSync('rsync', ['--inplace', '--no-whole-file', '--stats', gib, join(work, 'rsync-dst', 'gib.bin')], { encoding: 'utf8', env: baselineEnv() });
     const rsyncChange = ms(t0);
     const literal = Number(/Literal data: ([\d,]+)/.exec(out)?.[1].replace(/,/g, '') ?? NaN);
 

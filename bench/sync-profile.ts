@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { restartWithHugePages } from '../src/native/huge-pages';
 import { Tree } from '../src/native/tree';
 import { SiteSync } from '../src/replication/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
@@ -22,6 +23,8 @@ function cpuOf(pid: number): { user: number; sys: number } {
 }
 
 async function main(): Promise<void> {
+  restartWithHugePages(); // this process does the work of vfsx replicate and vfsx restore, which run on huge pages
+
   const rounds = Number(process.argv[2] ?? 3);
   const encrypt = process.argv[3] !== 'plain';
   if (process.env.VFSX_PROF) process.env.VFSX_SITE_PROF = process.env.VFSX_PROF;

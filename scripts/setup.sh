@@ -15,6 +15,13 @@ if [ ! -f node_modules/.vfsx-lock-hash ] || [ "$(cat node_modules/.vfsx-lock-has
 	npm ci --no-fund --no-audit --loglevel=error >&2
 	echo "$lock_hash" > node_modules/.vfsx-lock-hash
 fi
+# The native addon again when its source changed since it was built.
+addon_hash=$(cat native/addon/*.cc native/addon/*.h native/addon/binding.gyp | sha256sum | cut -c1-16)
+if [ "$(cat native/addon/build/.vfsx-src-hash 2>/dev/null)" != "$addon_hash" ]; then
+	echo "setup: building the native addon" >&2
+	npm run --silent install >&2
+	echo "$addon_hash" > native/addon/build/.vfsx-src-hash
+fi
 
 bash scripts/build-module.sh >&2
 echo "setup: compiling TypeScript" >&2

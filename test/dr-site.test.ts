@@ -13,6 +13,7 @@ import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import Database from 'better-sqlite3';
 import { MetaStore, segmentHash } from '../src/dr-site/meta-store';
+import { hugePagesSet, thpMode, withHugePages } from '../src/native/huge-pages';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
 import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
@@ -501,4 +502,31 @@ test('vfsx dr-site migrate moves a stopped v1 site into packs with progress, and
   } finally {
     await h.destroy();
   }
+});
+
+test('vfsx dr-site starts itself again on huge pages: the same PID, the tunable set, its heap on THP after a large put', async (t) => {
+  const mode = thpMode();
+  if (mode !== 'always' && mode !== 'madvise') {
+    t.skip(`the kernel offers no transparent huge pages (${mode ?? 'none'})`);
+    return;
+  }
+  // The harness spawned `node bin/vfsx.js dr-site` without the tunable: the PID it holds must now run with it.
+  const environ = readFileSync(`/proc/${site.pid}/environ`, 'utf8').split('\0');
+  assert.ok(environ.includes('GLIBC_TUNABLES=glibc.malloc.hugetlb=1'), environ.filter((e) => e.startsWith('GLIBC')).join(' ') || 'no GLIBC_TUNABLES');
+  assert.match(readFileSync(`/proc/${site.pid}/cmdline`, 'utf8'), /vfsx\.js\0dr-site\0/);
+  for (let i = 0; i < 4; i++) { // 4 x 4 MiB
+    const blocks = Array.from({ length: 64 }, () => randomBytes(64 << 10));
+    assert.equal(await c.putBlocks(blocks), 64);
+  }
+  const huge = Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync(`/proc/${site.pid}/smaps_rollup`, 'utf8'))?.[1]);
+  assert.ok(huge > 0, `AnonHugePages ${huge} kB`);
+});
+
+test('withHugePages adds glibc\'s tunable to GLIBC_TUNABLES once and keeps the rest', () => {
+  assert.equal(withHugePages({}).GLIBC_TUNABLES, 'glibc.malloc.hugetlb=1');
+  assert.equal(withHugePages({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }).GLIBC_TUNABLES, 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1');
+  const set = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=0', X: '1' };
+  assert.equal(withHugePages(set), set); // the admin's own choice stands
+  assert.equal(hugePagesSet(set), true);
+  assert.equal(hugePagesSet({ PATH: '/bin' }), false);
 });

@@ -2,12 +2,16 @@
 //   peerCred(fd)          -> { pid, uid, gid }   (getsockopt SO_PEERCRED)
 //   tryLock(fd)           -> true | false        (flock LOCK_EX|LOCK_NB)
 //   openAt, statAt, ...   file-tree calls beneath a directory (tree_ops.cc)
+//   execve(file, argv, env)  replaces this process (same PID); returns only on failure
 // Errors are thrown Node-style: an Error with code, errno and syscall.
 #include <napi.h>
 
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <csignal>
+#include <vector>
+#include <fcntl.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -27,6 +31,10 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const char *syscall) {
   case ENOPROTOOPT: name = "ENOPROTOOPT"; break;
   case EINTR: name = "EINTR"; break;
   case ENOLCK: name = "ENOLCK"; break;
+  case ENOENT: name = "ENOENT"; break;
+  case EACCES: name = "EACCES"; break;
+  case E2BIG: name = "E2BIG"; break;
+  case ENOMEM: name = "ENOMEM"; break;
   default: break;
   }
   std::string msg = std::string(name) + ": " + strerror(err) + ", " + syscall;
@@ -103,7 +111,58 @@ Napi::Value SetIoPriority(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// execve(2) with the same PID: a supervisor (systemd, a test) keeps watching
+// and signalling the process it started. Standard input, output and error
+// stay open (Node marks them close-on-exec), the signal mask is cleared;
+// handlers reset by themselves, and Node ignores SIGPIPE again on start.
+Napi::Value Execve(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 3 || !info[0].IsString() || !info[1].IsArray() || !info[2].IsArray()) {
+    Napi::TypeError::New(env, "execve(file, argv[], env[])").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string file = info[0].As<Napi::String>().Utf8Value();
+  std::vector<std::string> store[2];
+  for (int k = 0; k < 2; k++) {
+    Napi::Array a = info[1 + k].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value v = a.Get(i);
+      if (!v.IsString()) {
+        Napi::TypeError::New(env, "execve: argv and env hold strings").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      std::string x = v.As<Napi::String>().Utf8Value();
+      if (x.find('\0') != std::string::npos) {
+        Napi::TypeError::New(env, "execve: a string holds a NUL byte").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      store[k].push_back(std::move(x));
+    }
+  }
+  std::vector<char *> ptrs[2];
+  for (int k = 0; k < 2; k++) {
+    for (auto &x : store[k]) ptrs[k].push_back(const_cast<char *>(x.c_str()));
+    ptrs[k].push_back(nullptr);
+  }
+  int fdflags[3];
+  for (int fd = 0; fd < 3; fd++) {
+    fdflags[fd] = fcntl(fd, F_GETFD);
+    if (fdflags[fd] > 0) fcntl(fd, F_SETFD, fdflags[fd] & ~FD_CLOEXEC);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  sigset_t old;
+  sigprocmask(SIG_SETMASK, &none, &old);
+  execve(file.c_str(), ptrs[0].data(), ptrs[1].data());
+  int err = errno;
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  for (int fd = 0; fd < 3; fd++)
+    if (fdflags[fd] > 0) fcntl(fd, F_SETFD, fdflags[fd]);
+  return ThrowErrno(env, err, "execve");
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("execve", Napi::Function::New(env, Execve));
   exports.Set("setIoPriority", Napi::Function::New(env, SetIoPriority));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));

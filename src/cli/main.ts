@@ -13,6 +13,7 @@ import { MetaStore } from '../dr-site/meta-store';
 import { PackStore } from '../dr-site/pack-store';
 import { createLogger } from '../service/create-logger';
 import { lowerPriority } from '../native/addon';
+import { restartWithHugePages } from '../native/huge-pages';
 import { Replicator } from '../replication/replicator';
 import { Bandwidth } from '../site-link/bandwidth';
 import { siteNamed, sitesOf } from '../config/schema';
@@ -229,6 +230,22 @@ async function drSite(configFile: string | undefined): Promise<number> {
   return new Promise<number>(() => undefined); // runs until a signal
 }
 
+/** Set by run(): this process is the vfsx command itself, not a caller of main(). */
+let ownProcess = false;
+
+/**
+ * The commands that move file data run on huge pages (src/native/huge-pages.ts):
+ * when this process is the command, it starts itself again with them first.
+ */
+function hugePages(): void {
+  if (!ownProcess) return;
+  try {
+    restartWithHugePages();
+  } catch (err) {
+    process.stderr.write(`vfsx: running without huge pages: ${(err as Error).message}\n`);
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -267,8 +284,10 @@ export async function main(argv: string[]): Promise<number> {
     case 'serve':
       return serve(values.config);
     case 'replicate':
+      hugePages();
       return replicate(values.config, values.site);
     case 'dr-site':
+      hugePages();
       if (positionals[1] === 'migrate') return drSiteMigrate(values.config, values.json === true);
       if (positionals[1] !== undefined) {
         process.stderr.write(`vfsx dr-site: unknown subcommand ${positionals[1]}\n\n${HELP}`);
@@ -283,6 +302,7 @@ export async function main(argv: string[]): Promise<number> {
         process.stderr.write(`vfsx ${command}: missing ${share ? 'DEST' : 'SHARE'}\n\n${HELP}`);
         return 2;
       }
+      hugePages();
       const cfg = loadConfig(values.config);
       const o = {
         json: values.json === true, source: values.source, at: values.at,
@@ -331,6 +351,7 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 export function run(): void {
+  ownProcess = true;
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

@@ -50,6 +50,7 @@ interface AddonExports extends TreeOps {
   peerCred(fd: number): PeerCred;
   tryLock(fd: number): boolean;
   setIoPriority(tid: number, cls: number, level: number): void;
+  execve(file: string, argv: string[], env: string[]): never;
 }
 
 let cached: AddonExports | undefined;
@@ -111,6 +112,11 @@ export function lowerPriority(nice: number, ioClass: keyof typeof IO_CLASS, ioLe
       if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // a thread that just ended
     }
   }
+}
+
+/** Replaces this process with `file` (same PID); throws only when execve(2) fails. */
+export function execve(file: string, argv: string[], env: NodeJS.ProcessEnv): never {
+  return addon().execve(file, argv, Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`));
 }
 
 /**
