@@ -22,6 +22,14 @@ test('a sealed block opens to its bytes; ids are keyed (another repository names
   assert.notDeepEqual(a, b, 'two seals of one block differ (random nonce)');
   assert.deepEqual(cipher.openBlock(id, a), plain);
   assert.deepEqual(cipher.openBlock(id, b), plain);
+  // Nonces come from a pool of 512: across several refills every one is new, and each seal still opens.
+  const small = randomBytes(100);
+  const sid = cipher.blockId(small);
+  const seals = Array.from({ length: 2000 }, () => cipher.sealBlock(sid, small, false));
+  assert.equal(new Set(seals.map((x) => x.subarray(2, 14).toString('hex'))).size, 2000);
+  for (const x of [seals[0], seals[511], seals[512], seals[1999]]) assert.deepEqual(cipher.openBlock(sid, x), small);
+  const metas = new Set(Array.from({ length: 600 }, () => Buffer.from(cipher.sealMeta({ m: 1 }, 'b'), 'base64').subarray(0, 12).toString('hex')));
+  assert.equal(metas.size, 600);
 });
 
 test('compression: text shrinks before sealing, noise is stored at its size plus the seal, and a noise-prefixed block is not tried', () => {
