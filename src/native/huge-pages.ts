@@ -44,9 +44,10 @@ export function hugePagesSet(env: NodeJS.ProcessEnv = process.env): boolean {
 
 /**
  * Starts this process again (execve, same PID and arguments) with the
- * huge-page tunable when it lacks it, the kernel offers THP and glibc is the
- * process is not running it yet; otherwise returns and the process runs as it is. Call it first
- * thing, before any work or open handle matters.
+ * huge-page tunable when GLIBC_TUNABLES does not say yet what malloc does
+ * with huge pages and the kernel offers THP; otherwise returns and the
+ * process runs as it is. Call it first thing, before any work or open
+ * handle matters.
  */
 export function restartWithHugePages(): void {
   if (process.platform !== 'linux' || process.env.VFSX_HUGE_PAGES === '0' || hugePagesSet()) return;
