@@ -407,6 +407,23 @@ test('retention rewrites packs that are mostly dead: the space comes back and ev
   }
 });
 
+test('a pack is closed at its target size, not topped up past it: the entry that does not fit starts the next pack', async () => {
+  const small = await DrSiteHarness.start({ packBytes: 256 * 1024 });
+  const k = await small.client();
+  try {
+    // 60 KiB of random bytes each (stored as they are): four fit in 256 KiB, a fifth does not.
+    const blocks = Array.from({ length: 12 }, () => randomBytes(60 * 1024));
+    await k.putBlocks(blocks);
+    const packs = packRows(small);
+    assert.equal(packs.length, 3, `packs of ${packs.map((p) => p.bytes).join(', ')} bytes`);
+    for (const p of packs) assert.equal(p.bytes, 4 * (60 * 1024 + 44), 'four entries per pack, none past the target');
+    assert.deepEqual(await k.getBlocks(blocks.map(blockHash)), blocks);
+  } finally {
+    k.close();
+    await small.destroy();
+  }
+});
+
 /** A site as v1 left it: one file per block under blocks/, the v1 schema. */
 function makeV1Site(dataDir: string, files: Record<string, Buffer[]>): void {
   mkdirSync(dataDir, { recursive: true });

@@ -306,7 +306,11 @@ export class PackStore {
 
   private async drain(): Promise<void> {
     while (this.queue.length > 0) {
-      // One write fills at most what is left of the open pack, so packs stay near packBytes.
+      // One write fills at most what is left of the open pack, so packs stay near packBytes;
+      // a pack the next entry does not fit is closed first (not topped up by a write, a flush
+      // and an index transaction of its own).
+      const left = this.current ? this.o.packBytes - this.current.bytes : Infinity;
+      if (this.current && this.current.bytes > 0 && ENTRY_HEADER + this.queue[0].data.length > left) await this.closeCurrent();
       const room = Math.min(MAX_WRITE, this.o.packBytes - (this.current?.bytes ?? 0));
       let n = 0;
       let bytes = 0;

@@ -153,25 +153,41 @@ export class SiteSync {
     for (const [name, e] of entries ?? []) if (e.kind === 'dir') this.prefetch(rel ? `${rel}/${name}` : name);
   }
 
+  /**
+   * Directories are synced up to TREE_CONCURRENCY at a time, each one as soon
+   * as its parent is committed (not when its parent's files are done: a
+   * directory of large files and one of small files then overlap, the
+   * site's index work beside the replicator's sealing), and no more than
+   * TREE_CONCURRENCY files are in flight across all of them.
+   */
   private async walkTree(rel: string): Promise<void> {
     const queue: string[] = [rel];
     const running = new Set<Promise<void>>();
     let failed: unknown = null;
+    let wake = () => undefined as void;
+    const enqueue = (dir: string) => {
+      queue.push(dir);
+      wake();
+    };
+    const files = new Slots(TREE_CONCURRENCY);
     while ((queue.length > 0 || running.size > 0) && failed === null) {
       while (queue.length > 0 && running.size < TREE_CONCURRENCY) {
         const dir = queue.shift() as string;
-        const p = this.syncDirEntries(dir, queue).catch((err) => {
+        const p = this.syncDirEntries(dir, enqueue, files).catch((err) => {
           failed = err;
         }).finally(() => running.delete(p));
         running.add(p);
       }
-      if (running.size > 0) await Promise.race(running);
+      if (running.size === 0) break;
+      const queued = new Promise<void>((resolve) => { wake = resolve; });
+      await Promise.race([...running, queued]);
+      wake = () => undefined;
     }
     if (failed !== null) throw failed;
   }
 
   /** Syncs the entries of one directory (files concurrently); queues its subdirectories. */
-  private async syncDirEntries(rel: string, dirs: string[]): Promise<void> {
+  private async syncDirEntries(rel: string, enqueue: (dir: string) => void, files: Slots): Promise<void> {
     const pre = this.scanned?.get(rel);
     this.scanned?.delete(rel);
     const entries = pre !== undefined ? pre : this.tree.scan(rel, true);
@@ -185,7 +201,7 @@ export class SiteSync {
       if (e.kind === 'dir') {
         // The directory first, then what is below it; an unchanged one costs no round trip.
         if (!(head && head.kind === 'dir' && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e)))) await this.syncPath(child);
-        dirs.push(child);
+        enqueue(child);
         continue;
       }
       if (e.kind !== 'file') {
@@ -195,10 +211,15 @@ export class SiteSync {
       if (head && head.kind === 'file' && head.size === e.size && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) continue;
       (e.size <= SMALL_FILE ? small : single).push(child);
     }
-    for (let i = 0; i < small.length; i += BATCH_FILES) await this.syncSmallFiles(small.slice(i, i + BATCH_FILES));
-    for (let i = 0; i < single.length; i += TREE_CONCURRENCY) {
-      await Promise.all(single.slice(i, i + TREE_CONCURRENCY).map((f) => this.syncPath(f)));
-    }
+    for (let i = 0; i < small.length; i += BATCH_FILES) await files.with(() => this.syncSmallFiles(small.slice(i, i + BATCH_FILES)));
+    let next = 0;
+    const lane = async () => {
+      while (next < single.length) {
+        const f = single[next++];
+        await files.with(() => this.syncPath(f));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(TREE_CONCURRENCY, single.length) }, lane));
   }
 
   /**
@@ -498,6 +519,28 @@ export class SiteSync {
       // A block the head had is gone (retention raced us): send everything.
       if (err instanceof DrRpcError && err.code === -32001 && !full) return this.syncFile(rel, undefined, true);
       throw err;
+    }
+  }
+}
+
+/** At most n tasks at once; the others wait their turn in order. */
+class Slots {
+  private free: number;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(n: number) {
+    this.free = n;
+  }
+
+  async with<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.free++;
     }
   }
 }
