@@ -322,8 +322,13 @@ export class MetaStore {
 
   /** Which of these blocks the site does not have. */
   missingBlocks(hashes: string[]): string[] {
-    const q = this.q('SELECT 1 FROM blocks WHERE hash = ?');
-    return [...new Set(hashes)].filter((h) => q.get(h) === undefined);
+    const want = [...new Set(hashes)];
+    if (want.length === 0) return [];
+    // One statement for the whole list: a statement per id was a read transaction each, with
+    // its locks on the WAL index (25,000 fcntl calls in an initial sync of 6,000 blocks).
+    const found = this.q('SELECT hash FROM blocks WHERE hash IN (SELECT value FROM json_each(?))').raw().all(JSON.stringify(want)) as Array<[string]>;
+    const have = new Set(found.map(([h]) => h));
+    return want.filter((h) => !have.has(h));
   }
 
   head(bucket: string, path: string): ObjectVersion | null {
