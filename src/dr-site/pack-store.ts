@@ -431,26 +431,18 @@ export class PackStore {
   private async fetchEntry(loc: BlockLocation, damaged: (why: string) => Error): Promise<Buffer> {
     const length = ENTRY_HEADER + loc.stored;
     if (loc.remote && this.reader) return this.reader.read(loc.pack as string, loc.offset, length);
-    const fh = await open(this.packPath(loc.pack as string), 'r');
-    try {
-      const entry = Buffer.alloc(length);
-      const { bytesRead } = await fh.read(entry, 0, length, loc.offset);
-      if (bytesRead !== length) throw damaged('the pack is shorter than its index says');
-      return entry;
-    } finally {
-      await fh.close();
-    }
+    return this.readRange(loc.pack as string, loc.offset, length, () => damaged('the pack is shorter than its index says'));
   }
 
-  /** length bytes of a local pack from offset; short is an error (the caller reads one by one then). */
-  private async readRange(pack: string, offset: number, length: number): Promise<Buffer> {
+  /** length bytes of a local pack from offset; a pack shorter than that is the error `short` makes. */
+  private async readRange(pack: string, offset: number, length: number, short = () => new Error(`pack ${pack} is shorter than its index says`)): Promise<Buffer> {
     const fh = await open(this.packPath(pack), 'r');
     try {
       const bytes = Buffer.allocUnsafe(length);
       let got = 0;
       while (got < length) {
         const { bytesRead } = await fh.read(bytes, got, length - got, offset + got);
-        if (bytesRead === 0) throw new Error(`pack ${pack} is shorter than its index says`);
+        if (bytesRead === 0) throw short();
         got += bytesRead;
       }
       return bytes;
