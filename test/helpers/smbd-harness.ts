@@ -99,6 +99,12 @@ export class SmbdHarness {
     return h;
   }
 
+  /** The smbd parent's PID (each client session runs in a child of it). */
+  get pid(): number {
+    if (!this.proc?.pid) throw new Error('smbd is not running');
+    return this.proc.pid;
+  }
+
   sharePath(name: string): string {
     const p = this.shares.get(name);
     if (!p) throw new Error(`no share ${name}`);
