@@ -11,6 +11,8 @@ import { execFile, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import Database from 'better-sqlite3';
 import { after, before, test } from 'node:test';
 import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/operator/restore';
@@ -161,8 +163,9 @@ test('a flipped byte in a stored pack fails authentication: verify --deep names 
     // site would serve it: only the replicator's AES-GCM tag can catch it.
     for (const [i, e] of entries.entries()) {
       const pack = await readFile(e.file);
+      assert.equal(pack.readUInt8(e.off + 4), 2 | 4, 'a sealed entry (2) whose checksum is CRC-32 (4)');
       pack[e.off + 44 + Math.floor(e.len / 2)] ^= 0x01;
-      if (i === 1) createHash('sha256').update(pack.subarray(e.off + 44, e.off + 44 + e.len)).digest().copy(pack, e.off + 12);
+      if (i === 1) pack.writeUInt32BE(crc32(pack.subarray(e.off + 44, e.off + 44 + e.len)), e.off + 12);
       await writeFile(e.file, pack);
     }
     await dr.startServer();
@@ -182,6 +185,53 @@ test('a flipped byte in a stored pack fails authentication: verify --deep names 
     const restored = await readdir(dest);
     assert.ok(!restored.includes('a-victim.bin') && !restored.includes('b-victim.bin'), `damaged files were written: ${restored.join(', ')}`);
     assert.equal(await readFile(join(dest, 'c-intact.txt'), 'utf8'), 'nobody touched me\n');
+  } finally {
+    await dr.destroy();
+  }
+});
+
+test('sealed entries written with a sha256 checksum (before CRC-32) still restore, and damage in them is still found', async () => {
+  const dr = await DrSiteHarness.start();
+  try {
+    const src = join(work, 'old-sum-src');
+    await mkdir(src);
+    const a = randomBytes(30000);
+    const b = randomBytes(30000);
+    await writeFile(join(src, 'a.bin'), a);
+    await writeFile(join(src, 'b.bin'), b);
+    await writeFile(dr.passphraseFile, PASSPHRASE);
+    assert.equal((await vfsx(dr, ['resync', 'docs', '--source', src])).code, 0);
+    await dr.stop();
+    // Both entries rewritten as the site wrote sealed entries before: flags 2, sha256 of the stored bytes;
+    // the index says so too. The second one then gets a flipped byte.
+    const entries = (await packEntriesOf(dr.dataDir)).filter((e) => e.len > 29000);
+    assert.equal(entries.length, 2, JSON.stringify(entries));
+    const db = new Database(join(dr.dataDir, 'meta.sqlite'));
+    try {
+      for (const [i, e] of entries.entries()) {
+        const pack = await readFile(e.file);
+        const stored = pack.subarray(e.off + 44, e.off + 44 + e.len);
+        pack.writeUInt8(2, e.off + 4);
+        createHash('sha256').update(stored).digest().copy(pack, e.off + 12);
+        if (i === 1) stored[100] ^= 0x01;
+        await writeFile(e.file, pack);
+        const changed = db.prepare('UPDATE blocks SET flags = 2 WHERE pack IS NOT NULL AND off = ? AND stored = ? AND flags = 6').run(e.off, e.len).changes;
+        assert.equal(changed, 1, 'one index row per entry');
+      }
+    } finally {
+      db.close();
+    }
+    await dr.startServer();
+    const dest = join(work, 'old-sum-restored');
+    const res = await vfsx(dr, ['restore', 'docs', dest, '--json']);
+    assert.equal(res.code, 1, res.stdout + res.stderr);
+    const out = JSON.parse(res.stdout);
+    assert.equal(out.failed.length, 1, res.stdout);
+    assert.match(out.failed[0], /checksum/, res.stdout);
+    const damaged = out.failed[0].split(':')[0];
+    const intact = damaged === 'a.bin' ? 'b.bin' : 'a.bin';
+    assert.deepEqual(await readFile(join(dest, intact)), intact === 'a.bin' ? a : b);
+    assert.ok(!(await readdir(dest)).includes(damaged));
   } finally {
     await dr.destroy();
   }
