@@ -9,6 +9,7 @@
  *	vfsx:on_failure = allow	(allow: proceed and spool; deny: fail)
  *	vfsx:spool = /var/spool/vfsx
  *	vfsx:async = yes	(ops no policy rule can deny need no verdict)
+ *	vfsx:reuse buffers = yes	(smbd keeps freed I/O buffers: reuse_buffers())
  *
  * Operations that change a name or metadata ask for a verdict before they
  * run and report their outcome ("done") afterwards without waiting. An
