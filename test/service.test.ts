@@ -131,12 +131,19 @@ test('while Redis is down the service answers unavailable at once, and records a
   const c = await RawClient.connect(svc.socket);
   await c.hello(process.pid, await startTime(process.pid));
   await redis.stopServer();
-  const t0 = Date.now();
-  assert.equal(await c.ask('eve', 'unlink', [['seq', 10], ['share', 'sh'], ['path', 'x']]), 'unavailable:10');
-  assert.ok(Date.now() - t0 < 5000);
-  await waitFor('the journal link state change logged', () =>
-    svc.logs.some((l) => l.link === 'journal' && l.from === 'ready' && typeof l.to === 'string' && l.to !== 'ready'));
-  await redis.startServer();
+  try {
+    // Once the service has seen its Redis connection go (the socket's close, an event
+    // like any other: a report already on its way may still be answered transparent,
+    // and is then kept by the module until acknowledged), it answers unavailable
+    // without trying a write first.
+    await waitFor('the journal link state change logged', () =>
+      svc.logs.some((l) => l.link === 'journal' && l.from === 'ready' && typeof l.to === 'string' && l.to !== 'ready'));
+    const t0 = Date.now();
+    assert.equal(await c.ask('eve', 'unlink', [['seq', 10], ['share', 'sh'], ['path', 'x']]), 'unavailable:10');
+    assert.ok(Date.now() - t0 < 400, `answered in ${Date.now() - t0} ms, not at once`);
+  } finally {
+    await redis.startServer();
+  }
   await waitFor('journal writes again', async () =>
     (await c.ask('eve', 'unlink', [['seq', 11], ['share', 'sh'], ['path', 'back']])) === 'transparent:11', 20000, 200);
   c.close();
