@@ -46,17 +46,18 @@ __attribute__((used)) static const char vfsx_build_id[] =
 	"vfsx-build: samba=" SAMBA_VERSION_STRING " interface=" VFSX_STR(SMB_VFS_INTERFACE_VERSION);
 
 /*
- * smbd receives each SMB2 write (up to 8 MiB) into a fresh heap buffer and
- * frees it when the write is done. glibc gives the top of the heap back to
- * the kernel whenever more than twice its (dynamic) mmap threshold lies free
- * there, and the next buffers fault their pages in again: 2,048 faults per
- * 8 MiB, about 14 us each on a VM. Whether the top is free at that moment
- * depends on what else happened to be allocated in between, and any VFS
- * module in the stack changes that (time_audit as much as vfsx): a 256 MiB
- * put through such a share took 23,000-37,000 faults in smbd and ran at
- * 0.6-0.75x of a share without modules, which took 9,000-13,000. Fixed
- * thresholds keep freed write buffers for the next writes instead. An smbd
- * that wrote large files then keeps up to 64 MiB of free heap.
+ * smbd receives each SMB2 write (up to 8 MiB) into a fresh heap buffer, and
+ * reads into one, and frees it when the request is done. glibc gives the
+ * top of the heap back to the kernel whenever more than twice its (dynamic)
+ * mmap threshold lies free there, and the next buffers fault their pages in
+ * again: 2,048 faults per 8 MiB, about 14 us each on a VM. Whether the top
+ * is free at that moment depends on what else happened to be allocated in
+ * between, and any VFS module in the stack changes that (time_audit as much
+ * as vfsx): a 256 MiB put through such a share took 17,000-37,000 faults in
+ * smbd and ran at 0.6-0.75x of a share without modules (9,000-17,000).
+ * Fixed thresholds keep freed buffers for the next requests instead (5,000-7,000 faults,
+ * for reads as for writes). An smbd that moved large files then keeps up to
+ * 64 MiB of free heap.
  * "vfsx:reuse buffers = no" leaves glibc's defaults, and so does a
  * GLIBC_TUNABLES that sets either threshold itself (the admin's choice).
  */
