@@ -55,9 +55,9 @@ __attribute__((used)) static const char vfsx_build_id[] =
  * between, and any VFS module in the stack changes that (time_audit as much
  * as vfsx): a 256 MiB put through such a share took 17,000-37,000 faults in
  * smbd and ran at 0.6-0.75x of a share without modules (9,000-17,000).
- * Fixed thresholds keep freed buffers for the next requests instead (5,000-7,000 faults,
- * for reads as for writes). An smbd that moved large files then keeps up to
- * 64 MiB of free heap.
+ * Fixed thresholds keep freed buffers for the next requests instead
+ * (5,000-7,000 faults, for reads as for writes). An smbd that moved large
+ * files then keeps up to 64 MiB of free heap.
  * "vfsx:reuse buffers = no" leaves glibc's defaults, and so does a
  * GLIBC_TUNABLES that sets either threshold itself (the admin's choice).
  */
