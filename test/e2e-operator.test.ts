@@ -108,7 +108,7 @@ test('vfsx status --json: backlog, RPO and throughput while a workload runs, and
   const during = seen.map(share).filter((s) => s !== undefined);
   assert.ok(during.some((s) => s.backlog.records > 0 && s.rpoAgeSeconds > 0), `a backlog was seen during the workload: ${JSON.stringify(during.slice(-3))}`);
   for (const s of during) {
-    assert.ok(s.backlog.records >= 0 && s.backlog.files <= s.backlog.records && s.rpoAgeSeconds >= 0);
+    assert.ok(s.backlog.records >= 0 && s.backlog.files <= s.backlog.records && s.rpoAgeSeconds >= 0, JSON.stringify(s));
     assert.equal(s.backlog.exact, s.backlog.records <= 1000);
   }
   const st = await drained();

@@ -317,11 +317,15 @@ export class StatusReader {
 
   private async share(site: string, share: string, now: number, unpumpedAt: number | null, retrying: RetryingRecord[]): Promise<ShareStatus> {
     const sk = stateKeys(this.cfg.redis.prefix, site);
-    const [records, hash, scrub] = await Promise.all([this.conn.zcard(sk.rpo(share)), this.conn.hgetall(sk.share(share)), this.conn.hgetall(sk.scrub(share))]);
+    const [hash, scrub] = await Promise.all([this.conn.hgetall(sk.share(share)), this.conn.hgetall(sk.scrub(share))]);
     let oldest = await this.oldest(site, share, now);
-    if (unpumpedAt !== null && (oldest === null || unpumpedAt < oldest)) oldest = unpumpedAt;
+    if (unpumpedAt !== null && Number.isFinite(unpumpedAt) && (oldest === null || unpumpedAt < oldest)) oldest = unpumpedAt;
+    // The count and the oldest SAMPLE members are read in one transaction: replication adds and
+    // removes members all the time, and files must never exceed records.
+    const [[, count], [, sample]] = ((await this.conn.multi().zcard(sk.rpo(share)).zrange(sk.rpo(share), 0, SAMPLE - 1).exec()) ?? [[null, 0], [null, []]]) as [[unknown, number], [unknown, string[]]];
+    const records = Number(count);
     // Files and bytes of the oldest SAMPLE records (dirty bytes of closes; 0 for namespace changes).
-    const members = (await this.conn.zrange(sk.rpo(share), 0, SAMPLE - 1)).map(parseRpoMember);
+    const members = sample.map(parseRpoMember);
     const jobIds = [...new Set(members.map((m) => m.jobId))];
     const p = this.conn.pipeline();
     for (const id of jobIds) p.hget(this.jobKey(site, id), 'data');
