@@ -304,7 +304,7 @@ async function main(): Promise<void> {
     const asyncIngest = reports / ((Date.now() - t0) / 1000);
 
     const floor = await echoFloor(rttBin);
-    printReport(rows, { p50: pct(lat, 0.5), p99: pct(lat, 0.99), mixedP50: pct(mixedLat, 0.5), mixedP99: pct(mixedLat, 0.99), strictP50: pct(strictLat, 0.5), strictP99: pct(strictLat, 0.99), ingest, asyncIngest, floor });
+    printReport(rows, { p50: pct(lat, 0.5), p99: pct(lat, 0.99), p999: pct(lat, 0.999), mixedP50: pct(mixedLat, 0.5), mixedP99: pct(mixedLat, 0.99), strictP50: pct(strictLat, 0.5), strictP99: pct(strictLat, 0.99), ingest, asyncIngest, floor });
   } finally {
     await unsubscribe?.();
     await reader.close();
@@ -331,7 +331,7 @@ async function verdictRtt(bin: string, socket: string, n: number, plainOnly = fa
  * Baseline: the same C client against a bare C frame echo server in another
  * process: what one Unix-socket round trip between two processes costs here.
  */
-async function echoFloor(bin: string): Promise<{ p50: number; p99: number }> {
+async function echoFloor(bin: string): Promise<{ p50: number; p99: number; p999: number }> {
   const dir = await mkdtemp(join(tmpdir(), 'vfsx-echo-'));
   const path = join(dir, 'echo.sock');
   const child = spawn(bin, ['echo', path], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -340,7 +340,7 @@ async function echoFloor(bin: string): Promise<{ p50: number; p99: number }> {
     await verdictRtt(bin, path, 3000);
     const { plain, strict } = await verdictRtt(bin, path, 20000);
     const lat = [...plain, ...strict];
-    return { p50: pct(lat, 0.5), p99: pct(lat, 0.99) };
+    return { p50: pct(lat, 0.5), p99: pct(lat, 0.99), p999: pct(lat, 0.999) };
   } finally {
     child.kill();
     await rm(dir, { recursive: true, force: true });
@@ -364,7 +364,7 @@ function machine(): string {
   return `${cpu}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${kernel}, ${samba}, Node ${process.version}`;
 }
 
-function printReport(rows: Row[], j: { p50: number; p99: number; mixedP50: number; mixedP99: number; strictP50: number; strictP99: number; ingest: number; asyncIngest: number; floor: { p50: number; p99: number } } | null): void {
+function printReport(rows: Row[], j: { p50: number; p99: number; p999: number; mixedP50: number; mixedP99: number; strictP50: number; strictP99: number; ingest: number; asyncIngest: number; floor: { p50: number; p99: number; p999: number } } | null): void {
   const date = new Date().toISOString().slice(0, 10);
   const out: string[] = [];
   const system = REPLICATION
@@ -396,6 +396,7 @@ function printReport(rows: Row[], j: { p50: number; p99: number; mixedP50: numbe
     out.push('', '| journal (warm service) | vfsx serve + Redis | baseline: bare C frame echo | |', '|---|---|---|---|');
     out.push(`| verdict latency (report -> policy -> verdict), p50 | ${j.p50.toFixed(0)} us | ${j.floor.p50.toFixed(0)} us | ${(j.p50 / j.floor.p50).toFixed(1)}x the floor |`);
     out.push(`| verdict latency, p99 | ${j.p99.toFixed(0)} us | ${j.floor.p99.toFixed(0)} us | ${(j.p99 / j.floor.p99).toFixed(1)}x the floor |`);
+    out.push(`| verdict latency, p99.9 | ${j.p999.toFixed(0)} us | ${j.floor.p999.toFixed(0)} us | ${(j.p999 / j.floor.p999).toFixed(1)}x the floor |`);
     out.push(`| verdict latency between strict reports, p50 | ${j.mixedP50.toFixed(0)} us | ${j.floor.p50.toFixed(0)} us | ${(j.mixedP50 / j.floor.p50).toFixed(1)}x the floor |`);
     out.push(`| verdict latency between strict reports, p99 | ${j.mixedP99.toFixed(0)} us | ${j.floor.p99.toFixed(0)} us | ${(j.mixedP99 / j.floor.p99).toFixed(1)}x the floor |`);
     out.push(`| strict verdict latency (report -> durable record -> verdict), p50 | ${j.strictP50.toFixed(0)} us | ${j.floor.p50.toFixed(0)} us | ${(j.strictP50 / j.floor.p50).toFixed(1)}x the floor |`);

@@ -16,6 +16,7 @@ import { SpoolIngester } from '../socket-server/spool-ingester';
 import { Alerts } from './alerts';
 import { HistoryPoint, historyPoint, HttpServer } from './http-server';
 import { Metrics } from './metrics';
+import { StatusThread } from './status-thread';
 
 export class VfsxService {
   readonly journal: Journal;
@@ -24,6 +25,8 @@ export class VfsxService {
   readonly spool: SpoolIngester;
   readonly dispatcher: OpDispatcher;
   readonly status: StatusReader;
+  /** The periodic and HTTP status reads, off the verdict thread. */
+  readonly statusThread: StatusThread;
   readonly bus: EventBus;
   readonly metrics: Metrics;
   readonly alerts: Alerts;
@@ -49,6 +52,7 @@ export class VfsxService {
       logger: logger.child({ c: 'ops' }),
     });
     this.status = new StatusReader(config);
+    this.statusThread = new StatusThread({ config, logger: logger.child({ c: 'status' }) });
     this.bus = new EventBus(config.redis);
     // Scrapes are rare and must be exact: a fresh read each.
     this.metrics = new Metrics(() => this.freshStatus(), {
@@ -95,7 +99,7 @@ export class VfsxService {
 
   private async freshStatus(): Promise<Status | null> {
     try {
-      this.latest = await this.status.read();
+      this.latest = await this.statusThread.read();
       return this.latest;
     } catch (err) {
       this.log.debug({ err }, 'status read failed');
@@ -127,6 +131,7 @@ export class VfsxService {
     await Promise.race([subscribed, new Promise((r) => setTimeout(r, 1000).unref())]);
     await this.spool.start();
     this.pump.start();
+    this.statusThread.start();
     // The operator listener is not worth losing the journal for: a busy port is logged, not fatal.
     await this.http?.listen().catch((err) => this.log.error({ err, port: this.config.http.port }, 'dashboard and /metrics not served'));
     this.monitor = setInterval(() => void this.sample(), this.config.alerts.checkIntervalMs);
@@ -152,6 +157,7 @@ export class VfsxService {
       ['journal', () => this.journal.close()],
       ['journal pump', () => this.pump.close()],
       ['status', () => this.status.close()],
+      ['status thread', () => this.statusThread.close()],
       ['events', () => this.bus.close()],
     ];
     for (const [name, step] of steps) {
