@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
+import { stopWorker } from '../native/worker-threads';
 
 export interface PumpThreadOptions {
   redis: VfsxConfig['redis'];
@@ -56,18 +57,7 @@ export class PumpThread {
   }
 
   close(): Promise<void> {
-    if (!this.closing) {
-      this.closing = new Promise<void>((resolve) => {
-        const w = this.worker;
-        if (!w) return resolve();
-        const timer = setTimeout(() => void w.terminate(), 5000);
-        w.once('exit', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        w.postMessage('close');
-      });
-    }
+    if (!this.closing) this.closing = stopWorker(this.worker, 'close');
     return this.closing;
   }
 }

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
+import { stopWorker } from '../native/worker-threads';
 import type { Status } from '../operator/status';
 
 export interface StatusThreadOptions {
@@ -79,18 +80,7 @@ export class StatusThread {
   }
 
   close(): Promise<void> {
-    if (!this.closing) {
-      this.closing = new Promise<void>((resolve) => {
-        const w = this.worker;
-        if (!w) return resolve();
-        const timer = setTimeout(() => void w.terminate(), 5000);
-        w.once('exit', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        w.postMessage({ close: true });
-      });
-    }
+    if (!this.closing) this.closing = stopWorker(this.worker, { close: true });
     return this.closing;
   }
 

@@ -3,8 +3,8 @@
  * Reads one at a time, in the order asked; at the replicator's niceness,
  * since it is off the verdict path like the journal pump.
  */
-import { getPriority, setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
+import { lowerThisThread } from '../native/worker-threads';
 import { StatusReader } from '../operator/status';
 import type { StatusReply } from './status-thread';
 
@@ -12,12 +12,7 @@ function main(): void {
   if (!parentPort) return; // not a worker: nothing to do
   const port = parentPort;
   const config = workerData.config as ConstructorParameters<typeof StatusReader>[0];
-  const nice = (config.replication as { nice?: number }).nice ?? 0;
-  try {
-    if (getPriority(0) < nice) setPriority(0, nice);
-  } catch {
-    // not allowed to: it reads at the service's priority
-  }
+  lowerThisThread((config.replication as { nice?: number }).nice ?? 0); // not allowed to: it reads at the service's priority
   const reader = new StatusReader(config);
   let chain: Promise<void> = Promise.resolve();
   port.on('message', (m: { id?: number; close?: boolean }) => {
