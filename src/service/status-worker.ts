@@ -12,7 +12,8 @@ function main(): void {
   if (!parentPort) return; // not a worker: nothing to do
   const port = parentPort;
   const config = workerData.config as ConstructorParameters<typeof StatusReader>[0];
-  lowerThisThread((config.replication as { nice?: number }).nice ?? 0); // not allowed to: it reads at the service's priority
+  // Where lowering is not allowed, it reads at the service's priority: no worse than before it had a thread.
+  lowerThisThread((config.replication as { nice?: number }).nice ?? 0);
   const reader = new StatusReader(config);
   let chain: Promise<void> = Promise.resolve();
   port.on('message', (m: { id?: number; close?: boolean }) => {
