@@ -51,6 +51,16 @@ static struct vfsx_msg *begin_content(vfs_handle_struct *handle,
 	if (m != NULL) {
 		flags_arg(m, x->flags);
 		vfsx_msg_arg_ranges(m, "ranges", &x->ranges);
+		/*
+		 * The file the ranges were written to: by the time the report
+		 * is replicated the name may hold another file (an Office save
+		 * renames a new one over it), whose other blocks the ranges
+		 * say nothing about.
+		 */
+		if (VALID_STAT(fsp->fsp_name->st)) {
+			vfsx_msg_arg_hex(m, "ino",
+					 (uint64_t)fsp->fsp_name->st.st_ex_ino);
+		}
 		*x = (struct vfsx_fsp){ 0 };
 	}
 	return m;

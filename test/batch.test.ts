@@ -54,6 +54,19 @@ test('an item is read whole when a merged record changed content without ranges 
   ]);
 });
 
+test('an item keeps the inode its ranges were written to; ranges written to two files at one name make it whole', () => {
+  const items = coalesce([
+    rec('close', 'a', { ranges: [[0, 10]], args: { flags: '', ino: '1f' } }), rec('setdosattr', 'a'), rec('close', 'a', { ranges: [[20, 5]], args: { flags: '', ino: '1f' } }),
+    rec('close', 'b', { ranges: [[0, 10]], args: { flags: '', ino: '2a' } }), rec('close', 'b', { ranges: [[50, 10]], args: { flags: '', ino: '2b' } }),
+    rec('close', 'c', { ranges: [[0, 10]] }),
+  ]);
+  assert.deepEqual(items.map((i) => [i.rec.names.path, i.ino, i.whole, i.ranges]), [
+    ['a', '1f', false, [[0, 10], [20, 5]]],
+    ['b', '2b', true, undefined],
+    ['c', undefined, false, [[0, 10]]],
+  ]);
+});
+
 test('renames and links stay in place and are never merged across', () => {
   const items = coalesce([
     rec('close', 'a', { ranges: [[0, 1]] }), rec('rename', 'a', { names: { path: 'a', to: 'b' } }),

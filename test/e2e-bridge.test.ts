@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,6 +81,8 @@ test('a several-MB put records create, then a close whose dirty ranges cover exa
   const close = recs.find((r) => r.op === 'close')!;
   assert.equal(close.args.flags, 'c');
   assert.deepEqual(close.ranges, [[0, data.length]]);
+  // The file the ranges were written to, by inode: the replicator trusts the ranges only for it.
+  assert.equal(close.args.ino, statSync(join(share, 'big.bin')).ino.toString(16));
   assert.deepEqual(await readFile(join(share, 'big.bin')), data);
 });
 

@@ -182,6 +182,33 @@ test('a file rewritten with the same size and then given its old write time (as 
   assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), []);
 });
 
+test('a write whose file was then replaced by an Office-style save (a new file renamed over it) is replicated as the new file, whether its size changed or not', async () => {
+  // Larger than the replicator's small files: these take the dirty-range way.
+  const sizes = { shrunk: [3 << 20, 1 << 20], same: [3 << 20, 3 << 20] };
+  for (const [tag, [oldSize, newSize]] of Object.entries(sizes)) {
+    const old = join(local, `office-${tag}-old`);
+    const next = join(local, `office-${tag}-new`);
+    await writeFile(old, randomBytes(oldSize));
+    await writeFile(next, randomBytes(newSize));
+    await smb(`mkdir office-${tag}; put ${old} office-${tag}/doc.bin`);
+    await drained();
+    // The replicator first looks when all is done: the write's ranges are
+    // then those of a file no longer at the name.
+    const rpid = svc.replicatorPid as number;
+    process.kill(rpid, 'SIGSTOP');
+    try {
+      const at = tag === 'same' ? oldSize >> 1 : oldSize - 100;
+      await smbcWrite(smbd.port, SHARE, `office-${tag}/doc.bin`, at, randomBytes(tag === 'same' ? 10 : 5000));
+      await smb(`put ${next} office-${tag}/~WRL1.tmp; rename office-${tag}/doc.bin office-${tag}/~WRL2.tmp; `
+        + `rename office-${tag}/~WRL1.tmp office-${tag}/doc.bin; del office-${tag}/~WRL2.tmp`);
+    } finally {
+      process.kill(rpid, 'SIGCONT');
+    }
+    await drained();
+    assert.deepEqual(await verifyShare(site, SHARE, smbd.sharePath(SHARE), { content: true }), [], tag);
+  }
+});
+
 test('a stream renamed through SMB (SetInfo rename to ":new", as Windows does) is replicated as the same stream under its new name', async () => {
   await writeFile(join(local, 'sdata'), 'a stream to be renamed');
   await smb(`put /etc/hostname streamy.txt; put ${local}/sdata streamy.txt:before`);

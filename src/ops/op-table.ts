@@ -36,8 +36,9 @@ const times = { atime: 'time', mtime: 'time', ctime: 'time', btime: 'time' } as 
 export const OP_TABLE: ReadonlyMap<string, OpHandler> = new Map(
   [
     handler('create', 'pre', { flags: 'flags', mode: 'octal' }),
-    handler('close', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }),
-    handler('fsync', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }),
+    // ino (hex): the file the ranges were written to (modules before it omit it).
+    handler('close', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }, { ino: 'hex' }),
+    handler('fsync', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }, { ino: 'hex' }),
     handler('truncate', 'pre', { size: 'int' }),
     handler('mkdir', 'pre', { mode: 'octal' }),
     handler('rmdir', 'pre', {}),

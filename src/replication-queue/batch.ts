@@ -62,6 +62,11 @@ export interface WorkItem {
    * rewrite of the same size in the same tick keeps both).
    */
   whole: boolean;
+  /**
+   * The file (inode, hex) the ranges were written to, as the module
+   * reported it: ranges say nothing about another file at the same name.
+   */
+  ino?: string;
 }
 
 /** Operations that change only metadata: they never widen the blocks to read. */
@@ -92,8 +97,9 @@ export function coalesce(records: ChangeRecord[]): WorkItem[] {
     const key = rec.names.path;
     const r = rangesOf(rec);
     const cur = open.get(key);
+    const ino = r && typeof rec.args.ino === 'string' ? rec.args.ino : undefined;
     if (!cur) {
-      const item: WorkItem = { rec, ranges: r ?? undefined, ts: rec.ts, merged: 1, whole: r === undefined };
+      const item: WorkItem = { rec, ranges: r ?? undefined, ts: rec.ts, merged: 1, whole: r === undefined, ...(ino ? { ino } : {}) };
       open.set(key, { item, whole: r === undefined, ranges: r ? [...r] : [] });
       items.push(item);
       continue;
@@ -101,6 +107,9 @@ export function coalesce(records: ChangeRecord[]): WorkItem[] {
     cur.item.rec = rec;
     cur.item.ts = Math.max(cur.item.ts, rec.ts);
     cur.item.merged++;
+    // Ranges written to two different files at one name: neither's ranges describe what is there now.
+    if (ino && cur.item.ino && ino !== cur.item.ino) cur.whole = cur.item.whole = true;
+    if (ino) cur.item.ino = ino;
     if (r === undefined) cur.whole = cur.item.whole = true;
     else if (r) cur.ranges.push(...r);
     cur.item.ranges = cur.whole || cur.ranges.length === 0 ? undefined : cur.ranges;

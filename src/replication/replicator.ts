@@ -617,7 +617,8 @@ export class Replicator {
       return;
     }
     const started = Date.now();
-    const whole = await sync.syncPath(rec.names.path, ranges, all && ranges === undefined);
+    const ino = item ? item.ino : typeof rec.args.ino === 'string' ? rec.args.ino : undefined;
+    const whole = await sync.syncPath(rec.names.path, ranges, all && ranges === undefined, ino);
     this.remember(key, started, whole);
     if (rec.op === 'link' && rec.names.from) await sync.syncPath(rec.names.from);
   }

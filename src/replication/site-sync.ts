@@ -320,11 +320,12 @@ export class SiteSync {
   /**
    * Makes the site's object at rel match the source now. Returns true when
    * the whole state was read (a file's every block, or a path that is not a
-   * regular file), false when only dirty blocks or metadata were.
+   * regular file), false when only dirty blocks or metadata were. `ino`
+   * (hex) names the file the ranges were written to.
    */
-  async syncPath(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
+  async syncPath(rel: string, ranges?: Array<[number, number]>, full = false, ino?: string): Promise<boolean> {
     try {
-      return await this.syncPathOnce(rel, ranges, full);
+      return await this.syncPathOnce(rel, ranges, full, ino);
     } catch (err) {
       if (!(err instanceof DrRpcError && err.code === NOT_A_DIRECTORY)) throw err;
     }
@@ -333,7 +334,7 @@ export class SiteSync {
     // ancestors up to date first, then this path.
     const parts = rel.split('/');
     for (let i = 1; i < parts.length; i++) await this.syncPathOnce(parts.slice(0, i).join('/'));
-    return this.syncPathOnce(rel, ranges, full);
+    return this.syncPathOnce(rel, ranges, full, ino);
   }
 
   /** Like syncPath, but a file's every block is read and sent if the site lacks it (a scrub's repair of content). */
@@ -341,7 +342,7 @@ export class SiteSync {
     await this.syncPathOnce(rel, undefined, true);
   }
 
-  private async syncPathOnce(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
+  private async syncPathOnce(rel: string, ranges?: Array<[number, number]>, full = false, ino?: string): Promise<boolean> {
     const e = this.tree.stat(rel, true);
     const { site, bucket } = this;
     let whole = true;
@@ -353,7 +354,7 @@ export class SiteSync {
       // A symlink is replicated as a symlink; what it points to is never read.
       await site.call('object.commit', { bucket, path: rel, kind: 'symlink', meta: metaOfEntry(e), target: targetOf(e) });
     } else if (e.kind === 'file') {
-      whole = await this.syncFile(rel, ranges, full);
+      whole = await this.syncFile(rel, ranges, full, ino);
     }
     this.stats.commits++;
     return whole;
@@ -424,6 +425,8 @@ export class SiteSync {
     const st = this.tree.stat(rel);
     if (this.noPatch || !st || st.kind !== 'file' || st.size === 0) return null;
     const count = Math.ceil(st.size / bs);
+    // Ranges reaching past the file: it was truncated since (or is another file); the usual way reads it.
+    if (ranges.some(([off, len]) => off + len > st.size)) return null;
     const which = new Set<number>();
     for (const [off, len] of ranges) {
       if (len === 0) continue;
@@ -480,9 +483,30 @@ export class SiteSync {
     return false;
   }
 
-  /** Returns whether every block was read. */
-  private async syncFile(rel: string, ranges?: Array<[number, number]>, full = false): Promise<boolean> {
+  /** Whether rel is now the regular file with inode `ino` (hex, as the module reports it). */
+  private isFile(rel: string, ino: string): boolean {
+    const st = this.tree.stat(rel);
+    try {
+      return st !== null && st.kind === 'file' && st.ino === BigInt(`0x${ino}`).toString();
+    } catch {
+      return false; // not hex: trust nothing
+    }
+  }
+
+  /**
+   * Returns whether every block was read. Dirty ranges are trusted only for
+   * the file they were written to (`ino`) and only when they explain its
+   * size: by the time a report is replicated its name may hold another file
+   * (an Office save renamed one over it) or one truncated since, and
+   * blocks taken from the site's copy would then be another file's, under
+   * this one's size and mtime (which the metadata-only check trusts).
+   */
+  private async syncFile(rel: string, ranges?: Array<[number, number]>, full = false, ino?: string): Promise<boolean> {
     const { site, bucket } = this;
+    if (!full && ranges && ino !== undefined && !this.isFile(rel, ino)) {
+      ranges = undefined;
+      full = true;
+    }
     if (!full && ranges) {
       const patched = await this.patchFile(rel, ranges);
       if (patched !== null) return patched;
@@ -491,10 +515,15 @@ export class SiteSync {
     const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.blockSize;
     let which: Set<number> | null = null;
     if (!full && head?.kind === 'file' && head.blocks && ranges) {
-      which = new Set();
-      for (const [off, len] of ranges) {
-        if (len === 0) continue;
-        for (let i = Math.floor(off / bs); i <= Math.floor((off + len - 1) / bs); i++) which.add(i);
+      const end = ranges.reduce((m, [off, len]) => Math.max(m, off + len), 0);
+      const st = this.tree.stat(rel);
+      // Writes in the ranges over the site's copy give this size; another means another change (read it all).
+      if (st && st.size === Math.max(head.size, end)) {
+        which = new Set();
+        for (const [off, len] of ranges) {
+          if (len === 0) continue;
+          for (let i = Math.floor(off / bs); i <= Math.floor((off + len - 1) / bs); i++) which.add(i);
+        }
       }
     } else if (!full && head?.kind === 'file' && head.blocks && !ranges) {
       // Metadata-only change when size and mtime still match what the site has.

@@ -8,7 +8,7 @@
 import { sitesOf } from '../../src/config/schema';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { validateConfig } from '../../src/config/load-config';
@@ -102,7 +102,14 @@ export class ReplicationStack {
       const detail = await Promise.all(diffs.slice(0, 5).map(async (d) => {
         const head = await this.site.call<Record<string, unknown> | null>('object.stat', { bucket: this.share, path: d.path, blocks: true }).catch((e) => String(e));
         const src = await stat(join(this.root, d.path), { bigint: true }).then((s) => ({ size: String(s.size), mtimeNs: String(s.mtimeNs) }), (e) => String(e));
-        return { ...d, site: head, source: src };
+        // The source's block ids as this client cuts them, and the site's versions of the path: which commit went wrong.
+        const blocks = await readFile(join(this.root, d.path)).then((b) => {
+          const ids: string[] = [];
+          for (let o = 0; o < b.length; o += 65536) ids.push(this.site.blockId(b.subarray(o, o + 65536)));
+          return ids;
+        }, (e) => String(e));
+        const versions = await this.site.call('object.versions', { bucket: this.share, path: d.path }).catch((e) => String(e));
+        return { ...d, site: head, source: { ...(typeof src === 'string' ? { error: src } : src), blocks }, versions };
       }));
       assert.fail(`seed ${this.seed}: the site differs from the source: ${JSON.stringify(detail)}`);
     }
