@@ -420,9 +420,8 @@ export class SiteSync {
    * commits, or an encrypted head sealed before segment lists were bound):
    * the caller takes the usual way.
    */
-  private async patchFile(rel: string, ranges: Array<[number, number]>): Promise<boolean | null> {
+  private async patchFile(rel: string, ranges: Array<[number, number]>, st: TreeEntry | null): Promise<boolean | null> {
     const { site, bucket, blockSize: bs } = this;
-    const st = this.tree.stat(rel);
     if (this.noPatch || !st || st.kind !== 'file' || st.size === 0) return null;
     const count = Math.ceil(st.size / bs);
     // Ranges reaching past the file: it was truncated since (or is another file); the usual way reads it.
@@ -483,9 +482,8 @@ export class SiteSync {
     return false;
   }
 
-  /** Whether rel is now the regular file with inode `ino` (hex, as the module reports it). */
-  private isFile(rel: string, ino: string): boolean {
-    const st = this.tree.stat(rel);
+  /** Whether st is the regular file with inode `ino` (hex, as the module reports it). */
+  private static isFile(st: TreeEntry | null, ino: string): boolean {
     try {
       return st !== null && st.kind === 'file' && st.ino === BigInt(`0x${ino}`).toString();
     } catch {
@@ -503,12 +501,13 @@ export class SiteSync {
    */
   private async syncFile(rel: string, ranges?: Array<[number, number]>, full = false, ino?: string): Promise<boolean> {
     const { site, bucket } = this;
-    if (!full && ranges && ino !== undefined && !this.isFile(rel, ino)) {
+    const st = !full && ranges ? this.tree.stat(rel) : null;
+    if (!full && ranges && ino !== undefined && !SiteSync.isFile(st, ino)) {
       ranges = undefined;
       full = true;
     }
     if (!full && ranges) {
-      const patched = await this.patchFile(rel, ranges);
+      const patched = await this.patchFile(rel, ranges, st);
       if (patched !== null) return patched;
     }
     const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
@@ -516,9 +515,9 @@ export class SiteSync {
     let which: Set<number> | null = null;
     if (!full && head?.kind === 'file' && head.blocks && ranges) {
       const end = ranges.reduce((m, [off, len]) => Math.max(m, off + len), 0);
-      const st = this.tree.stat(rel);
+      const now = this.tree.stat(rel); // after the site's answer: the file as it is read next
       // Writes in the ranges over the site's copy give this size; another means another change (read it all).
-      if (st && st.size === Math.max(head.size, end)) {
+      if (now && now.size === Math.max(head.size, end)) {
         which = new Set();
         for (const [off, len] of ranges) {
           if (len === 0) continue;
@@ -527,8 +526,8 @@ export class SiteSync {
       }
     } else if (!full && head?.kind === 'file' && head.blocks && !ranges) {
       // Metadata-only change when size and mtime still match what the site has.
-      const st = this.tree.stat(rel);
-      if (st && st.size === head.size && st.mtimeNs === head.meta.mtimeNs) which = new Set();
+      const now = this.tree.stat(rel);
+      if (now && now.size === head.size && now.mtimeNs === head.meta.mtimeNs) which = new Set();
     }
     // Streamed: each chunk's missing blocks go to the site while the next chunk is read.
     const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, this.chunkSender());
