@@ -4,10 +4,12 @@
  * sealed with another key ever opens.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { RepoCipher, SEAL_OVERHEAD } from '../src/repository/repo-cipher';
 import { KeyRecord, unwrapMasterKey, wrapMasterKey } from '../src/repository/key-record';
+import { crc32 } from 'node:zlib';
+import { crc32s, hashBlocks, sealBlocks } from '../src/native/addon';
 
 const cipher = new RepoCipher(RepoCipher.newMasterKey());
 const other = new RepoCipher(RepoCipher.newMasterKey());
@@ -22,7 +24,7 @@ test('a sealed block opens to its bytes; ids are keyed (another repository names
   assert.notDeepEqual(a, b, 'two seals of one block differ (random nonce)');
   assert.deepEqual(cipher.openBlock(id, a), plain);
   assert.deepEqual(cipher.openBlock(id, b), plain);
-  // Nonces come from a pool of 512: across several refills every one is new, and each seal still opens.
+  // Every seal draws a new nonce (OpenSSL's RAND_bytes in the addon; metadata's from a pool of 512, across several refills).
   const small = randomBytes(100);
   const sid = cipher.blockId(small);
   const seals = Array.from({ length: 2000 }, () => cipher.sealBlock(sid, small, false));
@@ -30,6 +32,59 @@ test('a sealed block opens to its bytes; ids are keyed (another repository names
   for (const x of [seals[0], seals[511], seals[512], seals[1999]]) assert.deepEqual(cipher.openBlock(sid, x), small);
   const metas = new Set(Array.from({ length: 600 }, () => Buffer.from(cipher.sealMeta({ m: 1 }, 'b'), 'base64').subarray(0, 12).toString('hex')));
   assert.equal(metas.size, 600);
+});
+
+test("the addon names the blocks of a run as Node's own HMAC-SHA256 and SHA-256 do, on the thread pool and off it", async () => {
+  const key = randomBytes(32);
+  const data = randomBytes((1 << 20) + 3);
+  // Runs below 256 KiB are hashed at once, larger ones on the thread pool; every shape of last block.
+  for (const [len, bs] of [[1, 65536], [65535, 65536], [65536, 65536], [65537, 65536], [300_000, 65536], [(1 << 20) + 3, 65536], [(1 << 20) + 3, 4096], [5000, 1]] as const) {
+    const run = data.subarray(0, len);
+    const want: string[] = [];
+    const wantSha: string[] = [];
+    for (let o = 0; o < len; o += bs) {
+      want.push(createHmac('sha256', key).update(run.subarray(o, o + bs)).digest('hex'));
+      wantSha.push(createHash('sha256').update(run.subarray(o, o + bs)).digest('hex'));
+    }
+    assert.deepEqual(await hashBlocks(key, run, bs), want, `HMAC, ${len} bytes in blocks of ${bs}`);
+    assert.deepEqual(await hashBlocks(Buffer.alloc(0), run, bs), wantSha, `SHA-256, ${len} bytes in blocks of ${bs}`);
+  }
+  const ids = await cipher.blockIds(data, 65536);
+  assert.deepEqual(ids, Array.from({ length: 17 }, (_, i) => cipher.blockId(data.subarray(i * 65536, (i + 1) * 65536))));
+  // Bad arguments are errors, never a crash.
+  await assert.rejects(async () => hashBlocks(Buffer.alloc(5), data, 65536), /key empty or 32 bytes/);
+  await assert.rejects(async () => hashBlocks(key, data, 0), /blockSize/);
+  assert.deepEqual(await hashBlocks(key, Buffer.alloc(0), 65536), []);
+});
+
+test("blocks sealed many at a time on the thread pool open one by one with Node's crypto; their ids are bound in", async () => {
+  const text = Buffer.from('minutes of the meeting, quarterly figures, approved\n'.repeat(1300)).subarray(0, 65536);
+  const plains = [randomBytes(65536), text, randomBytes(1), Buffer.from(text.subarray(0, 600)), randomBytes(65536)];
+  const ids = plains.map((p) => cipher.blockId(p));
+  const sealed = await cipher.sealBlocks(ids, plains);
+  assert.equal(sealed.length, plains.length);
+  assert.equal(sealed[0].length, 65536 + SEAL_OVERHEAD);
+  assert.ok(sealed[1].length < text.length / 4, 'text is compressed first');
+  sealed.forEach((s, i) => assert.deepEqual(cipher.openBlock(ids[i], s), plains[i], `block ${i}`));
+  assert.throws(() => cipher.openBlock(ids[4], sealed[0]), /fails authentication/);
+  const bad = Buffer.from(sealed[4]);
+  bad[100] ^= 0x80;
+  assert.throws(() => cipher.openBlock(ids[4], bad), (e: { code?: string }) => e.code === 'VFSX_ERR_DR_BAD_BLOCK');
+  // Bad arguments are errors, never a crash.
+  await assert.rejects(() => cipher.sealBlocks(['00'], [text]), /not a block id/);
+  assert.throws(() => sealBlocks(Buffer.alloc(31), Buffer.alloc(32), [text], [0], SEAL_OVERHEAD, true), /32-byte key/);
+  assert.throws(() => sealBlocks(Buffer.alloc(32), Buffer.alloc(64), [text], [0], SEAL_OVERHEAD, true), /one flag per body/);
+  assert.throws(() => sealBlocks(Buffer.alloc(32), Buffer.alloc(32), [text], [0], 0, true), /as long as the sealed blocks/);
+});
+
+test("the DR site's pack entry checksums, on the thread pool, are zlib's CRC-32", async () => {
+  const big = randomBytes(70_000);
+  const bufs = [Buffer.alloc(0), Buffer.from('a'), big, big.subarray(3, 65539), Buffer.from('123456789')];
+  const got = await crc32s(bufs);
+  assert.equal(got.length, 4 * bufs.length);
+  bufs.forEach((b, i) => assert.equal(got.readUInt32BE(4 * i), crc32(b), `buffer ${i}`));
+  assert.equal(got.readUInt32BE(16), 0xcbf43926, 'the CRC-32 check value');
+  await assert.rejects(async () => crc32s([Buffer.alloc(1), 'x' as unknown as Buffer]), /every element must be a Buffer/);
 });
 
 test('compression: text shrinks before sealing, noise is stored at its size plus the seal, and a noise-prefixed block is not tried', () => {

@@ -18,6 +18,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "block_crypto.h"
 #include "tree_ops.h"
 
 namespace {
@@ -167,6 +168,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
   vfsx::RegisterTreeOps(env, exports);
+  vfsx::RegisterBlockCrypto(env, exports);
   return exports;
 }
 

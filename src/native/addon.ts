@@ -1,6 +1,7 @@
 /**
- * Typed access to the native addon (native/addon): SO_PEERCRED, flock, and
- * file-tree calls beneath a directory that never follow a symlink.
+ * Typed access to the native addon (native/addon): SO_PEERCRED, flock,
+ * file-tree calls beneath a directory that never follow a symlink, and
+ * block ids, sealing and checksums on the thread pool.
  */
 import { readdirSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
@@ -51,6 +52,11 @@ interface AddonExports extends TreeOps {
   tryLock(fd: number): boolean;
   setIoPriority(tid: number, cls: number, level: number): void;
   execve(file: string, argv: string[], env: string[]): never;
+  blockIds(key: Buffer, run: Buffer, blockSize: number, async: false): Buffer;
+  blockIds(key: Buffer, run: Buffer, blockSize: number, async: true): Promise<Buffer>;
+  sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], out: Buffer, async: false): Buffer;
+  sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], out: Buffer, async: true): Promise<Buffer>;
+  crc32s(bufs: Buffer[]): Promise<Buffer>;
 }
 
 let cached: AddonExports | undefined;
@@ -117,6 +123,44 @@ export function lowerPriority(nice: number, ioClass: keyof typeof IO_CLASS, ioLe
 /** Replaces this process with `file` (same PID); throws only when execve(2) fails. */
 export function execve(file: string, argv: string[], env: NodeJS.ProcessEnv): never {
   return addon().execve(file, argv, Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`));
+}
+
+/** Runs from this size are hashed on the thread pool (for a small file the round trip there costs more than its hash). */
+const ASYNC_HASH_BYTES = 256 << 10;
+
+/**
+ * The ids of a run's blocks (blockSize bytes each, the last may be
+ * shorter), as hex: HMAC-SHA256 under `key`, or SHA-256 when `key` is
+ * empty. A large run is hashed on the thread pool, beside the event loop's
+ * reads and sends.
+ */
+export async function hashBlocks(key: Buffer, run: Buffer, blockSize: number): Promise<string[]> {
+  const raw = run.length >= ASYNC_HASH_BYTES ? await addon().blockIds(key, run, blockSize, true) : addon().blockIds(key, run, blockSize, false);
+  const out: string[] = [];
+  for (let o = 0; o < raw.length; o += 32) out.push(raw.toString('hex', o, o + 32));
+  return out;
+}
+
+/**
+ * Seals each body with AES-256-GCM under `key` (a random nonce each, its
+ * 32-byte id from `ids` as associated data; `flags` go in the header) as
+ * src/repository/repo-cipher.ts lays a sealed block out, all into one new
+ * buffer, back to back (each `overhead` bytes longer than its body). On
+ * the thread pool when `async`.
+ */
+export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: true): Promise<Buffer>;
+export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: false): Buffer;
+export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: boolean): Buffer | Promise<Buffer> {
+  let total = 0;
+  for (const b of bodies) total += overhead + b.length;
+  // Not zero-filled (every byte is written), and not from the shared pool (the thread pool writes it).
+  const out = Buffer.allocUnsafeSlow(total);
+  return async ? addon().sealBlocks(key, ids, bodies, flags, out, true) : addon().sealBlocks(key, ids, bodies, flags, out, false);
+}
+
+/** zlib's CRC-32 of each buffer (4 bytes big-endian each), on the thread pool. */
+export function crc32s(bufs: Buffer[]): Promise<Buffer> {
+  return bufs.length === 0 ? Promise.resolve(Buffer.alloc(0)) : addon().crc32s(bufs);
 }
 
 /**

@@ -33,6 +33,8 @@ const TREE_CONCURRENCY = 16;
 /** Files up to this size go to the site many at a time (one blocks.missing, one commitMany). */
 export const SMALL_FILE = 256 << 10;
 const BATCH_FILES = 64;
+/** Batches of small files in flight per directory (each up to BATCH_FILES x SMALL_FILE bytes). */
+const SMALL_LANES = 4;
 
 interface PatchHead {
   kind: string;
@@ -74,7 +76,7 @@ export class SiteSync {
   readonly tree: Tree;
   readonly blockSize: number;
   private readonly stats: SyncStats;
-  private readonly idOf = (b: Buffer) => this.site.blockId(b);
+  private readonly idsOf = (run: Buffer, bs: number) => this.site.blockIds(run, bs);
   /** The site refused a patch commit's stat (older than them): never ask again on this link. */
   private noPatch = false;
   /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
@@ -211,7 +213,17 @@ export class SiteSync {
       if (head && head.kind === 'file' && head.size === e.size && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) continue;
       (e.size <= SMALL_FILE ? small : single).push(child);
     }
-    for (let i = 0; i < small.length; i += BATCH_FILES) await files.with(() => this.syncSmallFiles(small.slice(i, i + BATCH_FILES)));
+    // Batches of small files SMALL_LANES at a time: one is read and sealed while the site commits another.
+    const batches: string[][] = [];
+    for (let i = 0; i < small.length; i += BATCH_FILES) batches.push(small.slice(i, i + BATCH_FILES));
+    let nextBatch = 0;
+    const batchLane = async () => {
+      while (nextBatch < batches.length) {
+        const b = batches[nextBatch++];
+        await files.with(() => this.syncSmallFiles(b));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SMALL_LANES, batches.length) }, batchLane));
     let next = 0;
     const lane = async () => {
       while (next < single.length) {
@@ -289,7 +301,7 @@ export class SiteSync {
     const oneByOne: string[] = [];
     await Promise.all(rels.map(async (rel) => {
       try {
-        const fb = await readBlocks(this.tree, rel, bs, null, this.idOf);
+        const fb = await readBlocks(this.tree, rel, bs, null, this.idsOf);
         const hashes: string[] = [];
         for (let i = 0; i < fb.count; i++) {
           const [h, data] = fb.read.get(i) as [string, Buffer];
@@ -459,7 +471,7 @@ export class SiteSync {
     const nseg = Math.ceil(count / SEGMENT_BLOCKS);
     const fits = (si: number) => (lists.get(si) as string[]).length === (si === nseg - 1 ? count - si * SEGMENT_BLOCKS : SEGMENT_BLOCKS);
     if (headSegments.length !== nseg || !segIdx.every(fits)) return null;
-    const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, this.chunkSender());
+    const fb = await streamBlocks(this.tree, rel, bs, which, this.idsOf, this.chunkSender());
     if (fb.count !== count) return null; // resized meanwhile: the usual way reads what it is now
     for (const i of which) (lists.get(Math.floor(i / SEGMENT_BLOCKS)) as string[])[i % SEGMENT_BLOCKS] = fb.ids.get(i) as string;
     const segments = [...headSegments];
@@ -530,7 +542,7 @@ export class SiteSync {
       if (now && now.size === head.size && now.mtimeNs === head.meta.mtimeNs) which = new Set();
     }
     // Streamed: each chunk's missing blocks go to the site while the next chunk is read.
-    const fb = await streamBlocks(this.tree, rel, bs, which, this.idOf, this.chunkSender());
+    const fb = await streamBlocks(this.tree, rel, bs, which, this.idsOf, this.chunkSender());
     const meta = metaOfEntry(fb.entry);
     const hashes: string[] = [];
     for (let i = 0; i < fb.count; i++) {

@@ -76,15 +76,18 @@ export interface FileBlocks {
  * Reads the given block indexes (all when `which` is null) of the regular
  * file rel beneath the tree's root, never through a symlink. A file that
  * changes while it is read, or is swapped for anything else, is torn.
- * `idOf` names each block as the site knows it (SiteClient.blockId).
+ * `idsOf` names the blocks of a run as the site knows them (SiteClient.blockIds).
  */
-export async function readBlocks(tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idOf: (b: Buffer) => string): Promise<FileBlocks> {
+export async function readBlocks(tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idsOf: IdsOf): Promise<FileBlocks> {
   const read = new Map<number, [string, Buffer]>();
-  const r = await streamBlocks(tree, rel, blockSize, which, idOf, async (chunk) => {
+  const r = await streamBlocks(tree, rel, blockSize, which, idsOf, async (chunk) => {
     for (const [i, id, buf] of chunk) read.set(i, [id, buf]);
   }, Infinity);
   return { entry: r.entry, read, count: r.count };
 }
+
+/** The ids of a run's blocks (blockSize bytes each, the last may be shorter). */
+export type IdsOf = (run: Buffer, blockSize: number) => Promise<string[]>;
 
 export interface FileIds {
   /** The file's entry (xattrs included) as it was while every block was read. */
@@ -103,7 +106,7 @@ export interface FileIds {
  * sent of it is then orphaned blocks, which retention frees).
  */
 export async function streamBlocks(
-  tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idOf: (b: Buffer) => string,
+  tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idsOf: IdsOf,
   onChunk: (chunk: Array<[number, string, Buffer]>) => Promise<void>, chunkBytes = 16 << 20,
 ): Promise<FileIds> {
   let fd: number;
@@ -145,9 +148,10 @@ export async function streamBlocks(
       const runLen = Math.min(n * blockSize, size - start);
       const run = Buffer.allocUnsafe(runLen);
       if ((await io.read(fd, run, start)) !== runLen) throw torn(rel);
+      const runIds = await idsOf(run, blockSize);
       for (let k = 0; k < n; k++, i++) {
         const buf = run.subarray(k * blockSize, Math.min((k + 1) * blockSize, runLen));
-        const id = idOf(buf);
+        const id = runIds[k];
         ids.set(i, id);
         chunk.push([i, id, buf]);
         bytes += buf.length;

@@ -74,7 +74,7 @@ async function compareContent(site: SiteClient, tree: Tree, rel: string, obj: Si
   let fb;
   try {
     // Only the ids are kept: memory stays at two chunks whatever the file's size.
-    fb = await streamBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null, (b) => site.blockId(b), async () => undefined);
+    fb = await streamBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null, (run, bs) => site.blockIds(run, bs), async () => undefined);
   } catch (err) {
     if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_TORN')) throw err;
     diffs.push({ path: rel, what: 'changed while verified' });

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import WebSocket from 'ws';
 import { VfsxError } from '../errors/vfsx-error';
+import { hashBlocks } from '../native/addon';
 import type { BlockScope, SiteClient } from './site-client';
 
 export interface DrClientOptions {
@@ -44,6 +45,8 @@ const REQUEST_TIMEOUT_MS = 120_000;
 type Pending = { resolve: (v: { result: unknown; binary: Buffer[] }) => void; reject: (e: Error) => void };
 
 export const blockHash = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+/** hashBlocks' key for plain SHA-256. */
+const SHA256 = Buffer.alloc(0);
 
 export class DrClient implements SiteClient {
   readonly encrypted = false;
@@ -207,6 +210,10 @@ export class DrClient implements SiteClient {
 
   blockId(data: Buffer): string {
     return blockHash(data);
+  }
+
+  blockIds(run: Buffer, blockSize: number): Promise<string[]> {
+    return hashBlocks(SHA256, run, blockSize);
   }
 
   /** Blocks as the site sends them, unchecked but for their count (a sealed site's client opens them). */

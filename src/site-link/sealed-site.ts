@@ -27,9 +27,13 @@ export class SealedSite implements SiteClient {
     return this.cipher.blockId(data);
   }
 
-  putBlocks(blocks: Buffer[], ids?: string[]): Promise<number> {
+  blockIds(run: Buffer, blockSize: number): Promise<string[]> {
+    return this.cipher.blockIds(run, blockSize);
+  }
+
+  async putBlocks(blocks: Buffer[], ids?: string[]): Promise<number> {
     const hs = ids ?? blocks.map((b) => this.cipher.blockId(b));
-    return this.link.putBlocks(blocks.map((b, i) => this.cipher.sealBlock(hs[i], b)), hs);
+    return this.link.putBlocks(await this.cipher.sealBlocks(hs, blocks), hs);
   }
 
   async getBlocks(ids: string[], where?: BlockScope): Promise<Buffer[]> {

@@ -15,6 +15,8 @@ export interface SiteClient {
   call<T = unknown>(method: string, params: unknown): Promise<T>;
   /** The id the site knows a block by (sha256, or a keyed HMAC in an encrypted repository). */
   blockId(data: Buffer): string;
+  /** The ids of a run's blocks (blockSize bytes each, the last may be shorter); large runs are hashed on the thread pool. */
+  blockIds(run: Buffer, blockSize: number): Promise<string[]>;
   putBlocks(blocks: Buffer[], ids?: string[]): Promise<number>;
   /** Blocks by id, each checked against its id (and opened) before it is returned. */
   getBlocks(ids: string[], where?: BlockScope): Promise<Buffer[]>;

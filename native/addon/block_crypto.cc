@@ -1,0 +1,317 @@
+// Block ids and block sealing for the replicator, and the DR site's pack
+// entry checksums, with the OpenSSL and zlib that Node itself links (their
+// symbols are resolved from the node binary, or from the system's libcrypto
+// and libz where Node uses those).
+//
+// They run on the libuv thread pool: the bytes of an initial sync are
+// hashed and encrypted beside the event loop, which meanwhile reads the
+// next run and sends the last frame (the site: receives the next frame).
+// Sealing writes every block of a frame into one buffer, where Node's
+// crypto allocates an output per call.
+//
+// The formats are those of src/repository/repo-cipher.ts, which opens what
+// is sealed here (and is the reference for it):
+//   id      HMAC-SHA256(idKey, plaintext) or SHA-256(plaintext), 32 bytes
+//   sealed  version(1) flags(1) nonce(12) AES-256-GCM(body, aad = id) tag(16)
+#include "block_crypto.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <zlib.h>
+
+#include <string>
+#include <vector>
+
+namespace vfsx {
+namespace {
+
+constexpr size_t kIdBytes = 32;
+constexpr size_t kKeyBytes = 32;
+constexpr size_t kNonce = 12;
+constexpr size_t kTag = 16;
+constexpr size_t kHead = 2 + kNonce;
+constexpr uint8_t kBlockVersion = 1;
+
+struct Bytes {
+  const uint8_t *data = nullptr;
+  size_t len = 0;
+};
+
+bool BufferArg(const Napi::Value &v, Bytes *out) {
+  if (!v.IsBuffer()) return false;
+  auto b = v.As<Napi::Buffer<uint8_t>>();
+  out->data = b.Data();
+  out->len = b.Length();
+  return true;
+}
+
+// Ids of the blocks of one run: key empty means SHA-256, else HMAC-SHA256.
+bool IdsOf(const Bytes &key, const Bytes &run, size_t bs, uint8_t *out, std::string *err) {
+  for (size_t off = 0, i = 0; off < run.len; off += bs, i++) {
+    size_t n = run.len - off < bs ? run.len - off : bs;
+    unsigned int len = 0;
+    bool ok = key.len == 0
+                  ? EVP_Digest(run.data + off, n, out + i * kIdBytes, &len, EVP_sha256(), nullptr) == 1
+                  : HMAC(EVP_sha256(), key.data, static_cast<int>(key.len), run.data + off, n,
+                         out + i * kIdBytes, &len) != nullptr;
+    if (!ok || len != kIdBytes) {
+      *err = "block id: OpenSSL failed";
+      return false;
+    }
+  }
+  return true;
+}
+
+// Holds JS buffers for the life of a worker (no GC while the pool reads them).
+class Held {
+ public:
+  void Add(const Napi::Value &v) { refs_.push_back(Napi::Persistent(v.As<Napi::Object>())); }
+
+ private:
+  std::vector<Napi::ObjectReference> refs_;
+};
+
+class IdsWorker : public Napi::AsyncWorker {
+ public:
+  IdsWorker(Napi::Env env, Bytes key, Bytes run, size_t bs, Napi::Buffer<uint8_t> out)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), key_(key), run_(run),
+        bs_(bs), out_(out.Data()) {
+    outRef_ = Napi::Persistent(out.As<Napi::Object>());
+  }
+  Held held;
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::string err;
+    if (!IdsOf(key_, run_, bs_, out_, &err)) SetError(err);
+  }
+  void OnOK() override { deferred_.Resolve(outRef_.Value()); }
+  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Bytes key_, run_;
+  size_t bs_;
+  uint8_t *out_;
+  Napi::ObjectReference outRef_;
+};
+
+// blockIds(key: Buffer (empty: SHA-256), run: Buffer, blockSize, async): Buffer | Promise<Buffer>
+Napi::Value BlockIds(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Bytes key, run;
+  if (info.Length() != 4 || !BufferArg(info[0], &key) || !BufferArg(info[1], &run) || !info[2].IsNumber() ||
+      !info[3].IsBoolean()) {
+    Napi::TypeError::New(env, "blockIds(key, run, blockSize, async)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  double bs = info[2].As<Napi::Number>().DoubleValue();
+  if (!(bs >= 1 && bs <= (1 << 30)) || (key.len != 0 && key.len != kKeyBytes)) {
+    Napi::RangeError::New(env, "blockIds: blockSize 1..2^30, key empty or 32 bytes").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  size_t count = (run.len + static_cast<size_t>(bs) - 1) / static_cast<size_t>(bs);
+  auto out = Napi::Buffer<uint8_t>::New(env, count * kIdBytes);
+  if (!info[3].As<Napi::Boolean>().Value()) {
+    std::string err;
+    if (!IdsOf(key, run, static_cast<size_t>(bs), out.Data(), &err)) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return out;
+  }
+  auto *w = new IdsWorker(env, key, run, static_cast<size_t>(bs), out);
+  w->held.Add(info[0]);
+  w->held.Add(info[1]);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+struct SealItem {
+  Bytes body;
+  const uint8_t *id;
+  uint8_t flags;
+  uint8_t *out;
+};
+
+// Seals each item into its place in one output buffer.
+bool SealAll(const Bytes &key, const std::vector<SealItem> &items, std::string *err) {
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  if (!ctx || EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, key.data, nullptr) != 1) {
+    EVP_CIPHER_CTX_free(ctx);
+    *err = "seal: OpenSSL cannot set up AES-256-GCM";
+    return false;
+  }
+  for (const SealItem &it : items) {
+    uint8_t *o = it.out;
+    o[0] = kBlockVersion;
+    o[1] = it.flags;
+    int aad = 0;
+    int n = 0;
+    int fin = 0;
+    // A fresh random nonce per block; the id is the associated data.
+    bool ok = RAND_bytes(o + 2, kNonce) == 1 && EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, o + 2) == 1 &&
+              EVP_EncryptUpdate(ctx, nullptr, &aad, it.id, kIdBytes) == 1 &&
+              (it.body.len == 0 ||
+               EVP_EncryptUpdate(ctx, o + kHead, &n, it.body.data, static_cast<int>(it.body.len)) == 1) &&
+              EVP_EncryptFinal_ex(ctx, o + kHead + n, &fin) == 1 && static_cast<size_t>(n + fin) == it.body.len &&
+              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, kTag, o + kHead + it.body.len) == 1;
+    if (!ok) {
+      EVP_CIPHER_CTX_free(ctx);
+      *err = "seal: OpenSSL failed";
+      return false;
+    }
+  }
+  EVP_CIPHER_CTX_free(ctx);
+  return true;
+}
+
+class SealWorker : public Napi::AsyncWorker {
+ public:
+  SealWorker(Napi::Env env, Bytes key, std::vector<SealItem> items, Napi::Buffer<uint8_t> out)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), key_(key), items_(std::move(items)) {
+    outRef_ = Napi::Persistent(out.As<Napi::Object>());
+  }
+  Held held;
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::string err;
+    if (!SealAll(key_, items_, &err)) SetError(err);
+  }
+  void OnOK() override { deferred_.Resolve(outRef_.Value()); }
+  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Bytes key_;
+  std::vector<SealItem> items_;
+  Napi::ObjectReference outRef_;
+};
+
+// sealBlocks(key: Buffer(32), ids: Buffer(32 * n), bodies: Buffer[n], flags: number[n], out: Buffer, async):
+//   out | Promise<out>, holding the n sealed blocks back to back (each its body's length + 30
+//   bytes; out must be exactly that long). The caller allocates out: a buffer made here would be
+//   zero-filled first, which measured more of the event loop than the sealing saved.
+
+Napi::Value SealBlocks(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Bytes key, ids, outBytes;
+  if (info.Length() != 6 || !BufferArg(info[0], &key) || !BufferArg(info[1], &ids) || !info[2].IsArray() ||
+      !info[3].IsArray() || !BufferArg(info[4], &outBytes) || !info[5].IsBoolean()) {
+    Napi::TypeError::New(env, "sealBlocks(key, ids, bodies, flags, out, async)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto bodies = info[2].As<Napi::Array>();
+  auto flags = info[3].As<Napi::Array>();
+  uint32_t n = bodies.Length();
+  if (key.len != kKeyBytes || flags.Length() != n || ids.len != static_cast<size_t>(n) * kIdBytes) {
+    Napi::RangeError::New(env, "sealBlocks: a 32-byte key, 32 bytes of id and one flag per body")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::vector<SealItem> items(n);
+  size_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Value b = bodies[i];
+    Napi::Value f = flags[i];
+    if (!BufferArg(b, &items[i].body) || !f.IsNumber() || items[i].body.len > (1u << 30)) {
+      Napi::TypeError::New(env, "sealBlocks: bodies are Buffers of at most 1 GiB, flags numbers")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    items[i].flags = static_cast<uint8_t>(f.As<Napi::Number>().Uint32Value());
+    items[i].id = ids.data + static_cast<size_t>(i) * kIdBytes;
+    total += kHead + items[i].body.len + kTag;
+  }
+  if (outBytes.len != total) {
+    Napi::RangeError::New(env, "sealBlocks: out must be as long as the sealed blocks").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto out = info[4].As<Napi::Buffer<uint8_t>>();
+  size_t off = 0;
+  for (SealItem &it : items) {
+    it.out = out.Data() + off;
+    off += kHead + it.body.len + kTag;
+  }
+  if (!info[5].As<Napi::Boolean>().Value()) {
+    std::string err;
+    if (!SealAll(key, items, &err)) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return out;
+  }
+  auto *w = new SealWorker(env, key, std::move(items), out);
+  w->held.Add(info[0]);
+  w->held.Add(info[1]);
+  for (uint32_t i = 0; i < n; i++) w->held.Add(bodies[i]);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+class CrcWorker : public Napi::AsyncWorker {
+ public:
+  CrcWorker(Napi::Env env, std::vector<Bytes> bufs, Napi::Buffer<uint8_t> out)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), bufs_(std::move(bufs)), out_(out.Data()) {
+    outRef_ = Napi::Persistent(out.As<Napi::Object>());
+  }
+  Held held;
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    for (size_t i = 0; i < bufs_.size(); i++) {
+      uint32_t c = static_cast<uint32_t>(crc32_z(crc32_z(0, Z_NULL, 0), bufs_[i].data, bufs_[i].len));
+      uint8_t *o = out_ + 4 * i;  // big-endian, as the pack entry header holds it
+      o[0] = static_cast<uint8_t>(c >> 24);
+      o[1] = static_cast<uint8_t>(c >> 16);
+      o[2] = static_cast<uint8_t>(c >> 8);
+      o[3] = static_cast<uint8_t>(c);
+    }
+  }
+  void OnOK() override { deferred_.Resolve(outRef_.Value()); }
+  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<Bytes> bufs_;
+  uint8_t *out_;
+  Napi::ObjectReference outRef_;
+};
+
+// crc32s(bufs: Buffer[]): Promise<Buffer>: zlib's CRC-32 of each, 4 bytes big-endian each.
+Napi::Value Crc32s(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsArray()) {
+    Napi::TypeError::New(env, "crc32s(buffers)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto arr = info[0].As<Napi::Array>();
+  std::vector<Bytes> bufs(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value b = arr[i];
+    if (!BufferArg(b, &bufs[i])) {
+      Napi::TypeError::New(env, "crc32s: every element must be a Buffer").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  auto out = Napi::Buffer<uint8_t>::New(env, 4 * bufs.size());
+  auto *w = new CrcWorker(env, std::move(bufs), out);
+  for (uint32_t i = 0; i < arr.Length(); i++) w->held.Add(arr[i]);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+void RegisterBlockCrypto(Napi::Env env, Napi::Object exports) {
+  exports.Set("blockIds", Napi::Function::New(env, BlockIds));
+  exports.Set("sealBlocks", Napi::Function::New(env, SealBlocks));
+  exports.Set("crc32s", Napi::Function::New(env, Crc32s));
+}
+
+}  // namespace vfsx
