@@ -1,28 +1,19 @@
 /**
  * The `vfsx` command line. The only process entry: builds every object,
  * wires signals, and prints for humans (or JSON with --json).
+ *
+ * Each command loads only the modules it uses: with all of them loaded up
+ * front, `vfsx --help` took 0.6 s (bullmq, ioredis, the AWS SDK), and the
+ * DR site carried the queue's and Redis's code in the heap every garbage
+ * collection walks.
  */
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
-import { DrSiteServer } from '../dr-site/dr-site-server';
-import { packRemoteOf } from '../dr-site/s3-packs';
-import { MetaStore } from '../dr-site/meta-store';
-import { PackStore } from '../dr-site/pack-store';
-import { createLogger } from '../service/create-logger';
-import { lowerPriority } from '../native/addon';
 import { restartWithHugePages } from '../native/huge-pages';
-import { Replicator } from '../replication/replicator';
-import { Bandwidth } from '../site-link/bandwidth';
 import { siteNamed, sitesOf } from '../config/schema';
-import { VfsxService } from '../service/vfsx-service';
-import { restoreCommand, resyncCommand, verifyCommand } from './dr-commands';
-import { keyCommand } from './key-commands';
-import { doctorCommand } from './doctor';
-import { journalCommand } from './journal-command';
-import { bwlimitCommand, eventsCommand, siteCommand, statusCommand, whyCommand } from './ops-commands';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
 
@@ -140,6 +131,8 @@ function runUntilSignal(logger: Logger, close: () => Promise<void>): Promise<num
 
 async function serve(configFile: string | undefined): Promise<number> {
   const config = loadConfig(configFile);
+  const { createLogger } = await import('../service/create-logger');
+  const { VfsxService } = await import('../service/vfsx-service');
   const logger = createLogger(config.log.level);
   const service = new VfsxService(config, logger);
   const running = runUntilSignal(logger, () => service.close());
@@ -152,6 +145,10 @@ async function replicate(configFile: string | undefined, only?: string): Promise
   const config = loadConfig(configFile);
   const r = config.replication;
   if (!r.enabled) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.enabled is false: nothing to replicate');
+  const { createLogger } = await import('../service/create-logger');
+  const { lowerPriority } = await import('../native/addon');
+  const { Bandwidth } = await import('../site-link/bandwidth');
+  const { Replicator } = await import('../replication/replicator');
   const logger = createLogger(config.log.level).child({ c: 'replicator' });
   lowerPriority(r.nice, r.ioClass, r.ioLevel);
   // One replicator per DR site: each its own queue, link, progress and limit; the limit on all sites together is shared.
@@ -179,6 +176,9 @@ async function replicate(configFile: string | undefined, only?: string): Promise
  */
 async function drSiteMigrate(configFile: string | undefined, json: boolean): Promise<number> {
   const d = loadConfig(configFile).drSite;
+  const { MetaStore } = await import('../dr-site/meta-store');
+  const { PackStore } = await import('../dr-site/pack-store');
+  const { packRemoteOf } = await import('../dr-site/s3-packs');
   const meta = new MetaStore(join(d.dataDir, 'meta.sqlite'));
   const log = (msg: string, o: object) => process.stderr.write(`${msg} ${JSON.stringify(o)}\n`);
   const store = new PackStore({ dir: d.dataDir, meta, packBytes: d.packBytes, compression: d.compression, remote: await packRemoteOf(d.storage, log), log });
@@ -207,6 +207,9 @@ async function drSite(configFile: string | undefined): Promise<number> {
   const d = config.drSite;
   if (!d.token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.token is required (16 characters or more)');
   if (Boolean(d.tlsCert) !== Boolean(d.tlsKey)) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'drSite.tlsCert and drSite.tlsKey go together');
+  const { createLogger } = await import('../service/create-logger');
+  const { packRemoteOf } = await import('../dr-site/s3-packs');
+  const { DrSiteServer } = await import('../dr-site/dr-site-server');
   const logger = createLogger(config.log.level).child({ c: 'dr-site' });
   const remote = await packRemoteOf(d.storage, (msg, o) => logger.warn(o, msg));
   if (remote) logger.info({ where: remote.where }, 'closed packs go to object storage');
@@ -309,34 +312,35 @@ export async function main(argv: string[]): Promise<number> {
         content: values.content === true, deep: values.deep === true, force: values.force === true,
         passphraseFile: values['passphrase-file'], site: values.site,
       };
+      const { restoreCommand, resyncCommand, verifyCommand } = await import('./dr-commands');
       if (command === 'resync') return resyncCommand(cfg, share, o);
       if (command === 'verify') return verifyCommand(cfg, share, o);
       return restoreCommand(cfg, share, dest as string, o);
     }
     case 'key':
-      return keyCommand(loadConfig(values.config), positionals[1], positionals[2], {
+      return (await import('./key-commands')).keyCommand(loadConfig(values.config), positionals[1], positionals[2], {
         json: values.json === true, passphraseFile: values['passphrase-file'], newPassphraseFile: values['new-passphrase-file'], label: values.label, site: values.site,
       });
     case 'status':
-      return statusCommand(loadConfig(values.config), { json: values.json === true, watch: values.watch === true });
+      return (await import('./ops-commands')).statusCommand(loadConfig(values.config), { json: values.json === true, watch: values.watch === true });
     case 'bwlimit':
-      return bwlimitCommand(loadConfig(values.config), positionals.slice(1), { json: values.json === true, site: values.site });
+      return (await import('./ops-commands')).bwlimitCommand(loadConfig(values.config), positionals.slice(1), { json: values.json === true, site: values.site });
     case 'site':
-      return siteCommand(loadConfig(values.config), positionals[1], positionals[2], { json: values.json === true });
+      return (await import('./ops-commands')).siteCommand(loadConfig(values.config), positionals[1], positionals[2], { json: values.json === true });
     case 'why': {
       const [, share, path] = positionals;
       if (!share || path === undefined) {
         process.stderr.write(`vfsx why: missing ${share ? 'PATH' : 'SHARE'}\n\n${HELP}`);
         return 2;
       }
-      return whyCommand(loadConfig(values.config), share, path, { json: values.json === true, source: values.source, site: values.site });
+      return (await import('./ops-commands')).whyCommand(loadConfig(values.config), share, path, { json: values.json === true, source: values.source, site: values.site });
     }
     case 'events':
-      return eventsCommand(loadConfig(values.config), { json: values.json === true, recent: values.recent === true });
+      return (await import('./ops-commands')).eventsCommand(loadConfig(values.config), { json: values.json === true, recent: values.recent === true });
     case 'doctor':
-      return doctorCommand(loadConfig(values.config), { json: values.json === true, modulesDir: values['modules-dir'], smbConf: values['smb-conf'], hookStatus: values['hook-status'] });
+      return (await import('./doctor')).doctorCommand(loadConfig(values.config), { json: values.json === true, modulesDir: values['modules-dir'], smbConf: values['smb-conf'], hookStatus: values['hook-status'] });
     case 'journal':
-      return journalCommand(loadConfig(values.config), {
+      return (await import('./journal-command')).journalCommand(loadConfig(values.config), {
         share: values.share,
         json: values.json === true,
         follow: values.follow === true,

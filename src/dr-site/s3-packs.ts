@@ -12,10 +12,8 @@
  * the SDK's own retries give up on that.
  */
 import { createHash } from 'node:crypto';
-import {
-  DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, ListObjectsV2Command, PutObjectCommand, S3Client,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
+import type * as S3 from '@aws-sdk/client-s3';
+import type * as Storage from '@aws-sdk/lib-storage';
 import type { DrStorageConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 
@@ -55,14 +53,27 @@ const PACK_ID = /^[0-9a-f]{32}$/;
 /** An index copy: its time (ms, zero-padded, so names sort by time) and a random tag. */
 export const INDEX_NAME = /^[0-9]{15}-[0-9a-f]{8}\.sqlite\.zst$/;
 
+/**
+ * The SDK, loaded by the first S3Packs: a site on local disk (and every
+ * other vfsx command) does not spend the 0.1 s and 4 MiB of heap it takes.
+ */
+let sdk: { s3: typeof S3; storage: typeof Storage } | undefined;
+function loadSdk(): { s3: typeof S3; storage: typeof Storage } {
+  /* eslint-disable @typescript-eslint/no-var-requires */
+  sdk ??= { s3: require('@aws-sdk/client-s3') as typeof S3, storage: require('@aws-sdk/lib-storage') as typeof Storage };
+  /* eslint-enable @typescript-eslint/no-var-requires */
+  return sdk;
+}
+
 export class S3Packs implements PackRemote {
-  private readonly s3: S3Client;
+  private readonly sdk = loadSdk().s3;
+  private readonly s3: S3.S3Client;
   private closed = false;
 
   constructor(private readonly o: S3PacksOptions) {
     // The SDK warns once that releases after January 2027 need Node 22; the version is pinned (package.json).
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-    this.s3 = new S3Client({
+    this.s3 = new this.sdk.S3Client({
       endpoint: o.endpoint, region: o.region, forcePathStyle: o.forcePathStyle,
       credentials: { accessKeyId: o.accessKeyId, secretAccessKey: o.secretAccessKey },
       requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
@@ -81,7 +92,7 @@ export class S3Packs implements PackRemote {
   /** Whether the bucket answers with these credentials (start-up check, fails at once). */
   async check(): Promise<void> {
     try {
-      await this.s3.send(new HeadBucketCommand({ Bucket: this.o.bucket }));
+      await this.s3.send(new this.sdk.HeadBucketCommand({ Bucket: this.o.bucket }));
     } catch (err) {
       throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `drSite.storage.s3: bucket ${this.o.bucket} at ${this.o.endpoint}: ${describe(err)}`);
     }
@@ -105,21 +116,21 @@ export class S3Packs implements PackRemote {
   async put(id: string, data: Buffer): Promise<void> {
     await this.retry(`upload of pack ${id}`, async () => {
       if (data.length > this.o.multipartBytes) {
-        const up = new Upload({
+        const up = new (loadSdk().storage.Upload)({
           client: this.s3, queueSize: 4, partSize: Math.max(5 << 20, Math.ceil(this.o.multipartBytes / 2)), leavePartsOnError: false,
           params: { Bucket: this.o.bucket, Key: this.key(id), Body: data },
         });
         await up.done();
       } else {
         const md5 = createHash('md5').update(data).digest('base64');
-        await this.s3.send(new PutObjectCommand({ Bucket: this.o.bucket, Key: this.key(id), Body: data, ContentMD5: md5, ContentLength: data.length }));
+        await this.s3.send(new this.sdk.PutObjectCommand({ Bucket: this.o.bucket, Key: this.key(id), Body: data, ContentMD5: md5, ContentLength: data.length }));
       }
     }, Infinity);
   }
 
   async getRange(id: string, offset: number, length: number): Promise<Buffer> {
     return this.retry(`read of pack ${id}`, async () => {
-      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.o.bucket, Key: this.key(id), Range: `bytes=${offset}-${offset + length - 1}` }));
+      const r = await this.s3.send(new this.sdk.GetObjectCommand({ Bucket: this.o.bucket, Key: this.key(id), Range: `bytes=${offset}-${offset + length - 1}` }));
       const body = Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
       if (body.length !== length) throw new VfsxError('VFSX_ERR_DR_DAMAGED', `pack ${id} gave ${body.length} of ${length} bytes at ${offset}`);
       return body;
@@ -127,7 +138,7 @@ export class S3Packs implements PackRemote {
   }
 
   async delete(id: string): Promise<void> {
-    await this.retry(`delete of pack ${id}`, () => this.s3.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.key(id) })));
+    await this.retry(`delete of pack ${id}`, () => this.s3.send(new this.sdk.DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.key(id) })));
   }
 
   async list(): Promise<string[]> {
@@ -141,14 +152,14 @@ export class S3Packs implements PackRemote {
 
   async putIndex(name: string, data: Buffer): Promise<void> {
     const md5 = createHash('md5').update(data).digest('base64');
-    await this.retry(`upload of index copy ${name}`, () => this.s3.send(new PutObjectCommand({
+    await this.retry(`upload of index copy ${name}`, () => this.s3.send(new this.sdk.PutObjectCommand({
       Bucket: this.o.bucket, Key: this.indexKey(name), Body: data, ContentMD5: md5, ContentLength: data.length,
     })));
   }
 
   async getIndex(name: string): Promise<Buffer> {
     return this.retry(`read of index copy ${name}`, async () => {
-      const r = await this.s3.send(new GetObjectCommand({ Bucket: this.o.bucket, Key: this.indexKey(name) }));
+      const r = await this.s3.send(new this.sdk.GetObjectCommand({ Bucket: this.o.bucket, Key: this.indexKey(name) }));
       return Buffer.from(await (r.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
     });
   }
@@ -158,7 +169,7 @@ export class S3Packs implements PackRemote {
   }
 
   async deleteIndex(name: string): Promise<void> {
-    await this.retry(`delete of index copy ${name}`, () => this.s3.send(new DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.indexKey(name) })));
+    await this.retry(`delete of index copy ${name}`, () => this.s3.send(new this.sdk.DeleteObjectCommand({ Bucket: this.o.bucket, Key: this.indexKey(name) })));
   }
 
   /** Names of the objects under `<prefix><dir>`. */
@@ -166,7 +177,7 @@ export class S3Packs implements PackRemote {
     const out: string[] = [];
     let token: string | undefined;
     do {
-      const r = await this.retry(`listing of ${dir}`, () => this.s3.send(new ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: `${this.o.prefix}${dir}`, ContinuationToken: token })));
+      const r = await this.retry(`listing of ${dir}`, () => this.s3.send(new this.sdk.ListObjectsV2Command({ Bucket: this.o.bucket, Prefix: `${this.o.prefix}${dir}`, ContinuationToken: token })));
       for (const c of r.Contents ?? []) out.push((c.Key ?? '').slice(`${this.o.prefix}${dir}`.length));
       token = r.IsTruncated ? r.NextContinuationToken : undefined;
     } while (token);
