@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import Database from 'better-sqlite3';
-import { MetaStore, segmentHash } from '../src/dr-site/meta-store';
+import { MetaStore, segmentHash, SUBTREE_HEADS } from '../src/dr-site/meta-store';
 import { hugePagesSet, thpMode, withHugePages } from '../src/native/huge-pages';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
 import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
@@ -200,6 +200,36 @@ test('a wrong token is refused at the upgrade and an oversized frame closes only
   assert.ok(site.alive);
   assert.deepEqual(await c.call('bucket.ensure', { bucket: B }), { bucket: B });
   assert.ok(site.logs.some((l) => l.msg === 'refused client: bad token'));
+});
+
+test('a delete, move or listing takes exactly the path and its subtree, found by index searches, not by reading the bucket', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
+  const m = new MetaStore(join(dir, 'm.sqlite'));
+  try {
+    m.ensureBucket('b');
+    // Names that sort between 'a' and 'a/' or just after the subtree: none of them is below 'a'.
+    const names = ['a', 'a/x', 'a/x/y', 'a b', 'a!', 'a-1', 'a.txt', 'a0', 'ab', 'az'];
+    for (const n of names) m.commit('b', n, { kind: n === 'a' || n === 'a/x' ? 'dir' : 'file', meta: {}, size: 0 });
+    assert.deepEqual(m.list('b', undefined, 'a').map((v) => v.path), ['a', 'a/x', 'a/x/y']);
+    assert.equal(m.move('b', 'a/x', 'a b2'), 2);
+    assert.deepEqual(m.list('b', undefined, 'a b2').map((v) => v.path), ['a b2', 'a b2/y']);
+    assert.equal(m.delete('b', 'a'), 1, 'a alone is left of its subtree');
+    assert.deepEqual(m.list('b').map((v) => v.path), ['a b', 'a b2', 'a b2/y', 'a!', 'a-1', 'a.txt', 'a0', 'ab', 'az'].sort());
+  } finally {
+    m.close();
+  }
+  // What SQLite does with the query: every step an index search by bucket and path, no scan.
+  const db = new Database(join(dir, 'm.sqlite'));
+  try {
+    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${SUBTREE_HEADS}`).all('b', 'x', 'b', 'x/', 'x0') as Array<{ detail: string }>).map((r) => r.detail);
+    const onHeads = plan.filter((d) => / h /.test(` ${d} `) || d.includes('heads'));
+    assert.equal(onHeads.length, 2, plan.join('; '));
+    for (const d of onHeads) assert.match(d, /^SEARCH h USING .*\(bucket=\? AND path(=\?|>\? AND path<\?)\)$/, plan.join('; '));
+    assert.ok(!plan.some((d) => d.startsWith('SCAN')), plan.join('; '));
+  } finally {
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('retention keeps every block a retained version needs and frees the rest', () => {

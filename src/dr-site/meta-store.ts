@@ -97,6 +97,23 @@ export interface NewBlock extends BlockLocation {
   from?: string | null;
 }
 
+/**
+ * The head versions of a path and everything below it, in path order. Two
+ * index searches: written as one condition (path = ? OR path in the
+ * subtree's range) SQLite searched the primary key by bucket alone and
+ * read every object of the bucket for each delete, move or listing (2.9 ms
+ * per delete at 20,000 objects, against 3 us for this; measured with the
+ * bench's storms, where a batch of 330 deletes took 0.5 s).
+ */
+export const SUBTREE_HEADS = `SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path = ?
+  UNION ALL SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? AND h.path >= ? AND h.path < ?
+  ORDER BY path`;
+
+function subtreeParams(bucket: string, path: string): string[] {
+  const [lo, hi] = subtreeBounds(path);
+  return [bucket, path, bucket, lo, hi];
+}
+
 function toVersion(r: VersionRow): ObjectVersion {
   return {
     id: r.id, bucket: r.bucket, path: r.path, ts: r.ts, kind: r.kind, meta: JSON.parse(r.meta),
@@ -354,9 +371,7 @@ export class MetaStore {
   /** Every live object (now, or at time `at`), in path order. */
   list(bucket: string, at?: number, prefix?: string): ObjectVersion[] {
     if (at === undefined && prefix !== undefined) {
-      const [lo, hi] = subtreeBounds(prefix);
-      return (this.q(`SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
-        WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`).all(bucket, prefix, lo, hi) as VersionRow[]).map(toVersion);
+      return (this.q(SUBTREE_HEADS).all(...subtreeParams(bucket, prefix)) as VersionRow[]).map(toVersion);
     }
     const rows = at === undefined
       ? this.q('SELECT v.* FROM heads h JOIN versions v ON v.id = h.version WHERE h.bucket = ? ORDER BY v.path').all(bucket)
@@ -479,10 +494,7 @@ export class MetaStore {
   /** Tombstones path and everything below it. Returns how many objects ended. */
   delete(bucket: string, path: string): number {
     return this.db.transaction(() => {
-      const [lo, hi] = subtreeBounds(path);
-      const rows = this.q(
-        'SELECT path FROM heads WHERE bucket = ? AND (path = ? OR (path >= ? AND path < ?))',
-      ).all(bucket, path, lo, hi) as Array<{ path: string }>;
+      const rows = this.q(SUBTREE_HEADS).all(...subtreeParams(bucket, path)) as Array<{ path: string }>;
       for (const { path: p } of rows) this.tombstone(bucket, p);
       return rows.length;
     })();
@@ -494,14 +506,11 @@ export class MetaStore {
    */
   move(bucket: string, from: string, to: string): number {
     return this.db.transaction(() => {
-      const [lo, hi] = subtreeBounds(from);
+      const [lo] = subtreeBounds(from);
       if (to.startsWith(lo)) throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `cannot move ${from} into itself (${to})`);
       if (from === to) return 0;
       this.checkAncestors(bucket, to);
-      const rows = (this.q(
-        `SELECT v.* FROM heads h JOIN versions v ON v.id = h.version
-         WHERE h.bucket = ? AND (h.path = ? OR (h.path >= ? AND h.path < ?)) ORDER BY v.path`,
-      ).all(bucket, from, lo, hi) as VersionRow[]).map(toVersion);
+      const rows = (this.q(SUBTREE_HEADS).all(...subtreeParams(bucket, from)) as VersionRow[]).map(toVersion);
       if (rows.length === 0) {
         if (this.head(bucket, to)) return 0;
         throw new VfsxError('VFSX_ERR_DR_NOT_FOUND', `no object ${from} to move`);
