@@ -216,22 +216,8 @@ export class SiteSync {
     // Batches of small files SMALL_LANES at a time: one is read and sealed while the site commits another.
     const batches: string[][] = [];
     for (let i = 0; i < small.length; i += BATCH_FILES) batches.push(small.slice(i, i + BATCH_FILES));
-    let nextBatch = 0;
-    const batchLane = async () => {
-      while (nextBatch < batches.length) {
-        const b = batches[nextBatch++];
-        await files.with(() => this.syncSmallFiles(b));
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(SMALL_LANES, batches.length) }, batchLane));
-    let next = 0;
-    const lane = async () => {
-      while (next < single.length) {
-        const f = single[next++];
-        await files.with(() => this.syncPath(f));
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(TREE_CONCURRENCY, single.length) }, lane));
+    await inLanes(batches, SMALL_LANES, (b) => files.with(() => this.syncSmallFiles(b)));
+    await inLanes(single, TREE_CONCURRENCY, (f) => files.with(() => this.syncPath(f)));
   }
 
   /**
@@ -392,16 +378,12 @@ export class SiteSync {
       bytes += b[1].length;
     }
     if (frame.length > 0) frames.push(frame);
-    let next = 0;
-    const lane = async () => {
-      while (next < frames.length) {
-        const f = frames[next++].map(([, data]) => data);
-        await this.site.putBlocks(f, frames[next - 1].map(([h]) => h));
-        this.stats.blocksSent += f.length;
-        for (const b of f) this.stats.bytesSent += b.length;
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(PUT_WINDOW, frames.length) }, lane));
+    await inLanes(frames, PUT_WINDOW, async (f) => {
+      const data = f.map(([, d]) => d);
+      await this.site.putBlocks(data, f.map(([h]) => h));
+      this.stats.blocksSent += data.length;
+      for (const d of data) this.stats.bytesSent += d.length;
+    });
   }
 
   /**
@@ -561,6 +543,15 @@ export class SiteSync {
       throw err;
     }
   }
+}
+
+/** Runs fn on each item in order, at most `lanes` at once. */
+async function inLanes<T>(items: T[], lanes: number, fn: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(lanes, items.length) }, lane));
 }
 
 /** At most n tasks at once; the others wait their turn in order. */
