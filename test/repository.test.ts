@@ -54,6 +54,7 @@ test("the addon names the blocks of a run as Node's own HMAC-SHA256 and SHA-256 
   // Bad arguments are errors, never a crash.
   await assert.rejects(async () => hashBlocks(Buffer.alloc(5), data, 65536), /key empty or 32 bytes/);
   await assert.rejects(async () => hashBlocks(key, data, 0), /blockSize/);
+  await assert.rejects(async () => hashBlocks(key, data, 1.5), /whole number/);
   assert.deepEqual(await hashBlocks(key, Buffer.alloc(0), 65536), []);
 });
 

@@ -107,8 +107,9 @@ Napi::Value BlockIds(const Napi::CallbackInfo &info) {
     return env.Undefined();
   }
   double bs = info[2].As<Napi::Number>().DoubleValue();
-  if (!(bs >= 1 && bs <= (1 << 30)) || (key.len != 0 && key.len != kKeyBytes)) {
-    Napi::RangeError::New(env, "blockIds: blockSize 1..2^30, key empty or 32 bytes").ThrowAsJavaScriptException();
+  if (!(bs >= 1 && bs <= (1 << 30)) || bs != static_cast<double>(static_cast<size_t>(bs)) ||
+      (key.len != 0 && key.len != kKeyBytes)) {
+    Napi::RangeError::New(env, "blockIds: blockSize a whole number 1..2^30, key empty or 32 bytes").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   size_t count = (run.len + static_cast<size_t>(bs) - 1) / static_cast<size_t>(bs);
