@@ -108,10 +108,30 @@ const SHARES = ['plain', 'vfsx', 'strict'];
 const ORDERS = [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1], [2, 0, 1], [1, 0, 2]].map((o) => o.map((k) => SHARES[k]));
 const ALT = process.env.VFSX_BENCH_ALT ? process.env.VFSX_BENCH_ALT.split(';').map((l) => l.trim()) : null;
 
+/** What main() started, stopped in reverse order however it ends (a failed start must not leave processes behind). */
+const teardown: Array<() => unknown> = [];
+
 async function main(): Promise<void> {
+  try {
+    await benchAll();
+  } finally {
+    for (const step of teardown.reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        process.stderr.write(`bench teardown: ${String(err)}\n`);
+      }
+    }
+  }
+}
+
+async function benchAll(): Promise<void> {
   const redis = await RedisHarness.start();
+  teardown.push(() => redis.stop());
   const remote = REPLICATION ? createRemoteHost(LINK_MBIT) : null;
+  if (remote) teardown.push(() => remote.remove());
   const dr = remote ? await DrSiteHarness.start({}, { netns: remote.netns, host: remote.host, nice: 19 }) : null;
+  if (dr) teardown.push(() => dr.destroy());
   // The policy an admin would start with: ransomware names refused on create and rename.
   const svc = await ServiceHarness.create({
     redisSocket: redis.socket,
@@ -120,6 +140,7 @@ async function main(): Promise<void> {
     extra: { journal: JOURNAL, ...(dr ? { replication: { enabled: true, ...dr.replication, encryption: ENCRYPTION } } : {}) },
   });
   // The spool scan at its deployed default (the harness scans every 100 ms for tests).
+  teardown.push(() => svc.destroy());
   Object.assign(svc.config.spool as object, { scanIntervalMs: 1000 });
   await svc.rewriteConfig();
   await svc.start();
@@ -132,7 +153,9 @@ async function main(): Promise<void> {
       ? { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool, strict: true } }
       : { name: 'strict', vfsx: { socket: svc.socket, spool: svc.spool }, extra: ALT },
   ]);
+  teardown.push(() => smbd.destroy());
   const local = await mkdtemp(join(tmpdir(), "vfsx-bench-"));
+  teardown.push(() => rm(local, { recursive: true, force: true }));
   const rows: Row[] = [];
   const cfg = validateConfig(svc.config);
   const reader = new JournalReader({ redis: cfg.redis, queueName: cfg.journal.queueName, sites: sitesOf(cfg.replication).map((s) => s.name) });
@@ -310,11 +333,6 @@ async function main(): Promise<void> {
     await reader.close();
     await smbd.destroy();
     await svc.stop(); // graceful, so VFSX_CHILD_NODE_ARGS=--cpu-prof profiles get written
-    await svc.destroy();
-    await redis.stop();
-    await dr?.destroy();
-    remote?.remove();
-    await rm(local, { recursive: true, force: true });
   }
 }
 

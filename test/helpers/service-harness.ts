@@ -103,8 +103,10 @@ export class ServiceHarness {
   }
 
   private spawnVfsx(command: string, args: string[] = []): ChildProcess {
-    // VFSX_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") passes options to node for profiling.
-    const nodeArgs = (process.env.VFSX_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    // VFSX_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") passes options to node for profiling;
+    // VFSX_CHILD_NODE_ARGS_SERVE (_REPLICATE, ...) to that command's processes only.
+    const nodeArgs = [process.env.VFSX_CHILD_NODE_ARGS, process.env[`VFSX_CHILD_NODE_ARGS_${command.toUpperCase()}`]]
+      .join(' ').split(' ').filter(Boolean);
     const p = spawn(process.execPath, [...nodeArgs, VFSX_BIN, command, '--config', this.configFile, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (chunk: Buffer) => this.logs.push({ stderr: chunk.toString('utf8') }));
