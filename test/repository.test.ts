@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { RepoCipher, SEAL_OVERHEAD } from '../src/repository/repo-cipher';
 import { KeyRecord, unwrapMasterKey, wrapMasterKey } from '../src/repository/key-record';
 import { crc32 } from 'node:zlib';
-import { crc32s, hashBlocks, sealBlocks } from '../src/native/addon';
+import { crc32s, hashBlocks, openBlocks, sealBlocks } from '../src/native/addon';
 
 const cipher = new RepoCipher(RepoCipher.newMasterKey());
 const other = new RepoCipher(RepoCipher.newMasterKey());
@@ -76,6 +76,47 @@ test("blocks sealed many at a time on the thread pool open one by one with Node'
   assert.throws(() => sealBlocks(Buffer.alloc(31), Buffer.alloc(32), [text], [0], SEAL_OVERHEAD, true), /32-byte key/);
   assert.throws(() => sealBlocks(Buffer.alloc(32), Buffer.alloc(64), [text], [0], SEAL_OVERHEAD, true), /one flag per body/);
   assert.throws(() => sealBlocks(Buffer.alloc(32), Buffer.alloc(32), [text], [0], 0, true), /as long as the sealed blocks/);
+});
+
+test('blocks open many at a time in the addon as openBlock opens them; an altered, foreign, misnamed or truncated one is refused', async () => {
+  const text = Buffer.from('minutes of the meeting, quarterly figures, approved\n'.repeat(1300)).subarray(0, 65536);
+  const plains = [randomBytes(65536), text, randomBytes(1), Buffer.from(text.subarray(0, 600)), randomBytes(65536)];
+  const ids = plains.map((p) => cipher.blockId(p));
+  const sealed = await cipher.sealBlocks(ids, plains);
+  // Below 256 KiB of sealed bytes at once, 4 x 64 KiB and more on the thread pool.
+  for (const copies of [1, 4]) {
+    const many = Array.from({ length: copies }, () => sealed).flat();
+    const manyIds = Array.from({ length: copies }, () => ids).flat();
+    const opened = await cipher.openBlocks(manyIds, many);
+    assert.equal(opened.length, many.length);
+    opened.forEach((o, i) => assert.deepEqual(o, cipher.openBlock(manyIds[i], many[i]), `block ${i} of ${many.length}`));
+  }
+  const refused = async (blockIds: string[], blocks: Buffer[], why: RegExp, c = cipher) =>
+    assert.rejects(() => c.openBlocks(blockIds, blocks), (e: { code?: string; message: string }) => e.code === 'VFSX_ERR_DR_BAD_BLOCK' && why.test(e.message));
+  // A flipped byte anywhere: the version byte says it is not a sealed block; a flags byte that now says
+  // "compressed" (flags are not authenticated) does not decompress; the rest fails authentication.
+  for (const [at, why] of [[0, /is not a sealed block/], [1, /does not decompress/], [2, /fails authentication/], [14, /fails authentication/],
+    [sealed[0].length >> 1, /fails authentication/], [sealed[0].length - 1, /fails authentication/]] as const) {
+    const bad = Buffer.from(sealed[0]);
+    bad[at] ^= 0x01;
+    await refused([ids[4], ids[0]], [sealed[4], bad], why);
+  }
+  const offText = Buffer.from(sealed[1]);
+  offText[1] ^= 0x01; // compressed text read as a plain body: authenticated, but not the block asked for
+  await refused([ids[1]], [offText], /is not the block asked for/);
+  await refused([ids[4]], [sealed[0]], /fails authentication/); // served under another id
+  await refused([ids[0]], [sealed[0]], /fails authentication/, other); // sealed with another key
+  await refused([ids[0]], [sealed[0].subarray(0, SEAL_OVERHEAD - 1)], /is not a sealed block/);
+  await refused(['00'], [sealed[0]], /not a block id/);
+  // Sealed under an id that is not its plaintext's: it authenticates, and is still refused.
+  const [misnamed] = await cipher.sealBlocks([ids[4]], [plains[0]]);
+  await refused([ids[4]], [misnamed], /is not the block asked for/);
+  await refused(Array(8).fill(ids[4]), Array(8).fill(misnamed), /is not the block asked for/); // on the thread pool
+  assert.deepEqual(await cipher.openBlocks([], []), []);
+  // Bad arguments are errors, never a crash.
+  await assert.rejects(() => openBlocks(Buffer.alloc(31), Buffer.alloc(32), Buffer.alloc(32), [sealed[0]], SEAL_OVERHEAD), /32-byte keys/);
+  await assert.rejects(() => openBlocks(Buffer.alloc(32), Buffer.alloc(32), Buffer.alloc(64), [sealed[0]], SEAL_OVERHEAD), /32 bytes of id per sealed block/);
+  await assert.rejects(() => openBlocks(Buffer.alloc(32), Buffer.alloc(32), Buffer.alloc(32), ['x' as unknown as Buffer], SEAL_OVERHEAD), /Buffers/);
 });
 
 test("the DR site's pack entry checksums, on the thread pool, are zlib's CRC-32", async () => {

@@ -1,4 +1,4 @@
-// Block ids and block sealing for the replicator, and the DR site's pack
+// Block ids, block sealing and opening for the replicator and restore, and the DR site's pack
 // entry checksums, with the OpenSSL and zlib that Node itself links (their
 // symbols are resolved from the node binary, or from the system's libcrypto
 // and libz where Node uses those).
@@ -17,6 +17,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <zlib.h>
 
@@ -254,6 +255,156 @@ Napi::Value SealBlocks(const Napi::CallbackInfo &info) {
   return p;
 }
 
+// What openBlocks says of each block.
+enum OpenStatus : uint8_t {
+  kOpened = 0,       // authenticated, and its plaintext has the id asked for
+  kNotSealed = 1,    // too short, or not this version's layout
+  kAuthFailed = 2,   // altered, damaged, or sealed with another key
+  kWrongId = 3,      // authenticated, but its plaintext is not the block asked for
+  kCompressed = 4,   // authenticated; the caller decompresses it and checks the id
+};
+
+constexpr uint8_t kFlagZstd = 1;
+
+struct OpenItem {
+  Bytes sealed;
+  const uint8_t *id;
+  uint8_t *out;  // the body's place in the output (sealed.len - kHead - kTag bytes)
+};
+
+// Opens each item into its place in one output buffer; one status byte per item.
+bool OpenAll(const Bytes &blockKey, const Bytes &idKey, const std::vector<OpenItem> &items, uint8_t *status,
+             std::string *err) {
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  if (!ctx || EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nullptr, blockKey.data, nullptr) != 1) {
+    EVP_CIPHER_CTX_free(ctx);
+    *err = "open: OpenSSL cannot set up AES-256-GCM";
+    return false;
+  }
+  for (size_t i = 0; i < items.size(); i++) {
+    const OpenItem &it = items[i];
+    const uint8_t *s = it.sealed.data;
+    if (it.sealed.len < kHead + kTag || s[0] != kBlockVersion) {
+      status[i] = kNotSealed;
+      continue;
+    }
+    size_t bodyLen = it.sealed.len - kHead - kTag;
+    int aad = 0;
+    int n = 0;
+    int fin = 0;
+    // The tag is set before the final call, which checks it: nothing unauthenticated is reported as opened.
+    bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, s + 2) == 1 &&
+              EVP_DecryptUpdate(ctx, nullptr, &aad, it.id, kIdBytes) == 1 &&
+              (bodyLen == 0 || EVP_DecryptUpdate(ctx, it.out, &n, s + kHead, static_cast<int>(bodyLen)) == 1) &&
+              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, kTag, const_cast<uint8_t *>(s + kHead + bodyLen)) == 1 &&
+              EVP_DecryptFinal_ex(ctx, it.out + n, &fin) == 1 && static_cast<size_t>(n + fin) == bodyLen;
+    if (!ok) {
+      status[i] = kAuthFailed;
+      continue;
+    }
+    if (s[1] & kFlagZstd) {
+      status[i] = kCompressed;
+      continue;
+    }
+    uint8_t mac[kIdBytes];
+    unsigned int len = 0;
+    if (HMAC(EVP_sha256(), idKey.data, static_cast<int>(idKey.len), it.out, bodyLen, mac, &len) == nullptr ||
+        len != kIdBytes) {
+      EVP_CIPHER_CTX_free(ctx);
+      *err = "open: OpenSSL failed";
+      return false;
+    }
+    status[i] = CRYPTO_memcmp(mac, it.id, kIdBytes) == 0 ? kOpened : kWrongId;
+  }
+  EVP_CIPHER_CTX_free(ctx);
+  return true;
+}
+
+class OpenWorker : public Napi::AsyncWorker {
+ public:
+  OpenWorker(Napi::Env env, Bytes blockKey, Bytes idKey, std::vector<OpenItem> items, Napi::Buffer<uint8_t> status)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), blockKey_(blockKey), idKey_(idKey),
+        items_(std::move(items)), status_(status.Data()) {
+    statusRef_ = Napi::Persistent(status.As<Napi::Object>());
+  }
+  Held held;
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::string err;
+    if (!OpenAll(blockKey_, idKey_, items_, status_, &err)) SetError(err);
+  }
+  void OnOK() override { deferred_.Resolve(statusRef_.Value()); }
+  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Bytes blockKey_, idKey_;
+  std::vector<OpenItem> items_;
+  uint8_t *status_;
+  Napi::ObjectReference statusRef_;
+};
+
+// openBlocks(blockKey: Buffer(32), idKey: Buffer(32), ids: Buffer(32 * n), sealed: Buffer[n], out: Buffer, async):
+//   status | Promise<status>, a Buffer of n OpenStatus bytes. Each block's body goes to out, back to back
+//   (each sealed length - 30 bytes; out must be exactly that long, allocated by the caller as for sealBlocks).
+//   Only a block whose status is kOpened (or kCompressed, for the caller to finish) has meaningful bytes there.
+Napi::Value OpenBlocks(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Bytes blockKey, idKey, ids, outBytes;
+  if (info.Length() != 6 || !BufferArg(info[0], &blockKey) || !BufferArg(info[1], &idKey) ||
+      !BufferArg(info[2], &ids) || !info[3].IsArray() || !BufferArg(info[4], &outBytes) || !info[5].IsBoolean()) {
+    Napi::TypeError::New(env, "openBlocks(blockKey, idKey, ids, sealed, out, async)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto sealed = info[3].As<Napi::Array>();
+  uint32_t n = sealed.Length();
+  if (blockKey.len != kKeyBytes || idKey.len != kKeyBytes || ids.len != static_cast<size_t>(n) * kIdBytes) {
+    Napi::RangeError::New(env, "openBlocks: 32-byte keys and 32 bytes of id per sealed block")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::vector<OpenItem> items(n);
+  size_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Value b = sealed[i];
+    if (!BufferArg(b, &items[i].sealed) || items[i].sealed.len > (1u << 30)) {
+      Napi::TypeError::New(env, "openBlocks: sealed blocks are Buffers of at most 1 GiB").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    items[i].id = ids.data + static_cast<size_t>(i) * kIdBytes;
+    if (items[i].sealed.len >= kHead + kTag) total += items[i].sealed.len - kHead - kTag;
+  }
+  if (outBytes.len != total) {
+    Napi::RangeError::New(env, "openBlocks: out must be as long as the blocks' bodies").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto out = info[4].As<Napi::Buffer<uint8_t>>();
+  size_t off = 0;
+  for (OpenItem &it : items) {
+    it.out = out.Data() + off;
+    if (it.sealed.len >= kHead + kTag) off += it.sealed.len - kHead - kTag;
+  }
+  auto status = Napi::Buffer<uint8_t>::New(env, n);
+  if (!info[5].As<Napi::Boolean>().Value()) {
+    std::string err;
+    if (!OpenAll(blockKey, idKey, items, status.Data(), &err)) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return status;
+  }
+  auto *w = new OpenWorker(env, blockKey, idKey, std::move(items), status);
+  w->held.Add(info[0]);
+  w->held.Add(info[1]);
+  w->held.Add(info[2]);
+  w->held.Add(info[4]);
+  for (uint32_t i = 0; i < n; i++) w->held.Add(sealed[i]);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
 class CrcWorker : public Napi::AsyncWorker {
  public:
   CrcWorker(Napi::Env env, std::vector<Bytes> bufs, Napi::Buffer<uint8_t> out)
@@ -312,6 +463,7 @@ Napi::Value Crc32s(const Napi::CallbackInfo &info) {
 void RegisterBlockCrypto(Napi::Env env, Napi::Object exports) {
   exports.Set("blockIds", Napi::Function::New(env, BlockIds));
   exports.Set("sealBlocks", Napi::Function::New(env, SealBlocks));
+  exports.Set("openBlocks", Napi::Function::New(env, OpenBlocks));
   exports.Set("crc32s", Napi::Function::New(env, Crc32s));
 }
 

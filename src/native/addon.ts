@@ -56,6 +56,8 @@ interface AddonExports extends TreeOps {
   blockIds(key: Buffer, run: Buffer, blockSize: number, async: true): Promise<Buffer>;
   sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], out: Buffer, async: false): Buffer;
   sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], out: Buffer, async: true): Promise<Buffer>;
+  openBlocks(blockKey: Buffer, idKey: Buffer, ids: Buffer, sealed: Buffer[], out: Buffer, async: false): Buffer;
+  openBlocks(blockKey: Buffer, idKey: Buffer, ids: Buffer, sealed: Buffer[], out: Buffer, async: true): Promise<Buffer>;
   crc32s(bufs: Buffer[]): Promise<Buffer>;
 }
 
@@ -156,6 +158,32 @@ export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: nu
   // Not zero-filled (every byte is written), and not from the shared pool (the thread pool writes it).
   const out = Buffer.allocUnsafeSlow(total);
   return async ? addon().sealBlocks(key, ids, bodies, flags, out, true) : addon().sealBlocks(key, ids, bodies, flags, out, false);
+}
+
+/** What openBlocks says of each block (native/addon/block_crypto.cc). */
+export const OPEN_STATUS = { opened: 0, notSealed: 1, authFailed: 2, wrongId: 3, compressed: 4 } as const;
+
+/**
+ * Opens blocks sealed as sealBlocks seals them: AES-256-GCM under
+ * `blockKey` with each 32-byte id of `ids` as associated data, then (unless
+ * flagged compressed) checks HMAC-SHA256(idKey, plaintext) against the id.
+ * Returns one status byte per block (OPEN_STATUS) and the bodies back to
+ * back in one new buffer (each `overhead` bytes shorter than its sealed
+ * form). On the thread pool from ASYNC_HASH_BYTES sealed bytes.
+ */
+export async function openBlocks(blockKey: Buffer, idKey: Buffer, ids: Buffer, sealed: Buffer[], overhead: number): Promise<{ status: Buffer; out: Buffer }> {
+  let total = 0;
+  let sealedBytes = 0;
+  for (const b of sealed) {
+    sealedBytes += b.length;
+    if (b.length >= overhead) total += b.length - overhead;
+  }
+  // As for sealBlocks: every byte of an opened block is written; not from the shared pool.
+  const out = Buffer.allocUnsafeSlow(total);
+  const status = sealedBytes >= ASYNC_HASH_BYTES
+    ? await addon().openBlocks(blockKey, idKey, ids, sealed, out, true)
+    : addon().openBlocks(blockKey, idKey, ids, sealed, out, false);
+  return { status, out };
 }
 
 /** zlib's CRC-32 of each buffer (4 bytes big-endian each), on the thread pool. */

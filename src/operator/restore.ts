@@ -11,7 +11,7 @@
  * not restored (its temp file is removed) and is reported as failed.
  */
 import { promisify } from 'node:util';
-import { close, fsync, readdirSync, write } from 'node:fs';
+import { close, fsync, readdirSync, writev } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
@@ -20,9 +20,21 @@ import { Tree } from '../native/tree';
 import { DrRpcError } from '../site-link/dr-client';
 import type { SiteClient } from '../site-link/site-client';
 
-const writeAsync = promisify(write);
+const writevAsync = promisify(writev);
 const fsyncAsync = promisify(fsync);
 const closeAsync = promisify(close);
+
+/** Writes every buffer at pos (again after a short write); returns the position after them. */
+async function writeAllAt(fd: number, bufs: Buffer[], pos: number): Promise<number> {
+  let todo = bufs.filter((b) => b.length > 0);
+  while (todo.length > 0) {
+    let n = (await writevAsync(fd, todo, pos)).bytesWritten;
+    pos += n;
+    while (todo.length > 0 && n >= todo[0].length) n -= (todo.shift() as Buffer).length;
+    if (n > 0) todo[0] = todo[0].subarray(n);
+  }
+  return pos;
+}
 
 interface SiteObject {
   path: string;
@@ -242,10 +254,8 @@ class Restore {
     try {
       let pos = 0;
       for (let i = 0; i < blocks.length; i += BLOCKS_PER_GET) {
-        for (const b of await this.site.getBlocks(blocks.slice(i, i + BLOCKS_PER_GET) as string[], where)) {
-          await writeAsync(fd, b, 0, b.length, pos);
-          pos += b.length;
-        }
+        // A GET's blocks in one writev (was a write per 64 KiB block: 4,096 trips to the thread pool per 256 MiB).
+        pos = await writeAllAt(fd, await this.site.getBlocks(blocks.slice(i, i + BLOCKS_PER_GET) as string[], where), pos);
       }
       if (pos !== obj.size) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `the DR site's blocks make ${pos} bytes, the file has ${obj.size}`);
       await fsyncAsync(fd);

@@ -38,7 +38,7 @@ export class SealedSite implements SiteClient {
 
   async getBlocks(ids: string[], where?: BlockScope): Promise<Buffer[]> {
     const raw = await this.link.getRaw(ids, where ? { ...where, path: this.cipher.sealPath(where.path) } : undefined);
-    return raw.map((b, i) => this.cipher.openBlock(ids[i], b));
+    return this.cipher.openBlocks(ids, raw);
   }
 
   takeUnreadable(): string[] {
