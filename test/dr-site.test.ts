@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -41,6 +41,18 @@ function packRows(h: DrSiteHarness): Array<{ id: string; bytes: number }> {
   } finally {
     m.close();
   }
+}
+
+/** The pack files the site process has open (from /proc; a deleted one ends in " (deleted)"). */
+function packHandles(h: DrSiteHarness): string[] {
+  const dir = `/proc/${h.pid}/fd`;
+  return readdirSync(dir).map((fd) => {
+    try {
+      return readlinkSync(join(dir, fd));
+    } catch {
+      return ''; // closed meanwhile
+    }
+  }).filter((f) => /\.pack( \(deleted\))?$/.test(f));
 }
 
 function packFiles(h: DrSiteHarness): Array<{ id: string; bytes: Buffer }> {
@@ -422,6 +434,8 @@ test('retention rewrites packs that are mostly dead: the space comes back and ev
     await commitFile(k, 'g', 'kept', blocks.slice(44)); // 40-43: never committed, freed too
     const full = gcSite.stats();
     assert.ok(full.packs >= 3, `${full.packs} packs`);
+    const doomed = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'g', path: 'doomed', blocks: true });
+    assert.deepEqual(await k.getBlocks(doomed.blocks), blocks.slice(0, 40)); // the site now holds read handles of these packs
     await k.call('object.delete', { bucket: 'g', path: 'doomed' });
     await waitFor('a repack', () => gcSite.logs.some((l) => l.msg === 'repack reclaimed space'), 20000);
     await waitFor('every mostly dead pack rewritten', () => gcSite.stats().packBytes < full.packBytes / 3, 20000);
@@ -429,11 +443,39 @@ test('retention rewrites packs that are mostly dead: the space comes back and ev
     assert.equal(after.blocks, 4, 'only the kept file\'s blocks are indexed');
     assert.ok(after.packBytes <= 4 * (16384 + 44) * 2, `${after.packBytes} bytes left in packs`);
     assert.deepEqual(packFiles(gcSite).length, after.packs, 'deleted packs are gone from disk');
+    assert.deepEqual(packHandles(gcSite).filter((f) => f.endsWith('(deleted)')), [], 'and no handle keeps their space');
     const st = await k.call<{ blocks: string[] }>('object.stat', { bucket: 'g', path: 'kept', blocks: true });
     assert.deepEqual(await k.getBlocks(st.blocks), blocks.slice(44));
   } finally {
     k.close();
     await gcSite.destroy();
+  }
+});
+
+test('reads keep at most 32 packs open, the least recently used closed first', async () => {
+  const site = await DrSiteHarness.start({ packBytes: 65536 }); // one block per pack
+  const k = await site.client();
+  try {
+    const blocks = Array.from({ length: 40 }, () => randomBytes(60000));
+    for (const b of blocks) await k.putBlocks([b]);
+    assert.equal(site.stats().packs, 40);
+    for (let i = 0; i < 40; i++) assert.deepEqual(await k.getBlocks([blockHash(blocks[i])]), [blocks[i]]); // one pack at a time
+    const open = packHandles(site);
+    assert.ok(open.length >= 32 && open.length <= 33, `${open.length} pack handles open (32 for reads, maybe one for writing)`);
+    const m = new MetaStore(join(site.dataDir, 'meta.sqlite'));
+    const packOf = (i: number) => `${m.locate(blockHash(blocks[i]))?.pack}.pack`;
+    try {
+      for (let i = 0; i < 8; i++) assert.ok(!open.some((f) => f.endsWith(packOf(i))), `block ${i}'s pack, least recently read, is closed`);
+      for (let i = 8; i < 40; i++) assert.ok(open.some((f) => f.endsWith(packOf(i))), `block ${i}'s pack is open`);
+    } finally {
+      m.close();
+    }
+    // The most recent are the ones kept: reading them again opens nothing new.
+    for (let i = 39; i >= 20; i--) assert.deepEqual(await k.getBlocks([blockHash(blocks[i])]), [blocks[i]]);
+    assert.deepEqual(packHandles(site).sort(), open.sort());
+  } finally {
+    k.close();
+    await site.destroy();
   }
 });
 
