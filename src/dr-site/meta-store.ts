@@ -394,10 +394,8 @@ export class MetaStore {
    * batch cost about 15% of the site's time in commits.
    */
   transaction<T>(fn: () => T): T {
-    return this.db.inTransaction ? fn() : this.inTx(fn) as T;
+    return this.db.inTransaction ? fn() : this.runTx(fn) as T;
   }
-
-  private readonly inTx = (fn: () => unknown): unknown => this.runTx(fn);
 
   versions(bucket: string, path: string): ObjectVersion[] {
     return (this.q('SELECT * FROM versions WHERE bucket = ? AND path = ? ORDER BY id').all(bucket, path) as VersionRow[])

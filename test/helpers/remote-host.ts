@@ -31,6 +31,24 @@ export function receivedBytes(pid: number, iface: string): number {
 
 const sh = (args: string[]) => execFileSync(args[0], args.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
 
+/**
+ * A namespace a killed run left on this subnet: its host end keeps the
+ * route to the address, so a new namespace's site would be unreachable
+ * (connection refused) behind it. Removed, with its veth pair.
+ */
+function removeStale(net: string): void {
+  const out = execFileSync('ip', ['-o', 'addr', 'show', 'to', `${net}.0/30`], { encoding: 'utf8' });
+  for (const line of out.split('\n')) {
+    const iface = /^\d+:\s+(vfsx\w+)a(@\S+)?\s/.exec(line);
+    if (!iface) continue;
+    try {
+      sh(['ip', 'netns', 'del', iface[1]]);
+    } catch {
+      sh(['ip', 'link', 'del', `${iface[1]}a`]); // the namespace is gone, the host end is not
+    }
+  }
+}
+
 /** `subnet` (0-255) picks 10.213.SUBNET.0/30, so several remote hosts can exist at once. */
 export function createRemoteHost(rateMbit = 1000, name = `vfsxb${process.pid % 10000}`, subnet = 0): RemoteHost {
   const net = `10.213.${subnet}`;
@@ -44,6 +62,7 @@ export function createRemoteHost(rateMbit = 1000, name = `vfsxb${process.pid % 1
     }
   };
   remove();
+  removeStale(net);
   try {
     sh(['ip', 'netns', 'add', name]);
     sh(['ip', 'link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf]);
