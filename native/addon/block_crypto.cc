@@ -21,6 +21,7 @@
 #include <openssl/rand.h>
 #include <zlib.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -64,40 +65,37 @@ bool IdsOf(const Bytes &key, const Bytes &run, size_t bs, uint8_t *out, std::str
   return true;
 }
 
-// Holds JS buffers for the life of a worker (no GC while the pool reads them).
-class Held {
+// Runs work on the libuv thread pool, then settles a promise on the JS thread: with `result` (a buffer
+// the work filled), or with the error the work reported. Every JS value the work reads is held (no GC)
+// until then.
+class PoolWorker : public Napi::AsyncWorker {
  public:
-  void Add(const Napi::Value &v) { refs_.push_back(Napi::Persistent(v.As<Napi::Object>())); }
+  using Work = std::function<bool(std::string *err)>;
 
- private:
-  std::vector<Napi::ObjectReference> refs_;
-};
-
-class IdsWorker : public Napi::AsyncWorker {
- public:
-  IdsWorker(Napi::Env env, Bytes key, Bytes run, size_t bs, Napi::Buffer<uint8_t> out)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), key_(key), run_(run),
-        bs_(bs), out_(out.Data()) {
-    outRef_ = Napi::Persistent(out.As<Napi::Object>());
+  PoolWorker(Napi::Env env, const Napi::Value &result, Work work)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
+    result_ = Napi::Persistent(result.As<Napi::Object>());
   }
-  Held held;
-  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Hold(const Napi::Value &v) { held_.push_back(Napi::Persistent(v.As<Napi::Object>())); }
+  Napi::Promise Start() {
+    Napi::Promise p = deferred_.Promise();
+    Queue();
+    return p;
+  }
 
   void Execute() override {
     std::string err;
-    if (!IdsOf(key_, run_, bs_, out_, &err)) SetError(err);
+    if (!work_(&err)) SetError(err);
   }
-  void OnOK() override { deferred_.Resolve(outRef_.Value()); }
+  void OnOK() override { deferred_.Resolve(result_.Value()); }
   void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
-  Bytes key_, run_;
-  size_t bs_;
-  uint8_t *out_;
-  Napi::ObjectReference outRef_;
+  Work work_;
+  Napi::ObjectReference result_;
+  std::vector<Napi::ObjectReference> held_;
 };
-
 // blockIds(key: Buffer (empty: SHA-256), run: Buffer, blockSize, async): Buffer | Promise<Buffer>
 Napi::Value BlockIds(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -123,12 +121,12 @@ Napi::Value BlockIds(const Napi::CallbackInfo &info) {
     }
     return out;
   }
-  auto *w = new IdsWorker(env, key, run, static_cast<size_t>(bs), out);
-  w->held.Add(info[0]);
-  w->held.Add(info[1]);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  auto *w = new PoolWorker(env, out, [key, run, bs = static_cast<size_t>(bs), o = out.Data()](std::string *err) {
+    return IdsOf(key, run, bs, o, err);
+  });
+  w->Hold(info[0]);
+  w->Hold(info[1]);
+  return w->Start();
 }
 
 struct SealItem {
@@ -169,29 +167,6 @@ bool SealAll(const Bytes &key, const std::vector<SealItem> &items, std::string *
   EVP_CIPHER_CTX_free(ctx);
   return true;
 }
-
-class SealWorker : public Napi::AsyncWorker {
- public:
-  SealWorker(Napi::Env env, Bytes key, std::vector<SealItem> items, Napi::Buffer<uint8_t> out)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), key_(key), items_(std::move(items)) {
-    outRef_ = Napi::Persistent(out.As<Napi::Object>());
-  }
-  Held held;
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    std::string err;
-    if (!SealAll(key_, items_, &err)) SetError(err);
-  }
-  void OnOK() override { deferred_.Resolve(outRef_.Value()); }
-  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Bytes key_;
-  std::vector<SealItem> items_;
-  Napi::ObjectReference outRef_;
-};
 
 // sealBlocks(key: Buffer(32), ids: Buffer(32 * n), bodies: Buffer[n], flags: number[n], out: Buffer, async):
 //   out | Promise<out>, holding the n sealed blocks back to back (each its body's length + 30
@@ -246,13 +221,11 @@ Napi::Value SealBlocks(const Napi::CallbackInfo &info) {
     }
     return out;
   }
-  auto *w = new SealWorker(env, key, std::move(items), out);
-  w->held.Add(info[0]);
-  w->held.Add(info[1]);
-  for (uint32_t i = 0; i < n; i++) w->held.Add(bodies[i]);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  auto *w = new PoolWorker(env, out, [key, items = std::move(items)](std::string *err) { return SealAll(key, items, err); });
+  w->Hold(info[0]);
+  w->Hold(info[1]);
+  for (uint32_t i = 0; i < n; i++) w->Hold(bodies[i]);
+  return w->Start();
 }
 
 // What openBlocks says of each block.
@@ -320,31 +293,6 @@ bool OpenAll(const Bytes &blockKey, const Bytes &idKey, const std::vector<OpenIt
   return true;
 }
 
-class OpenWorker : public Napi::AsyncWorker {
- public:
-  OpenWorker(Napi::Env env, Bytes blockKey, Bytes idKey, std::vector<OpenItem> items, Napi::Buffer<uint8_t> status)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), blockKey_(blockKey), idKey_(idKey),
-        items_(std::move(items)), status_(status.Data()) {
-    statusRef_ = Napi::Persistent(status.As<Napi::Object>());
-  }
-  Held held;
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    std::string err;
-    if (!OpenAll(blockKey_, idKey_, items_, status_, &err)) SetError(err);
-  }
-  void OnOK() override { deferred_.Resolve(statusRef_.Value()); }
-  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Bytes blockKey_, idKey_;
-  std::vector<OpenItem> items_;
-  uint8_t *status_;
-  Napi::ObjectReference statusRef_;
-};
-
 // openBlocks(blockKey: Buffer(32), idKey: Buffer(32), ids: Buffer(32 * n), sealed: Buffer[n], out: Buffer, async):
 //   status | Promise<status>, a Buffer of n OpenStatus bytes. Each block's body goes to out, back to back
 //   (each sealed length - 30 bytes; out must be exactly that long, allocated by the caller as for sealBlocks).
@@ -394,45 +342,13 @@ Napi::Value OpenBlocks(const Napi::CallbackInfo &info) {
     }
     return status;
   }
-  auto *w = new OpenWorker(env, blockKey, idKey, std::move(items), status);
-  w->held.Add(info[0]);
-  w->held.Add(info[1]);
-  w->held.Add(info[2]);
-  w->held.Add(info[4]);
-  for (uint32_t i = 0; i < n; i++) w->held.Add(sealed[i]);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  auto *w = new PoolWorker(env, status, [blockKey, idKey, items = std::move(items), st = status.Data()](std::string *err) {
+    return OpenAll(blockKey, idKey, items, st, err);
+  });
+  for (size_t a : {0, 1, 2, 4}) w->Hold(info[a]);
+  for (uint32_t i = 0; i < n; i++) w->Hold(sealed[i]);
+  return w->Start();
 }
-
-class CrcWorker : public Napi::AsyncWorker {
- public:
-  CrcWorker(Napi::Env env, std::vector<Bytes> bufs, Napi::Buffer<uint8_t> out)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), bufs_(std::move(bufs)), out_(out.Data()) {
-    outRef_ = Napi::Persistent(out.As<Napi::Object>());
-  }
-  Held held;
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    for (size_t i = 0; i < bufs_.size(); i++) {
-      uint32_t c = static_cast<uint32_t>(crc32_z(crc32_z(0, Z_NULL, 0), bufs_[i].data, bufs_[i].len));
-      uint8_t *o = out_ + 4 * i;  // big-endian, as the pack entry header holds it
-      o[0] = static_cast<uint8_t>(c >> 24);
-      o[1] = static_cast<uint8_t>(c >> 16);
-      o[2] = static_cast<uint8_t>(c >> 8);
-      o[3] = static_cast<uint8_t>(c);
-    }
-  }
-  void OnOK() override { deferred_.Resolve(outRef_.Value()); }
-  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::vector<Bytes> bufs_;
-  uint8_t *out_;
-  Napi::ObjectReference outRef_;
-};
 
 // crc32s(bufs: Buffer[]): Promise<Buffer>: zlib's CRC-32 of each, 4 bytes big-endian each.
 Napi::Value Crc32s(const Napi::CallbackInfo &info) {
@@ -451,11 +367,19 @@ Napi::Value Crc32s(const Napi::CallbackInfo &info) {
     }
   }
   auto out = Napi::Buffer<uint8_t>::New(env, 4 * bufs.size());
-  auto *w = new CrcWorker(env, std::move(bufs), out);
-  for (uint32_t i = 0; i < arr.Length(); i++) w->held.Add(arr[i]);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  auto *w = new PoolWorker(env, out, [bufs = std::move(bufs), o = out.Data()](std::string *) {
+    for (size_t i = 0; i < bufs.size(); i++) {
+      uint32_t c = static_cast<uint32_t>(crc32_z(crc32_z(0, Z_NULL, 0), bufs[i].data, bufs[i].len));
+      uint8_t *at = o + 4 * i;  // big-endian, as the pack entry header holds it
+      at[0] = static_cast<uint8_t>(c >> 24);
+      at[1] = static_cast<uint8_t>(c >> 16);
+      at[2] = static_cast<uint8_t>(c >> 8);
+      at[3] = static_cast<uint8_t>(c);
+    }
+    return true;
+  });
+  for (uint32_t i = 0; i < arr.Length(); i++) w->Hold(arr[i]);
+  return w->Start();
 }
 
 }  // namespace
