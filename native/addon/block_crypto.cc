@@ -96,6 +96,23 @@ class PoolWorker : public Napi::AsyncWorker {
   Napi::ObjectReference result_;
   std::vector<Napi::ObjectReference> held_;
 };
+
+// Runs work at once (its result, or its error thrown) or, when async, on the thread pool (a promise of
+// it), holding `held` (the JS values the work reads) until it is done.
+Napi::Value RunWork(Napi::Env env, bool async, const Napi::Value &result, PoolWorker::Work work,
+                    const std::vector<Napi::Value> &held) {
+  if (!async) {
+    std::string err;
+    if (!work(&err)) {
+      Napi::Error::New(env, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return result;
+  }
+  auto *w = new PoolWorker(env, result, std::move(work));
+  for (const Napi::Value &v : held) w->Hold(v);
+  return w->Start();
+}
 // blockIds(key: Buffer (empty: SHA-256), run: Buffer, blockSize, async): Buffer | Promise<Buffer>
 Napi::Value BlockIds(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
@@ -113,20 +130,9 @@ Napi::Value BlockIds(const Napi::CallbackInfo &info) {
   }
   size_t count = (run.len + static_cast<size_t>(bs) - 1) / static_cast<size_t>(bs);
   auto out = Napi::Buffer<uint8_t>::New(env, count * kIdBytes);
-  if (!info[3].As<Napi::Boolean>().Value()) {
-    std::string err;
-    if (!IdsOf(key, run, static_cast<size_t>(bs), out.Data(), &err)) {
-      Napi::Error::New(env, err).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    return out;
-  }
-  auto *w = new PoolWorker(env, out, [key, run, bs = static_cast<size_t>(bs), o = out.Data()](std::string *err) {
-    return IdsOf(key, run, bs, o, err);
-  });
-  w->Hold(info[0]);
-  w->Hold(info[1]);
-  return w->Start();
+  return RunWork(env, info[3].As<Napi::Boolean>().Value(), out,
+                 [key, run, bs = static_cast<size_t>(bs), o = out.Data()](std::string *err) { return IdsOf(key, run, bs, o, err); },
+                 {info[0], info[1]});
 }
 
 struct SealItem {
@@ -213,19 +219,10 @@ Napi::Value SealBlocks(const Napi::CallbackInfo &info) {
     it.out = out.Data() + off;
     off += kHead + it.body.len + kTag;
   }
-  if (!info[5].As<Napi::Boolean>().Value()) {
-    std::string err;
-    if (!SealAll(key, items, &err)) {
-      Napi::Error::New(env, err).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    return out;
-  }
-  auto *w = new PoolWorker(env, out, [key, items = std::move(items)](std::string *err) { return SealAll(key, items, err); });
-  w->Hold(info[0]);
-  w->Hold(info[1]);
-  for (uint32_t i = 0; i < n; i++) w->Hold(bodies[i]);
-  return w->Start();
+  std::vector<Napi::Value> held{info[0], info[1]};
+  for (uint32_t i = 0; i < n; i++) held.push_back(bodies[i]);
+  return RunWork(env, info[5].As<Napi::Boolean>().Value(), out,
+                 [key, items = std::move(items)](std::string *err) { return SealAll(key, items, err); }, held);
 }
 
 // What openBlocks says of each block.
@@ -334,20 +331,13 @@ Napi::Value OpenBlocks(const Napi::CallbackInfo &info) {
     if (it.sealed.len >= kHead + kTag) off += it.sealed.len - kHead - kTag;
   }
   auto status = Napi::Buffer<uint8_t>::New(env, n);
-  if (!info[5].As<Napi::Boolean>().Value()) {
-    std::string err;
-    if (!OpenAll(blockKey, idKey, items, status.Data(), &err)) {
-      Napi::Error::New(env, err).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    return status;
-  }
-  auto *w = new PoolWorker(env, status, [blockKey, idKey, items = std::move(items), st = status.Data()](std::string *err) {
-    return OpenAll(blockKey, idKey, items, st, err);
-  });
-  for (size_t a : {0, 1, 2, 4}) w->Hold(info[a]);
-  for (uint32_t i = 0; i < n; i++) w->Hold(sealed[i]);
-  return w->Start();
+  std::vector<Napi::Value> held{info[0], info[1], info[2], info[4]};
+  for (uint32_t i = 0; i < n; i++) held.push_back(sealed[i]);
+  return RunWork(env, info[5].As<Napi::Boolean>().Value(), status,
+                 [blockKey, idKey, items = std::move(items), st = status.Data()](std::string *err) {
+                   return OpenAll(blockKey, idKey, items, st, err);
+                 },
+                 held);
 }
 
 // crc32s(bufs: Buffer[]): Promise<Buffer>: zlib's CRC-32 of each, 4 bytes big-endian each.
@@ -367,7 +357,9 @@ Napi::Value Crc32s(const Napi::CallbackInfo &info) {
     }
   }
   auto out = Napi::Buffer<uint8_t>::New(env, 4 * bufs.size());
-  auto *w = new PoolWorker(env, out, [bufs = std::move(bufs), o = out.Data()](std::string *) {
+  std::vector<Napi::Value> held;
+  for (uint32_t i = 0; i < arr.Length(); i++) held.push_back(arr[i]);
+  return RunWork(env, true, out, [bufs = std::move(bufs), o = out.Data()](std::string *) {
     for (size_t i = 0; i < bufs.size(); i++) {
       uint32_t c = static_cast<uint32_t>(crc32_z(crc32_z(0, Z_NULL, 0), bufs[i].data, bufs[i].len));
       uint8_t *at = o + 4 * i;  // big-endian, as the pack entry header holds it
@@ -377,9 +369,7 @@ Napi::Value Crc32s(const Napi::CallbackInfo &info) {
       at[3] = static_cast<uint8_t>(c);
     }
     return true;
-  });
-  for (uint32_t i = 0; i < arr.Length(); i++) w->Hold(arr[i]);
-  return w->Start();
+  }, held);
 }
 
 }  // namespace
