@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import Database from 'better-sqlite3';
 import { MetaStore, segmentHash, SUBTREE_HEADS } from '../src/dr-site/meta-store';
-import { hugePagesSet, thpMode, withHugePages } from '../src/native/huge-pages';
+import { DR_SITE_NODE_FLAGS, hugePagesSet, missingNodeFlags, thpMode, withHugePages } from '../src/native/huge-pages';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
 import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
@@ -610,6 +610,14 @@ test('vfsx dr-site starts itself again on huge pages: the same PID, the tunables
   }
   const huge = Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync(`/proc/${site.pid}/smaps_rollup`, 'utf8'))?.[1]);
   assert.ok(huge > 0, `AnonHugePages ${huge} kB`);
+});
+
+test('vfsx dr-site starts itself again with its heap flags (the same PID); an option already given stands', () => {
+  // The harness spawned `node bin/vfsx.js dr-site` without them.
+  const argv = readFileSync(`/proc/${site.pid}/cmdline`, 'utf8').split('\0');
+  for (const f of DR_SITE_NODE_FLAGS) assert.ok(argv.indexOf(f) > 0 && argv.indexOf(f) < argv.findIndex((a) => a.endsWith('vfsx.js')), argv.join(' '));
+  assert.deepEqual(missingNodeFlags(['--initial-old-space-size=256', '--max-semi-space-size=16'], ['--initial_old_space_size=64']), ['--max-semi-space-size=16']);
+  assert.deepEqual(missingNodeFlags(['--initial-old-space-size=256'], ['--cpu-prof']), ['--initial-old-space-size=256']);
 });
 
 test('withHugePages adds glibc\'s malloc tunables to GLIBC_TUNABLES once, keeps the rest and every value already set', () => {

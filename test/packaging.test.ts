@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { DR_SITE_NODE_FLAGS, hugePagesSet, missingNodeFlags } from '../src/native/huge-pages';
 import { REPO } from './helpers/service-harness';
 
 const unit = (name: string) => join(REPO, 'packaging', 'systemd', name);
@@ -35,4 +36,12 @@ test('vfsx.service starts before smbd and after Redis; vfsx-replicate.service ru
   assert.match(repl, /^ExecStart=.* replicate --config /m);
   assert.doesNotMatch(serve, /^(Nice|CPUWeight)=/m);
   assert.match(site, /^CapabilityBoundingSet=$/m);
+  // The units start the data movers as they would start themselves again: no restart under systemd.
+  for (const [u, flags] of [[site, DR_SITE_NODE_FLAGS], [repl, []]] as Array<[string, string[]]>) {
+    const exec = /^ExecStart=\/usr\/bin\/node (.*?) ?\/opt\/vfsx\/bin\/vfsx\.js /m.exec(u);
+    assert.ok(exec, 'ExecStart runs node on bin/vfsx.js');
+    assert.deepEqual(missingNodeFlags(flags, exec[1].split(' ').filter(Boolean)), []);
+    const tunables = /^Environment=GLIBC_TUNABLES=(.*)$/m.exec(u)?.[1];
+    assert.ok(tunables !== undefined && hugePagesSet({ GLIBC_TUNABLES: tunables }), tunables ?? 'no GLIBC_TUNABLES');
+  }
 });

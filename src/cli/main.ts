@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
-import { restartWithHugePages } from '../native/huge-pages';
+import { DR_SITE_NODE_FLAGS, restartWithHugePages } from '../native/huge-pages';
 import { siteNamed, sitesOf } from '../config/schema';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
@@ -237,13 +237,14 @@ async function drSite(configFile: string | undefined): Promise<number> {
 let ownProcess = false;
 
 /**
- * The commands that move file data run on huge pages (src/native/huge-pages.ts):
- * when this process is the command, it starts itself again with them first.
+ * The commands that move file data run on huge pages (src/native/huge-pages.ts),
+ * the DR site with a larger first heap limit (`nodeFlags`): when this process
+ * is the command, it starts itself again with them first.
  */
-function hugePages(): void {
+function hugePages(nodeFlags: string[] = []): void {
   if (!ownProcess) return;
   try {
-    restartWithHugePages();
+    restartWithHugePages(nodeFlags);
   } catch (err) {
     process.stderr.write(`vfsx: running without huge pages: ${(err as Error).message}\n`);
   }
@@ -290,7 +291,7 @@ export async function main(argv: string[]): Promise<number> {
       hugePages();
       return replicate(values.config, values.site);
     case 'dr-site':
-      hugePages();
+      hugePages(DR_SITE_NODE_FLAGS);
       if (positionals[1] === 'migrate') return drSiteMigrate(values.config, values.json === true);
       if (positionals[1] !== undefined) {
         process.stderr.write(`vfsx dr-site: unknown subcommand ${positionals[1]}\n\n${HELP}`);

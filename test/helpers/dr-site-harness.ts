@@ -67,7 +67,13 @@ export class DrSiteHarness {
     const host = this.place.host ?? '127.0.0.1';
     await writeFile(cfg, JSON.stringify({ drSite: { host, port: this.port, token: this.token, dataDir: this.dataDir, maxFrameBytes: 16 << 20, ...this.extra } }));
     const from = this.logs.length;
-    const argv = [process.execPath, ...(process.env.VFSX_SITE_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.VFSX_SITE_PROF}`] : []), VFSX_BIN, 'dr-site', '--config', cfg];
+    // VFSX_SITE_PROF=dir writes a CPU profile there; VFSX_CHILD_NODE_ARGS and VFSX_CHILD_NODE_ARGS_DR_SITE
+    // pass other options to node (as the service harness does), e.g. --trace-gc.
+    const nodeArgs = [
+      ...(process.env.VFSX_SITE_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.VFSX_SITE_PROF}`] : []),
+      ...[process.env.VFSX_CHILD_NODE_ARGS, process.env.VFSX_CHILD_NODE_ARGS_DR_SITE].join(' ').split(' ').filter(Boolean),
+    ];
+    const argv = [process.execPath, ...nodeArgs, VFSX_BIN, 'dr-site', '--config', cfg];
     if (this.place.nice !== undefined) argv.unshift('nice', '-n', String(this.place.nice));
     if (this.place.netns) argv.unshift('ip', 'netns', 'exec', this.place.netns);
     const p = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
