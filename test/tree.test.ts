@@ -5,11 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { useWalkFallback } from '../src/native/addon';
+import { readCached, useWalkFallback } from '../src/native/addon';
+import { readBlocks } from '../src/replication/source-tree';
 import { Tree } from '../src/native/tree';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfsx-tree-'));
@@ -77,3 +79,65 @@ for (const mode of ['openat2', 'walk'] as const) {
     }
   });
 }
+
+/** Writes `data` to path durably, then drops its pages from the cache (dd's nocache: posix_fadvise DONTNEED). */
+function coldFile(path: string, data: Buffer): void {
+  writeFileSync(path, data);
+  const fd = openSync(path, 'r+');
+  fsyncSync(fd);
+  closeSync(fd);
+  execFileSync('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
+}
+
+test('readCached reads what the page cache holds without waiting for the disk, and -1 for a file that is not cached', () => {
+  const f = join(dir, 'cached.bin');
+  const data = randomBytes(16 << 10);
+  writeFileSync(f, data);
+  const fd = openSync(f, 'r');
+  try {
+    const buf = Buffer.alloc(data.length);
+    assert.equal(readCached(fd, buf, 0), data.length);
+    assert.deepEqual(buf, data);
+    assert.equal(readCached(fd, Buffer.alloc(10), data.length), 0, 'at the end of the file');
+    assert.equal(readCached(fd, Buffer.alloc(100), data.length - 10), 10, 'a short read at the end');
+  } finally {
+    closeSync(fd);
+  }
+  coldFile(f, data);
+  const cold = openSync(f, 'r');
+  try {
+    assert.equal(readCached(cold, Buffer.alloc(4096), 0), -1, 'not cached: the caller must not wait on the disk');
+  } finally {
+    closeSync(cold);
+  }
+  assert.throws(() => readCached(-1, Buffer.alloc(1), 0), RangeError);
+  assert.throws(() => readCached(0, Buffer.alloc(1), -5), RangeError);
+  assert.throws(() => (readCached as (...a: unknown[]) => number)(0, 'x', 0), TypeError);
+});
+
+test('a small file not in the page cache is read on the thread pool, whole and unchanged', async () => {
+  const root = join(dir, 'coldtree');
+  mkdirSync(root, { recursive: true });
+  const data = randomBytes(40 << 10);
+  coldFile(join(root, 'small.bin'), data);
+  const probe = openSync(join(root, 'small.bin'), 'r');
+  try {
+    assert.equal(readCached(probe, Buffer.alloc(4096), 0), -1, 'the file is cold');
+  } finally {
+    closeSync(probe);
+  }
+  const t = Tree.open(root);
+  try {
+    const sha = async (run: Buffer, bs: number) => {
+      const ids: string[] = [];
+      for (let o = 0; o < run.length; o += bs) ids.push(createHash('sha256').update(run.subarray(o, o + bs)).digest('hex'));
+      return ids;
+    };
+    const fb = await readBlocks(t, 'small.bin', 16 << 10, null, sha);
+    assert.equal(fb.count, 3);
+    assert.deepEqual(Buffer.concat([0, 1, 2].map((i) => (fb.read.get(i) as [string, Buffer])[1])), data);
+    assert.equal(fb.entry.size, data.length);
+  } finally {
+    t.close();
+  }
+});

@@ -3,6 +3,8 @@
 //   tryLock(fd)           -> true | false        (flock LOCK_EX|LOCK_NB)
 //   openAt, statAt, ...   file-tree calls beneath a directory (tree_ops.cc)
 //   execve(file, argv, env)  replaces this process (same PID); returns only on failure
+//   readCached(fd, buf, pos) -> bytes read from the page cache without waiting for
+//                            the disk, -1 when none are cached (preadv2 RWF_NOWAIT)
 // Errors are thrown Node-style: an Error with code, errno and syscall.
 #include <napi.h>
 
@@ -16,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "block_crypto.h"
@@ -36,6 +39,9 @@ Napi::Value ThrowErrno(Napi::Env env, int err, const char *syscall) {
   case EACCES: name = "EACCES"; break;
   case E2BIG: name = "E2BIG"; break;
   case ENOMEM: name = "ENOMEM"; break;
+  case EIO: name = "EIO"; break;
+  case EOPNOTSUPP: name = "EOPNOTSUPP"; break;
+  case EISDIR: name = "EISDIR"; break;
   default: break;
   }
   std::string msg = std::string(name) + ": " + strerror(err) + ", " + syscall;
@@ -112,6 +118,33 @@ Napi::Value SetIoPriority(const Napi::CallbackInfo &info) {
   return env.Undefined();
 }
 
+// preadv2(fd, buf, pos, RWF_NOWAIT): what of the range the page cache holds,
+// read at once; -1 when its first page is not cached (EAGAIN), so the caller
+// reads it on the thread pool instead of stalling its event loop on the
+// disk. A file system without RWF_NOWAIT throws EOPNOTSUPP.
+Napi::Value ReadCached(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 3 || !info[0].IsNumber() || !info[1].IsBuffer() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "readCached(fd, buffer, position)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  double fdv = info[0].As<Napi::Number>().DoubleValue();
+  double pos = info[2].As<Napi::Number>().DoubleValue();
+  if (fdv < 0 || fdv > 0x7fffffff || fdv != static_cast<int>(fdv) || pos < 0 || pos > 9007199254740991.0 || pos != static_cast<double>(static_cast<int64_t>(pos))) {
+    Napi::RangeError::New(env, "readCached: a file descriptor and a position >= 0").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  struct iovec iov = {buf.Data(), buf.Length()};
+  ssize_t n;
+  do {
+    n = preadv2(static_cast<int>(fdv), &iov, 1, static_cast<off_t>(pos), RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n >= 0) return Napi::Number::New(env, static_cast<double>(n));
+  if (errno == EAGAIN) return Napi::Number::New(env, -1);
+  return ThrowErrno(env, errno, "preadv2");
+}
+
 // execve(2) with the same PID: a supervisor (systemd, a test) keeps watching
 // and signalling the process it started. Standard input, output and error
 // stay open (Node marks them close-on-exec), the signal mask is cleared;
@@ -167,6 +200,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setIoPriority", Napi::Function::New(env, SetIoPriority));
   exports.Set("peerCred", Napi::Function::New(env, PeerCred));
   exports.Set("tryLock", Napi::Function::New(env, TryLock));
+  exports.Set("readCached", Napi::Function::New(env, ReadCached));
   vfsx::RegisterTreeOps(env, exports);
   vfsx::RegisterBlockCrypto(env, exports);
   return exports;

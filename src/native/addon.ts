@@ -50,6 +50,7 @@ export interface TreeOps {
 interface AddonExports extends TreeOps {
   peerCred(fd: number): PeerCred;
   tryLock(fd: number): boolean;
+  readCached(fd: number, buf: Buffer, pos: number): number;
   setIoPriority(tid: number, cls: number, level: number): void;
   execve(file: string, argv: string[], env: string[]): never;
   blockIds(key: Buffer, run: Buffer, blockSize: number, async: false): Buffer;
@@ -100,6 +101,17 @@ export function peerCred(fd: number): PeerCred {
 export function tryLock(fd: number): boolean {
   checkFd(fd);
   return addon().tryLock(fd);
+}
+
+/**
+ * Reads into buf at pos what the page cache holds of that range, without
+ * waiting for the disk (preadv2 RWF_NOWAIT): the bytes read (fewer than
+ * asked when only the first pages are cached, 0 at the end of the file),
+ * or -1 when the first page is not cached. Throws EOPNOTSUPP where the
+ * file system cannot read without waiting.
+ */
+export function readCached(fd: number, buf: Buffer, pos: number): number {
+  return addon().readCached(fd, buf, pos);
 }
 
 /** I/O scheduling classes of ioprio_set(2). */
