@@ -15,6 +15,8 @@ import Database from 'better-sqlite3';
 import { MetaStore, segmentHash, SUBTREE_HEADS } from '../src/dr-site/meta-store';
 import { DR_SITE_NODE_FLAGS, hugePagesSet, missingNodeFlags, thpMode, withHugePages } from '../src/native/huge-pages';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
+import { restoreShare } from '../src/operator/restore';
+import type { SiteClient } from '../src/site-link/site-client';
 import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
 import { waitFor } from './helpers/wait-for';
@@ -610,6 +612,50 @@ test('vfsx dr-site starts itself again on huge pages: the same PID, the tunables
   }
   const huge = Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync(`/proc/${site.pid}/smaps_rollup`, 'utf8'))?.[1]);
   assert.ok(huge > 0, `AnonHugePages ${huge} kB`);
+});
+
+test('object.list carries the block lists of files of up to blocksUpTo blocks; restore then fetches a small file in one round trip', async () => {
+  const bucket = 'listed';
+  await c.call('bucket.ensure', { bucket });
+  const bs = 65536;
+  const small = randomBytes(bs + 100); // 2 blocks
+  const large = randomBytes(6 * bs - 10); // 6 blocks
+  const cut = (d: Buffer) => Array.from({ length: Math.ceil(d.length / bs) }, (_, i) => d.subarray(i * bs, (i + 1) * bs));
+  await c.putBlocks([...cut(small), ...cut(large)]);
+  const ids = (d: Buffer) => cut(d).map((b) => blockHash(b));
+  await c.call('object.commit', { bucket, path: 'empty', kind: 'file', meta: { mode: 0o600 }, size: 0, blockSize: bs, blocks: [] });
+  await c.call('object.commit', { bucket, path: 'small.bin', kind: 'file', meta: { mode: 0o600 }, size: small.length, blockSize: bs, blocks: ids(small) });
+  await c.call('object.commit', { bucket, path: 'large.bin', kind: 'file', meta: { mode: 0o600 }, size: large.length, blockSize: bs, blocks: ids(large) });
+  await c.call('object.commit', { bucket, path: 'd', kind: 'dir', meta: { mode: 0o700 } });
+  const listed = async (params: object) => Object.fromEntries((await c.call<Array<{ path: string; blocks?: string[] }>>('object.list', { bucket, ...params })).map((o) => [o.path, o.blocks]));
+  assert.deepEqual(await listed({ blocksUpTo: 2 }), { empty: [], 'small.bin': ids(small), 'large.bin': undefined, d: undefined });
+  assert.deepEqual(await listed({ blocksUpTo: 0 }), { empty: [], 'small.bin': undefined, 'large.bin': undefined, d: undefined });
+  assert.deepEqual(await listed({}), { empty: undefined, 'small.bin': undefined, 'large.bin': undefined, d: undefined });
+  assert.deepEqual((await listed({ blocks: true }))['large.bin'], ids(large));
+  for (const bad of [-1, 1025, 1.5, 'x']) assert.equal((await rpcError(c.call('object.list', { bucket, blocksUpTo: bad }))).code, -32602, String(bad));
+
+  // Restore through a client that counts its calls; then as against a site from before blocksUpTo.
+  for (const oldSite of [false, true]) {
+    const calls: string[] = [];
+    const counting = Object.create(c) as SiteClient;
+    counting.call = async <T>(method: string, params: unknown): Promise<T> => {
+      calls.push(method);
+      if (oldSite && method === 'object.list' && (params as { blocksUpTo?: number }).blocksUpTo !== undefined) throw new DrRpcError(-32602, 'params: unknown property blocksUpTo');
+      return c.call<T>(method, params);
+    };
+    const dest = mkdtempSync(join(tmpdir(), 'vfsx-listed-'));
+    try {
+      const p = await restoreShare(counting, bucket, dest);
+      assert.deepEqual([p.failed, p.refused], [[], []]);
+      assert.deepEqual(readFileSync(join(dest, 'small.bin')), small);
+      assert.deepEqual(readFileSync(join(dest, 'large.bin')), large);
+      assert.equal(readFileSync(join(dest, 'empty')).length, 0);
+      // Only the large file is stat'ed when the listing carries the small ones' blocks; every file otherwise.
+      assert.equal(calls.filter((m) => m === 'object.stat').length, oldSite ? 3 : 1, calls.join(' '));
+    } finally {
+      rmSync(dest, { recursive: true, force: true });
+    }
+  }
 });
 
 test('vfsx dr-site starts itself again with its heap flags (the same PID); an option already given stands', () => {

@@ -166,8 +166,9 @@ export class DrSiteMethods {
       }
       case 'object.list': {
         const prefix = p.prefix === undefined || p.prefix === '' ? undefined : checkObjectPath(p.prefix);
-        const withBlocks = p.blocks === true;
-        return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v, withBlocks && v.kind === 'file' ? this.meta.blocksOf(v) : undefined)) };
+        const upTo = p.blocks === true ? Infinity : typeof p.blocksUpTo === 'number' ? p.blocksUpTo : -1;
+        const withBlocks = (v: ObjectVersion) => v.kind === 'file' && (v.blockSize > 0 ? Math.ceil(v.size / v.blockSize) : 0) <= upTo;
+        return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v, withBlocks(v) ? this.meta.blocksOf(v) : undefined)) };
       }
       case 'object.versions':
         return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };

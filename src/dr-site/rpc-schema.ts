@@ -76,7 +76,8 @@ export const RPC_PARAMS: Record<string, object> = {
   /** With segments (indexes): the file's segment list and the block lists of those segments. */
   'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' }, segments: { type: 'array', maxItems: 1024, items: { type: 'integer', minimum: 0 } } }, ['bucket', 'path']),
   /** With blocks: every file's block list too (a content verify in one call). */
-  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 16384 }, blocks: { type: 'boolean' } }, ['bucket']),
+  // blocksUpTo: each file of at most that many blocks comes with its block list (blocks: every file's).
+  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 16384 }, blocks: { type: 'boolean' }, blocksUpTo: { type: 'integer', minimum: 0, maximum: 1024 } }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),
   /** The repository: format, whether encrypted, its key records (passphrase-wrapped, safe to hand out). */
   'repo.info': obj({}, []),

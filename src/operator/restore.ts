@@ -42,6 +42,8 @@ interface SiteObject {
   size: number;
   target: string | null;
   meta: { mode?: number; uid?: number; gid?: number; mtimeNs?: string; xattrs?: Record<string, string> };
+  /** A small file's block list, when the listing carried it (see LISTED_BLOCKS). */
+  blocks?: unknown;
 }
 
 export interface RestoreProgress {
@@ -65,8 +67,26 @@ export interface RestoreOptions {
 }
 
 const BLOCKS_PER_GET = 64;
-/** Files restored at once. */
-const FILES_AT_ONCE = 8;
+/**
+ * The listing carries the block list of each file of up to this many blocks
+ * (256 KiB at 64 KiB blocks), so a small file costs one round trip (its
+ * blocks), not two (object.stat, then its blocks): restoring 2,000 x 4 KiB
+ * took 1.30-1.41 s against 1.45-1.69 s, with a quarter less CPU in the
+ * restorer and at the site. Larger files are stat'ed on their turn: a
+ * listing of every block id of a large share would not fit in memory.
+ */
+const LISTED_BLOCKS = 4;
+const INVALID_PARAMS = -32602;
+/**
+ * Files restored at once: small ones (their blocks listed) up to
+ * FILES_AT_ONCE, their fsyncs sharing the file system's journal commits;
+ * of the others, each holding up to BLOCKS_PER_GET blocks in memory, at
+ * most LARGE_FILES_AT_ONCE. 2,000 x 4 KiB restored in 1.08-1.29 s with 32
+ * at once against 1.28-1.50 s with 8 (interleaved, caches dropped); 64
+ * was no faster than 32.
+ */
+const FILES_AT_ONCE = 32;
+const LARGE_FILES_AT_ONCE = 8;
 /**
  * What the destination says about one object (something in the way, a name
  * it cannot hold): that object is refused and the restore goes on. Anything
@@ -94,7 +114,7 @@ export async function restoreShare(site: SiteClient, bucket: string, dest: strin
   if (!o.force && readdirSync(root).length > 0) {
     throw new VfsxError('VFSX_ERR_RESTORE_DEST_NOT_EMPTY', `${root} is not empty: restore into an empty directory, or pass --force to replace what is there`);
   }
-  const listed = await site.call<SiteObject[]>('object.list', o.at === undefined ? { bucket } : { bucket, at: o.at });
+  const listed = await listObjects(site, o.at === undefined ? { bucket } : { bucket, at: o.at });
   if (!Array.isArray(listed)) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list did not answer a list');
   const tree = Tree.open(root);
   try {
@@ -106,6 +126,18 @@ export async function restoreShare(site: SiteClient, bucket: string, dest: strin
     tree.close();
   }
 }
+
+/** The bucket's objects, small files with their block lists; a site from before blocksUpTo lists them without. */
+async function listObjects(site: SiteClient, params: { bucket: string; at?: number }): Promise<SiteObject[]> {
+  try {
+    return await site.call<SiteObject[]>('object.list', { ...params, blocksUpTo: LISTED_BLOCKS });
+  } catch (err) {
+    if (!(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
+  }
+  return site.call<SiteObject[]>('object.list', params);
+}
+
+const isBlockList = (b: unknown): b is string[] => Array.isArray(b) && b.every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h));
 
 class Restore {
   private readonly progress: RestoreProgress = { objects: 0, done: 0, bytes: 0, warnings: [], refused: [], failed: [] };
@@ -124,9 +156,10 @@ class Restore {
     this.progress.objects = listed.length;
     const dirs: SiteObject[] = [];
     const links: SiteObject[] = [];
-    // Files are fetched FILES_AT_ONCE at a time (a round trip each would otherwise add up);
+    // Files are fetched several at a time (a round trip each would otherwise add up);
     // directories are made in listing order before anything below them starts.
     const inflight = new Set<Promise<void>>();
+    const large = new Set<Promise<void>>();
     let fatal: { err: unknown } | null = null;
     for (const obj of objects) {
       if (fatal) break;
@@ -148,9 +181,13 @@ class Restore {
         await this.file(obj);
       }).catch((err: unknown) => {
         fatal ??= { err };
-      }).finally(() => inflight.delete(p));
+      }).finally(() => {
+        inflight.delete(p);
+        large.delete(p);
+      });
       inflight.add(p);
-      if (inflight.size >= FILES_AT_ONCE) await Promise.race(inflight);
+      if (!(isBlockList(obj.blocks) && obj.blocks.length <= LISTED_BLOCKS)) large.add(p);
+      while (inflight.size >= FILES_AT_ONCE || large.size >= LARGE_FILES_AT_ONCE) await Promise.race(large.size >= LARGE_FILES_AT_ONCE ? large : inflight);
     }
     await Promise.all(inflight);
     if (fatal) throw (fatal as { err: unknown }).err;
@@ -243,9 +280,12 @@ class Restore {
   /** Writes a file to a temp name beneath its directory, checks every block, applies metadata, renames. */
   private async file(obj: SiteObject): Promise<void> {
     const where = this.o.at === undefined ? { bucket: this.bucket, path: obj.path } : { bucket: this.bucket, path: obj.path, at: this.o.at };
-    const st = await this.site.call<{ size?: unknown; blocks?: unknown; meta?: unknown } | null>('object.stat', { ...where, blocks: true });
+    // A small file's version came whole in the listing (an encrypted repository checked its block
+    // list against its sealed metadata there); any other is asked for now.
+    const st: { size?: unknown; blocks?: unknown; meta?: unknown } | null = obj.blocks !== undefined
+      ? obj : await this.site.call<{ size?: unknown; blocks?: unknown; meta?: unknown } | null>('object.stat', { ...where, blocks: true });
     const blocks = st?.blocks;
-    if (!st || !Array.isArray(blocks) || !blocks.every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h)) || st.size !== obj.size) {
+    if (!st || !isBlockList(blocks) || st.size !== obj.size) {
       throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the DR site does not describe this file consistently');
     }
     const tmp = this.tmpName(obj.path);

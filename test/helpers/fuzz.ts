@@ -277,7 +277,8 @@ function hostileObjects(r: Rng, blocks: Map<string, Buffer>, sandbox: string): u
       // Targets point into the sandbox, never at the real system: a broken restore must not harm the machine running the fuzzer.
       target: r.pick([sandbox, join(sandbox, 'outside'), '..', '../..', '../../..', 'a', '', null, 5]),
       meta: r.int(8) === 0 ? hostileValue(r) : { mode: r.pick([0o644, 0o4755, 0o777, -1, 1e10]), uid: r.pick([0, 65534, -5]), gid: 0, mtimeNs: r.pick(['1700000000000000000', 'x', '-1', '99999999999999999999']), xattrs: r.int(3) === 0 ? { 'user.x': 'eA==', 'trusted.y': '!!' } : undefined },
-      blocks: [h],
+      // The listing may carry a file's blocks (restore then skips its stat): sometimes hostile ones.
+      blocks: r.pick([[h], [h], [h, h], [], hostileValue(r), ['zz'], undefined]),
     });
   }
   return out;
