@@ -59,10 +59,10 @@ export function hugePagesSet(env: NodeJS.ProcessEnv = process.env): boolean {
  * frame it receives is a 4 MiB buffer outside that heap whose size V8
  * weighs against the limit, so a 256 MiB upload cost some 30 full
  * collections (plus concurrent marking and sweeping: a fifth of the site's
- * CPU in perf). With this flag it cost 8, and the site's user CPU per
+ * CPU in perf). With this flag it cost 4-8, and the site's user CPU per
  * 256 MiB fell from a median of 0.78 s to 0.50 s (4 interleaved rounds
  * each; 128 MiB gave 0.56 s). The price: its resident peak rose by about
- * 40 MiB (median 210 to 224 MiB; src/native/huge-pages.ts keeps up to
+ * 40 MiB (median 210 to 224 MiB; the malloc tunables above keep up to
  * 128 MiB of freed heap anyway).
  */
 export const DR_SITE_NODE_FLAGS = ['--initial-old-space-size=256'];
