@@ -17,7 +17,7 @@ import { join, relative, dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { restartWithHugePages } from '../src/native/huge-pages';
+import { restartWithTunables } from '../src/native/malloc-tunables';
 import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/operator/restore';
 import { SiteSync } from '../src/replication/site-sync';
@@ -66,7 +66,7 @@ async function sdkGet(s3: S3Client, target: S3Target, src: string, dest: string)
 }
 
 async function main(): Promise<void> {
-  restartWithHugePages(); // this process does the work of vfsx replicate and vfsx restore, which run on huge pages
+  restartWithTunables(); // this process does the work of vfsx replicate and vfsx restore, which run with these malloc tunables
 
   const work = await mkdtemp(join(tmpdir(), 'vfsx-cbench-'));
   const ceph = await CephHarness.start();

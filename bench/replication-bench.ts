@@ -15,7 +15,7 @@ import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { restartWithHugePages } from '../src/native/huge-pages';
+import { restartWithTunables } from '../src/native/malloc-tunables';
 import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/operator/restore';
 import { SiteSync } from '../src/replication/site-sync';
@@ -78,7 +78,7 @@ function rsyncRound(src: string, dst: string, fsync: boolean): number {
 }
 
 async function main(): Promise<void> {
-  restartWithHugePages(); // this process does the work of vfsx replicate and vfsx restore, which run on huge pages
+  restartWithTunables(); // this process does the work of vfsx replicate and vfsx restore, which run with these malloc tunables
 
   const work = await mkdtemp(join(tmpdir(), 'vfsx-rbench-'));
   const site = await DrSiteHarness.start({ maxFrameBytes: 64 << 20 });

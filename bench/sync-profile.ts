@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { restartWithHugePages } from '../src/native/huge-pages';
+import { restartWithTunables } from '../src/native/malloc-tunables';
 import { Tree } from '../src/native/tree';
 import { SiteSync } from '../src/replication/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
@@ -23,7 +23,7 @@ function cpuOf(pid: number): { user: number; sys: number } {
 }
 
 async function main(): Promise<void> {
-  restartWithHugePages(); // this process does the work of vfsx replicate and vfsx restore, which run on huge pages
+  restartWithTunables(); // this process does the work of vfsx replicate and vfsx restore, which run with these malloc tunables
 
   const rounds = Number(process.argv[2] ?? 3);
   const encrypt = process.argv[3] !== 'plain';

@@ -13,7 +13,7 @@ import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import Database from 'better-sqlite3';
 import { MetaStore, segmentHash, SUBTREE_HEADS } from '../src/dr-site/meta-store';
-import { DR_SITE_NODE_FLAGS, hugePagesSet, missingNodeFlags, thpMode, withHugePages } from '../src/native/huge-pages';
+import { DR_SITE_NODE_FLAGS, HUGE_PAGES_TUNABLE, MALLOC_TUNABLES, mallocTunablesSet, missingNodeFlags, thpMode, wantedTunables, withMallocTunables } from '../src/native/malloc-tunables';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
 import { restoreShare } from '../src/operator/restore';
 import type { SiteClient } from '../src/site-link/site-client';
@@ -595,23 +595,61 @@ test('vfsx dr-site migrate moves a stopped v1 site into packs with progress, and
   }
 });
 
-test('vfsx dr-site starts itself again on huge pages: the same PID, the tunables set, its heap on THP after a large put', async (t) => {
+/** AnonHugePages of a process, in kB. */
+function anonHugeKb(pid: number | undefined): number {
+  return Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1]);
+}
+
+/** GLIBC_TUNABLES as a process sees it (glibc 2.36 rewrites the variable as it parses it and leaves only its first tunable visible). */
+function visibleTunables(pid: number | undefined): string[] {
+  return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter((e) => e.startsWith('GLIBC_TUNABLES='));
+}
+
+async function put16MiB(k: DrClient): Promise<void> {
+  for (let i = 0; i < 4; i++) { // 4 x 4 MiB
+    const blocks = Array.from({ length: 64 }, () => randomBytes(64 << 10));
+    assert.equal(await k.putBlocks(blocks), 64);
+  }
+}
+
+test('vfsx dr-site starts itself again with the malloc tunables (the same PID) and, by default, its heap off huge pages', async () => {
+  // The harness spawned `node bin/vfsx.js dr-site` without them: the PID it holds must now run with them.
+  const seen = visibleTunables(site.pid);
+  assert.ok(seen.some((e) => e.startsWith(`GLIBC_TUNABLES=${MALLOC_TUNABLES[0]}`)), seen.join(' ') || 'no GLIBC_TUNABLES');
+  assert.match(readFileSync(`/proc/${site.pid}/cmdline`, 'utf8'), /vfsx\.js\0dr-site\0/);
+  await put16MiB(c);
+  // Under "madvise" only glibc's hugetlb tunable puts its heap on huge pages ("always" gives them to every process).
+  if (thpMode() === 'madvise') assert.equal(anonHugeKb(site.pid), 0);
+});
+
+test('VFSX_HUGE_PAGES=1 puts the site\'s heap on transparent huge pages', async (t) => {
   const mode = thpMode();
   if (mode !== 'always' && mode !== 'madvise') {
     t.skip(`the kernel offers no transparent huge pages (${mode ?? 'none'})`);
     return;
   }
-  // The harness spawned `node bin/vfsx.js dr-site` without the tunable: the PID it holds must now run with it.
-  const environ = readFileSync(`/proc/${site.pid}/environ`, 'utf8').split('\0');
-  // (glibc 2.36 rewrites the variable as it parses it and leaves only its first tunable visible here.)
-  assert.ok(environ.some((e) => e.startsWith('GLIBC_TUNABLES=glibc.malloc.hugetlb=1')), environ.filter((e) => e.startsWith('GLIBC')).join(' ') || 'no GLIBC_TUNABLES');
-  assert.match(readFileSync(`/proc/${site.pid}/cmdline`, 'utf8'), /vfsx\.js\0dr-site\0/);
-  for (let i = 0; i < 4; i++) { // 4 x 4 MiB
-    const blocks = Array.from({ length: 64 }, () => randomBytes(64 << 10));
-    assert.equal(await c.putBlocks(blocks), 64);
+  const before = process.env.VFSX_HUGE_PAGES;
+  process.env.VFSX_HUGE_PAGES = '1';
+  let h: DrSiteHarness;
+  try {
+    h = await DrSiteHarness.start();
+  } finally {
+    if (before === undefined) delete process.env.VFSX_HUGE_PAGES;
+    else process.env.VFSX_HUGE_PAGES = before;
   }
-  const huge = Number(/AnonHugePages:\s+(\d+) kB/.exec(readFileSync(`/proc/${site.pid}/smaps_rollup`, 'utf8'))?.[1]);
-  assert.ok(huge > 0, `AnonHugePages ${huge} kB`);
+  try {
+    const seen = visibleTunables(h.pid);
+    assert.ok(seen.some((e) => e.startsWith(`GLIBC_TUNABLES=${HUGE_PAGES_TUNABLE}`)), seen.join(' ') || 'no GLIBC_TUNABLES');
+    const k = await h.client();
+    try {
+      await put16MiB(k);
+    } finally {
+      k.close();
+    }
+    assert.ok(anonHugeKb(h.pid) > 0, `AnonHugePages ${anonHugeKb(h.pid)} kB`);
+  } finally {
+    await h.destroy();
+  }
 });
 
 test('object.list carries the block lists of files of up to blocksUpTo blocks; restore then fetches a small file in one round trip', async () => {
@@ -666,17 +704,24 @@ test('vfsx dr-site starts itself again with its heap flags (the same PID); an op
   assert.deepEqual(missingNodeFlags(['--initial-old-space-size=256'], ['--cpu-prof']), ['--initial-old-space-size=256']);
 });
 
-test('withHugePages adds glibc\'s malloc tunables to GLIBC_TUNABLES once, keeps the rest and every value already set', () => {
-  const all = 'glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728';
-  assert.equal(withHugePages({}).GLIBC_TUNABLES, all);
-  assert.equal(withHugePages({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }).GLIBC_TUNABLES, `glibc.malloc.arena_max=2:${all}`);
+test('withMallocTunables adds glibc\'s malloc tunables to GLIBC_TUNABLES once, keeps the rest and every value already set', () => {
+  const all = 'glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728';
+  assert.equal(withMallocTunables({}).GLIBC_TUNABLES, all);
+  assert.equal(withMallocTunables({}, [HUGE_PAGES_TUNABLE, ...MALLOC_TUNABLES]).GLIBC_TUNABLES, `glibc.malloc.hugetlb=1:${all}`);
+  assert.equal(withMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }).GLIBC_TUNABLES, `glibc.malloc.arena_max=2:${all}`);
   const own = { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=0', X: '1' };
-  // The admin's own hugetlb choice stands; the thresholds are added beside it.
-  assert.equal(withHugePages(own).GLIBC_TUNABLES, 'glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728');
-  assert.equal(hugePagesSet(own), false);
-  const set = { GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=1:glibc.malloc.hugetlb=0:glibc.malloc.mmap_threshold=2' };
-  assert.equal(withHugePages(set), set);
-  assert.equal(hugePagesSet(set), true);
-  assert.equal(hugePagesSet({ PATH: '/bin' }), false);
-  assert.equal(withHugePages(withHugePages({})).GLIBC_TUNABLES, all, 'added once');
+  // The admin's own hugetlb choice stands, even when huge pages are asked for; the thresholds are added beside it.
+  assert.equal(withMallocTunables(own, [HUGE_PAGES_TUNABLE, ...MALLOC_TUNABLES]).GLIBC_TUNABLES, `glibc.malloc.hugetlb=0:${all}`);
+  assert.equal(mallocTunablesSet(own), false);
+  const set = { GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=1:glibc.malloc.mmap_threshold=2' };
+  assert.equal(withMallocTunables(set), set);
+  assert.equal(mallocTunablesSet(set), true);
+  assert.equal(mallocTunablesSet(set, [HUGE_PAGES_TUNABLE, ...MALLOC_TUNABLES]), false);
+  assert.equal(mallocTunablesSet({ PATH: '/bin' }), false);
+  assert.equal(withMallocTunables(withMallocTunables({})).GLIBC_TUNABLES, all, 'added once');
+  // Huge pages only when asked for and the kernel has them.
+  assert.deepEqual(wantedTunables({}), MALLOC_TUNABLES);
+  assert.deepEqual(wantedTunables({ VFSX_HUGE_PAGES: '0' }), MALLOC_TUNABLES);
+  const thp = thpMode() === 'always' || thpMode() === 'madvise';
+  assert.deepEqual(wantedTunables({ VFSX_HUGE_PAGES: '1' }), thp ? [HUGE_PAGES_TUNABLE, ...MALLOC_TUNABLES] : MALLOC_TUNABLES);
 });

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { DR_SITE_NODE_FLAGS, hugePagesSet, missingNodeFlags } from '../src/native/huge-pages';
+import { DR_SITE_NODE_FLAGS, mallocTunablesSet, missingNodeFlags } from '../src/native/malloc-tunables';
 import { REPO } from './helpers/service-harness';
 
 const unit = (name: string) => join(REPO, 'packaging', 'systemd', name);
@@ -42,6 +42,7 @@ test('vfsx.service starts before smbd and after Redis; vfsx-replicate.service ru
     assert.ok(exec, 'ExecStart runs node on bin/vfsx.js');
     assert.deepEqual(missingNodeFlags(flags, exec[1].split(' ').filter(Boolean)), []);
     const tunables = /^Environment=GLIBC_TUNABLES=(.*)$/m.exec(u)?.[1];
-    assert.ok(tunables !== undefined && hugePagesSet({ GLIBC_TUNABLES: tunables }), tunables ?? 'no GLIBC_TUNABLES');
+    assert.ok(tunables !== undefined && mallocTunablesSet({ GLIBC_TUNABLES: tunables }), tunables ?? 'no GLIBC_TUNABLES');
+    assert.doesNotMatch(tunables, /hugetlb=1/, 'huge pages are opt-in (VFSX_HUGE_PAGES=1)');
   }
 });

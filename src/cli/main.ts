@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfig } from '../config/load-config';
 import { VfsxError } from '../errors/vfsx-error';
-import { DR_SITE_NODE_FLAGS, restartWithHugePages } from '../native/huge-pages';
+import { DR_SITE_NODE_FLAGS, restartWithTunables } from '../native/malloc-tunables';
 import { siteNamed, sitesOf } from '../config/schema';
 
 const HELP = `vfsx - Samba VFS bridge sidecar for disaster recovery
@@ -237,16 +237,17 @@ async function drSite(configFile: string | undefined): Promise<number> {
 let ownProcess = false;
 
 /**
- * The commands that move file data run on huge pages (src/native/huge-pages.ts),
- * the DR site with a larger first heap limit (`nodeFlags`): when this process
- * is the command, it starts itself again with them first.
+ * The commands that move file data run with glibc's malloc tunables
+ * (src/native/malloc-tunables.ts), the DR site with a larger first heap
+ * limit (`nodeFlags`): when this process is the command, it starts itself
+ * again with them first.
  */
-function hugePages(nodeFlags: string[] = []): void {
+function tunables(nodeFlags: string[] = []): void {
   if (!ownProcess) return;
   try {
-    restartWithHugePages(nodeFlags);
+    restartWithTunables(nodeFlags);
   } catch (err) {
-    process.stderr.write(`vfsx: running without huge pages: ${(err as Error).message}\n`);
+    process.stderr.write(`vfsx: running without its malloc tunables: ${(err as Error).message}\n`);
   }
 }
 
@@ -288,10 +289,10 @@ export async function main(argv: string[]): Promise<number> {
     case 'serve':
       return serve(values.config);
     case 'replicate':
-      hugePages();
+      tunables();
       return replicate(values.config, values.site);
     case 'dr-site':
-      hugePages(DR_SITE_NODE_FLAGS);
+      tunables(DR_SITE_NODE_FLAGS);
       if (positionals[1] === 'migrate') return drSiteMigrate(values.config, values.json === true);
       if (positionals[1] !== undefined) {
         process.stderr.write(`vfsx dr-site: unknown subcommand ${positionals[1]}\n\n${HELP}`);
@@ -306,7 +307,7 @@ export async function main(argv: string[]): Promise<number> {
         process.stderr.write(`vfsx ${command}: missing ${share ? 'DEST' : 'SHARE'}\n\n${HELP}`);
         return 2;
       }
-      hugePages();
+      tunables();
       const cfg = loadConfig(values.config);
       const o = {
         json: values.json === true, source: values.source, at: values.at,
