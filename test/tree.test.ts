@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { readCached, useWalkFallback } from '../src/native/addon';
-import { readBlocks } from '../src/replication/source-tree';
+import { readBlocks, streamBlocks } from '../src/replication/source-tree';
+import { Slots } from '../src/replication/slots';
 import { Tree } from '../src/native/tree';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfsx-tree-'));
@@ -137,6 +138,72 @@ test('a small file not in the page cache is read on the thread pool, whole and u
     assert.equal(fb.count, 3);
     assert.deepEqual(Buffer.concat([0, 1, 2].map((i) => (fb.read.get(i) as [string, Buffer])[1])), data);
     assert.equal(fb.entry.size, data.length);
+  } finally {
+    t.close();
+  }
+});
+
+test('Slots: units taken in order, a large request not overtaken, given back once, at most the capacity', async () => {
+  const s = new Slots(10);
+  const order: string[] = [];
+  const a = await s.acquire(6);
+  const big = s.acquire(8).then((r) => { order.push('big'); return r; });
+  const small = s.acquire(2).then((r) => { order.push('small'); return r; });
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(order, [], '4 units are free, but the 8 waits first in line and the 2 behind it');
+  a();
+  a(); // given back once only
+  const rb = await big;
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(order, ['big', 'small']);
+  rb();
+  const rs = await small;
+  rs();
+  const all = await s.acquire(25); // more than the capacity takes all of it
+  let more = false;
+  const next = s.acquire(1).then((r) => { more = true; return r; });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(more, false);
+  all();
+  (await next)();
+});
+
+test('streamBlocks: files streamed at once share one memory budget, which comes back when a chunk is handled or fails', { timeout: 60000 }, async () => {
+  const root = join(dir, 'budget');
+  mkdirSync(root, { recursive: true });
+  for (const f of ['a', 'b', 'c']) writeFileSync(join(root, f), randomBytes(6 << 20));
+  const t = Tree.open(root);
+  const budget = new Slots(2 << 20); // one chunk's reservation
+  const sha = async (run: Buffer, bs: number) => {
+    const ids: string[] = [];
+    for (let o = 0; o < run.length; o += bs) ids.push(createHash('sha256').update(run.subarray(o, o + bs)).digest('hex'));
+    return ids;
+  };
+  try {
+    // 1 MiB chunks (each holds up to 2 MiB of the budget: a chunk ends at the run that fills it), handled slowly.
+    let out = 0;
+    let peak = 0;
+    const got = new Map<string, Buffer[]>();
+    const handle = (f: string) => async (chunk: Array<[number, string, Buffer]>) => {
+      const bytes = chunk.reduce((n, [, , b]) => n + b.length, 0);
+      out += bytes;
+      peak = Math.max(peak, out);
+      await new Promise((r) => setTimeout(r, 5));
+      out -= bytes;
+      got.set(f, [...(got.get(f) ?? []), ...chunk.map(([, , b]) => b)]);
+    };
+    await Promise.all(['a', 'b', 'c'].map((f) => streamBlocks(t, f, 64 << 10, null, sha, handle(f), 1 << 20, budget)));
+    for (const f of ['a', 'b', 'c']) assert.deepEqual(Buffer.concat(got.get(f) ?? []), readFileSync(join(root, f)), f);
+    assert.ok(peak > 0 && peak <= 2 << 20, `peak ${peak} bytes handed over at once`);
+    // Without the budget the three files hold more at once: the test can tell.
+    peak = 0;
+    await Promise.all(['a', 'b', 'c'].map((f) => streamBlocks(t, f, 64 << 10, null, sha, handle(f), 1 << 20)));
+    assert.ok(peak > 2 << 20, `peak ${peak} bytes without a budget`);
+    // A chunk whose handling fails gives its bytes back, and so does the chunk read after it.
+    await assert.rejects(streamBlocks(t, 'a', 64 << 10, null, sha, async () => { throw new Error('site gone'); }, 1 << 20, budget), /site gone/);
+    const whole = await Promise.race([budget.acquire(2 << 20), new Promise<null>((r) => setTimeout(() => r(null), 1000))]);
+    assert.ok(whole, 'the whole budget is free again');
+    whole();
   } finally {
     t.close();
   }

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { getAttribute, listAttributes } from 'fs-xattr';
 import { VfsxError } from '../errors/vfsx-error';
 import { readCached } from '../native/addon';
+import type { Slots } from './slots';
 import type { Tree, TreeEntry } from '../native/tree';
 
 const fstatAsync = promisify(fstat) as (fd: number, o: { bigint: true }) => Promise<BigIntStats>;
@@ -102,13 +103,17 @@ export interface FileIds {
  * readBlocks for files of any size: the blocks are handed to `onChunk`
  * about `chunkBytes` at a time, in order, and only their ids are kept.
  * The next chunk is read while the last one is handled, so reading
- * overlaps sending and memory stays at two chunks. A file that changes
- * while it is read is torn (after its chunks were handed over: what was
- * sent of it is then orphaned blocks, which retention frees).
+ * overlaps sending and memory stays at two chunks. With `memory`, every
+ * chunk also holds its bytes of that budget from its first read until it
+ * has been handled, so the files streamed at once share it (the budget is
+ * only ever awaited before a read, never by a chunk being handled: its
+ * holders always finish). A file that changes while it is
+ * read is torn (after its chunks were handed over: what was sent of it is
+ * then orphaned blocks, which retention frees).
  */
 export async function streamBlocks(
   tree: Tree, rel: string, blockSize: number, which: Set<number> | null, idsOf: IdsOf,
-  onChunk: (chunk: Array<[number, string, Buffer]>) => Promise<void>, chunkBytes = 16 << 20,
+  onChunk: (chunk: Array<[number, string, Buffer]>) => Promise<void>, chunkBytes = CHUNK_BYTES, memory: Slots | null = null,
 ): Promise<FileIds> {
   let fd: number;
   try {
@@ -119,6 +124,8 @@ export async function streamBlocks(
     throw err;
   }
   let handling: Promise<void> = Promise.resolve();
+  /** Gives back the budget of the chunk being read (null: none taken yet, or no `memory`). */
+  let held: (() => void) | null = null;
   try {
     // Small files are read by the event loop when cached (see SMALL_READ_MAX), large ones on the thread pool.
     const before = fstatSync(fd, { bigint: true });
@@ -131,9 +138,12 @@ export async function streamBlocks(
     const handOver = async () => {
       await handling; // one chunk handled while the next is read
       const c = chunk;
+      const done = held;
       chunk = [];
       bytes = 0;
+      held = null;
       handling = onChunk(c);
+      if (done) void handling.then(done, done); // the chunk's budget comes back once it is handled, however that ends
       handling.catch(() => undefined); // observed now, awaited (and thrown) at the next hand-over
     };
     for (let i = 0; i < count;) {
@@ -145,6 +155,11 @@ export async function streamBlocks(
       // round trip and a disk request per 64 KiB block would leave the disk waiting).
       let n = 1;
       while (i + n < count && n * blockSize < READ_RUN && (!which || which.has(i + n))) n++;
+      if (memory && held === null) {
+        // What this chunk will hold: a chunk ends at the first run that takes it to chunkBytes.
+        const left = which ? which.size * blockSize : size - i * blockSize;
+        held = await memory.acquire(Math.min(left, chunkBytes + READ_RUN));
+      }
       const start = i * blockSize;
       const runLen = Math.min(n * blockSize, size - start);
       const run = Buffer.allocUnsafe(runLen);
@@ -170,9 +185,13 @@ export async function streamBlocks(
     await handling.catch(() => undefined); // a chunk still being handled must not fail unobserved
     throw err;
   } finally {
+    held?.(); // a chunk read in part and never handed over
     closeSync(fd);
   }
 }
+
+/** Bytes handed over per chunk by streamBlocks. */
+export const CHUNK_BYTES = 16 << 20;
 
 /** Bytes read per call when neighbouring blocks are wanted. */
 const READ_RUN = 1 << 20;
