@@ -6,7 +6,9 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { formatRate, parseRate, Schedule } from '../src/config/bwlimit';
-import { Bandwidth } from '../src/site-link/bandwidth';
+import { createServer, type AddressInfo } from 'node:net';
+import { Bandwidth, bwlimitOverride } from '../src/site-link/bandwidth';
+import { redisHealth } from '../src/journal/redis-connection';
 import { validateConfig } from '../src/config/load-config';
 
 test('rates: units are powers of 1024, off is no limit, nonsense is refused', () => {
@@ -95,4 +97,19 @@ test('a limit paces bytes at its rate, follows an override while sending, and le
   } finally {
     bw.close();
   }
+});
+
+test('a command that asks an unreachable Redis leaves no timer behind: it exits when its work is done', async () => {
+  // A port nothing listens on.
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timers();
+  const cfg = validateConfig({ redis: { host: '127.0.0.1', port } });
+  await assert.rejects(bwlimitOverride(cfg.redis));
+  assert.equal((await redisHealth(cfg.redis)).reachable, false);
+  // ioredis's disconnect() on a socket that had closed already left a 2 s timer holding the process.
+  assert.equal(timers(), before, process.getActiveResourcesInfo().join(' '));
 });

@@ -102,6 +102,17 @@ export function stateKeys(prefix: string, site = DEFAULT_SITE): StateKeys {
   };
 }
 
+/**
+ * Closes a client at once. ioredis's disconnect() arms a 2 s timer
+ * (disconnectTimeout) that only its socket's 'close' event clears, and a
+ * socket that closed already (Redis refused or went away) never sends it
+ * again: `vfsx resync` and `vfsx doctor` without a reachable Redis then
+ * lingered 2 s after their work was done.
+ */
+export function dropConnection(c: IORedis): void {
+  if (c.status !== 'end') c.disconnect();
+}
+
 /** What `vfsx doctor` needs to know about Redis: reachable, AOF on, noeviction. */
 export async function redisHealth(cfg: VfsxConfig['redis']): Promise<{ reachable: boolean; error?: string; appendonly?: string; policy?: string }> {
   const c = new IORedis(redisOptions(cfg, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
@@ -115,6 +126,6 @@ export async function redisHealth(cfg: VfsxConfig['redis']): Promise<{ reachable
   } catch (err) {
     return { reachable: false, error: (err as Error).message };
   } finally {
-    c.disconnect();
+    dropConnection(c);
   }
 }

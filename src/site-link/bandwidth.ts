@@ -8,7 +8,7 @@ import IORedis from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
 import { siteNamed, type VfsxConfig } from '../config/schema';
-import { redisOptions, stateKeys } from '../journal/redis-connection';
+import { dropConnection, redisOptions, stateKeys } from '../journal/redis-connection';
 
 const PIECE = 64 * 1024;
 
@@ -131,7 +131,7 @@ export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string |
     else if (set !== undefined) await conn.set(key, set);
     return await conn.get(key);
   } finally {
-    conn.disconnect();
+    dropConnection(conn);
   }
 }
 
