@@ -53,11 +53,13 @@ test('a site limited to 4 MiB/s receives at most the limit +10% over any 5 s win
   meter.stop();
 
   const limited = meter.maxRate(5000, 0, tOff);
-  process.stdout.write(`# limited: max ${mb(limited)} over 5 s windows (limit ${mb(LIMIT)}); total ${(meter.total / MiB).toFixed(1)} MiB; after 'off': ${mb(meter.rateAfter(tOff + 1000))}\n`);
+  process.stdout.write(`# limited: max ${mb(limited)} over 5 s windows (limit ${mb(LIMIT)}); total ${(meter.total / MiB).toFixed(1)} MiB; after 'off': ${mb(meter.rateAfter(tOff))}\n`);
   assert.ok(limited <= LIMIT * 1.1, `the site received ${mb(limited)} over 5 s under a ${mb(LIMIT)} limit`);
   assert.ok(limited >= LIMIT * 0.6, `the limit, not the replicator, should bound the rate: ${mb(limited)}`);
   assert.ok(meter.total >= 80 * MiB, `the site received ${meter.total} bytes for 80 MiB of files`);
-  assert.ok(meter.rateAfter(tOff + 1000) > LIMIT * 2, 'after vfsx bwlimit off the rest went faster than the limit');
+  // Measured from the command on, the replicator's take-up (within a second) included: measured from a
+  // second later, a rest that had gone in under a second left only its last few hundred KiB to measure.
+  assert.ok(meter.rateAfter(tOff) > LIMIT * 2, 'after vfsx bwlimit off the rest went faster than the limit');
 
   // Back to the configured limit.
   const back = await stack.svc.cli(['bwlimit', 'config', '--json']);
