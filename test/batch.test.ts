@@ -157,6 +157,26 @@ test('ShareOrder: a batch whose job never came (the pump died in between) is ski
   assert.equal((await withJob.turn('s', 2, async () => true)).mine, false, 'an existing earlier job is never skipped');
 });
 
+test('ShareOrder: a batch parked just as the batch before it finished is woken at once, not after its fallback delay', async () => {
+  const order = new ShareOrder(conn, 'o4');
+  const p = conn.pipeline();
+  for (const n of [1, 2, 3]) order.open(p, 's', n);
+  await p.exec();
+  const exists = async () => true;
+  const parked: number[] = [];
+  let woken = 0;
+  // Batch 1 finishes while batch 2 is being parked (it looked too early to find 2 parked).
+  const racing = async (ms: number) => { parked.push(ms); await order.done('s', 1); };
+  assert.equal(await order.waitTurn('s', 2, exists, racing, async () => { woken++; }), false);
+  assert.deepEqual(parked, [1100], 'parked with a fallback of 1 s + 100 ms per batch ahead');
+  assert.equal(woken, 1, 'it looked again after parking and woke itself');
+  // Batch 3, two ahead... now one (2): parked, and nothing finishes meanwhile: not woken.
+  assert.equal(await order.waitTurn('s', 3, exists, async (ms) => { parked.push(ms); }, async () => { woken++; }), false);
+  assert.deepEqual(parked, [1100, 1100]);
+  assert.equal(woken, 1);
+  assert.equal(await order.waitTurn('s', 2, exists, async () => assert.fail('its turn: never parked'), async () => assert.fail('never woken')), true);
+});
+
 /** A pump over its own prefix, with the given settle window and batch size. */
 function pumpFor(prefix: string, settleMs: number, batchMax: number, more: { enabled?: boolean; keepRecords?: number; yieldMs?: number; yieldRate?: number } = {}): { pump: JournalPump; cfg: VfsxConfig } {
   const cfg = validateConfig({

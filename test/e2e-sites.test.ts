@@ -220,10 +220,10 @@ test('a site limited by a timetable switching mid-run: 1 MiB/s until the next mi
   const before = meters.far.maxRate(5000, 0, switchAt - 500);
   const afterSwitch = meters.far.rateAfter(switchAt + 250);
   const nearMax = meters.near.maxRate(1000);
-  process.stdout.write(`# far by timetable: ${limitedSecs.toFixed(0)} s at 1 MiB/s: max ${(before / MiB).toFixed(2)} MiB/s over 5 s; after the switch ${(afterSwitch / MiB).toFixed(1)} MiB/s; near (no limit): max ${(nearMax / MiB).toFixed(1)} MiB/s over 1 s\n`);
+  process.stdout.write(`# far by timetable: ${limitedSecs.toFixed(0)} s at 1 MiB/s: max ${(before / MiB).toFixed(2)} MiB/s over 5 s; after the switch ${(afterSwitch / MiB).toFixed(1)} MiB/s; near (no limit): max ${(nearMax / MiB).toFixed(1)} MiB/s over 1 s\n# far KiB/s from the switch on: ${meters.far.perSecondAfter(switchAt)}\n`);
   assert.ok(before <= MiB * 1.1, `far received ${before} B/s over 5 s under its timetable's 1 MiB/s`);
   assert.ok(before >= MiB * 0.6, `the timetable's limit should bound far's rate: ${before} B/s`);
-  assert.ok(afterSwitch > MiB * 3, `after the switch to off far's rest went faster: ${afterSwitch} B/s`);
+  assert.ok(afterSwitch > MiB * 3, `after the switch to off far's rest went faster: ${afterSwitch} B/s; KiB per second from the switch on: ${meters.far.perSecondAfter(switchAt)}`);
   assert.ok(nearMax > MiB * 3, `near is not limited: ${nearMax} B/s`);
   await svc.cli(['bwlimit', '--site', 'far', 'config']);
 });

@@ -65,6 +65,22 @@ export class ShareOrder {
     }
   }
 
+  /**
+   * Whether batch seq of share may run now. If not, parks it: `park(ms)`
+   * delays its job (the batch before it wakes it when done; ms is only a
+   * fallback, longer the more batches are ahead), then looks once more,
+   * since that batch may have finished between the first look and the park
+   * and found this one not yet parked: then `wake()` (e.g. promote the job),
+   * so that no batch sits out its fallback for nothing.
+   */
+  async waitTurn(share: string, seq: number, hasJob: (seq: number) => Promise<boolean>, park: (fallbackMs: number) => Promise<void>, wake: () => Promise<void>): Promise<boolean> {
+    const turn = await this.turn(share, seq, hasJob);
+    if (turn.mine) return true;
+    await park(Math.min(30_000, 1000 + 100 * turn.ahead));
+    if ((await this.turn(share, seq, hasJob)).mine) await wake();
+    return false;
+  }
+
   /** Marks batch seq done; returns the number of the share's next open batch, if any. */
   async done(share: string, seq: number): Promise<number | null> {
     const key = this.key(share);

@@ -374,12 +374,10 @@ export class Replicator {
   private async runBatch(job: Job, token?: string): Promise<void> {
     const b = job.data as BatchJob;
     const hasJob = async (seq: number) => (await this.queue.getJob(batchJobId(b.share, seq))) != null;
-    const turn = await this.order.turn(b.share, b.seq, hasJob);
-    if (!turn.mine) {
-      // The batch before it wakes it when done; the delay is only a fallback.
-      await job.moveToDelayed(Date.now() + Math.min(30_000, 1000 + 100 * turn.ahead), token);
-      throw new DelayedError();
-    }
+    const mine = await this.order.waitTurn(b.share, b.seq, hasJob,
+      (ms) => job.moveToDelayed(Date.now() + ms, token),
+      () => job.promote().catch(() => undefined)); // raced with the batch before: it runs anyway
+    if (!mine) throw new DelayedError();
     const bytesBefore = this.stats.bytesSent;
     const all = coalesce(b.records);
     // A file created (or truncated) and still being written: its close will

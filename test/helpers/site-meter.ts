@@ -42,6 +42,14 @@ export class SiteMeter {
     return (done.bytes - start.bytes) / (Math.max(250, done.t - start.t) / 1000);
   }
 
+  /** What arrived per second from `from` on (KiB per 1 s step), for a failure message to show how the rest went. */
+  perSecondAfter(from: number): string {
+    const s = this.samples.filter((x) => x.t >= from - 250);
+    const out: number[] = [];
+    for (let i = 0; i + 4 < s.length && out.length < 60; i += 4) out.push(Math.round((s[i + 4].bytes - s[i].bytes) / 1024));
+    return out.join(' ');
+  }
+
   /** The highest rate (bytes/s) over any window of `ms` between `from` and `to` (ms timestamps). */
   maxRate(ms: number, from = 0, to = Infinity): number {
     const s = this.samples.filter((x) => x.t >= from && x.t <= to);
