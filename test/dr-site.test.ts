@@ -15,6 +15,7 @@ import Database from 'better-sqlite3';
 import { MetaStore, segmentHash, SUBTREE_HEADS } from '../src/dr-site/meta-store';
 import { DR_SITE_NODE_FLAGS, HUGE_PAGES_TUNABLE, MALLOC_TUNABLES, mallocTunablesSet, missingNodeFlags, thpMode, wantedTunables, withMallocTunables } from '../src/native/malloc-tunables';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
+import { allocWithRoom, claimRoom, putFrameRoom } from '../src/protocol/frame-room';
 import { restoreShare } from '../src/operator/restore';
 import type { SiteClient } from '../src/site-link/site-client';
 import { DrSiteHarness, packEntries } from './helpers/dr-site-harness';
@@ -724,4 +725,20 @@ test('withMallocTunables adds glibc\'s malloc tunables to GLIBC_TUNABLES once, k
   assert.deepEqual(wantedTunables({ VFSX_HUGE_PAGES: '0' }), MALLOC_TUNABLES);
   const thp = thpMode() === 'always' || thpMode() === 'madvise';
   assert.deepEqual(wantedTunables({ VFSX_HUGE_PAGES: '1' }), thp ? [HUGE_PAGES_TUNABLE, ...MALLOC_TUNABLES] : MALLOC_TUNABLES);
+});
+
+test('blocks laid out behind reserved room are framed where they are: the site stores them intact (it checks every hash) and the room is used once', async () => {
+  const blocks = [randomBytes(4096), randomBytes(65536), randomBytes(1)];
+  const buf = allocWithRoom(blocks.reduce((a, b) => a + b.length, 0), putFrameRoom(blocks.length));
+  let off = 0;
+  const views = blocks.map((b) => {
+    b.copy(buf, off);
+    return buf.subarray(off, (off += b.length));
+  });
+  const copy = Buffer.from(buf);
+  assert.equal(await c.putBlocks(views), 3);
+  assert.deepEqual(buf, copy, 'the blocks themselves are untouched');
+  assert.equal(claimRoom(views, 4), null, 'the frame took the room: a second frame of them copies');
+  assert.equal(await c.putBlocks(views), 3, 'sent again, copied into a frame this time');
+  assert.deepEqual(Buffer.concat(await c.getBlocks(views.map((v) => blockHash(v)))), Buffer.concat(blocks));
 });

@@ -4,6 +4,7 @@ import { escapeBytes, unescapeBytes } from '../src/protocol/escape';
 import { encodeFrame, FrameDecoder } from '../src/protocol/frame-decoder';
 import { formatMessage, parseMessage } from '../src/protocol/message';
 import { VfsxError } from '../src/errors/vfsx-error';
+import { allocWithRoom, claimRoom } from '../src/protocol/frame-room';
 import { msgDriver } from './helpers/c-driver';
 import { Policy } from '../src/ops/policy';
 
@@ -143,4 +144,28 @@ test('the module applies a simple policy itself exactly as the service would (ex
     { action: 'deny', extensions: ['.locked'], errno: 'EACCES' },
     { action: 'deny', ops: ['create'], extensions: ['.tar.gz'], errno: 'EACCES' },
   ]) assert.equal(new Policy([r] as never).localRules(), null, JSON.stringify(r));
+});
+
+test('frame room: a head goes in front of blocks only when they lie back to back right behind enough reserved room, once', () => {
+  const buf = allocWithRoom(300, 64);
+  const a = buf.subarray(0, 100);
+  const b = buf.subarray(100, 300);
+  assert.equal(claimRoom([], 8), null, 'no blocks');
+  assert.equal(claimRoom([b], 8), null, 'not right behind the room');
+  assert.equal(claimRoom([b, a], 8), null, 'not in order');
+  assert.equal(claimRoom([a, buf.subarray(101, 300)], 8), null, 'a gap between blocks');
+  assert.equal(claimRoom([a, Buffer.alloc(200)], 8), null, 'a block elsewhere');
+  assert.equal(claimRoom([a, b], 65), null, 'a head larger than the room');
+  assert.equal(claimRoom([Buffer.alloc(100)], 8), null, 'no room reserved at all');
+  const frame = claimRoom([a, b], 64);
+  assert.ok(frame);
+  assert.equal(frame.length, 64 + 300);
+  assert.equal(frame.buffer, buf.buffer);
+  assert.equal(frame.byteOffset, 0, 'the head fills the room from its start');
+  const blocks = Buffer.from(buf);
+  frame.fill(7, 0, 64);
+  assert.deepEqual(buf, blocks, 'writing the head leaves the blocks as they were');
+  assert.equal(claimRoom([a, b], 8), null, 'the room is used once');
+  const plain = allocWithRoom(10, 0);
+  assert.equal(claimRoom([plain], 0), null, 'no room asked for: none reserved');
 });

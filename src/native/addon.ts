@@ -7,6 +7,7 @@ import { readdirSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { join } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
+import { allocWithRoom } from '../protocol/frame-room';
 
 export interface PeerCred {
   pid: number;
@@ -160,15 +161,17 @@ export async function hashBlocks(key: Buffer, run: Buffer, blockSize: number): P
  * 32-byte id from `ids` as associated data; `flags` go in the header) as
  * src/repository/repo-cipher.ts lays a sealed block out, all into one new
  * buffer, back to back (each `overhead` bytes longer than its body). On
- * the thread pool when `async`.
+ * the thread pool when `async`. With `room`, that many bytes are reserved
+ * in front of the buffer for a frame's header.
  */
-export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: true): Promise<Buffer>;
-export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: false): Buffer;
-export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: boolean): Buffer | Promise<Buffer> {
+export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: true, room?: number): Promise<Buffer>;
+export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: false, room?: number): Buffer;
+export function sealBlocks(key: Buffer, ids: Buffer, bodies: Buffer[], flags: number[], overhead: number, async: boolean, room = 0): Buffer | Promise<Buffer> {
   let total = 0;
   for (const b of bodies) total += overhead + b.length;
-  // Not zero-filled (every byte is written), and not from the shared pool (the thread pool writes it).
-  const out = Buffer.allocUnsafeSlow(total);
+  // Not zero-filled (every byte is written), and not from the shared pool (the thread pool writes it);
+  // `room` bytes in front for the header of the frame that sends them (src/protocol/frame-room.ts).
+  const out = allocWithRoom(total, room);
   return async ? addon().sealBlocks(key, ids, bodies, flags, out, true) : addon().sealBlocks(key, ids, bodies, flags, out, false);
 }
 

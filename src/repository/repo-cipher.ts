@@ -23,6 +23,7 @@ import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, ti
 import { compress, decompress } from 'zstd-napi';
 import { VfsxError } from '../errors/vfsx-error';
 import { hashBlocks, OPEN_STATUS, openBlocks, sealBlocks } from '../native/addon';
+import { putFrameRoom } from '../protocol/frame-room';
 
 export const MASTER_KEY_BYTES = 64;
 const BLOCK_VERSION = 1;
@@ -127,8 +128,9 @@ export class RepoCipher {
   /**
    * Seals blocks (ids[i] names plains[i]) on the thread pool, all into one
    * buffer (the native addon encrypts with the OpenSSL Node links, where
-   * Node's cipher objects allocate an output per block); returns a view of
-   * each sealed block.
+   * Node's cipher objects allocate an output per block), with room in front
+   * for the header of the frame that sends them; returns a view of each
+   * sealed block.
    */
   async sealBlocks(ids: string[], plains: Buffer[], compression = true): Promise<Buffer[]> {
     const bodies: Buffer[] = [];
@@ -138,7 +140,7 @@ export class RepoCipher {
       bodies.push(body);
       flags.push(f);
     }
-    const all = await sealBlocks(this.blockKey, idBytes(ids), bodies, flags, SEAL_OVERHEAD, true);
+    const all = await sealBlocks(this.blockKey, idBytes(ids), bodies, flags, SEAL_OVERHEAD, true, putFrameRoom(bodies.length));
     let off = 0;
     return bodies.map((b) => all.subarray(off, (off += SEAL_OVERHEAD + b.length)));
   }
