@@ -5,7 +5,7 @@
  */
 import IORedis, { ChainableCommander, Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
-import { dropConnection, redisOptions, stateKeys } from './redis-connection';
+import { closeConnection, redisOptions, stateKeys } from './redis-connection';
 
 export const EVENT_TYPES = [
   'committed', 'failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered', 'scrub-finished', 'scrub-repaired',
@@ -84,11 +84,11 @@ export class EventBus {
     });
     await sub.subscribe(channel);
     return async () => {
-      await sub.quit().catch(() => dropConnection(sub));
+      await closeConnection(sub);
     };
   }
 
   async close(): Promise<void> {
-    await this.conn.quit().catch(() => dropConnection(this.conn));
+    await closeConnection(this.conn);
   }
 }

@@ -14,7 +14,7 @@ import type { VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord, ChangeSink } from '../ops/change-record';
 import { logLinkStatus } from './link-status';
-import { journalKeys, JournalKeys, redisOptions } from './redis-connection';
+import { dropConnection, journalKeys, JournalKeys, redisOptions } from './redis-connection';
 import { BATCH_FIELD, packBatch } from './stream-ids';
 
 export interface JournalOptions {
@@ -100,7 +100,7 @@ export class Journal implements ChangeSink {
       await this.client.quit();
     } catch (err) {
       this.log.warn({ err }, 'journal close');
-      this.client.disconnect();
+      dropConnection(this.client);
     }
   }
 

@@ -113,6 +113,11 @@ export function dropConnection(c: IORedis): void {
   if (c.status !== 'end') c.disconnect();
 }
 
+/** Closes a client politely (QUIT, so Redis sees its commands through), or at once when that fails. */
+export async function closeConnection(c: IORedis): Promise<void> {
+  await c.quit().catch(() => dropConnection(c));
+}
+
 /** What `vfsx doctor` needs to know about Redis: reachable, AOF on, noeviction. */
 export async function redisHealth(cfg: VfsxConfig['redis']): Promise<{ reachable: boolean; error?: string; appendonly?: string; policy?: string }> {
   const c = new IORedis(redisOptions(cfg, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));

@@ -6,7 +6,7 @@ import { JobType, Queue, QueueEvents } from 'bullmq';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { dropConnection, journalKeys, queueNameOf, redisOptions } from '../journal/redis-connection';
+import { closeConnection, journalKeys, queueNameOf, redisOptions } from '../journal/redis-connection';
 import { DEFAULT_SITE } from '../config/schema';
 import { recordsOf } from '../replication-queue/batch';
 import { entryPairs, heldSummary, nextId } from '../journal/stream-ids';
@@ -117,6 +117,6 @@ export class JournalReader {
     for (const step of [() => this.events?.close(), ...this.queues.map((q) => () => q.close())]) {
       await Promise.resolve().then(step).catch(() => undefined);
     }
-    for (const c of conns) if (c) await c.quit().catch(() => dropConnection(c));
+    for (const c of conns) if (c) await closeConnection(c);
   }
 }

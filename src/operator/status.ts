@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import IORedis, { Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
-import { dropConnection, journalKeys, queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
+import { closeConnection, journalKeys, queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
 import { sitesOf } from '../config/schema';
 import { Schedule } from '../config/bwlimit';
 import { parseRpoMember, recordsOf } from '../replication-queue/batch';
@@ -183,7 +183,7 @@ export class StatusReader {
 
   async close(): Promise<void> {
     for (const q of this.queues.values()) await q.close().catch(() => undefined);
-    for (const c of [this.conn, this.queueConn]) await c.quit().catch(() => dropConnection(c));
+    for (const c of [this.conn, this.queueConn]) await closeConnection(c);
   }
 
   private jobKey(site: string, id: string): string {

@@ -30,7 +30,7 @@ import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
 import type { ChangeRecord } from '../ops/change-record';
 import { logLinkStatus } from '../journal/link-status';
-import { dropConnection, journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
+import { closeConnection, journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
 import { BATCH, BatchJob, batchJobId, LONE, REPLICATION_JOB_OPTIONS, rpoMember } from './batch';
 import { ShareOrder } from './share-order';
 import { markForFullSync } from './site-state';
@@ -212,7 +212,7 @@ export class JournalPump {
     this.reader.disconnect(); // breaks a blocking XREAD
     await this.loop?.catch(() => undefined);
     for (const l of this.lanes.values()) await l.queue.close().catch(() => undefined);
-    for (const c of [this.client, this.queueConn]) await c.quit().catch(() => dropConnection(c));
+    for (const c of [this.client, this.queueConn]) await closeConnection(c);
   }
 
   private async run(): Promise<void> {

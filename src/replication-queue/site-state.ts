@@ -6,7 +6,7 @@
 import { Queue } from 'bullmq';
 import IORedis, { type Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
-import { dropConnection, queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
+import { closeConnection, queueNameOf, redisOptions, stateKeys } from '../journal/redis-connection';
 
 /**
  * Marks a site for a full sync: a scrub pass of every share (as for a new
@@ -51,6 +51,6 @@ export async function dropSite(config: Pick<VfsxConfig, 'redis' | 'journal'>, si
     return { jobs, keys: n };
   } finally {
     await queue.close().catch(() => undefined);
-    await conn.quit().catch(() => dropConnection(conn));
+    await closeConnection(conn);
   }
 }

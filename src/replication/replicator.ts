@@ -24,7 +24,7 @@ import { Bandwidth, SitePace } from '../site-link/bandwidth';
 import { DEFAULT_SITE, SiteConfig, sitesOf } from '../config/schema';
 import { EventBus } from '../journal/events';
 import { PathLocks } from './path-locks';
-import { COMMIT_LATENCY_BUCKETS, dropConnection, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
+import { COMMIT_LATENCY_BUCKETS, closeConnection, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
 import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
 import { ShareOrder } from '../replication-queue/share-order';
@@ -296,7 +296,7 @@ export class Replicator {
     this.client?.close();
     for (const t of this.trees.values()) t.close();
     this.trees.clear();
-    await this.conn.quit().catch(() => dropConnection(this.conn));
+    await closeConnection(this.conn);
   }
 
   /**
