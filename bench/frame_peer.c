@@ -5,7 +5,9 @@
  *   frame_peer client SOCKET N [plain]
  *       hello, then N create reports that wait for their verdict (every
  *       other one strict, unless "plain"), each followed by its "done", as
- *       the module sends them: a blocking socket, poll() for the answer.
+ *       the module sends them: a blocking socket, poll() for the answer,
+ *       and the "done" (sent without waiting) gathered and written with
+ *       the next report in one send (native/vfsx_link.c: send_frame).
  *       Prints one JSON line of latencies in microseconds:
  *       {"plain":[..],"strict":[..]}
  *   frame_peer echo SOCKET
@@ -129,6 +131,8 @@ static int client(const char *path, int n, bool with_strict)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	static struct frame_reader r;
+	static uint8_t out[2 * sizeof(m.buf)];	/* the gathered "done", then the next report */
+	size_t gathered = 0;
 	uint8_t reply[512];
 	double *lat = calloc((size_t)n + 1, sizeof(double));
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0), i, len;
@@ -163,10 +167,12 @@ static int client(const char *path, int n, bool with_strict)
 		}
 		vfsx_msg_end(&m);
 		snprintf(want, sizeof(want), "transparent:%d", i);
+		memcpy(out + gathered, m.buf, m.len);
 		t0 = now_us();
-		if (write_all(fd, m.buf, m.len) != 0) {
+		if (write_all(fd, out, gathered + m.len) != 0) {
 			return 1;
 		}
+		gathered = 0;
 		for (;;) {
 			len = next_frame(&r, fd, reply, sizeof(reply) - 1);
 			if (len <= 0) {
@@ -188,9 +194,11 @@ static int client(const char *path, int n, bool with_strict)
 		vfsx_msg_arg_u64(&m, "seq", (uint64_t)i);
 		vfsx_msg_arg_u64(&m, "err", 0);
 		vfsx_msg_end(&m);
-		if (write_all(fd, m.buf, m.len) != 0) {
-			return 1;
-		}
+		memcpy(out, m.buf, m.len);
+		gathered = m.len;
+	}
+	if (gathered > 0 && write_all(fd, out, gathered) != 0) {
+		return 1;
 	}
 	for (int strict = 0; strict <= 1; strict++) {
 		printf("%s\"%s\":[", strict ? "," : "{", strict ? "strict" : "plain");
