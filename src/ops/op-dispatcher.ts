@@ -41,16 +41,29 @@ export interface OpDispatcherOptions {
   logger: Logger;
 }
 
+/** An unsigned decimal argument, or null when missing or not one. */
+function uintValue(msg: BridgeMessage, key: string): number | null {
+  const s = msg.args.get(key)?.toString('latin1') ?? '';
+  return /^\d{1,20}$/.test(s) ? Number(s) : null;
+}
+
 function uintArg(msg: BridgeMessage, key: string): number {
-  const v = msg.args.get(key);
-  const s = v?.toString('latin1') ?? '';
-  if (!/^\d{1,20}$/.test(s)) {
-    throw new VfsxError('VFSX_ERR_PROTOCOL_MALFORMED', `${msg.op}: missing or bad ${key}`);
-  }
-  return Number(s);
+  const v = uintValue(msg, key);
+  if (v === null) throw new VfsxError('VFSX_ERR_PROTOCOL_MALFORMED', `${msg.op}: missing or bad ${key}`);
+  return v;
 }
 
 const NONE: DispatchResult = { reply: null, durable: null, later: null };
+
+/**
+ * A report that waits for a verdict, decided before the frames that came
+ * ahead of it in the same read are handled: its verdict, and its record
+ * (null: nothing to record) to write when its turn comes.
+ */
+export interface Decided {
+  reply: Buffer;
+  rec: ChangeRecord | null;
+}
 
 export class OpDispatcher {
   private readonly policy: Policy;
@@ -76,6 +89,8 @@ export class OpDispatcher {
     if (msg.op === 'done') {
       return { reply: null, durable: this.sink.resolve(session.instance, uintArg(msg, 'seq'), uintArg(msg, 'err')), later: null };
     }
+    const early = this.decide(session, msg);
+    if (early !== null) return this.recordDecided(early, early.reply);
     const seq = uintArg(msg, 'seq');
     const live = session.source === 'live';
     const rec = this.record(session, msg, seq);
@@ -91,26 +106,52 @@ export class OpDispatcher {
       this.checkAsync(session, rec, msg);
       return { reply: null, durable: this.write(rec), later: null };
     }
+    // A strict report (decide() answered every other live one that waits): its verdict waits until it is durable.
+    const refused = this.refusal(rec, seq);
+    if (refused !== null) return { reply: refused, durable: null, later: null };
+    const written = this.write(rec, true);
+    const later = written.then(
+      () => encodeVerdict(seq, { kind: 'transparent' }),
+      (err) => {
+        this.log.warn({ err, op: rec.op, id: rec.id }, 'journal unavailable; module falls back to its spool');
+        return encodeVerdict(seq, { kind: 'unavailable' });
+      },
+    );
+    // The module spools an "unavailable" report itself: acknowledging past it loses nothing.
+    return { reply: null, durable: written.catch(() => undefined), later };
+  }
+
+  /**
+   * The verdict of a live report that waits for one and is not strict,
+   * decided now, with nothing written: the policy looks at the report alone,
+   * so its verdict may go back before the frames that came ahead of it are
+   * handled (gathered outcomes and async reports travel in one send with
+   * it). Null for anything else (a hello, an outcome, a report nobody
+   * waits for, a strict one, one from a spool file, one dispatch() must
+   * refuse). The record is written by recordDecided, in frame order.
+   */
+  decide(session: BridgeSession, msg: BridgeMessage): Decided | null {
+    if (session.source !== 'live' || session.instance === undefined || msg.op === 'hello' || msg.op === 'done'
+      || msg.args.has('async') || msg.args.has('denied') || msg.args.has('strict')) return null;
+    const seq = uintValue(msg, 'seq');
+    if (seq === null) return null; // dispatch() refuses it, in its turn
+    const rec = this.record(session, msg, seq);
+    if (rec === null) return { reply: encodeVerdict(seq, { kind: 'fail', errno: EINVAL }), rec: null };
+    const refused = this.refusal(rec, seq);
+    return refused !== null ? { reply: refused, rec: null } : { reply: encodeVerdict(seq, { kind: 'transparent' }), rec };
+  }
+
+  /** The verdict that ends a report waiting for one here (the policy denies it, or the journal is known down), else null. */
+  private refusal(rec: ChangeRecord, seq: number): Buffer | null {
     const denied = this.deny(rec);
-    if (denied !== null) return { reply: encodeVerdict(seq, denied), durable: null, later: null };
-    if (!this.sink.writable()) {
-      // Known down: the module spools the report and goes on, without churning the link.
-      return { reply: encodeVerdict(seq, { kind: 'unavailable' }), durable: null, later: null };
-    }
-    const strict = msg.args.has('strict');
-    const written = this.write(rec, strict);
-    if (strict) {
-      const later = written.then(
-        () => encodeVerdict(seq, { kind: 'transparent' }),
-        (err) => {
-          this.log.warn({ err, op: rec.op, id: rec.id }, 'journal unavailable; module falls back to its spool');
-          return encodeVerdict(seq, { kind: 'unavailable' });
-        },
-      );
-      // The module spools an "unavailable" report itself: acknowledging past it loses nothing.
-      return { reply: null, durable: written.catch(() => undefined), later };
-    }
-    return { reply: encodeVerdict(seq, { kind: 'transparent' }), durable: written, later: null };
+    if (denied !== null) return encodeVerdict(seq, denied);
+    // Known down: the module spools the report and goes on, without churning the link.
+    return this.sink.writable() ? null : encodeVerdict(seq, { kind: 'unavailable' });
+  }
+
+  /** Writes the record of a report decide() answered; `reply` is its verdict if not sent yet. */
+  recordDecided(d: Decided, reply: Buffer | null = null): DispatchResult {
+    return { reply, durable: d.rec === null ? null : this.write(d.rec), later: null };
   }
 
   private hello(session: BridgeSession, msg: BridgeMessage): Buffer {

@@ -6,10 +6,10 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
-import type { BridgeSession, DispatchResult, OpDispatcher } from '../ops/op-dispatcher';
+import type { BridgeSession, Decided, DispatchResult, OpDispatcher } from '../ops/op-dispatcher';
 import { isFolded } from '../ops/op-table';
 import { FrameDecoder } from '../protocol/frame-decoder';
-import { parseMessage } from '../protocol/message';
+import { BridgeMessage, parseMessage } from '../protocol/message';
 import { encodeAck } from '../protocol/reply';
 
 export interface BridgeConnectionOptions {
@@ -86,15 +86,40 @@ export class BridgeConnection {
       this.protocolError(err);
       return;
     }
-    for (const frame of frames) this.handle(frame);
+    const ahead = frames.length > 1 ? this.answerAhead(frames[frames.length - 1]) : null;
+    for (let i = 0; i < frames.length; i++) this.handle(frames[i], i === frames.length - 1 ? ahead : null);
   }
 
-  private handle(frame: Buffer): void {
+  /**
+   * The module sends what it gathered (outcomes, reports nobody waits for)
+   * in one write with the report it then waits on, always last. That
+   * report's verdict goes back first, before the frames ahead of it are
+   * handled: smbd waits for it, the journal does not (it still gets every
+   * record in frame order).
+   */
+  private answerAhead(frame: Buffer): { msg: BridgeMessage; decided: Decided } | null {
+    if (this.closed) return null;
+    const t0 = this.observeVerdict ? performance.now() : 0;
+    let msg: BridgeMessage;
+    let decided: Decided | null;
+    try {
+      msg = parseMessage(frame);
+      decided = this.dispatcher.decide(this.session, msg);
+    } catch {
+      return null; // refused in its turn
+    }
+    if (decided === null) return null;
+    this.socket.write(decided.reply);
+    if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
+    return { msg, decided };
+  }
+
+  private handle(frame: Buffer, ahead: { msg: BridgeMessage; decided: Decided } | null = null): void {
     if (this.closed) return;
     this.messages++;
     let msg;
     try {
-      msg = parseMessage(frame);
+      msg = ahead?.msg ?? parseMessage(frame);
     } catch (err) {
       this.protocolError(err);
       return;
@@ -110,7 +135,7 @@ export class BridgeConnection {
     const t0 = this.observeVerdict && index > 1 ? performance.now() : 0;
     let r: DispatchResult;
     try {
-      r = this.dispatcher.dispatch(this.session, msg);
+      r = ahead ? this.dispatcher.recordDecided(ahead.decided) : this.dispatcher.dispatch(this.session, msg);
     } catch (err) {
       this.protocolError(err);
       return;
