@@ -3,9 +3,13 @@
  * tree (2,000 x 4 KiB + 4 x 64 MiB) into a fresh encrypted site, printing
  * wall time and the CPU time of both processes. With VFSX_PROF=dir both
  * write V8 CPU profiles there (this process: run it with --cpu-prof).
- *   node [--cpu-prof --cpu-prof-dir=D] dist/bench/sync-profile.js [rounds] [plain]
+ * With `phases`, each round syncs small/ first and then the rest (the four
+ * large files), each timed, next to `rsync -a --fsync` of the same two
+ * parts into an empty directory: where the time goes against rsync.
+ *   node [--cpu-prof --cpu-prof-dir=D] dist/bench/sync-profile.js [rounds] [plain] [phases]
  */
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +17,7 @@ import { restartWithTunables } from '../src/native/malloc-tunables';
 import { Tree } from '../src/native/tree';
 import { SiteSync } from '../src/replication/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
-import { mixedTree, ms, settle } from './bench-util';
+import { baselineEnv, mixedTree, ms, settle } from './bench-util';
 
 /** User + system CPU seconds of a process so far (/proc/PID/stat). */
 function cpuOf(pid: number): { user: number; sys: number } {
@@ -26,7 +30,8 @@ async function main(): Promise<void> {
   restartWithTunables(); // this process does the work of vfsx replicate and vfsx restore, which run with these malloc tunables
 
   const rounds = Number(process.argv[2] ?? 3);
-  const encrypt = process.argv[3] !== 'plain';
+  const encrypt = !process.argv.slice(3).includes('plain');
+  const phases = process.argv.slice(3).includes('phases');
   if (process.env.VFSX_PROF) process.env.VFSX_SITE_PROF = process.env.VFSX_PROF;
   const work = await mkdtemp(join(tmpdir(), 'vfsx-sprof-'));
   try {
@@ -38,16 +43,46 @@ async function main(): Promise<void> {
       try {
         await client.call('bucket.ensure', { bucket: 'bench' });
         const sync = new SiteSync({ site: client, bucket: 'bench', tree: Tree.open(src), blockSize: 65536, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } });
-        settle();
         const pid = site.pid as number;
-        const c0 = process.cpuUsage();
-        const s0 = cpuOf(pid);
-        const t0 = process.hrtime.bigint();
-        await sync.syncTree('');
-        const wall = ms(t0);
-        const c = process.cpuUsage(c0);
-        const s1 = cpuOf(pid);
-        console.log(`round ${r + 1}: ${(wall / 1000).toFixed(2)} s; CPU s user/sys: replicator ${(c.user / 1e6).toFixed(2)}/${(c.system / 1e6).toFixed(2)}, site ${(s1.user - s0.user).toFixed(2)}/${(s1.sys - s0.sys).toFixed(2)}`);
+        const cpu = { user: 0, sys: 0, siteUser: 0, siteSys: 0 };
+        /** Syncs rel with caches dropped first; the wall time, and the CPU of both processes added to cpu. */
+        const timed = async (rel: string): Promise<number> => {
+          settle();
+          const c0 = process.cpuUsage();
+          const s0 = cpuOf(pid);
+          const t0 = process.hrtime.bigint();
+          await sync.syncTree(rel);
+          const wall = ms(t0);
+          const c = process.cpuUsage(c0);
+          const s1 = cpuOf(pid);
+          cpu.user += c.user / 1e6;
+          cpu.sys += c.system / 1e6;
+          cpu.siteUser += s1.user - s0.user;
+          cpu.siteSys += s1.sys - s0.sys;
+          return wall;
+        };
+        let split = '';
+        let wall: number;
+        if (phases) {
+          const small = await timed('small');
+          const large = await timed('');
+          wall = small + large;
+          const dst = join(work, 'rsync-dst');
+          const rsync = (from: string, to: string) => {
+            settle();
+            const t = process.hrtime.bigint();
+            execFileSync('rsync', ['-a', '--fsync', `${from}/`, to], { env: baselineEnv() });
+            return ms(t);
+          };
+          rmSync(dst, { recursive: true, force: true });
+          mkdirSync(dst);
+          const rSmall = rsync(join(src, 'small'), join(dst, 'small'));
+          const rLarge = rsync(src, dst); // small/ is there already: rsync sends the large files
+          split = `; small/ ${(small / 1000).toFixed(2)} s (rsync --fsync ${(rSmall / 1000).toFixed(2)} s), large files ${(large / 1000).toFixed(2)} s (rsync --fsync ${(rLarge / 1000).toFixed(2)} s)`;
+        } else {
+          wall = await timed('');
+        }
+        console.log(`round ${r + 1}: ${(wall / 1000).toFixed(2)} s; CPU s user/sys: replicator ${cpu.user.toFixed(2)}/${cpu.sys.toFixed(2)}, site ${cpu.siteUser.toFixed(2)}/${cpu.siteSys.toFixed(2)}${split}`);
       } finally {
         client.close();
         await site.stop('SIGTERM');
