@@ -139,7 +139,7 @@ test('a malformed frame ahead of an answered report closes the connection before
   assert.equal(socket.destroyed, true);
 });
 
-test('frames of one report each, read one at a time, are answered and recorded in order', async () => {
+test('a report read alone is answered before its record is written; frames read one at a time are recorded in order', async () => {
   const events: Event[] = [];
   const socket = connection(events, new FakeSink(events));
   socket.emit('data', frame('ann', 'create', [['seq', 1], ['share', 'docs'], ['path', 'c.txt'], ['flags', 'cx'], ['mode', '644']]));
@@ -147,8 +147,8 @@ test('frames of one report each, read one at a time, are answered and recorded i
   await new Promise((r) => setTimeout(r, 30));
   assert.deepEqual(events, [
     { sent: 'hello:2:create,rename' },
-    { journal: 'create c.txt pending' },
     { sent: 'transparent:1' },
+    { journal: 'create c.txt pending' },
     { journal: 'outcome 1 0' },
     { sent: 'ack:3' },
   ]);

@@ -31,6 +31,12 @@ export interface FrameCounts {
   outcomes: number;
 }
 
+/** The last frame of a read, parsed before the frames ahead of it are handled, and answered if it waits for a verdict. */
+interface Ahead {
+  msg: BridgeMessage;
+  decided: Decided | null;
+}
+
 /** Acknowledgements go out at most this often per connection... */
 const ACK_EVERY_MS = 10;
 /** ...unless this many frames wait for one. */
@@ -86,18 +92,19 @@ export class BridgeConnection {
       this.protocolError(err);
       return;
     }
-    const ahead = frames.length > 1 ? this.answerAhead(frames[frames.length - 1]) : null;
-    for (let i = 0; i < frames.length; i++) this.handle(frames[i], i === frames.length - 1 ? ahead : null);
+    const last = frames.length - 1;
+    const ahead = last >= 0 ? this.answerAhead(frames[last]) : null;
+    for (let i = 0; i <= last; i++) this.handle(frames[i], i === last ? ahead : null);
   }
 
   /**
    * The module sends what it gathered (outcomes, reports nobody waits for)
    * in one write with the report it then waits on, always last. That
    * report's verdict goes back first, before the frames ahead of it are
-   * handled: smbd waits for it, the journal does not (it still gets every
-   * record in frame order).
+   * handled and before its own record is encoded: smbd waits for it, the
+   * journal does not (it still gets every record in frame order).
    */
-  private answerAhead(frame: Buffer): { msg: BridgeMessage; decided: Decided } | null {
+  private answerAhead(frame: Buffer): Ahead | null {
     if (this.closed) return null;
     const t0 = this.observeVerdict ? performance.now() : 0;
     let msg: BridgeMessage;
@@ -108,13 +115,14 @@ export class BridgeConnection {
     } catch {
       return null; // refused in its turn
     }
-    if (decided === null) return null;
-    this.socket.write(decided.reply);
-    if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
+    if (decided !== null) {
+      this.socket.write(decided.reply);
+      if (t0 > 0) this.observeVerdict?.((performance.now() - t0) / 1000);
+    }
     return { msg, decided };
   }
 
-  private handle(frame: Buffer, ahead: { msg: BridgeMessage; decided: Decided } | null = null): void {
+  private handle(frame: Buffer, ahead: Ahead | null = null): void {
     if (this.closed) return;
     this.messages++;
     let msg;
@@ -135,7 +143,7 @@ export class BridgeConnection {
     const t0 = this.observeVerdict && index > 1 ? performance.now() : 0;
     let r: DispatchResult;
     try {
-      r = ahead ? this.dispatcher.recordDecided(ahead.decided) : this.dispatcher.dispatch(this.session, msg);
+      r = ahead?.decided ? this.dispatcher.recordDecided(ahead.decided) : this.dispatcher.dispatch(this.session, msg);
     } catch (err) {
       this.protocolError(err);
       return;
