@@ -4,7 +4,9 @@
  * block id), compressed with zstd when that saves at least 1/16. Writers
  * are grouped: every blocks.put waiting while a write is in flight joins
  * the next one, so one writev and one fdatasync serve them all, and only
- * then does one transaction index them (block id -> pack, offset, length).
+ * then does one transaction index them (block id -> pack, offset, length),
+ * whose log is flushed before any of them is acknowledged. One batch is
+ * written while the one before it is flushed and indexed (drain()).
  * A crash therefore leaves at most an unindexed tail, which start-up cuts
  * off, and never an index entry without its bytes.
  *
@@ -88,6 +90,8 @@ export interface PackStoreOptions {
   beforeRemoteDelete?: () => Promise<void>;
   /** With `remote`: an open pack nothing was written to for this long is closed and uploaded. */
   uploadIdleMs?: number;
+  /** Opens a new pack for writing (unit tests put faults between the store and its disk). */
+  openPackFile?: (path: string) => Promise<FileHandle>;
   log?: (msg: string, o: object) => void;
 }
 
@@ -103,6 +107,34 @@ interface Pending {
   /** A block moved by repack or migration: only re-pointed if still at `from`. */
   from?: string | null;
   done: (err?: Error) => void;
+}
+
+/** The pack blocks are appended to, or one still finishing its last write. */
+interface OpenPack {
+  id: string;
+  fh: FileHandle;
+  /** Bytes written: where the next write goes. */
+  written: number;
+  /** Bytes durable and indexed. */
+  bytes: number;
+  /** Writes to it whose flush and indexing are not finished. */
+  pending: number;
+  /** Nothing more is written to it; it is closed once `pending` is 0. */
+  retired: boolean;
+  closed: boolean;
+  /** A flush or an index transaction of it failed: nothing written to it after that is indexed. */
+  failed: Error | null;
+}
+
+/** A batch written to its pack, its flush started, not yet indexed or acknowledged. */
+interface Written {
+  pack: OpenPack;
+  batch: Pending[];
+  rows: NewBlock[];
+  /** The pack's length once this batch is in. */
+  end: number;
+  /** The flush's error, or null once its bytes are durable. */
+  flushed: Promise<Error | null>;
 }
 
 /** A pack's read handle: closed once evicted (or its pack deleted) and no read uses it. */
@@ -137,7 +169,9 @@ export class PackStore {
   private writing: Promise<void> | null = null;
   /** Blocks queued or being written: a second put of one waits for the first. */
   private inflight = new Map<string, Promise<void>>();
-  private current: { id: string; fh: FileHandle; bytes: number } | null = null;
+  private current: OpenPack | null = null;
+  /** Packs opened and not yet closed (the current one, and retired ones finishing a write): never repacked. */
+  private readonly unclosed = new Set<string>();
   private locked: string | null = null;
   /** Closed packs waiting for (or in) their upload, one at a time in order. */
   private uploads: Promise<void> = Promise.resolve();
@@ -147,8 +181,12 @@ export class PackStore {
   private readonly reader: PackReader | null;
   /** Set while quiesce() runs: the writer waits before its next write. */
   private paused: Promise<void> | null = null;
-  /** The write in progress, if any. */
-  private inWrite: Promise<void> | null = null;
+  /** The writer waits for `paused` with every write it made finished. */
+  private parked = false;
+  /** Set while the writer waits for a flush with nothing queued: a new put wakes it. */
+  private wakeWriter: (() => void) | null = null;
+  /** quiesce() calls waiting for the writer to park or stop. */
+  private parkWaiters: Array<() => void> = [];
   /** Open read handles of packs, least recently used first (see withReader). */
   private readonly readers = new Map<string, PackReaderHandle>();
 
@@ -203,7 +241,7 @@ export class PackStore {
 
   private async sweepRemote(): Promise<void> {
     const remote = this.o.remote as PackRemote;
-    const unknown = (await remote.list()).filter((id) => this.meta.packBytes(id) === null && !this.uploadsPending.has(id) && id !== this.current?.id);
+    const unknown = (await remote.list()).filter((id) => this.meta.packBytes(id) === null && !this.uploadsPending.has(id) && !this.unclosed.has(id));
     if (unknown.length === 0) return;
     await this.o.beforeRemoteDelete?.();
     for (const id of unknown) {
@@ -334,35 +372,70 @@ export class PackStore {
     // an existing entry and stores nothing if retention forgot the block meanwhile.
     if (e.from === undefined) this.inflight.set(e.hash, tracked);
     tracked.catch(() => undefined);
-    if (!this.writing) this.writing = this.drain().finally(() => { this.writing = null; });
+    if (!this.writing) {
+      this.writing = this.drain().finally(() => {
+        this.writing = null;
+        this.wakeParkWaiters();
+      });
+    } else this.wakeWriter?.();
     return tracked;
   }
 
+  /**
+   * The writer: one batch is written (and its flush started) while the one
+   * before it is made durable and indexed, so the copy into the page cache,
+   * the CRC-32s and the opening of a new pack overlap the disk's flush and
+   * the index transaction instead of following them. Batches are indexed
+   * and acknowledged in the order they were written, each only once its
+   * own flush has returned.
+   */
   private async drain(): Promise<void> {
-    while (this.queue.length > 0) {
+    // The put that woke the writer queues all its blocks before the first write takes any
+    // (else its first block went alone: a flush and an index transaction of its own).
+    await Promise.resolve();
+    let prev: Written | null = null;
+    while (this.queue.length > 0 || prev !== null) {
+      if (this.queue.length === 0 && prev !== null && !this.paused) {
+        // A put arriving during the flush is written at once, not after it.
+        const more = new Promise<void>((resolve) => { this.wakeWriter = resolve; });
+        await Promise.race([prev.flushed, more]);
+        this.wakeWriter = null;
+      }
+      if (this.queue.length === 0 || this.paused) {
+        // Nothing left to overlap it with, or quiesce() waits: the last write finishes now.
+        if (prev) await this.finish(prev);
+        prev = null;
+        if (this.paused) await this.park();
+        continue;
+      }
       // One write fills at most what is left of the open pack, so packs stay near packBytes;
       // a pack the next entry does not fit is closed first (not topped up by a write, a flush
       // and an index transaction of its own).
-      const left = this.current ? this.o.packBytes - this.current.bytes : Infinity;
-      if (this.current && this.current.bytes > 0 && ENTRY_HEADER + this.queue[0].data.length > left) await this.closeCurrent();
-      const room = Math.min(MAX_WRITE, this.o.packBytes - (this.current?.bytes ?? 0));
+      const cur = this.current;
+      if (cur && cur.written > 0 && ENTRY_HEADER + this.queue[0].data.length > this.o.packBytes - cur.written) await this.retire(cur);
+      const room = Math.min(MAX_WRITE, this.o.packBytes - (this.current?.written ?? 0));
       let n = 0;
       let bytes = 0;
       while (n < this.queue.length && (n === 0 || bytes + ENTRY_HEADER + this.queue[n].data.length <= room)) bytes += ENTRY_HEADER + this.queue[n++].data.length;
-      while (this.paused) await this.paused;
-      const batch = this.queue.splice(0, n);
-      try {
-        this.inWrite = this.write(batch);
-        await this.inWrite;
-        batch.forEach((e) => e.done());
-      } catch (err) {
-        // The open pack may now hold a partial tail: close it, index nothing of it.
-        await this.closeCurrent();
-        batch.forEach((e) => e.done(err as Error));
-      } finally {
-        this.inWrite = null;
-      }
+      const w = await this.write(this.queue.splice(0, n));
+      if (prev) await this.finish(prev);
+      prev = w;
     }
+  }
+
+  /** Waits, with nothing written and unfinished, until quiesce() is done. */
+  private async park(): Promise<void> {
+    this.parked = true;
+    this.wakeParkWaiters();
+    try {
+      while (this.paused) await this.paused;
+    } finally {
+      this.parked = false;
+    }
+  }
+
+  private wakeParkWaiters(): void {
+    for (const wake of this.parkWaiters.splice(0)) wake();
   }
 
   /**
@@ -376,7 +449,9 @@ export class PackStore {
     let release = () => undefined as void;
     this.paused = new Promise<void>((r) => { release = r; });
     try {
-      await this.inWrite?.catch(() => undefined);
+      // The writer finishes what it wrote (flushed and indexed), then waits.
+      this.wakeWriter?.();
+      if (this.writing && !this.parked) await new Promise<void>((resolve) => this.parkWaiters.push(resolve));
       if (this.current && this.o.remote) await this.closeCurrent();
       await this.uploads;
       return await fn();
@@ -386,63 +461,123 @@ export class PackStore {
     }
   }
 
-  private async openPack(): Promise<{ id: string; fh: FileHandle; bytes: number }> {
+  private async openPack(): Promise<OpenPack> {
     const id = randomBytes(16).toString('hex');
     const dir = join(this.o.dir, 'packs', id.slice(0, 2));
     await mkdir(dir, { recursive: true });
-    const fh = await open(this.packPath(id), 'wx', 0o600);
+    const fh = await (this.o.openPackFile ?? ((path: string) => open(path, 'wx', 0o600)))(this.packPath(id));
+    this.unclosed.add(id);
     // The new name must survive a crash along with the data written to it.
-    const d = await open(dir, 'r');
     try {
-      await d.sync();
-    } finally {
-      await d.close();
+      const d = await open(dir, 'r');
+      try {
+        await d.sync();
+      } finally {
+        await d.close();
+      }
+    } catch (err) {
+      this.unclosed.delete(id);
+      await fh.close().catch(() => undefined);
+      throw err;
     }
-    return { id, fh, bytes: 0 };
+    return { id, fh, written: 0, bytes: 0, pending: 0, retired: false, closed: false, failed: null };
   }
 
   private async closeCurrent(): Promise<void> {
-    const c = this.current;
-    this.current = null;
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = null;
-    await c?.fh.close().catch(() => undefined);
-    if (c && c.bytes > 0 && !this.closing) this.upload(c.id);
+    if (this.current) await this.retire(this.current);
   }
 
-  private async write(batch: Pending[]): Promise<void> {
-    // The CRC-32s on the thread pool, while the event loop takes the next frames in (measured 0.1 s of it per 256 MiB).
-    const crcs = await crc32s(batch.filter((e) => e.flags & FLAG_CRC32).map((e) => e.data));
-    let nextCrc = 0;
-    if (!this.current) this.current = await this.openPack();
-    const pack = this.current;
-    const bufs: Buffer[] = [];
-    const rows: NewBlock[] = [];
-    let off = pack.bytes;
-    for (const e of batch) {
-      const h = Buffer.alloc(ENTRY_HEADER);
-      h.writeUInt32BE(MAGIC, 0);
-      h.writeUInt8(e.flags, 4);
-      h.writeUInt32BE(e.data.length, 8);
-      if (e.flags & FLAG_CRC32) crcs.copy(h, 12, 4 * nextCrc, 4 * ++nextCrc);
-      else if (e.flags & FLAG_SEALED) createHash('sha256').update(e.data).digest().copy(h, 12);
-      else Buffer.from(e.hash, 'hex').copy(h, 12);
-      bufs.push(h, e.data);
-      rows.push({ hash: e.hash, size: e.size, pack: pack.id, offset: off, stored: e.data.length, flags: e.flags, from: e.from });
-      off += ENTRY_HEADER + e.data.length;
+  /** No more writes go to pack; it is closed now, or by the last of its writes to finish. */
+  private async retire(pack: OpenPack): Promise<void> {
+    pack.retired = true;
+    if (this.current === pack) {
+      this.current = null;
+      if (this.idleTimer) clearTimeout(this.idleTimer);
+      this.idleTimer = null;
     }
-    let pos = pack.bytes;
-    let todo = bufs;
-    while (todo.length > 0) {
-      const { bytesWritten } = await pack.fh.writev(todo, pos);
-      pos += bytesWritten;
-      todo = skip(todo, bytesWritten);
+    if (pack.pending === 0) await this.closePack(pack);
+  }
+
+  private async closePack(pack: OpenPack): Promise<void> {
+    if (pack.closed) return;
+    pack.closed = true;
+    await pack.fh.close().catch(() => undefined);
+    this.unclosed.delete(pack.id);
+    if (pack.bytes > 0 && !this.closing) this.upload(pack.id);
+  }
+
+  /**
+   * Writes a batch at the end of the open pack (a new one if none is open)
+   * and starts its flush; finish() then indexes it. A batch that cannot be
+   * written is failed here, and its pack, which may now hold a partial
+   * tail, takes no more writes. Never throws.
+   */
+  private async write(batch: Pending[]): Promise<Written | null> {
+    let pack: OpenPack | null = null;
+    try {
+      // The CRC-32s on the thread pool, while the event loop takes the next frames in (measured 0.1 s of it per 256 MiB).
+      const crcs = await crc32s(batch.filter((e) => e.flags & FLAG_CRC32).map((e) => e.data));
+      let nextCrc = 0;
+      if (!this.current) this.current = await this.openPack();
+      pack = this.current;
+      const bufs: Buffer[] = [];
+      const rows: NewBlock[] = [];
+      let off = pack.written;
+      for (const e of batch) {
+        const h = Buffer.alloc(ENTRY_HEADER);
+        h.writeUInt32BE(MAGIC, 0);
+        h.writeUInt8(e.flags, 4);
+        h.writeUInt32BE(e.data.length, 8);
+        if (e.flags & FLAG_CRC32) crcs.copy(h, 12, 4 * nextCrc, 4 * ++nextCrc);
+        else if (e.flags & FLAG_SEALED) createHash('sha256').update(e.data).digest().copy(h, 12);
+        else Buffer.from(e.hash, 'hex').copy(h, 12);
+        bufs.push(h, e.data);
+        rows.push({ hash: e.hash, size: e.size, pack: pack.id, offset: off, stored: e.data.length, flags: e.flags, from: e.from });
+        off += ENTRY_HEADER + e.data.length;
+      }
+      let pos = pack.written;
+      let todo = bufs;
+      while (todo.length > 0) {
+        const { bytesWritten } = await pack.fh.writev(todo, pos);
+        pos += bytesWritten;
+        todo = skip(todo, bytesWritten);
+      }
+      pack.written = off;
+      pack.pending++;
+      const flushed = pack.fh.datasync().then(() => null, (err: Error) => err);
+      if (pack.written >= this.o.packBytes) await this.retire(pack);
+      return { pack, batch, rows, end: off, flushed };
+    } catch (err) {
+      if (pack) await this.retire(pack);
+      batch.forEach((e) => e.done(err as Error));
+      return null;
     }
-    await pack.fh.datasync();
-    pack.bytes = off;
-    this.meta.indexBlocks(pack.id, off, rows);
-    if (pack.bytes >= this.o.packBytes) await this.closeCurrent();
-    else this.armIdle();
+  }
+
+  /**
+   * Indexes a written batch once its flush returned, and acknowledges it. A
+   * failed flush or index transaction fails the batch, and every batch
+   * written to that pack after it. Never throws.
+   */
+  private async finish(w: Written): Promise<void> {
+    const { pack } = w;
+    try {
+      const err = (await w.flushed) ?? pack.failed;
+      if (err) throw err;
+      this.meta.indexBlocks(pack.id, w.end, w.rows);
+      pack.bytes = w.end;
+      await this.meta.syncLog();
+      w.batch.forEach((e) => e.done());
+    } catch (err) {
+      pack.failed ??= err as Error;
+      w.batch.forEach((e) => e.done(err as Error));
+      pack.retired = true;
+      if (this.current === pack) await this.retire(pack);
+    } finally {
+      pack.pending--;
+    }
+    if (pack.retired && pack.pending === 0) await this.closePack(pack);
+    else if (pack === this.current) this.armIdle();
   }
 
   /** A block's bytes, checked against its id; a damaged one is an error, never data. */
@@ -636,7 +771,7 @@ export class PackStore {
     let reclaimed = 0;
     const dropped: string[] = [];
     for (const p of this.meta.packUsage()) {
-      if (p.id === this.current?.id || p.live >= p.bytes * minLive) continue;
+      if (this.unclosed.has(p.id) || p.live >= p.bytes * minLive) continue;
       const moves = this.meta.blocksIn(p.id).map(async (loc) => {
         const { stored } = await this.readEntry(loc.hash, loc); // a damaged block is not carried over
         await this.enqueue({ hash: loc.hash, size: loc.size, flags: loc.flags, data: stored as Buffer, from: p.id });
