@@ -259,7 +259,7 @@ export class MetaStore {
    * Indexes blocks written to `pack` (now `packBytes` long) in one
    * transaction: new blocks are added, moved ones re-pointed if still where
    * they were. The commit does not wait for the disk (SQLite's own flush
-   * here would hold the event loop 6-23 ms per 8 MiB of blocks, measured):
+   * here would hold the event loop; 0.5 ms on this disk when it is idle):
    * the caller acknowledges nothing of it before syncLog() returns. Until
    * then a crash may lose the transaction, never its bytes, which the
    * pack held durably before it; and a commit that names the blocks

@@ -571,8 +571,7 @@ export class PackStore {
     } catch (err) {
       pack.failed ??= err as Error;
       w.batch.forEach((e) => e.done(err as Error));
-      pack.retired = true;
-      if (this.current === pack) await this.retire(pack);
+      await this.retire(pack); // closed below, once its last write is finished
     } finally {
       pack.pending--;
     }
