@@ -7,7 +7,6 @@
  * transaction, and idempotent: repeating a call changes nothing.
  */
 import Database from 'better-sqlite3';
-import { open, type FileHandle } from 'node:fs/promises';
 import { VfsxError } from '../errors/vfsx-error';
 import { SEGMENT_BLOCKS, segmentHash } from '../protocol/segments';
 import { subtreeBounds } from './object-path';
@@ -135,13 +134,9 @@ export class MetaStore {
   private readonly db: Database.Database;
   private readonly runTx: (fn: () => unknown) => unknown;
   private readonly now: () => number;
-  /** The write-ahead log (null for an in-memory database), and a handle syncLog() flushes it by. */
-  private readonly walFile: string | null;
-  private wal: Promise<FileHandle> | null = null;
 
   constructor(file: string, now: () => number = Date.now) {
     this.db = new Database(file);
-    this.walFile = this.db.memory ? null : `${this.db.name}-wal`;
     this.runTx = this.db.transaction((fn: () => unknown) => fn());
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
@@ -159,27 +154,6 @@ export class MetaStore {
 
   close(): void {
     this.db.close();
-    void this.wal?.then((fh) => fh.close()).catch(() => undefined);
-    this.wal = null;
-  }
-
-  /**
-   * Makes every transaction committed so far durable, the ones indexBlocks()
-   * committed without waiting for the disk included: one fdatasync of the
-   * write-ahead log on the thread pool. The WAL is the same file for as
-   * long as the database is open (SQLite removes it only when its last
-   * connection closes), and a flush through any descriptor flushes the file.
-   */
-  async syncLog(): Promise<void> {
-    if (this.walFile === null) return;
-    if (this.wal === null) {
-      const opening = open(this.walFile, 'r');
-      this.wal = opening;
-      opening.catch(() => {
-        if (this.wal === opening) this.wal = null;
-      });
-    }
-    await (await this.wal).datasync();
   }
 
   /** Statements prepared once (preparing per call was a fifth of the site's CPU on small files). */
@@ -258,30 +232,20 @@ export class MetaStore {
   /**
    * Indexes blocks written to `pack` (now `packBytes` long) in one
    * transaction: new blocks are added, moved ones re-pointed if still where
-   * they were. The commit does not wait for the disk (SQLite's own flush
-   * here would hold the event loop; 0.5 ms on this disk when it is idle):
-   * the caller acknowledges nothing of it before syncLog() returns. Until
-   * then a crash may lose the transaction, never its bytes, which the
-   * pack held durably before it; and a commit that names the blocks
-   * flushes the log with its own.
+   * they were.
    */
   indexBlocks(pack: string, packBytes: number, rows: NewBlock[]): void {
     const now = this.now();
     const upPack = this.q('INSERT INTO packs (id, bytes, created) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes');
     const add = this.q('INSERT OR IGNORE INTO blocks (hash, size, refs, created, pack, off, stored, flags) VALUES (?, ?, 0, ?, ?, ?, ?, ?)');
     const move = this.q('UPDATE blocks SET pack = ?, off = ?, stored = ?, flags = ? WHERE hash = ? AND pack IS ?');
-    this.db.pragma('synchronous = NORMAL');
-    try {
-      this.db.transaction(() => {
-        upPack.run(pack, packBytes, now);
-        for (const r of rows) {
-          if (r.from === undefined) add.run(r.hash, r.size, now, r.pack, r.offset, r.stored, r.flags);
-          else move.run(r.pack, r.offset, r.stored, r.flags, r.hash, r.from);
-        }
-      })();
-    } finally {
-      this.db.pragma('synchronous = FULL');
-    }
+    this.db.transaction(() => {
+      upPack.run(pack, packBytes, now);
+      for (const r of rows) {
+        if (r.from === undefined) add.run(r.hash, r.size, now, r.pack, r.offset, r.stored, r.flags);
+        else move.run(r.pack, r.offset, r.stored, r.flags, r.hash, r.from);
+      }
+    })();
   }
 
   locate(hash: string): BlockLocation | null {

@@ -4,9 +4,9 @@
  * block id), compressed with zstd when that saves at least 1/16. Writers
  * are grouped: every blocks.put waiting while a write is in flight joins
  * the next one, so one writev and one fdatasync serve them all, and only
- * then does one transaction index them (block id -> pack, offset, length),
- * whose log is flushed before any of them is acknowledged. One batch is
- * written while the one before it is flushed and indexed (drain()).
+ * then does one transaction index them (block id -> pack, offset, length).
+ * One batch is written while the one before it is flushed and indexed
+ * (drain()).
  * A crash therefore leaves at most an unindexed tail, which start-up cuts
  * off, and never an index entry without its bytes.
  *
@@ -566,7 +566,6 @@ export class PackStore {
       if (err) throw err;
       this.meta.indexBlocks(pack.id, w.end, w.rows);
       pack.bytes = w.end;
-      await this.meta.syncLog();
       w.batch.forEach((e) => e.done());
     } catch (err) {
       pack.failed ??= err as Error;
