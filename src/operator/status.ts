@@ -325,20 +325,33 @@ export class StatusReader {
       if (attempts > 0) tried.push({ jobId: ids[i], attempts, error: reason ?? '' });
     });
     if (tried.length === 0) return [];
-    const q = this.conn.pipeline();
-    for (const t of tried) q.hget(this.jobKey(site, t.jobId), 'data');
+    const data = await this.jobRecords(site, tried.map((t) => t.jobId));
     const out: RetryingRecord[] = [];
-    ((await q.exec()) ?? []).forEach(([err, d], i) => {
-      if (err || typeof d !== 'string') return; // finished in between
-      let rec: ChangeRecord | undefined;
-      try {
-        rec = recordsOf(JSON.parse(d))[0];
-      } catch {
-        return; // not a job of ours: the status still reads
-      }
-      if (rec) out.push({ jobId: tried[i].jobId, share: rec.share, path: rec.names?.path ?? '', op: rec.op, attempts: tried[i].attempts, error: tried[i].error, site });
-    });
+    for (const t of tried) {
+      const rec = data.get(t.jobId)?.[0];
+      if (rec) out.push({ jobId: t.jobId, share: rec.share, path: rec.names?.path ?? '', op: rec.op, attempts: t.attempts, error: t.error, site });
+    }
     return out;
+  }
+
+  /**
+   * The records of the given jobs of a site's queue, in one round trip. A job
+   * finished in between is absent, and so is one whose data does not parse
+   * (not a job of ours): the status still reads.
+   */
+  private async jobRecords(site: string, ids: string[]): Promise<Map<string, ChangeRecord[]>> {
+    const p = this.conn.pipeline();
+    for (const id of ids) p.hget(this.jobKey(site, id), 'data');
+    const data = new Map<string, ChangeRecord[]>();
+    ((await p.exec()) ?? []).forEach(([err, d], i) => {
+      if (err || typeof d !== 'string') return;
+      try {
+        data.set(ids[i], recordsOf(JSON.parse(d)));
+      } catch {
+        // left out
+      }
+    });
+    return data;
   }
 
   private async share(site: string, share: string, now: number, unpumpedAt: number | null, retrying: RetryingRecord[]): Promise<ShareStatus> {
@@ -352,13 +365,7 @@ export class StatusReader {
     const records = Number(count);
     // Files and bytes of the oldest SAMPLE records (dirty bytes of closes; 0 for namespace changes).
     const members = sample.map(parseRpoMember);
-    const jobIds = [...new Set(members.map((m) => m.jobId))];
-    const p = this.conn.pipeline();
-    for (const id of jobIds) p.hget(this.jobKey(site, id), 'data');
-    const data = new Map<string, ChangeRecord[]>();
-    ((await p.exec()) ?? []).forEach(([, d], i) => {
-      if (typeof d === 'string') data.set(jobIds[i], recordsOf(JSON.parse(d)));
-    });
+    const data = await this.jobRecords(site, [...new Set(members.map((m) => m.jobId))]);
     const paths = new Set<string>();
     let bytes = 0;
     for (const m of members) {
