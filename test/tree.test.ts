@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -80,6 +80,81 @@ for (const mode of ['openat2', 'walk'] as const) {
     }
   });
 }
+
+test('scan and scanAsync list every entry as lstat sees it, with targets, xattrs and odd names; scanAsync runs on the thread pool and through its own descriptor', async () => {
+  const root = join(dir, 'scan');
+  mkdirSync(join(root, 'sub'), { recursive: true });
+  const names = ['plain.txt', 'a b %#&', 'été 東京 🎉', 'new\nline', 'x'.repeat(240)];
+  names.forEach((n, i) => writeFileSync(join(root, n), Buffer.alloc(i * 1000, 7)));
+  writeFileSync(Buffer.concat([Buffer.from(`${root}/bad`), Buffer.from([0xff, 0xfe])]), 'b');
+  symlinkSync('/etc/passwd', join(root, 'link'));
+  execFileSync('mkfifo', [join(root, 'fifo')]);
+  const t = Tree.open(root);
+  try {
+    t.setXattr('plain.txt', 'user.DOSATTRIB', Buffer.from([0, 1, 2, 0xff]));
+    t.setXattr('plain.txt', 'user.empty', Buffer.alloc(0));
+    t.setXattr('sub', 'user.dir', Buffer.from('d'));
+    t.utimes('plain.txt', '-1500000000'); // before 1970
+    const sync = t.scan('', true);
+    const viaPool = await t.scanAsync('', true);
+    assert.deepEqual(viaPool, sync);
+    const got = new Map(sync ?? []);
+    assert.deepEqual([...got.keys()].sort(), [...names, 'bad\ufffd\ufffd', 'fifo', 'link', 'sub'].sort());
+    for (const [name, e] of got) {
+      const st = lstatSync(name.startsWith('bad') ? Buffer.concat([Buffer.from(`${root}/bad`), Buffer.from([0xff, 0xfe])]) : join(root, name), { bigint: true });
+      assert.deepEqual(
+        [e.mode, e.uid, e.gid, e.size, e.ino, e.dev, e.mtimeNs, e.ctimeNs],
+        [Number(st.mode) & 0o7777, Number(st.uid), Number(st.gid), Number(st.size), String(st.ino), String(st.dev), String(st.mtimeNs), String(st.ctimeNs)],
+        name,
+      );
+      assert.equal(e.kind, st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other', name);
+      assert.equal(e.xattrs !== undefined, e.kind === 'file' || e.kind === 'dir', `${name}: xattrs read for files and directories only`);
+    }
+    assert.equal(got.get('plain.txt')?.mtimeNs, '-1500000000');
+    assert.deepEqual(got.get('plain.txt')?.xattrs, { 'user.DOSATTRIB': Buffer.from([0, 1, 2, 0xff]), 'user.empty': Buffer.alloc(0) });
+    assert.deepEqual(got.get('sub')?.xattrs, { 'user.dir': Buffer.from('d') });
+    assert.equal(got.get('link')?.target?.toString(), '/etc/passwd');
+    assert.equal(t.scan('', false)?.find(([n]) => n === 'plain.txt')?.[1].xattrs, undefined, 'no xattrs unless asked');
+    assert.deepEqual(await t.scanAsync('sub', true), []);
+    assert.equal(await t.scanAsync('link', true), null, 'a symlink is not scanned through');
+    assert.equal(await t.scanAsync('plain.txt', true), null);
+    assert.equal(await t.scanAsync('gone', true), null);
+  } finally {
+    t.close();
+  }
+
+  // A large directory: the event loop turns while the pool reads it, and a
+  // tree closed meanwhile (its descriptor's number taken by another
+  // directory) does not change what the scan reads.
+  const big = join(dir, 'big');
+  mkdirSync(big);
+  for (let i = 0; i < 20_000; i++) closeSync(openSync(join(big, `f${i}`), 'w'));
+  const other = join(dir, 'other');
+  mkdirSync(other);
+  writeFileSync(join(other, 'not-this'), '');
+  const bt = Tree.open(big);
+  let turns = 0;
+  let done = false;
+  const spin = () => {
+    if (done) return;
+    turns++;
+    setImmediate(spin);
+  };
+  setImmediate(spin);
+  const pending = bt.scanAsync('', true);
+  bt.close();
+  const intruder = Tree.open(other); // likely the same descriptor number
+  try {
+    const entries = await pending;
+    done = true;
+    assert.equal(entries?.length, 20_000);
+    assert.ok(entries?.every(([n]) => n.startsWith('f')), 'the closed tree was read, not what took its descriptor');
+    assert.ok(turns > 0, 'the event loop ran while the directory was read');
+  } finally {
+    done = true;
+    intruder.close();
+  }
+});
 
 /** Writes `data` to path durably, then drops its pages from the cache (dd's nocache: posix_fadvise DONTNEED). */
 function coldFile(path: string, data: Buffer): void {

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include "beneath.h"
@@ -21,7 +22,7 @@ namespace vfsx {
 
 namespace {
 
-Napi::Value Throw(Napi::Env env, int err, const char *syscall, const std::string &path) {
+Napi::Error MakeError(Napi::Env env, int err, const char *syscall, const std::string &path) {
   const char *name = strerrorname_np(err);
   std::string code = name ? name : "EUNKNOWN";
   std::string msg = code + ": " + strerror(err) + ", " + syscall + " '" + path + "'";
@@ -30,7 +31,11 @@ Napi::Value Throw(Napi::Env env, int err, const char *syscall, const std::string
   e.Set("errno", Napi::Number::New(env, -err));
   e.Set("syscall", Napi::String::New(env, syscall));
   e.Set("path", Napi::String::New(env, path));
-  e.ThrowAsJavaScriptException();
+  return e;
+}
+
+Napi::Value Throw(Napi::Env env, int err, const char *syscall, const std::string &path) {
+  MakeError(env, err, syscall, path).ThrowAsJavaScriptException();
   return env.Undefined();
 }
 
@@ -84,11 +89,14 @@ const char *KindOf(mode_t m) {
   return "other";
 }
 
+using Xattrs = std::vector<std::pair<std::string, std::string>>;
+
 // Every xattr of the inode at p, a /proc/self/fd path: of an O_PATH fd of a
 // file or directory (follow: the magic link itself is the last component),
 // or of a directory fd plus a name (not follow: a symlink swapped in is not
 // followed). Returns 0 or -errno; no xattr support gives an empty list.
-int ReadXattrs(Napi::Env env, const std::string &p, bool follow, Napi::Object *out) {
+// Makes no N-API call: runs on the thread pool too.
+int ReadXattrs(const std::string &p, bool follow, Xattrs *out) {
   std::vector<char> names(4096);
   ssize_t n;
   for (;;) {
@@ -114,18 +122,18 @@ int ReadXattrs(Napi::Env env, const std::string &p, bool follow, Napi::Object *o
       if (errno == ENODATA || errno == ENOTSUP) continue;  // removed meanwhile
       return -errno;
     }
-    out->Set(name, Napi::Buffer<char>::Copy(env, val.data(), static_cast<size_t>(vn)));
+    out->emplace_back(name, std::string(val.data(), static_cast<size_t>(vn)));
   }
   return 0;
 }
 
-// Sets o.target to the target of the symlink name in dirfd ("" with an
-// O_PATH fd of the link itself). Returns 0 or -errno.
-int ReadTarget(Napi::Env env, int dirfd, const char *name, const struct stat &st, Napi::Object *o) {
+// The target of the symlink name in dirfd ("" with an O_PATH fd of the link
+// itself). Returns 0 or -errno. Makes no N-API call.
+int ReadTarget(int dirfd, const char *name, const struct stat &st, std::string *target) {
   std::vector<char> buf(static_cast<size_t>(st.st_size > 0 ? st.st_size : 255) + 1);
   ssize_t n = readlinkat(dirfd, name, buf.data(), buf.size());
   if (n < 0) return -errno;
-  o->Set("target", Napi::Buffer<char>::Copy(env, buf.data(), static_cast<size_t>(n)));
+  target->assign(buf.data(), static_cast<size_t>(n));
   return 0;
 }
 
@@ -188,43 +196,72 @@ Napi::Value StatAt(const Napi::CallbackInfo &info) {
   int rc = 0;
   const char *call = "";
   if (S_ISLNK(st.st_mode)) {
-    rc = ReadTarget(env, fd, "", st, &o);
+    std::string target;
+    rc = ReadTarget(fd, "", st, &target);
     call = "readlinkat";
+    if (rc == 0) o.Set("target", Napi::Buffer<char>::Copy(env, target.data(), target.size()));
   } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
-    Napi::Object x = Napi::Object::New(env);
-    rc = ReadXattrs(env, ProcPath(fd), true, &x);
+    Xattrs xs;
+    rc = ReadXattrs(ProcPath(fd), true, &xs);
     call = "getxattr";
-    if (rc == 0) o.Set("xattrs", x);
+    if (rc == 0) {
+      Napi::Object x = Napi::Object::New(env);
+      for (const auto &kv : xs) x.Set(kv.first, Napi::Buffer<char>::Copy(env, kv.second.data(), kv.second.size()));
+      o.Set("xattrs", x);
+    }
   }
   close(fd);
   if (rc < 0) return Throw(env, -rc, call, rel);
   return o;
 }
 
-// scanDir(root, rel, xattrs) -> [[name, entry], ...] for every entry of the
-// directory rel (one open of the directory, fstatat and l*xattr per entry,
-// nothing followed), or null when rel is not a directory of the tree. An
-// entry gone between readdir and fstatat is left out.
-Napi::Value ScanDir(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  int root;
-  std::string rel;
-  if (!ArgFdRel(info, &root, &rel)) return env.Undefined();
-  bool want_xattrs = info.Length() > 2 && info[2].ToBoolean().Value();
+// What one directory's scan found, packed for the JS side to unpack
+// (src/native/tree.ts, unpackScan): making a JS object per entry here cost
+// most of a scan's time.
+//   text: per entry its name, ino, dev, mtimeNs, ctimeNs, then each xattr's
+//         name, each ending in NUL (a name holds no NUL);
+//   nums: per entry st_mode, uid, gid, size, the target's length (-1: not a
+//         symlink), the count of xattrs (-1: not read), then each xattr
+//         value's length;
+//   bin:  per entry the target's bytes, then each xattr's value.
+struct ScanResult {
+  bool found = true;  // false: rel is not a directory of the tree
+  int err = 0;
+  const char *call = "";
+  std::string text;
+  std::vector<double> nums;
+  std::string bin;
+};
+
+void Field(std::string *text, const std::string &v) {
+  text->append(v);
+  text->push_back('\0');
+}
+
+// Every entry of the directory rel (one open of the directory, fstatat and
+// l*xattr per entry, nothing followed). An entry gone between readdir and
+// fstatat is left out. Makes no N-API call: runs on the thread pool too.
+void ScanInto(int root, const std::string &rel, bool want_xattrs, ScanResult *r) {
   int fd = OpenBeneath(root, rel, O_RDONLY | O_DIRECTORY, 0);
-  if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) return env.Null();
-  if (fd < 0) return Throw(env, -fd, "openat2", rel);
+  if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) {
+    r->found = false;
+    return;
+  }
+  if (fd < 0) {
+    r->err = -fd;
+    r->call = "openat2";
+    return;
+  }
   DIR *d = fdopendir(fd);
   if (!d) {
-    int e = errno;
+    r->err = errno;
+    r->call = "fdopendir";
     close(fd);
-    return Throw(env, e, "fdopendir", rel);
+    return;
   }
   const std::string base = ProcPath(fd) + "/";
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t i = 0;
-  int err = 0;
-  const char *call = "readdir";
+  std::string target;
+  Xattrs xs;
   errno = 0;
   while (struct dirent *e = readdir(d)) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
@@ -234,46 +271,111 @@ Napi::Value ScanDir(const Napi::CallbackInfo &info) {
         errno = 0;
         continue;
       }
-      err = errno;
-      call = "fstatat";
+      r->err = errno;
+      r->call = "fstatat";
       break;
     }
-    Napi::Object o = EntryOf(env, st);
-    if (S_ISLNK(st.st_mode)) {
-      int rc = ReadTarget(env, fd, e->d_name, st, &o);
-      if (rc == -ENOENT) {
-        errno = 0;
-        continue;
-      }
-      if (rc < 0) {
-        err = -rc;
-        call = "readlinkat";
-        break;
-      }
-    } else if (want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
-      Napi::Object x = Napi::Object::New(env);
-      int rc = ReadXattrs(env, base + e->d_name, false, &x);
-      if (rc == -ENOENT) {
-        errno = 0;
-        continue;
-      }
-      if (rc < 0) {
-        err = -rc;
-        call = "getxattr";
-        break;
-      }
-      o.Set("xattrs", x);
+    bool link = S_ISLNK(st.st_mode);
+    bool read_xattrs = !link && want_xattrs && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode));
+    xs.clear();
+    int rc = link ? ReadTarget(fd, e->d_name, st, &target) : read_xattrs ? ReadXattrs(base + e->d_name, false, &xs) : 0;
+    if (rc == -ENOENT) {
+      errno = 0;
+      continue;
     }
-    Napi::Array pair = Napi::Array::New(env, 2);
-    pair.Set(0u, Napi::String::New(env, e->d_name));
-    pair.Set(1u, o);
-    out.Set(i++, pair);
+    if (rc < 0) {
+      r->err = -rc;
+      r->call = link ? "readlinkat" : "getxattr";
+      break;
+    }
+    Field(&r->text, e->d_name);
+    Field(&r->text, std::to_string(st.st_ino));
+    Field(&r->text, std::to_string(st.st_dev));
+    Field(&r->text, Ns(st.st_mtim));
+    Field(&r->text, Ns(st.st_ctim));
+    r->nums.insert(r->nums.end(), {static_cast<double>(st.st_mode), static_cast<double>(st.st_uid),
+                                   static_cast<double>(st.st_gid), static_cast<double>(st.st_size),
+                                   link ? static_cast<double>(target.size()) : -1.0,
+                                   read_xattrs ? static_cast<double>(xs.size()) : -1.0});
+    if (link) r->bin.append(target);
+    for (const auto &kv : xs) {
+      Field(&r->text, kv.first);
+      r->nums.push_back(static_cast<double>(kv.second.size()));
+      r->bin.append(kv.second);
+    }
     errno = 0;
   }
-  if (err == 0 && errno != 0) err = errno;
+  if (r->err == 0 && errno != 0) {
+    r->err = errno;
+    r->call = "readdir";
+  }
   closedir(d);
-  if (err != 0) return Throw(env, err, call, rel);
+}
+
+// [text, nums, bin] of a scan, null when rel is not a directory of the tree.
+Napi::Value ScanValue(Napi::Env env, const ScanResult &r) {
+  if (!r.found) return env.Null();
+  Napi::Float64Array nums = Napi::Float64Array::New(env, r.nums.size());
+  if (!r.nums.empty()) memcpy(nums.Data(), r.nums.data(), r.nums.size() * sizeof(double));
+  Napi::Array out = Napi::Array::New(env, 3);
+  out.Set(0u, Napi::String::New(env, r.text.data(), r.text.size()));
+  out.Set(1u, nums);
+  out.Set(2u, Napi::Buffer<char>::Copy(env, r.bin.data(), r.bin.size()));
   return out;
+}
+
+// A scan on the thread pool: the event loop keeps running while a large
+// directory's entries are read (a cold one waits on the disk per inode).
+// It scans through its own duplicate of the root fd, so a tree closed
+// meanwhile (and its fd number reused) cannot redirect it.
+class ScanWorker : public Napi::AsyncWorker {
+ public:
+  ScanWorker(Napi::Env env, int root, std::string rel, bool want_xattrs)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), root_(root), rel_(std::move(rel)),
+        want_xattrs_(want_xattrs) {}
+  ~ScanWorker() override {
+    if (root_ >= 0) close(root_);
+  }
+  Napi::Promise Start() {
+    Napi::Promise p = deferred_.Promise();
+    Queue();
+    return p;
+  }
+  void Execute() override { ScanInto(root_, rel_, want_xattrs_, &r_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (r_.err != 0) {
+      deferred_.Reject(MakeError(env, r_.err, r_.call, rel_).Value());
+      return;
+    }
+    deferred_.Resolve(ScanValue(env, r_));
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int root_;
+  std::string rel_;
+  bool want_xattrs_;
+  ScanResult r_;
+};
+
+// scanDir(root, rel, xattrs, async) -> [text, nums, bin] (see ScanResult)
+// or null when rel is not a directory of the tree; a promise of it when async.
+Napi::Value ScanDir(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int root;
+  std::string rel;
+  if (!ArgFdRel(info, &root, &rel)) return env.Undefined();
+  bool want_xattrs = info.Length() > 2 && info[2].ToBoolean().Value();
+  if (info.Length() > 3 && info[3].ToBoolean().Value()) {
+    int own = fcntl(root, F_DUPFD_CLOEXEC, 0);
+    if (own < 0) return Throw(env, errno, "fcntl", rel);
+    return (new ScanWorker(env, own, rel, want_xattrs))->Start();
+  }
+  ScanResult r;
+  ScanInto(root, rel, want_xattrs, &r);
+  if (r.err != 0) return Throw(env, r.err, r.call, rel);
+  return ScanValue(env, r);
 }
 
 // Runs fn(parentfd, name) on rel's parent directory beneath root.

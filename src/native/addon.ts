@@ -32,12 +32,18 @@ export interface TreeEntry {
   xattrs?: Record<string, Buffer>;
 }
 
+/** What scanDir returns: see ScanResult in native/addon/tree_ops.cc. */
+export type PackedScan = [text: string, nums: Float64Array, bin: Buffer];
+
 export interface TreeOps {
   useWalk(on: boolean): void;
   openRoot(path: string): number;
   openAt(root: number, rel: string, flags: number, mode: number): number;
   statAt(root: number, rel: string, xattrs: boolean): TreeEntry | null;
-  scanDir(root: number, rel: string, xattrs: boolean): Array<[string, TreeEntry]> | null;
+  /** A directory's entries packed as [text, nums, bin] (unpacked by Tree), null when rel is not a directory of the tree. */
+  scanDir(root: number, rel: string, xattrs: boolean, async: false): PackedScan | null;
+  /** The same read on the thread pool, through a duplicate of root. */
+  scanDir(root: number, rel: string, xattrs: boolean, async: true): Promise<PackedScan | null>;
   mkdirAt(root: number, rel: string, mode: number): boolean;
   symlinkAt(root: number, rel: string, target: string): void;
   unlinkAt(root: number, rel: string, dir: boolean): void;

@@ -9,11 +9,60 @@
  * verify) and writes into a restore destination.
  */
 import { closeSync, constants, fstatSync } from 'node:fs';
-import { treeOps, TreeEntry, TreeOps } from './addon';
+import { PackedScan, treeOps, TreeEntry, TreeOps } from './addon';
 
 export type { TreeEntry } from './addon';
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NONBLOCK } = constants;
+
+const KINDS: Record<number, TreeEntry['kind']> = { [constants.S_IFREG]: 'file', [constants.S_IFDIR]: 'dir', [constants.S_IFLNK]: 'symlink' };
+
+/** Copies len bytes of bin at off (an entry's bytes outlive the scan's buffer). */
+function bytesAt(bin: Buffer, off: number, len: number): Buffer {
+  return Buffer.from(bin.subarray(off, off + len));
+}
+
+/** The entries of a packed scan (the layout is ScanResult's in native/addon/tree_ops.cc). */
+function unpackScan(packed: PackedScan | null): Array<[string, TreeEntry]> | null {
+  if (packed === null) return null;
+  const [text, nums, bin] = packed;
+  const fields = text.split('\0');
+  const out: Array<[string, TreeEntry]> = [];
+  let t = 0;
+  let b = 0;
+  for (let n = 0; n < nums.length;) {
+    const stMode = nums[n++];
+    const name = fields[t++];
+    const e: TreeEntry = {
+      kind: KINDS[stMode & constants.S_IFMT] ?? 'other',
+      mode: stMode & 0o7777,
+      uid: nums[n++],
+      gid: nums[n++],
+      size: nums[n++],
+      ino: fields[t++],
+      dev: fields[t++],
+      mtimeNs: fields[t++],
+      ctimeNs: fields[t++],
+    };
+    const targetLen = nums[n++];
+    const xattrCount = nums[n++];
+    if (targetLen >= 0) {
+      e.target = bytesAt(bin, b, targetLen);
+      b += targetLen;
+    }
+    if (xattrCount >= 0) {
+      const x: Record<string, Buffer> = {};
+      for (let i = 0; i < xattrCount; i++) {
+        const len = nums[n++];
+        x[fields[t++]] = bytesAt(bin, b, len);
+        b += len;
+      }
+      e.xattrs = x;
+    }
+    out.push([name, e]);
+  }
+  return out;
+}
 
 export class Tree {
   readonly path: string;
@@ -48,7 +97,16 @@ export class Tree {
    * directory of the tree.
    */
   scan(rel: string, xattrs = false): Array<[string, TreeEntry]> | null {
-    return this.ops.scanDir(this.root(), rel, xattrs);
+    return unpackScan(this.ops.scanDir(this.root(), rel, xattrs, false));
+  }
+
+  /**
+   * scan() read on the thread pool: the event loop runs on while a large
+   * directory is read (100,000 entries take about a second; a cold one
+   * waits on the disk for each inode). Only the unpacking is on the caller's thread.
+   */
+  async scanAsync(rel: string, xattrs = false): Promise<Array<[string, TreeEntry]> | null> {
+    return unpackScan(await this.ops.scanDir(this.root(), rel, xattrs, true));
   }
 
   /**

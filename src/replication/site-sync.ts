@@ -135,7 +135,7 @@ export class SiteSync {
     const listing = this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
     try {
       this.scanned = new Map();
-      this.prefetch(rel);
+      await this.prefetch(rel);
     } catch (err) {
       listing.catch(() => undefined);
       this.scanned = null;
@@ -163,10 +163,10 @@ export class SiteSync {
     }
   }
 
-  private prefetch(rel: string): void {
-    const entries = this.tree.scan(rel, true);
+  private async prefetch(rel: string): Promise<void> {
+    const entries = await this.tree.scanAsync(rel, true);
     this.scanned?.set(rel, entries);
-    for (const [name, e] of entries ?? []) if (e.kind === 'dir') this.prefetch(rel ? `${rel}/${name}` : name);
+    for (const [name, e] of entries ?? []) if (e.kind === 'dir') await this.prefetch(rel ? `${rel}/${name}` : name);
   }
 
   /**
@@ -206,7 +206,7 @@ export class SiteSync {
   private async syncDirEntries(rel: string, enqueue: (dir: string) => void, files: Slots): Promise<void> {
     const pre = this.scanned?.get(rel);
     this.scanned?.delete(rel);
-    const entries = pre !== undefined ? pre : this.tree.scan(rel, true);
+    const entries = pre !== undefined ? pre : await this.tree.scanAsync(rel, true);
     if (!entries) return; // gone meanwhile, or now a symlink: a later record handles it
     // Unchanged files (same size and metadata as the site's head) are skipped; small ones go in batches.
     const small: string[] = [];

@@ -46,11 +46,12 @@ interface SiteHead {
 
 const BLOCKS_PER_GET = 64;
 
-function walk(tree: Tree, rel: string, out: Array<[string, TreeEntry]>): void {
-  for (const [name, e] of tree.scan(rel, true) ?? []) {
+/** Every entry below rel, each directory read on the thread pool (a share of a million files never holds the event loop for its walk). */
+async function walk(tree: Tree, rel: string, out: Array<[string, TreeEntry]>): Promise<void> {
+  for (const [name, e] of (await tree.scanAsync(rel, true)) ?? []) {
     const p = rel ? `${rel}/${name}` : name;
     out.push([p, e]);
-    if (e.kind === 'dir') walk(tree, p, out);
+    if (e.kind === 'dir') await walk(tree, p, out);
   }
 }
 
@@ -137,7 +138,7 @@ export async function verifyTree(site: SiteClient, bucket: string, tree: Tree, o
   const listing = site.call<SiteObject[]>('object.list', o.content ? { bucket, blocks: true } : { bucket });
   const entries: Array<[string, TreeEntry]> = [];
   try {
-    walk(tree, '', entries);
+    await walk(tree, '', entries);
   } catch (err) {
     listing.catch(() => undefined);
     throw err;
