@@ -297,6 +297,45 @@ test('vfsx key: add a passphrase, restore with it on a fresh machine (address, r
   }
 });
 
+test('restore and verify --deep with --bwlimit read at most the limit from the site and still restore byte for byte; a limit that does not parse is refused', async () => {
+  const dr = await DrSiteHarness.start();
+  try {
+    const src = join(work, 'bw-src');
+    await mkdir(join(src, 'd'), { recursive: true });
+    // 6 MiB that neither compresses nor deduplicates.
+    for (let i = 0; i < 3; i++) await writeFile(join(src, 'd', `f${i}.bin`), randomBytes(2 << 20));
+    await writeFile(join(src, 'small.txt'), 'small');
+    await writeFile(dr.passphraseFile, PASSPHRASE);
+    assert.equal((await vfsx(dr, ['resync', 'docs', '--source', src])).code, 0);
+
+    const timed = async (args: string[]) => {
+      const t0 = Date.now();
+      const r = await vfsx(dr, args);
+      return { ...r, ms: Date.now() - t0 };
+    };
+    const free = await timed(['restore', 'docs', join(work, 'bw-free')]);
+    assert.equal(free.code, 0, free.stdout + free.stderr);
+    // At 2 MiB/s, 6 MiB cannot arrive in less than about 3 s (a tenth of a second's burst aside).
+    const limited = await timed(['restore', 'docs', join(work, 'bw-limited'), '--bwlimit', '2M', '--json']);
+    assert.equal(limited.code, 0, limited.stdout + limited.stderr);
+    assert.match(limited.stderr, /bandwidth limit on what is read from the site: 2M/);
+    assert.equal(JSON.parse(limited.stdout).bytes, (6 << 20) + 5);
+    diffR(src, join(work, 'bw-limited'));
+    const deep = await timed(['verify', 'docs', '--source', src, '--deep', '--bwlimit', '2M']);
+    assert.equal(deep.code, 0, deep.stdout + deep.stderr);
+    process.stdout.write(`# restore of 6 MiB: ${free.ms} ms unlimited, ${limited.ms} ms at 2 MiB/s; verify --deep at 2 MiB/s ${deep.ms} ms\n`);
+    assert.ok(limited.ms >= 2800, `restore at 2 MiB/s took ${limited.ms} ms for 6 MiB`);
+    assert.ok(deep.ms >= 2800, `verify --deep at 2 MiB/s took ${deep.ms} ms for 6 MiB`);
+
+    const bad = await vfsx(dr, ['restore', 'docs', join(work, 'bw-bad'), '--bwlimit', 'fast']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /--bwlimit: .*VFSX_ERR_CONFIG_INVALID/);
+    await assert.rejects(readdir(join(work, 'bw-bad')), /ENOENT/, 'a refused limit restores nothing');
+  } finally {
+    await dr.destroy();
+  }
+});
+
 test('a plaintext (v1-style) repository stays plaintext: resync with encryption off, then an encrypting client is told rather than mixing, and restore works without a passphrase', async () => {
   const dr = await DrSiteHarness.start();
   try {

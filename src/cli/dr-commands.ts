@@ -7,7 +7,7 @@ import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { SiteClient } from '../site-link/site-client';
 import { siteOpenerOf } from '../site-link/site-opener';
-import { bandwidthOf } from '../site-link/bandwidth';
+import { Bandwidth, bandwidthOf } from '../site-link/bandwidth';
 import { restoreShare } from '../operator/restore';
 import { SiteSync } from '../replication/site-sync';
 import { Tree } from '../native/tree';
@@ -27,6 +27,8 @@ export interface DrCommandOptions {
   passphraseFile?: string;
   /** The DR site (replication.sites) to work with; default the first. */
   site?: string;
+  /** restore, verify --deep: a limit on the blocks read from the site (a rate or a timetable, as replication.bwlimit). */
+  bwlimit?: string;
 }
 
 /** The share's path: --source, or what smbd's configuration says. */
@@ -49,7 +51,20 @@ async function connect(config: VfsxConfig, o: DrCommandOptions, writes = false):
   // What is sent obeys the bandwidth limit the replicator keeps to (a resync is an initial sync).
   const pace = writes ? await bandwidthOf(config, o.site) : undefined;
   if (pace && pace.limit > 0) process.stderr.write(`bandwidth limit: ${pace.binding.text}${pace.binding.source === 'override' ? ' (set by vfsx bwlimit)' : ''}\n`);
-  return siteOpenerOf(r, { log, passphraseFile: o.passphraseFile, pace, site: o.site, writes }).open();
+  // What is read is limited only when asked: a restore in a disaster wants the whole link.
+  const receivePace = o.bwlimit === undefined ? undefined : receiveLimit(o.bwlimit);
+  return siteOpenerOf(r, { log, passphraseFile: o.passphraseFile, pace, receivePace, site: o.site, writes }).open();
+}
+
+/** --bwlimit: the limit on blocks read from the site; one that does not parse is a usage error. */
+function receiveLimit(text: string): Bandwidth {
+  try {
+    const b = new Bandwidth(text);
+    process.stderr.write(`bandwidth limit on what is read from the site: ${b.text}\n`);
+    return b;
+  } catch (err) {
+    throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `--bwlimit: ${(err as Error).message}`);
+  }
 }
 
 function progressLine(json: boolean, text: string): void {

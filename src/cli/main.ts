@@ -54,19 +54,23 @@ Usage:
   vfsx resync SHARE [--config FILE] [--source DIR] [--site NAME] [--json]
       Make the DR site match the share: push what it lacks (blocks it has
       are not sent again), delete what the source no longer has.
-  vfsx verify SHARE [--config FILE] [--source DIR] [--content|--deep] [--site NAME] [--json]
+  vfsx verify SHARE [--config FILE] [--source DIR] [--content|--deep] [--bwlimit RATE] [--site NAME] [--json]
       Compare the share with the DR site (type, size, mode, mtime, xattrs,
       symlink targets); list every difference. Exit 0 only when identical.
       --content also compares every source block's sha256 with the site's
       block ids (nothing is downloaded); --deep also downloads every block
-      of every head at the site and checks its bytes against its id.
+      of every head at the site and checks its bytes against its id;
+      --bwlimit limits what it downloads, as for restore.
       The share's path comes from --source or from smbd's configuration.
-  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--passphrase-file FILE] [--site NAME] [--json]
+  vfsx restore SHARE DEST [--config FILE] [--at TIME] [--force] [--bwlimit RATE] [--passphrase-file FILE] [--site NAME] [--json]
       Rebuild the share from the DR site into DEST (latest, or as it was at
       TIME: ISO 8601 or ms since the epoch), with contents, owners, modes,
       mtimes and xattrs. Nothing is written outside DEST and no symlink is
       followed; every block is checked against its id. DEST must be empty
       unless --force. Exit 1 when any object was refused or failed.
+      --bwlimit limits the blocks read from the site (5M, 512k, or a
+      timetable as replication.bwlimit); by default a restore takes the
+      whole link (the replication limits do not apply to it).
       An encrypted repository needs its passphrase: --passphrase-file,
       VFSX_PASSPHRASE, or replication.passphraseFile (also for resync and
       verify). On a fresh machine the site's address, a token and the
@@ -272,6 +276,7 @@ export async function main(argv: string[]): Promise<number> {
       'new-passphrase-file': { type: 'string' },
       label: { type: 'string' },
       site: { type: 'string' },
+      bwlimit: { type: 'string' },
       watch: { type: 'boolean', short: 'w', default: false },
       recent: { type: 'boolean', default: false },
       'modules-dir': { type: 'string' },
@@ -312,7 +317,7 @@ export async function main(argv: string[]): Promise<number> {
       const o = {
         json: values.json === true, source: values.source, at: values.at,
         content: values.content === true, deep: values.deep === true, force: values.force === true,
-        passphraseFile: values['passphrase-file'], site: values.site,
+        passphraseFile: values['passphrase-file'], site: values.site, bwlimit: values.bwlimit,
       };
       const { restoreCommand, resyncCommand, verifyCommand } = await import('./dr-commands');
       if (command === 'resync') return resyncCommand(cfg, share, o);

@@ -17,6 +17,8 @@ export interface DrClientOptions {
   ca?: Buffer;
   /** Paces what is sent (a bandwidth limit); requests then go one after another. */
   pace?: Pacer;
+  /** Paces the blocks received (restore, verify --deep): block reads then go one after another. */
+  receivePace?: Pacer;
 }
 
 /** Resolves when n more bytes may be sent; undefined when they may go at once. */
@@ -57,10 +59,14 @@ export class DrClient implements SiteClient {
   private readonly pace: Pacer | undefined;
   /** The paced sends, one message after another (fragments of two messages must not interleave). */
   private sending: Promise<void> = Promise.resolve();
+  private readonly receivePace: Pacer | undefined;
+  /** Under a receive limit, the block reads, one after another. */
+  private receiving: Promise<void> = Promise.resolve();
 
-  private constructor(ws: WebSocket, pace?: Pacer) {
+  private constructor(ws: WebSocket, pace?: Pacer, receivePace?: Pacer) {
     this.ws = ws;
     this.pace = pace;
+    this.receivePace = receivePace;
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on('close', () => {
       for (const p of this.pending.values()) p.reject(new Error('connection to the DR site closed'));
@@ -77,7 +83,7 @@ export class DrClient implements SiteClient {
       const ws = new WebSocket(o.url, {
         headers: { authorization: `Bearer ${o.token}` }, ca: o.ca, maxPayload: 1 << 30, generateMask: (mask: Buffer) => { mask.fill(0); },
       });
-      ws.once('open', () => resolve(new DrClient(ws, o.pace)));
+      ws.once('open', () => resolve(new DrClient(ws, o.pace, o.receivePace)));
       ws.once('unexpected-response', (_req, res) => reject(new Error(`DR site refused the connection: HTTP ${res.statusCode}`)));
       ws.once('error', reject);
     });
@@ -224,11 +230,27 @@ export class DrClient implements SiteClient {
 
   /** Blocks as the site sends them, unchecked but for their count (a sealed site's client opens them). */
   async getRaw(hashes: string[], where?: BlockScope): Promise<Buffer[]> {
-    const got = (await this.send('blocks.get', where ? { hashes, ...where } : { hashes })).binary;
+    const params = where ? { hashes, ...where } : { hashes };
+    const got = this.receivePace ? await this.getPaced(params, this.receivePace) : (await this.send('blocks.get', params)).binary;
     if (got.length !== hashes.length) {
       throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `DR site answered ${got.length} blocks for ${hashes.length} asked`);
     }
     return got;
+  }
+
+  /**
+   * A block read under a receive limit: it waits for the reads before it,
+   * and the next waits until this one's bytes are paid for, so the link
+   * carries at most the limit on average and one reply (64 blocks) at a time.
+   */
+  private getPaced(params: object, pace: Pacer): Promise<Buffer[]> {
+    const turn = this.receiving.then(async () => {
+      const got = (await this.send('blocks.get', params)).binary;
+      await pace.take(got.reduce((n, b) => n + b.length, 0));
+      return got;
+    });
+    this.receiving = turn.then(() => undefined, () => undefined);
+    return turn;
   }
 
   /**

@@ -36,6 +36,8 @@ export interface SiteOpenerOptions {
   log?: (msg: string, o: object) => void;
   /** A bandwidth limit on what is sent. */
   pace?: Pacer;
+  /** A bandwidth limit on the blocks received. */
+  receivePace?: Pacer;
 }
 
 const METHOD_NOT_FOUND = -32601;
@@ -60,7 +62,7 @@ export class SiteOpener {
   constructor(private readonly o: SiteOpenerOptions) {}
 
   async open(): Promise<SiteClient> {
-    const link = await DrClient.connect({ url: this.o.url, token: this.o.token, ca: this.o.ca, pace: this.o.pace });
+    const link = await DrClient.connect({ url: this.o.url, token: this.o.token, ca: this.o.ca, pace: this.o.pace, receivePace: this.o.receivePace });
     try {
       return await this.openOn(link, true);
     } catch (err) {
@@ -157,6 +159,7 @@ export interface OpenAs {
   /** Instead of the site's passphrase file. */
   passphraseFile?: string;
   pace?: Pacer;
+  receivePace?: Pacer;
   /** The site's name (default: the first configured). */
   site?: string;
   /** Whether this may make a new (empty) site's repository: only what writes (replication, resync). */
@@ -168,6 +171,6 @@ export function siteOpenerOf(r: VfsxConfig['replication'], o: OpenAs = {}): Site
   const s = siteNamed(r, o.site);
   return new SiteOpener({
     url: s.url, token: s.token, passphraseFile: o.passphraseFile ?? s.passphraseFile,
-    encryptNew: o.writes === true && s.encryption === 'on', log: o.log, pace: o.pace,
+    encryptNew: o.writes === true && s.encryption === 'on', log: o.log, pace: o.pace, receivePace: o.receivePace,
   });
 }
