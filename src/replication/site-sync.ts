@@ -31,6 +31,15 @@ const BATCH_OBJECTS = 512;
 /** The site refuses an object below something it has as a file or symlink. */
 const NOT_A_DIRECTORY = -32006;
 const TREE_CONCURRENCY = 16;
+/**
+ * Entries scanned ahead while the site lists what it has: the scan stops
+ * when the listing arrives or at this many, and the walk reads the rest as
+ * it goes (the whole tree held at once is about 300 bytes per entry: a
+ * share of millions of files would not fit in the heap).
+ */
+const PREFETCH_ENTRIES = 100_000;
+/** prune() lets the event loop turn after this many paths it only stat'ed. */
+const PRUNE_YIELD = 1000;
 /** Files up to this size go to the site many at a time (one blocks.missing, one commitMany). */
 export const SMALL_FILE = 256 << 10;
 const BATCH_FILES = 64;
@@ -133,9 +142,11 @@ export class SiteSync {
   async syncTree(rel: string, prune = false): Promise<void> {
     // The site lists what it has while the source tree is scanned.
     const listing = this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
+    let arrived = false;
+    listing.then(() => { arrived = true; }, () => { arrived = true; });
     try {
       this.scanned = new Map();
-      await this.prefetch(rel);
+      await this.prefetch(rel, () => arrived);
     } catch (err) {
       listing.catch(() => undefined);
       this.scanned = null;
@@ -155,18 +166,28 @@ export class SiteSync {
   /** Deletes at the site what it has below rel and the source does not (parents first; a delete takes the subtree). */
   private async prune(rel: string, sitePaths: string[]): Promise<void> {
     let gone: string | null = null;
+    let kept = 0;
     for (const p of [...sitePaths].sort()) {
       if (p === rel || (gone !== null && p.startsWith(`${gone}/`))) continue;
-      if (this.tree.stat(p)) continue;
+      if (this.tree.stat(p)) {
+        if (++kept % PRUNE_YIELD === 0) await new Promise<void>((r) => setImmediate(r));
+        continue;
+      }
       await this.site.call('object.delete', { bucket: this.bucket, path: p });
       gone = p;
     }
   }
 
-  private async prefetch(rel: string): Promise<void> {
-    const entries = await this.tree.scanAsync(rel, true);
-    this.scanned?.set(rel, entries);
-    for (const [name, e] of entries ?? []) if (e.kind === 'dir') await this.prefetch(rel ? `${rel}/${name}` : name);
+  /** Scans directories below rel (parents first) into `scanned` until `enough()` or PREFETCH_ENTRIES. */
+  private async prefetch(rel: string, enough: () => boolean): Promise<void> {
+    const dirs = [rel];
+    let held = 0;
+    for (let i = 0; i < dirs.length && held < PREFETCH_ENTRIES && !enough(); i++) {
+      const entries = await this.tree.scanAsync(dirs[i], true);
+      this.scanned?.set(dirs[i], entries);
+      held += entries?.length ?? 0;
+      for (const [name, e] of entries ?? []) if (e.kind === 'dir') dirs.push(dirs[i] ? `${dirs[i]}/${name}` : name);
+    }
   }
 
   /**
