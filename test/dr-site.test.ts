@@ -247,6 +247,100 @@ test('a delete, move or listing takes exactly the path and its subtree, found by
   }
 });
 
+test('a listing in pages (MetaStore): pages of any size join to the whole listing, for heads, a subtree and an earlier time, odd names in the site\'s (UTF-8 byte) order', () => {
+  let now = 1000;
+  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
+  const m = new MetaStore(join(dir, 'm.sqlite'), () => now);
+  try {
+    m.ensureBucket('b');
+    // Siblings of the prefix that sort between "p" and "p/" ('-', '.', ' '), names beyond the BMP and at its top.
+    const names = ['p', 'p-x', 'p.x', 'p x', 'p/a', 'p/a/b', 'p/é', 'p/😀', 'p/\uffff', 'p/\ufffd', 'q', 'a', 'p0'];
+    for (const n of names) m.commit('b', n, { kind: 'dir', meta: {} });
+    now = 2000;
+    m.delete('b', 'p/a/b');
+    m.commit('b', 'p/late', { kind: 'dir', meta: {} });
+    const byBytes = (xs: string[]) => [...xs].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+    for (const [at, prefix] of [[undefined, undefined], [undefined, 'p'], [1500, undefined], [1500, 'p'], [undefined, 'p/a'], [undefined, 'none']] as const) {
+      const whole = m.list('b', at, prefix).map((v) => v.path);
+      if (prefix === undefined) assert.deepEqual(whole, byBytes(whole), 'the site lists in byte order');
+      for (const limit of [1, 2, 3, 7, 100]) {
+        const paged: string[] = [];
+        let after: string | undefined;
+        for (let i = 0; i < 100; i++) {
+          const page = m.list('b', at, prefix, { after, limit }).map((v) => v.path);
+          assert.ok(page.length <= limit);
+          paged.push(...page);
+          if (page.length < limit) break;
+          after = page[page.length - 1];
+        }
+        assert.deepEqual(paged, whole, `at ${at} prefix ${prefix} limit ${limit}`);
+      }
+    }
+    assert.deepEqual(m.list('b', undefined, 'p').map((v) => v.path), byBytes(['p', 'p/a', 'p/é', 'p/😀', 'p/\uffff', 'p/\ufffd', 'p/late']));
+    assert.ok(m.list('b', 1500, 'p').some((v) => v.path === 'p/a/b'), 'at 1500 p/a/b was there');
+  } finally {
+    m.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('object.list through the client goes in pages of 10,000 and joins them: 25,000 objects whole and in order; a page answers at most limit and the next cursor; a site that does not move forward is refused', async () => {
+  const P = 'paged';
+  await c.call('bucket.ensure', { bucket: P });
+  const paths = Array.from({ length: 25_000 }, (_, i) => `d${String(i).padStart(5, '0')}`);
+  for (let i = 0; i < paths.length; i += 512) {
+    await c.call('object.commitMany', { bucket: P, objects: paths.slice(i, i + 512).map((path) => ({ path, kind: 'dir', meta: {} })) });
+  }
+  const all = await c.call<Array<{ path: string }>>('object.list', { bucket: P });
+  assert.deepEqual(all.map((o) => o.path), paths);
+  const at = await c.call<Array<{ path: string }>>('object.list', { bucket: P, at: Date.now() + 1000 });
+  assert.equal(at.length, paths.length);
+
+  // The site's side of a page.
+  const ws = await raw();
+  try {
+    const page = (await exchange(ws, JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'object.list', params: { bucket: P, limit: 3, after: 'd00009' } }))) as { result: { objects: Array<{ path: string }>; next: string | null } };
+    assert.deepEqual(page.result.objects.map((o) => o.path), ['d00010', 'd00011', 'd00012']);
+    assert.equal(page.result.next, 'd00012');
+    const last = (await exchange(ws, JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'object.list', params: { bucket: P, limit: 3, after: 'd24997' } }))) as { result: { objects: Array<{ path: string }>; next: string | null } };
+    assert.deepEqual(last.result.objects.map((o) => o.path), ['d24998', 'd24999']);
+    assert.equal(last.result.next, null);
+    const tooMany = (await exchange(ws, JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'object.list', params: { bucket: P, limit: 100_001 } }))) as { error: { code: number } };
+    assert.equal(tooMany.error.code, -32602);
+  } finally {
+    ws.close();
+  }
+
+  // A site from before paging (it refuses the parameters) is listed in one piece, then always so;
+  // a site whose pages do not move forward is refused instead of listed forever.
+  const asked: Array<Record<string, unknown>> = [];
+  const fake = new WebSocket.Server({ host: '127.0.0.1', port: 0 });
+  fake.on('connection', (sock) => sock.on('message', (d: Buffer) => {
+    const q = JSON.parse(d.toString()) as { id: number; params: Record<string, unknown> };
+    asked.push(q.params);
+    const reply = q.params.bucket === 'old'
+      ? ('limit' in q.params ? { error: { code: -32602, message: 'invalid params: must NOT have additional properties' } } : { result: [{ path: 'x' }, { path: 'y' }] })
+      : { result: { objects: [{ path: 'z' }], next: 'm' } };
+    sock.send(JSON.stringify({ jsonrpc: '2.0', id: q.id, ...reply }));
+  }));
+  await new Promise((r) => fake.once('listening', r));
+  const k = await DrClient.connect({ url: `ws://127.0.0.1:${(fake.address() as { port: number }).port}`, token: 't' });
+  try {
+    assert.deepEqual(await k.call('object.list', { bucket: 'old' }), [{ path: 'x' }, { path: 'y' }]);
+    assert.deepEqual(await k.call('object.list', { bucket: 'old' }), [{ path: 'x' }, { path: 'y' }]);
+    assert.deepEqual(asked.map((x) => 'limit' in x), [true, false, false], 'asked for a page once, then in one piece');
+    const k2 = await DrClient.connect({ url: `ws://127.0.0.1:${(fake.address() as { port: number }).port}`, token: 't' });
+    try {
+      await assert.rejects(k2.call('object.list', { bucket: 'loop' }), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY');
+    } finally {
+      k2.close();
+    }
+  } finally {
+    k.close();
+    fake.close();
+  }
+});
+
 test('retention keeps every block a retained version needs and frees the rest', () => {
   let now = 1000;
   const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));

@@ -17,6 +17,14 @@ export type MethodResult = { result: unknown; binary?: BinaryPart[] };
 
 type Params = Record<string, unknown>;
 
+/**
+ * Block ids a page of a listing carries at most (about 17 MiB of JSON),
+ * unless one file alone has more: a listing with every block (verify
+ * --content) of a large share goes in many pieces, never one string larger
+ * than V8 can make (512 MiB: about 8 million ids, a 500 GiB share).
+ */
+const LIST_PAGE_BLOCKS = 262_144;
+
 function publicVersion(v: ObjectVersion | null, blocks?: string[]): unknown {
   if (!v) return null;
   const { id, path, ts, kind, meta, size, blockSize, target } = v;
@@ -168,7 +176,20 @@ export class DrSiteMethods {
         const prefix = p.prefix === undefined || p.prefix === '' ? undefined : checkObjectPath(p.prefix);
         const upTo = p.blocks === true ? Infinity : typeof p.blocksUpTo === 'number' ? p.blocksUpTo : -1;
         const withBlocks = (v: ObjectVersion) => v.kind === 'file' && (v.blockSize > 0 ? Math.ceil(v.size / v.blockSize) : 0) <= upTo;
-        return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v, withBlocks(v) ? this.meta.blocksOf(v) : undefined)) };
+        if (typeof p.limit !== 'number') {
+          return { result: this.meta.list(this.bucket(p), p.at as number | undefined, prefix).map((v) => publicVersion(v, withBlocks(v) ? this.meta.blocksOf(v) : undefined)) };
+        }
+        // A page: at most `limit` objects and about LIST_PAGE_BLOCKS block ids (one larger file alone may exceed it).
+        const vs = this.meta.list(this.bucket(p), p.at as number | undefined, prefix, { after: p.after as string | undefined, limit: p.limit + 1 });
+        const objects: unknown[] = [];
+        let ids = 0;
+        for (const v of vs) {
+          if (objects.length === p.limit || (objects.length > 0 && ids >= LIST_PAGE_BLOCKS)) break;
+          const blocks = withBlocks(v) ? this.meta.blocksOf(v) : undefined;
+          ids += blocks?.length ?? 0;
+          objects.push(publicVersion(v, blocks));
+        }
+        return { result: { objects, next: objects.length < vs.length ? vs[objects.length - 1].path : null } };
       }
       case 'object.versions':
         return { result: this.meta.versions(this.bucket(p), checkObjectPath(p.path)).map((v) => ({ version: v.id, ts: v.ts, kind: v.kind, size: v.size })) };

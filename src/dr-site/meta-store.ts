@@ -371,7 +371,14 @@ export class MetaStore {
   }
 
   /** Every live object (now, or at time `at`), in path order. */
-  list(bucket: string, at?: number, prefix?: string): ObjectVersion[] {
+  /**
+   * The heads of a bucket (or its versions as they were at `at`), below
+   * `prefix` when given, in path order. With `page`, only those after
+   * `page.after` (exclusive; the last path of the page before), at most
+   * `page.limit`: a listing in pieces, each one query that stops at its limit.
+   */
+  list(bucket: string, at?: number, prefix?: string, page?: { after?: string; limit: number }): ObjectVersion[] {
+    if (page !== undefined) return this.listPage(bucket, at, prefix, page.after, page.limit);
     if (at === undefined && prefix !== undefined) {
       return (this.q(SUBTREE_HEADS).all(...subtreeParams(bucket, prefix)) as VersionRow[]).map(toVersion);
     }
@@ -384,6 +391,28 @@ export class MetaStore {
     if (prefix === undefined) return all;
     const [lo, hi] = subtreeBounds(prefix);
     return all.filter((v) => v.path === prefix || (v.path >= lo && v.path < hi));
+  }
+
+  private listPage(bucket: string, at: number | undefined, prefix: string | undefined, after: string | undefined, limit: number): ObjectVersion[] {
+    // The object named prefix itself comes first (every path below it sorts after it), then the range.
+    const exact = prefix !== undefined && (after === undefined || after < prefix);
+    const [lo, hi] = prefix === undefined ? ['', null] : subtreeBounds(prefix);
+    const live = at === undefined
+      ? { from: 'heads h JOIN versions v ON v.id = h.version', col: 'h.path', cond: 'h.bucket = ?', args: [bucket] as unknown[] }
+      : {
+        from: 'versions v', col: 'v.path',
+        cond: `v.bucket = ? AND v.kind != 'tombstone' AND v.id = (SELECT max(id) FROM versions w WHERE w.bucket = v.bucket AND w.path = v.path AND w.ts <= ?)`,
+        args: [bucket, at] as unknown[],
+      };
+    const out: VersionRow[] = [];
+    if (exact) {
+      const row = this.q(`SELECT v.* FROM ${live.from} WHERE ${live.cond} AND ${live.col} = ?`).get(...live.args, prefix);
+      if (row) out.push(row as VersionRow);
+    }
+    const bounds = [`${live.col} >= ?`, ...(after !== undefined ? [`${live.col} > ?`] : []), ...(hi !== null ? [`${live.col} < ?`] : [])];
+    const args = [...live.args, lo, ...(after !== undefined ? [after] : []), ...(hi !== null ? [hi] : []), limit - out.length];
+    out.push(...this.q(`SELECT v.* FROM ${live.from} WHERE ${live.cond} AND ${bounds.join(' AND ')} ORDER BY ${live.col} LIMIT ?`).all(...args) as VersionRow[]);
+    return out.map(toVersion);
   }
 
   /**

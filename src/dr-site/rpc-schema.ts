@@ -77,7 +77,15 @@ export const RPC_PARAMS: Record<string, object> = {
   'object.stat': obj({ bucket, path, at, blocks: { type: 'boolean' }, segments: { type: 'array', maxItems: 1024, items: { type: 'integer', minimum: 0 } } }, ['bucket', 'path']),
   /** With blocks: every file's block list too (a content verify in one call). */
   // blocksUpTo: each file of at most that many blocks comes with its block list (blocks: every file's).
-  'object.list': obj({ bucket, at, prefix: { type: 'string', maxLength: 16384 }, blocks: { type: 'boolean' }, blocksUpTo: { type: 'integer', minimum: 0, maximum: 1024 } }, ['bucket']),
+  /**
+   * Without `limit`: every object, as a list (clients before paging). With
+   * `limit`: { objects, next }, at most `limit` objects after `after`, and
+   * `next` the `after` of the next page (null at the end).
+   */
+  'object.list': obj({
+    bucket, at, prefix: { type: 'string', maxLength: 16384 }, blocks: { type: 'boolean' }, blocksUpTo: { type: 'integer', minimum: 0, maximum: 1024 },
+    after: { type: 'string', maxLength: 16384 }, limit: { type: 'integer', minimum: 1, maximum: 100000 },
+  }, ['bucket']),
   'object.versions': obj({ bucket, path }, ['bucket', 'path']),
   /** The repository: format, whether encrypted, its key records (passphrase-wrapped, safe to hand out). */
   'repo.info': obj({}, []),

@@ -26,6 +26,13 @@ export interface Pacer {
   take(n: number): Promise<void> | undefined;
 }
 
+/**
+ * Objects per page of a listing: about 5 MiB of JSON. A share of millions
+ * of files listed in one reply would make a string larger than V8 can.
+ */
+const LIST_PAGE = 10_000;
+const INVALID_PARAMS = -32602;
+
 /** Fragment size of paced binary messages: small enough that a limited link sends smoothly. */
 const PACED_FRAGMENT = 64 * 1024;
 
@@ -60,6 +67,8 @@ export class DrClient implements SiteClient {
   /** The paced sends, one message after another (fragments of two messages must not interleave). */
   private sending: Promise<void> = Promise.resolve();
   private readonly receivePace: Pacer | undefined;
+  /** The site lists only in one piece (a site from before paged listings). */
+  private wholeLists = false;
   /** Under a receive limit, the block reads, one after another. */
   private receiving: Promise<void> = Promise.resolve();
 
@@ -210,7 +219,34 @@ export class DrClient implements SiteClient {
   }
 
   async call<T = unknown>(method: string, params: unknown): Promise<T> {
+    if (method === 'object.list' && !this.wholeLists) return this.listPaged(params as object) as T;
     return (await this.send(method, params)).result as T;
+  }
+
+  /** object.list in pages of LIST_PAGE (each reply bounded at the site), joined: callers get the whole list as before. */
+  private async listPaged(params: object): Promise<unknown> {
+    const all: unknown[] = [];
+    let after: string | undefined;
+    for (;;) {
+      let page: { objects?: unknown; next?: unknown };
+      try {
+        page = (await this.send('object.list', { ...params, limit: LIST_PAGE, ...(after === undefined ? {} : { after }) })).result as typeof page;
+      } catch (err) {
+        if (after !== undefined || !(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
+        // A site from before paging refuses the parameters: it lists in one piece.
+        const whole = (await this.send('object.list', params)).result;
+        this.wholeLists = true;
+        return whole;
+      }
+      const { objects, next } = page ?? {};
+      // Pages move forward in the site's order (SQLite's: of the UTF-8 bytes), so a site cannot keep us listing in circles.
+      if (!Array.isArray(objects) || (next !== null && typeof next !== 'string') || (next !== null && after !== undefined && Buffer.compare(Buffer.from(next), Buffer.from(after)) <= 0)) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list answered a page that is not a page after the last');
+      }
+      for (const o of objects) all.push(o);
+      if (next === null) return all;
+      after = next;
+    }
   }
 
   /** Sends blocks (hashes computed here unless given); the site verifies every hash. */
