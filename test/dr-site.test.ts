@@ -341,6 +341,54 @@ test('object.list through the client goes in pages of 10,000 and joins them: 25,
   }
 });
 
+test('segments stored ahead of their commit (segments.put): every block must be there; a commit naming them takes its blocks; one never committed is dropped after the orphan grace, and a block retention freed meanwhile is found missing', () => {
+  let now = 1000;
+  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
+  const m = new MetaStore(join(dir, 'm.sqlite'), () => now);
+  const h = (c: string) => c.repeat(64);
+  const missing = (f: () => unknown): unknown => {
+    try {
+      f();
+    } catch (err) {
+      return (err as { code?: string; cause?: unknown }).code === 'VFSX_ERR_DR_MISSING_BLOCKS' ? (err as { cause?: unknown }).cause : err;
+    }
+    return 'no error';
+  };
+  try {
+    m.ensureBucket('b');
+    for (const x of ['a', 'b', 'c', 'd']) m.addBlock(h(x), 1);
+    assert.deepEqual(missing(() => m.putSegments([[h('a'), h('e')]])), [h('e')], 'a segment with a block the site lacks is refused');
+    assert.equal(m.putSegments([[h('a'), h('b')], [h('c')]]), 2);
+    assert.equal(m.putSegments([[h('a'), h('b')]]), 0, 'idempotent');
+    const [s1, s2] = [segmentHash([h('a'), h('b')]), segmentHash([h('c')])];
+    // Committed by its segment list alone.
+    const v = m.commit('b', 'big', { kind: 'file', meta: {}, size: 3, blockSize: 1, segments: [s1, s2] });
+    assert.deepEqual(m.blocksOf(v), [h('a'), h('b'), h('c')]);
+    assert.deepEqual(missing(() => m.commit('b', 'other', { kind: 'file', meta: {}, size: 1, blockSize: 1, segments: [segmentHash([h('d')])] })), [], 'a segment neither stored nor given');
+    // Stored at 2000, its block an orphan (a stored segment holds no block): retention frees the block; the commit finds it missing.
+    now = 2000;
+    m.putSegments([[h('d')]]);
+    const freed = m.collect(0, 1500);
+    assert.deepEqual(freed, [h('d')]);
+    m.forgetBlocks(freed);
+    const s3 = segmentHash([h('d')]);
+    assert.deepEqual(missing(() => m.commit('b', 'd1', { kind: 'file', meta: {}, size: 1, blockSize: 1, segments: [s3] })), [h('d')]);
+    m.addBlock(h('d'), 1); // sent again, as the client does on that answer
+    assert.deepEqual(m.blocksOf(m.commit('b', 'd1', { kind: 'file', meta: {}, size: 1, blockSize: 1, segments: [s3] })), [h('d')]);
+    // One never committed is dropped once older than the orphan cut.
+    now = 3000;
+    m.putSegments([[h('c'), h('d')]]);
+    m.collect(0, 2999);
+    assert.equal(m.putSegments([[h('c'), h('d')]]), 0, 'kept while younger than the cut');
+    m.collect(0, 3001);
+    assert.equal(m.putSegments([[h('c'), h('d')]]), 1, 'dropped once older: stored anew');
+    assert.deepEqual(m.blocksOf(m.head('b', 'big') as NonNullable<ReturnType<typeof m.head>>), [h('a'), h('b'), h('c')], 'a committed segment is never dropped');
+  } finally {
+    m.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('retention keeps every block a retained version needs and frees the rest', () => {
   let now = 1000;
   const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));

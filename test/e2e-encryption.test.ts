@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -445,6 +445,79 @@ test("a few bytes changed in place go as a patch commit (the changed blocks and 
       const out2 = join(work, `patch-out2-${encryptNew}`);
       assert.deepEqual((await restoreShare(client, 'p', out2)).failed, []);
       assert.deepEqual(await readFile(join(out2, 'big.bin')), await readFile(file));
+      tree.close();
+    } finally {
+      client.close();
+      await dr.destroy();
+    }
+  }
+});
+
+test('a file of more blocks than one commit message holds commits by segments (segments.put in pieces, then its segment list), encrypted and plaintext: restore byte for byte, verify --content clean, a later change goes as a patch; a site without segments.put takes the block list; a file past the site\'s limit fails clearly before it is read', async () => {
+  for (const encryptNew of [true, false]) {
+    const dr = await DrSiteHarness.start();
+    const client = await dr.repo({ encryptNew });
+    try {
+      await client.call('bucket.ensure', { bucket: 's' });
+      const src = join(work, `seg-src-${encryptNew}`);
+      await mkdir(src, { recursive: true });
+      const file = join(src, 'image.vhdx');
+      // 4 KiB blocks: 2,600 blocks, 11 segments; committed by segments from 1,000 blocks, 4 segments per put.
+      await writeFile(file, randomBytes(2600 * 4096 - 123));
+      const link = encryptNew ? (client as unknown as { link: SiteClient }).link : client;
+      const realCall = link.call.bind(link);
+      const seen: Array<[string, Record<string, unknown>]> = [];
+      let oldSite = false;
+      (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+        seen.push([method, params as Record<string, unknown>]);
+        if (oldSite && method === 'segments.put') throw new DrRpcError(-32601, 'method not found');
+        return realCall<T>(method, params);
+      };
+      const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+      const tree = Tree.open(src);
+      const sync = new SiteSync({ site: client, bucket: 's', tree, blockSize: 4096, stats, segmented: { from: 1000, perPut: 4 } });
+      await sync.syncPath('image.vhdx');
+      const puts = seen.filter(([m]) => m === 'segments.put').map(([, p]) => (p.segments as string[][]).length);
+      assert.deepEqual(puts, [4, 4, 3], 'eleven segments in three puts');
+      const commit = seen.find(([m]) => m === 'object.commit')?.[1];
+      assert.ok(commit && Array.isArray(commit.segments) && commit.blocks === undefined && commit.newSegments === undefined, 'the commit names only its segment list');
+      assert.equal((commit.segments as string[]).length, 11);
+      const out = join(work, `seg-out-${encryptNew}`);
+      assert.deepEqual((await restoreShare(client, 's', out)).failed, []);
+      assert.deepEqual(await readFile(join(out, 'image.vhdx')), await readFile(file));
+      const { verifyTree } = await import('../src/replication/verify');
+      assert.deepEqual(await verifyTree(client, 's', tree, { content: true }), []);
+
+      // A byte changed in segment 5: a patch commit over the segmented version, one block sent.
+      const data = await readFile(file);
+      data[5 * 256 * 4096 + 9] ^= 0xff;
+      await writeFile(file, data);
+      const b0 = stats.blocksSent;
+      seen.length = 0;
+      await sync.syncPath('image.vhdx', [[5 * 256 * 4096 + 9, 1]]);
+      assert.equal(stats.blocksSent - b0, 1);
+      assert.equal((seen.find(([m]) => m === 'object.commit')?.[1].newSegments as unknown[]).length, 1);
+
+      // A site from before segments.put: the block list, as before.
+      oldSite = true;
+      seen.length = 0;
+      data[9] ^= 0xff;
+      await writeFile(file, data);
+      await sync.syncPath('image.vhdx');
+      assert.ok(seen.some(([m, p]) => m === 'object.commit' && Array.isArray(p.blocks) && (p.blocks as string[]).length === 2600), 'the usual commit with the block list');
+      const out2 = join(work, `seg-out2-${encryptNew}`);
+      assert.deepEqual((await restoreShare(client, 's', out2)).failed, []);
+      assert.deepEqual(await readFile(join(out2, 'image.vhdx')), data);
+
+      // Past the limit (a sparse file: nothing to read): refused at once, nothing sent or committed.
+      const { MAX_FILE_BLOCKS } = await import('../src/replication/site-sync');
+      execFileSync('truncate', ['-s', String((MAX_FILE_BLOCKS + 1) * 4096), join(src, 'huge.img')]);
+      const b1 = stats.blocksSent;
+      const t0 = Date.now();
+      await assert.rejects(sync.syncPath('huge.img'), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_REPL_TOO_LARGE' && /huge\.img: .* blocks of 4096; the DR site takes files of at most 4194304 blocks/.test(err.message));
+      assert.ok(Date.now() - t0 < 5000, 'refused before reading 16 GiB');
+      assert.equal(stats.blocksSent, b1);
+      assert.equal(await client.call('object.stat', { bucket: 's', path: 'huge.img' }), null);
       tree.close();
     } finally {
       client.close();

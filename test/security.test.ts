@@ -284,6 +284,7 @@ test('scoped tokens: a read token and a write token are refused every call outsi
     ['object.deleteMany', { bucket: 'docs', paths: ['p.txt'] }],
     ['object.move', { bucket: 'docs', from: 'p.txt', to: 'r.txt' }],
     ['blocks.missing', { hashes: [blockHash(other)] }],
+    ['segments.put', { segments: [[blockHash(data)]] }],
     ['blocks.get', { hashes: [blockHash(data)] }],
     ['blocks.get', { hashes: [blockHash(other)], bucket: 'docs', path: 'p.txt' }],
     ['blocks.get', { hashes: [blockHash(other)], bucket: 'other', path: 'o.txt' }],

@@ -32,7 +32,7 @@ export interface Rights {
 const READ_METHODS = new Set(['object.list', 'object.stat', 'object.versions', 'blocks.get']);
 /** Any token: key records are wrapped by passphrases, and a restore on a fresh machine starts here. */
 const REPO_METHODS = new Set(['repo.info']);
-const WRITE_METHODS = new Set(['repo.init', 'bucket.ensure', 'object.commit', 'object.commitMany', 'object.delete', 'object.deleteMany', 'object.move', 'blocks.put', 'blocks.missing']);
+const WRITE_METHODS = new Set(['repo.init', 'bucket.ensure', 'object.commit', 'object.commitMany', 'object.delete', 'object.deleteMany', 'object.move', 'blocks.put', 'blocks.missing', 'segments.put']);
 
 const same = (a: string, b: string) => {
   const x = Buffer.from(a);

@@ -132,6 +132,11 @@ export class DrSiteMethods {
         // In an encrypted repository ids are keyed hashes the site cannot check: it keeps a checksum of the sealed bytes.
         await this.blocks.putMany(binary, this.encrypted());
         return { result: { stored: binary.length } };
+      case 'segments.put': {
+        const segments = p.segments as string[][];
+        this.checkNotFreeing(segments.flat());
+        return { result: { stored: this.meta.putSegments(segments) } };
+      }
       case 'blocks.get': {
         const hashes = p.hashes as string[];
         if (p.path !== undefined) this.checkBlocksOf(p, hashes);

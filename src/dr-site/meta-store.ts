@@ -149,6 +149,9 @@ export class MetaStore {
     const packCols = new Set((this.q('PRAGMA table_info(packs)').all() as Array<{ name: string }>).map((c) => c.name));
     // 1: the pack is in object storage (its local copy may be gone); 0: only on the local disk.
     if (!packCols.has('remote')) this.db.exec('ALTER TABLE packs ADD COLUMN remote INTEGER NOT NULL DEFAULT 0');
+    // When a segment was stored ahead of its commit (segments.put): one no version names is dropped after the orphan grace.
+    const segCols = new Set((this.q('PRAGMA table_info(segments)').all() as Array<{ name: string }>).map((c) => c.name));
+    if (!segCols.has('created')) this.db.exec('ALTER TABLE segments ADD COLUMN created INTEGER NOT NULL DEFAULT 0');
     this.now = now;
   }
 
@@ -444,6 +447,24 @@ export class MetaStore {
   }
 
   /**
+   * Stores segments ahead of the commit that names them (no version
+   * references them yet: they hold no block, and retention may free their
+   * blocks, which the commit then finds missing). Every block must be
+   * stored. Returns how many were new.
+   */
+  putSegments(segments: string[][]): number {
+    return this.transaction(() => {
+      const missing = this.missingBlocks([...new Set(segments.flat())]);
+      if (missing.length > 0) throw new VfsxError('VFSX_ERR_DR_MISSING_BLOCKS', `${missing.length} blocks are missing`, { cause: missing });
+      const add = this.q('INSERT OR IGNORE INTO segments (hash, blocks, refs, created) VALUES (?, ?, 0, ?)');
+      const now = this.now();
+      let stored = 0;
+      for (const seg of segments) stored += add.run(segmentHash(seg), JSON.stringify(seg), now).changes;
+      return stored;
+    });
+  }
+
+  /**
    * Commits a new version of bucket/path unless the head is already the
    * same (idempotent). File blocks must all be stored. Returns the head.
    */
@@ -471,12 +492,15 @@ export class MetaStore {
         // A segment some version references has all its blocks (referenced blocks are never
         // freed): only the blocks of new segments need looking up (a 1-byte change in a
         // 1 GiB file checks 256 blocks, not 16,384).
-        const live = this.q('SELECT 1 FROM segments WHERE hash = ? AND refs > 0');
+        // A segment stored ahead (segments.put) references nothing yet: its blocks are looked up too.
+        const stored = this.q('SELECT blocks, refs FROM segments WHERE hash = ?');
         const fresh = new Map<string, string[]>();
         let unknown = 0;
         for (const h of segments) {
-          if (fresh.has(h) || live.get(h) !== undefined) continue;
-          const seg = known.get(h);
+          if (fresh.has(h)) continue;
+          const row = stored.get(h) as { blocks: string; refs: number } | undefined;
+          if (row !== undefined && row.refs > 0) continue;
+          const seg = known.get(h) ?? (row !== undefined ? JSON.parse(row.blocks) as string[] : undefined);
           if (seg === undefined) unknown++;
           else fresh.set(h, seg);
         }
@@ -619,6 +643,8 @@ export class MetaStore {
         for (const s of JSON.parse(r.segments) as string[]) this.refSegment(s, -1);
         this.q('DELETE FROM versions WHERE id = ?').run(r.id);
       }
+      // Segments stored ahead of a commit that never came.
+      this.q('DELETE FROM segments WHERE refs <= 0 AND created < ?').run(orphanBefore);
       return (this.q('SELECT hash FROM blocks WHERE refs <= 0 AND created < ?').all(orphanBefore) as Array<{ hash: string }>)
         .map((r) => r.hash);
     })();

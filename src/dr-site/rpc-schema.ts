@@ -64,6 +64,12 @@ export const RPC_PARAMS: Record<string, object> = {
   /** With bucket and path (and at), only blocks of that object are served: what a scoped token must send. */
   'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 }, bucket, path, at }, ['hashes']),
   'object.commit': { ...obj({ bucket, ...commitProps }, ['bucket', 'path', 'kind', 'meta']), not: BLOCKS_AND_SEGMENTS },
+  /**
+   * Segments (block lists of up to 256 ids) stored ahead of the commit that
+   * names them: how a file too large for one message commits (its segment
+   * list, after its segments in pieces). Every block must be stored.
+   */
+  'segments.put': obj({ segments: { type: 'array', minItems: 1, maxItems: 1024, items: { type: 'array', items: hash, minItems: 1, maxItems: 256 } } }, ['segments']),
   /** Several commits in one transaction (one fsync): what a resync of many small files sends. */
   'object.commitMany': obj({
     bucket,

@@ -34,6 +34,8 @@ export type VfsxErrorCode =
   | 'VFSX_ERR_REPO_PASSPHRASE'
   | 'VFSX_ERR_RESTORE_DEST_NOT_EMPTY'
   | 'VFSX_ERR_REPL_TORN'
+  /** A file with more blocks than the DR site takes (site-sync.ts, MAX_FILE_BLOCKS). */
+  | 'VFSX_ERR_REPL_TOO_LARGE'
   | 'VFSX_ERR_REPL_SITE_DOWN';
 
 export class VfsxError extends Error {

@@ -5,7 +5,7 @@
  */
 import type { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
-import { SEGMENT_BLOCKS, segmentHash } from '../protocol/segments';
+import { SEGMENT_BLOCKS, segmentHash, segmentsOf } from '../protocol/segments';
 import { DrRpcError } from '../site-link/dr-client';
 import type { SiteClient } from '../site-link/site-client';
 import { Slots } from './slots';
@@ -68,6 +68,23 @@ interface PatchHead {
 /** A patch commit spells out at most this many segments (the site takes 1,024); more changes take the usual way. */
 const PATCH_SEGMENTS = 64;
 const INVALID_PARAMS = -32602;
+/**
+ * A file of more blocks than this commits by segments: its segments first
+ * (segments.put, SEGMENTS_PER_PUT at a time, about 17 MiB of JSON each),
+ * then its segment list. Its block list in one commit would be about 67
+ * bytes of JSON per block: past 1,000,000 blocks (61 GiB at 64 KiB) that
+ * is more than the site's largest message (64 MiB), and the site closes
+ * the connection at every try.
+ */
+const SEGMENTED_FROM = 1 << 18;
+const SEGMENTS_PER_PUT = 1024;
+/**
+ * The most blocks a file may have at the site (its segment list's limit,
+ * 16,384 segments: 256 GiB at 64 KiB blocks, more with a larger
+ * replication.blockSize); its block list read back in one answer stays
+ * within the largest string a JSON reply can be.
+ */
+export const MAX_FILE_BLOCKS = (1 << 14) * SEGMENT_BLOCKS;
 
 interface ListedObject {
   path: string;
@@ -89,6 +106,8 @@ export interface SiteSyncOptions {
   tree: Tree;
   blockSize: number;
   stats: SyncStats;
+  /** Files of more blocks than `from` commit by segments, `perPut` per segments.put (SEGMENTED_FROM, SEGMENTS_PER_PUT; lower in tests). */
+  segmented?: { from: number; perPut: number };
 }
 
 export class SiteSync {
@@ -97,6 +116,7 @@ export class SiteSync {
   readonly tree: Tree;
   readonly blockSize: number;
   private readonly stats: SyncStats;
+  private readonly segmented: { from: number; perPut: number };
   private readonly idsOf = (run: Buffer, bs: number) => this.site.blockIds(run, bs);
   /** File data in memory at once, across every file this sync streams (bytes). */
   private readonly memory = new Slots(STREAM_MEMORY);
@@ -113,6 +133,7 @@ export class SiteSync {
     this.tree = o.tree;
     this.blockSize = o.blockSize;
     this.stats = o.stats;
+    this.segmented = o.segmented ?? { from: SEGMENTED_FROM, perPut: SEGMENTS_PER_PUT };
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -541,6 +562,10 @@ export class SiteSync {
     }
     const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
     const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.blockSize;
+    const size = (st ?? this.tree.stat(rel))?.size ?? 0;
+    if (Math.ceil(size / bs) > MAX_FILE_BLOCKS) {
+      throw new VfsxError('VFSX_ERR_REPL_TOO_LARGE', `${rel}: ${size} bytes is ${Math.ceil(size / bs)} blocks of ${bs}; the DR site takes files of at most ${MAX_FILE_BLOCKS} blocks (a larger replication.blockSize for new files raises the limit)`);
+    }
     let which: Set<number> | null = null;
     if (!full && head?.kind === 'file' && head.blocks && ranges) {
       const end = ranges.reduce((m, [off, len]) => Math.max(m, off + len), 0);
@@ -568,15 +593,33 @@ export class SiteSync {
       hashes.push(h);
     }
     try {
-      await site.call('object.commit', {
-        bucket, path: rel, kind: 'file', meta, size: fb.entry.size, blockSize: bs, blocks: hashes,
-      });
+      if (hashes.length > this.segmented.from && await this.putSegments(hashes)) {
+        await site.call('object.commit', { bucket, path: rel, kind: 'file', meta, size: fb.entry.size, blockSize: bs, segments: segmentsOf(hashes) });
+      } else {
+        await site.call('object.commit', { bucket, path: rel, kind: 'file', meta, size: fb.entry.size, blockSize: bs, blocks: hashes });
+      }
       return which === null;
     } catch (err) {
       // A block the head had is gone (retention raced us): send everything.
       if (err instanceof DrRpcError && err.code === -32001 && !full) return this.syncFile(rel, undefined, true);
       throw err;
     }
+  }
+
+  /** A large file's segments, stored ahead of its commit; false when the site has no segments.put (it then takes the block list). */
+  private async putSegments(blocks: string[]): Promise<boolean> {
+    const segments: string[][] = [];
+    for (let i = 0; i < blocks.length; i += SEGMENT_BLOCKS) segments.push(blocks.slice(i, i + SEGMENT_BLOCKS));
+    const per = this.segmented.perPut;
+    for (let i = 0; i < segments.length; i += per) {
+      try {
+        await this.site.call('segments.put', { segments: segments.slice(i, i + per) });
+      } catch (err) {
+        if (i === 0 && err instanceof DrRpcError && err.code === METHOD_NOT_FOUND) return false;
+        throw err;
+      }
+    }
+    return true;
   }
 }
 
