@@ -318,3 +318,53 @@ test('scoped tokens: a read token and a write token are refused every call outsi
   assert.equal(await readFile(join(dest, 'p.txt'), 'utf8'), 'precious');
   for (const x of [admin, ro, rw]) x.close();
 });
+
+test('blocks.get with a span: a scoped token reads a large file\'s blocks by where they are in its list, the site checks only those (a hash outside the span is refused), and a site from before spans is asked without one', async () => {
+  const admin = await site.client();
+  const ro = await site.client(readToken);
+  try {
+    await admin.call('bucket.ensure', { bucket: 'docs' });
+    // 600 blocks of 512 bytes: three segments.
+    const data = Array.from({ length: 600 }, (_, i) => Buffer.alloc(512, i % 251).fill(i >> 8, 0, 1));
+    await admin.putBlocks(data);
+    const ids = data.map((b) => blockHash(b));
+    await admin.call('object.commit', { bucket: 'docs', path: 'spanned.bin', kind: 'file', meta: {}, size: 600 * 512, blockSize: 512, blocks: ids });
+    const where = { bucket: 'docs', path: 'spanned.bin' };
+    assert.deepEqual(await ro.getBlocks(ids.slice(250, 314), { ...where, span: { first: 250, count: 64 } }), data.slice(250, 314), 'across a segment boundary');
+    assert.deepEqual(await ro.getBlocks(ids.slice(590), { ...where, span: { first: 590, count: 100 } }), data.slice(590), 'a span past the end ends with the list');
+    assert.equal(await rpcCode(ro.getBlocks([ids[10]], { ...where, span: { first: 250, count: 64 } })), -32007, 'a block of the file, but outside the span');
+    assert.deepEqual(await ro.getBlocks([ids[10]], where), [data[10]], 'without a span: the whole list, as before');
+  } finally {
+    admin.close();
+    ro.close();
+  }
+
+  // A site that refuses the parameter: the client asks again without it, and from then on.
+  const { WebSocketServer } = await import('ws');
+  const asked: Array<Record<string, unknown>> = [];
+  const block = Buffer.from('old site block');
+  const fake = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  fake.on('connection', (sock) => sock.on('message', (d: Buffer) => {
+    const q = JSON.parse(d.toString()) as { id: number; params: Record<string, unknown> };
+    asked.push(q.params);
+    if ('span' in q.params) {
+      sock.send(JSON.stringify({ jsonrpc: '2.0', id: q.id, error: { code: -32602, message: 'invalid params' } }));
+      return;
+    }
+    const head = Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: q.id, result: { blocks: [{ hash: blockHash(block), size: block.length }] } }));
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(head.length);
+    sock.send(Buffer.concat([len, head, block]), { binary: true });
+  }));
+  await new Promise((r) => fake.once('listening', r));
+  const k = await DrClient.connect({ url: `ws://127.0.0.1:${(fake.address() as { port: number }).port}`, token: 't' });
+  try {
+    const w = { bucket: 'b', path: 'p', span: { first: 0, count: 1 } };
+    assert.deepEqual(await k.getBlocks([blockHash(block)], w), [block]);
+    assert.deepEqual(await k.getBlocks([blockHash(block)], w), [block]);
+    assert.deepEqual(asked.map((x) => 'span' in x), [true, false, false]);
+  } finally {
+    k.close();
+    fake.close();
+  }
+});

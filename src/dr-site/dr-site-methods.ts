@@ -4,7 +4,7 @@
  */
 import { VfsxError } from '../errors/vfsx-error';
 import { PackStore } from './pack-store';
-import { MetaStore, ObjectVersion } from './meta-store';
+import { MetaStore, ObjectVersion, SEGMENT_BLOCKS } from './meta-store';
 import { checkObjectPath } from './object-path';
 
 export interface BinaryPart {
@@ -87,7 +87,19 @@ export class DrSiteMethods {
     const bucket = this.bucket(p);
     const path = checkObjectPath(p.path);
     const v = p.at === undefined ? this.meta.head(bucket, path) : this.meta.at(bucket, path, p.at as number);
-    const has = new Set(v && v.kind === 'file' ? this.meta.blocksOf(v) : []);
+    // With a span, only the segments it covers are read: a large file's whole list per call made a
+    // restore quadratic (a 64 GiB file has a million ids; a restore asks 16,384 times).
+    const span = p.span as { first: number; count: number } | undefined;
+    let has: Set<string>;
+    if (v && v.kind === 'file' && span) {
+      const s0 = Math.floor(span.first / SEGMENT_BLOCKS);
+      const s1 = Math.min(Math.floor((span.first + span.count - 1) / SEGMENT_BLOCKS), v.segments.length - 1);
+      const idx = Array.from({ length: Math.max(0, s1 - s0 + 1) }, (_, i) => s0 + i);
+      const off = span.first - s0 * SEGMENT_BLOCKS;
+      has = new Set(this.meta.segmentBlocks(v, idx).flat().slice(off, off + span.count));
+    } else {
+      has = new Set(v && v.kind === 'file' ? this.meta.blocksOf(v) : []);
+    }
     const foreign = hashes.filter((h) => !has.has(h));
     if (foreign.length > 0) throw new VfsxError('VFSX_ERR_DR_FORBIDDEN', `${foreign.length} of the blocks asked for are not blocks of ${bucket}/${path}`);
   }

@@ -62,7 +62,11 @@ export const RPC_PARAMS: Record<string, object> = {
   'blocks.missing': obj({ hashes: { type: 'array', items: hash, maxItems: 100000 } }, ['hashes']),
   'blocks.put': obj({ blocks: { type: 'array', maxItems: 4096, items: obj({ hash, size: { type: 'integer', minimum: 0 } }, ['hash', 'size']) } }, ['blocks']),
   /** With bucket and path (and at), only blocks of that object are served: what a scoped token must send. */
-  'blocks.get': obj({ hashes: { type: 'array', items: hash, maxItems: 4096 }, bucket, path, at }, ['hashes']),
+  // span: where in the object's block list the hashes are (first index, count): the site then checks only those blocks.
+  'blocks.get': obj({
+    hashes: { type: 'array', items: hash, maxItems: 4096 }, bucket, path, at,
+    span: obj({ first: { type: 'integer', minimum: 0 }, count: { type: 'integer', minimum: 1, maximum: 65536 } }, ['first', 'count']),
+  }, ['hashes']),
   'object.commit': { ...obj({ bucket, ...commitProps }, ['bucket', 'path', 'kind', 'meta']), not: BLOCKS_AND_SEGMENTS },
   /**
    * Segments (block lists of up to 256 ids) stored ahead of the commit that

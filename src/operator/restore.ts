@@ -295,7 +295,8 @@ class Restore {
       let pos = 0;
       for (let i = 0; i < blocks.length; i += BLOCKS_PER_GET) {
         // A GET's blocks in one writev (was a write per 64 KiB block: 4,096 trips to the thread pool per 256 MiB).
-        pos = await writeAllAt(fd, await this.site.getBlocks(blocks.slice(i, i + BLOCKS_PER_GET) as string[], where), pos);
+        const batch = blocks.slice(i, i + BLOCKS_PER_GET);
+        pos = await writeAllAt(fd, await this.site.getBlocks(batch, { ...where, span: { first: i, count: batch.length } }), pos);
       }
       if (pos !== obj.size) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `the DR site's blocks make ${pos} bytes, the file has ${obj.size}`);
       await fsyncAsync(fd);

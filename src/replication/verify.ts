@@ -11,7 +11,7 @@
  */
 import { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
-import type { SiteClient } from '../site-link/site-client';
+import type { BlockScope, SiteClient } from '../site-link/site-client';
 import { metaOfEntry, streamBlocks, targetOf } from './source-tree';
 
 export interface Difference {
@@ -93,7 +93,7 @@ async function compareContent(site: SiteClient, tree: Tree, rel: string, obj: Si
  */
 async function checkSiteBlocks(site: SiteClient, bucket: string, files: string[], diffs: Difference[]): Promise<void> {
   const seen = new Set<string>();
-  const bad = async (h: string, where: { bucket: string; path: string }) => {
+  const bad = async (h: string, where: BlockScope) => {
     try {
       await site.getBlocks([h], where);
       return false;
@@ -106,11 +106,15 @@ async function checkSiteBlocks(site: SiteClient, bucket: string, files: string[]
   };
   for (const path of files) {
     const head = await site.call<SiteHead | null>('object.stat', { bucket, path, blocks: true });
-    const todo = [...new Set(head?.blocks ?? [])].filter((h) => !seen.has(h));
-    todo.forEach((h) => seen.add(h));
-    const where = { bucket, path };
-    for (let i = 0; i < todo.length; i += BLOCKS_PER_GET) {
-      const batch = todo.slice(i, i + BLOCKS_PER_GET);
+    const blocks = head?.blocks ?? [];
+    // In order, BLOCKS_PER_GET of the list at a time, each block once: every get names its span
+    // in the list, so the site checks those blocks only, not the whole list of a large file.
+    for (let i = 0; i < blocks.length; i += BLOCKS_PER_GET) {
+      const window = blocks.slice(i, i + BLOCKS_PER_GET);
+      const batch = [...new Set(window)].filter((h) => !seen.has(h));
+      if (batch.length === 0) continue;
+      batch.forEach((h) => seen.add(h));
+      const where: BlockScope = { bucket, path, span: { first: i, count: window.length } };
       try {
         await site.getBlocks(batch, where);
         continue;

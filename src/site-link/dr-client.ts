@@ -69,6 +69,8 @@ export class DrClient implements SiteClient {
   private readonly receivePace: Pacer | undefined;
   /** The site lists only in one piece (a site from before paged listings). */
   private wholeLists = false;
+  /** The site takes no span with blocks.get (a site from before spans). */
+  private noSpans = false;
   /** Under a receive limit, the block reads, one after another. */
   private receiving: Promise<void> = Promise.resolve();
 
@@ -266,8 +268,21 @@ export class DrClient implements SiteClient {
 
   /** Blocks as the site sends them, unchecked but for their count (a sealed site's client opens them). */
   async getRaw(hashes: string[], where?: BlockScope): Promise<Buffer[]> {
-    const params = where ? { hashes, ...where } : { hashes };
-    const got = this.receivePace ? await this.getPaced(params, this.receivePace) : (await this.send('blocks.get', params)).binary;
+    let scope = where;
+    if (scope?.span !== undefined && this.noSpans) {
+      const { span: _, ...rest } = scope;
+      scope = rest;
+    }
+    const params = scope ? { hashes, ...scope } : { hashes };
+    let got: Buffer[];
+    try {
+      got = this.receivePace ? await this.getPaced(params, this.receivePace) : (await this.send('blocks.get', params)).binary;
+    } catch (err) {
+      // A site from before spans refuses the parameter: ask without it from now on.
+      if (scope?.span === undefined || !(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
+      this.noSpans = true;
+      return this.getRaw(hashes, scope);
+    }
     if (got.length !== hashes.length) {
       throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `DR site answered ${got.length} blocks for ${hashes.length} asked`);
     }

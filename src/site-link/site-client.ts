@@ -7,6 +7,8 @@ export interface BlockScope {
   bucket: string;
   path: string;
   at?: number;
+  /** Where the blocks are in the object's block list (at most 65,536 from `first`): the site checks only those. */
+  span?: { first: number; count: number };
 }
 
 export interface SiteClient {
