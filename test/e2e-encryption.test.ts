@@ -525,3 +525,69 @@ test('a file of more blocks than one commit message holds commits by segments (s
     }
   }
 });
+
+test('a file of many blocks restores a window of segments at a time, each list checked against its segment, from one version even when a new one is committed meanwhile; a site that alters a window\'s list fails that file only', async () => {
+  for (const encryptNew of [true, false]) {
+    const dr = await DrSiteHarness.start();
+    const client = await dr.repo({ encryptNew });
+    try {
+      await client.call('bucket.ensure', { bucket: 'w' });
+      const src = join(work, `win-src-${encryptNew}`);
+      await mkdir(src, { recursive: true });
+      // 4 KiB blocks: 2,600 blocks, 11 segments; windows of 4 segments from 1,000 blocks.
+      const first = randomBytes(2600 * 4096 - 77);
+      await writeFile(join(src, 'big.bin'), first);
+      await writeFile(join(src, 'small.txt'), 'small');
+      const tree = Tree.open(src);
+      const sync = new SiteSync({ site: client, bucket: 'w', tree, blockSize: 4096, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } });
+      await sync.syncTree('');
+      const link = encryptNew ? (client as unknown as { link: SiteClient }).link : client;
+      const realCall = link.call.bind(link);
+      const stats: Array<Record<string, unknown>> = [];
+      let onStat: ((n: number, r: Record<string, unknown>) => Promise<void>) | null = null;
+      let syncing = false;
+      (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+        const r = await realCall<T>(method, params);
+        if (method === 'object.stat' && !syncing) {
+          stats.push(params as Record<string, unknown>);
+          if (onStat && r) await onStat(stats.length, r as Record<string, unknown>);
+        }
+        return r;
+      };
+      const windowed = { from: 1000, segments: 4 };
+      // A new version committed after the first window: the restore finishes the version it started.
+      onStat = async (n) => {
+        if (n !== 1) return;
+        onStat = null;
+        syncing = true;
+        await writeFile(join(src, 'big.bin'), randomBytes(2600 * 4096));
+        await sync.syncPath('big.bin');
+        syncing = false;
+      };
+      const out = join(work, `win-out-${encryptNew}`);
+      const p = await restoreShare(client, 'w', out, { windowed });
+      assert.deepEqual(p.failed, []);
+      assert.deepEqual(await readFile(join(out, 'big.bin')), first, 'the version the restore started with');
+      assert.deepEqual(stats.map((x) => (x.segments as number[] | undefined)?.join(',')), ['0,1,2,3', '4,5,6,7', '8,9,10'], 'three windows, never the whole list');
+      assert.ok(stats.slice(1).every((x) => typeof x.at === 'number'), 'the later windows ask for that version by its time');
+
+      // A site that swaps two ids in the second window's list: that file fails, nothing of it is left, the rest restores.
+      stats.length = 0;
+      onStat = async (n, r) => {
+        if (n === 2 && Array.isArray(r.segmentBlocks)) {
+          const l = (r.segmentBlocks as string[][])[1];
+          [l[0], l[1]] = [l[1], l[0]];
+        }
+      };
+      const out2 = join(work, `win-out2-${encryptNew}`);
+      const q = await restoreShare(client, 'w', out2, { windowed });
+      assert.equal(q.failed.length, 1);
+      assert.match(q.failed[0], /big\.bin.*segment 5/);
+      assert.deepEqual((await readdir(out2)).sort(), ['small.txt']);
+      tree.close();
+    } finally {
+      client.close();
+      await dr.destroy();
+    }
+  }
+});

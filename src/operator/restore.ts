@@ -17,8 +17,9 @@ import { resolve } from 'node:path';
 import { VfsxError } from '../errors/vfsx-error';
 import { checkObjectPath } from '../dr-site/object-path';
 import { Tree } from '../native/tree';
+import { SEGMENT_BLOCKS, segmentHash } from '../protocol/segments';
 import { DrRpcError } from '../site-link/dr-client';
-import type { SiteClient } from '../site-link/site-client';
+import type { BlockScope, SiteClient } from '../site-link/site-client';
 
 const writevAsync = promisify(writev);
 const fsyncAsync = promisify(fsync);
@@ -40,6 +41,7 @@ interface SiteObject {
   path: string;
   kind: string;
   size: number;
+  blockSize?: number;
   target: string | null;
   meta: { mode?: number; uid?: number; gid?: number; mtimeNs?: string; xattrs?: Record<string, string> };
   /** A small file's block list, when the listing carried it (see LISTED_BLOCKS). */
@@ -64,6 +66,8 @@ export interface RestoreOptions {
   /** Restore into a DEST that is not empty (what is there with the same names is replaced). */
   force?: boolean;
   onProgress?: (p: RestoreProgress) => void;
+  /** Files of more blocks than `from` are read `segments` segments at a time (WINDOWED_FROM, WINDOW_SEGMENTS; lower in tests). */
+  windowed?: { from: number; segments: number };
 }
 
 const BLOCKS_PER_GET = 64;
@@ -76,6 +80,15 @@ const BLOCKS_PER_GET = 64;
  * listing of every block id of a large share would not fit in memory.
  */
 const LISTED_BLOCKS = 4;
+/**
+ * A file of more blocks than this is read in windows of WINDOW_SEGMENTS
+ * segments (262,144 ids, about 17 MiB of JSON), each checked against the
+ * version's segment list: its whole list in one answer would be up to 4
+ * million ids (about 600 MiB of the restorer's heap), for each of the
+ * LARGE_FILES_AT_ONCE files.
+ */
+const WINDOWED_FROM = 1 << 18;
+const WINDOW_SEGMENTS = 1024;
 const INVALID_PARAMS = -32602;
 /**
  * Files restored at once: small ones (their blocks listed) up to
@@ -137,19 +150,25 @@ async function listObjects(site: SiteClient, params: { bucket: string; at?: numb
   return site.call<SiteObject[]>('object.list', params);
 }
 
+/** from, from + 1, ..., to - 1 */
+const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+
 const isBlockList = (b: unknown): b is string[] => Array.isArray(b) && b.every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h));
 
 class Restore {
   private readonly progress: RestoreProgress = { objects: 0, done: 0, bytes: 0, warnings: [], refused: [], failed: [] };
   private readonly asRoot = process.getuid?.() === 0;
   private tmpSeq = 0;
+  private readonly window: { from: number; segments: number };
 
   constructor(
     private readonly site: SiteClient,
     private readonly bucket: string,
     private readonly tree: Tree,
     private readonly o: RestoreOptions,
-  ) {}
+  ) {
+    this.window = o.windowed ?? { from: WINDOWED_FROM, segments: WINDOW_SEGMENTS };
+  }
 
   async run(listed: SiteObject[]): Promise<RestoreProgress> {
     const objects = this.admit(listed);
@@ -277,26 +296,83 @@ class Restore {
     return dir ? `${dir}/${name}` : name;
   }
 
+  /**
+   * The version to restore and its block list: whole (from the listing for
+   * a small file, else one object.stat), or for a large file its first
+   * window, the rest read as the file is written (windows()).
+   */
+  private async version(obj: SiteObject, where: BlockScope): Promise<{ meta?: unknown; blocks: string[]; segments?: string[]; ts?: unknown }> {
+    const bs = obj.blockSize ?? 0;
+    const count = bs > 0 ? Math.ceil(obj.size / bs) : 0;
+    const bad = () => new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the DR site does not describe this file consistently');
+    if (obj.blocks === undefined && count > this.window.from) {
+      const st = await this.site.call<{ size?: unknown; segments?: unknown; segmentBlocks?: unknown; meta?: unknown; ts?: unknown } | null>(
+        'object.stat', { ...where, segments: range(0, Math.min(this.window.segments, Math.ceil(count / SEGMENT_BLOCKS))) });
+      // Without a segment list (sealed before lists were bound) the whole list is asked for below.
+      if (st && st.size === obj.size && Array.isArray(st.segments)) {
+        if (!isBlockList(st.segments) || st.segments.length !== Math.ceil(count / SEGMENT_BLOCKS)) throw bad();
+        return { meta: st.meta, ts: st.ts, segments: st.segments, blocks: this.windowBlocks(st.segments, 0, st.segmentBlocks) };
+      }
+    }
+    // A small file's version came whole in the listing (an encrypted repository checked its block
+    // list against its sealed metadata there); any other is asked for now.
+    const st: { size?: unknown; blocks?: unknown; meta?: unknown; ts?: unknown } | null = obj.blocks !== undefined
+      ? obj : await this.site.call<{ size?: unknown; blocks?: unknown; meta?: unknown; ts?: unknown } | null>('object.stat', { ...where, blocks: true });
+    if (!st || !isBlockList(st.blocks) || st.size !== obj.size) throw bad();
+    return { meta: st.meta, ts: st.ts, blocks: st.blocks };
+  }
+
+  /** The block ids of the window of segments from `first`, each list checked against its segment's hash. */
+  private windowBlocks(segments: string[], first: number, lists: unknown): string[] {
+    const want = Math.min(this.window.segments, segments.length - first);
+    if (!Array.isArray(lists) || lists.length !== want) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the DR site sent another number of segments than asked');
+    const out: string[] = [];
+    lists.forEach((l: unknown, i) => {
+      const last = first + i === segments.length - 1;
+      if (!isBlockList(l) || l.length === 0 || (!last && l.length !== SEGMENT_BLOCKS) || segmentHash(l) !== segments[first + i]) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `segment ${first + i}: the DR site's block list is not the segment's`);
+      }
+      for (const h of l) out.push(h);
+    });
+    return out;
+  }
+
+  /** Every block id of the version in order, a window at a time (the first given; the rest asked of `where`, that same version). */
+  private async *windows(v: { blocks: string[]; segments?: string[] }, where: BlockScope): AsyncGenerator<string[]> {
+    yield v.blocks;
+    const segments = v.segments;
+    if (segments === undefined) return;
+    const per = this.window.segments;
+    for (let s = per; s < segments.length; s += per) {
+      const st = await this.site.call<{ segments?: unknown; segmentBlocks?: unknown } | null>(
+        'object.stat', { ...where, segments: range(s, Math.min(segments.length, s + per)) });
+      if (!st || !Array.isArray(st.segments) || st.segments.length !== segments.length || st.segments.some((h, i) => h !== segments[i])) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the file changed at the DR site while it was restored');
+      }
+      yield this.windowBlocks(segments, s, st.segmentBlocks);
+    }
+  }
+
   /** Writes a file to a temp name beneath its directory, checks every block, applies metadata, renames. */
   private async file(obj: SiteObject): Promise<void> {
     const where = this.o.at === undefined ? { bucket: this.bucket, path: obj.path } : { bucket: this.bucket, path: obj.path, at: this.o.at };
-    // A small file's version came whole in the listing (an encrypted repository checked its block
-    // list against its sealed metadata there); any other is asked for now.
-    const st: { size?: unknown; blocks?: unknown; meta?: unknown } | null = obj.blocks !== undefined
-      ? obj : await this.site.call<{ size?: unknown; blocks?: unknown; meta?: unknown } | null>('object.stat', { ...where, blocks: true });
-    const blocks = st?.blocks;
-    if (!st || !isBlockList(blocks) || st.size !== obj.size) {
-      throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'the DR site does not describe this file consistently');
-    }
+    const st = await this.version(obj, where);
+    // Its blocks (and further windows) asked of this version, at its own time when the latest was asked
+    // for: a commit while the file is restored is another version, whose list the site would check them against.
+    const scope: BlockScope = where.at === undefined && typeof st.ts === 'number' ? { ...where, at: st.ts } : where;
     const tmp = this.tmpName(obj.path);
     const fd = this.tree.createExclusive(tmp, 0o600);
     let closed = false;
     try {
       let pos = 0;
-      for (let i = 0; i < blocks.length; i += BLOCKS_PER_GET) {
-        // A GET's blocks in one writev (was a write per 64 KiB block: 4,096 trips to the thread pool per 256 MiB).
-        const batch = blocks.slice(i, i + BLOCKS_PER_GET);
-        pos = await writeAllAt(fd, await this.site.getBlocks(batch, { ...where, span: { first: i, count: batch.length } }), pos);
+      let base = 0;
+      for await (const blocks of this.windows(st, scope)) {
+        for (let i = 0; i < blocks.length; i += BLOCKS_PER_GET) {
+          // A GET's blocks in one writev (was a write per 64 KiB block: 4,096 trips to the thread pool per 256 MiB).
+          const batch = blocks.slice(i, i + BLOCKS_PER_GET);
+          pos = await writeAllAt(fd, await this.site.getBlocks(batch, { ...scope, span: { first: base + i, count: batch.length } }), pos);
+        }
+        base += blocks.length;
       }
       if (pos !== obj.size) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `the DR site's blocks make ${pos} bytes, the file has ${obj.size}`);
       await fsyncAsync(fd);
