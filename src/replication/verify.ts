@@ -42,6 +42,7 @@ interface SiteObject {
 interface SiteHead {
   blockSize: number;
   blocks: string[];
+  ts?: number;
 }
 
 const BLOCKS_PER_GET = 64;
@@ -114,7 +115,8 @@ async function checkSiteBlocks(site: SiteClient, bucket: string, files: string[]
       const batch = [...new Set(window)].filter((h) => !seen.has(h));
       if (batch.length === 0) continue;
       batch.forEach((h) => seen.add(h));
-      const where: BlockScope = { bucket, path, span: { first: i, count: window.length } };
+      // Of this version (at its time): a commit meanwhile makes another head, whose list these blocks are not in.
+      const where: BlockScope = { bucket, path, ...(typeof head?.ts === 'number' ? { at: head.ts } : {}), span: { first: i, count: window.length } };
       try {
         await site.getBlocks(batch, where);
         continue;
