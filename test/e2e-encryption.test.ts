@@ -68,6 +68,25 @@ async function filesUnder(dir: string): Promise<string[]> {
   return out;
 }
 
+/**
+ * Runs fn once on an encrypted and once on a plaintext repository, each on a
+ * site of its own with `bucket` made; `link` is what the site is asked below
+ * the sealing (the link's own calls), to watch or alter.
+ */
+async function eachRepo(bucket: string, fn: (r: { encryptNew: boolean; client: SiteClient; link: SiteClient }) => Promise<void>): Promise<void> {
+  for (const encryptNew of [true, false]) {
+    const dr = await DrSiteHarness.start();
+    const client = await dr.repo({ encryptNew });
+    try {
+      await client.call('bucket.ensure', { bucket });
+      await fn({ encryptNew, client, link: encryptNew ? (client as unknown as { link: SiteClient }).link : client });
+    } finally {
+      client.close();
+      await dr.destroy();
+    }
+  }
+}
+
 function diffR(a: string, b: string): void {
   const d = spawnSync('diff', ['-r', '--no-dereference', a, b], { encoding: 'utf8' });
   assert.equal(d.status, 0, d.stdout + d.stderr);
@@ -370,224 +389,196 @@ test('a plaintext (v1-style) repository stays plaintext: resync with encryption 
 });
 
 test("a few bytes changed in place go as a patch commit (the changed blocks and segments only), restore byte for byte, encrypted and plaintext; a site that alters a segment's block list (and, encrypted, the segment list) is refused and nothing is committed; a site without patch commits gets the usual commit", async () => {
-  for (const encryptNew of [true, false]) {
-    const dr = await DrSiteHarness.start();
-    const client = await dr.repo({ encryptNew });
-    try {
-      await client.call('bucket.ensure', { bucket: 'p' });
-      const src = join(work, `patch-src-${encryptNew}`);
-      await mkdir(src, { recursive: true });
-      const file = join(src, 'big.bin');
-      // 4 KiB blocks: 640 blocks in three segments (256, 256, 128).
-      await writeFile(file, randomBytes(640 * 4096 - 1000));
-      const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
-      const tree = Tree.open(src);
-      const sync = new SiteSync({ site: client, bucket: 'p', tree, blockSize: 4096, stats });
-      await sync.syncPath('big.bin');
-      // What the site is asked, seen below the sealing (the link's own calls).
-      const link = encryptNew ? (client as unknown as { link: SiteClient }).link : client;
-      const realCall = link.call.bind(link);
-      const seen: Array<[string, Record<string, unknown>]> = [];
-      let tamper: ((method: string, r: Record<string, unknown>) => void) | null = null;
-      let refuse = false;
-      (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
-        seen.push([method, params as Record<string, unknown>]);
-        if (refuse && method === 'object.stat' && (params as { segments?: unknown }).segments) throw new DrRpcError(-32602, 'invalid params');
-        const r = await realCall<T>(method, params);
-        if (tamper && r && typeof r === 'object') tamper(method, r as Record<string, unknown>);
-        return r;
-      };
-      const poke = async (offs: number[]) => {
-        const data = await readFile(file);
-        for (const o of offs) data[o] ^= 0x5a;
-        await writeFile(file, data);
-        return offs.map((o): [number, number] => [o, 1]);
-      };
-      const versions = async () => (await client.call<unknown[]>('object.versions', { bucket: 'p', path: 'big.bin' })).length;
+  await eachRepo('p', async ({ encryptNew, client, link }) => {
+    const src = join(work, `patch-src-${encryptNew}`);
+    await mkdir(src, { recursive: true });
+    const file = join(src, 'big.bin');
+    // 4 KiB blocks: 640 blocks in three segments (256, 256, 128).
+    await writeFile(file, randomBytes(640 * 4096 - 1000));
+    const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+    const tree = Tree.open(src);
+    const sync = new SiteSync({ site: client, bucket: 'p', tree, blockSize: 4096, stats });
+    await sync.syncPath('big.bin');
+    const realCall = link.call.bind(link);
+    const seen: Array<[string, Record<string, unknown>]> = [];
+    let tamper: ((method: string, r: Record<string, unknown>) => void) | null = null;
+    let refuse = false;
+    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+      seen.push([method, params as Record<string, unknown>]);
+      if (refuse && method === 'object.stat' && (params as { segments?: unknown }).segments) throw new DrRpcError(-32602, 'invalid params');
+      const r = await realCall<T>(method, params);
+      if (tamper && r && typeof r === 'object') tamper(method, r as Record<string, unknown>);
+      return r;
+    };
+    const poke = async (offs: number[]) => {
+      const data = await readFile(file);
+      for (const o of offs) data[o] ^= 0x5a;
+      await writeFile(file, data);
+      return offs.map((o): [number, number] => [o, 1]);
+    };
+    const versions = async () => (await client.call<unknown[]>('object.versions', { bucket: 'p', path: 'big.bin' })).length;
 
-      // Two bytes in segments 1 and 2: two blocks sent, a commit naming segments, two of them spelt out.
-      const before = stats.blocksSent;
-      await sync.syncPath('big.bin', await poke([300 * 4096 + 7, 600 * 4096]));
-      assert.equal(stats.blocksSent - before, 2, 'two changed blocks sent');
-      const commit = seen.find(([m]) => m === 'object.commit')?.[1];
-      assert.ok(commit && Array.isArray(commit.segments) && commit.blocks === undefined, 'a patch commit names segments, not blocks');
-      assert.equal((commit.segments as string[]).length, 3);
-      assert.equal((commit.newSegments as string[][]).length, 2);
-      assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true), 'the whole block list was never fetched');
-      const out = join(work, `patch-out-${encryptNew}`);
-      assert.deepEqual((await restoreShare(client, 'p', out)).failed, []);
-      assert.deepEqual(await readFile(join(out, 'big.bin')), await readFile(file));
+    // Two bytes in segments 1 and 2: two blocks sent, a commit naming segments, two of them spelt out.
+    const before = stats.blocksSent;
+    await sync.syncPath('big.bin', await poke([300 * 4096 + 7, 600 * 4096]));
+    assert.equal(stats.blocksSent - before, 2, 'two changed blocks sent');
+    const commit = seen.find(([m]) => m === 'object.commit')?.[1];
+    assert.ok(commit && Array.isArray(commit.segments) && commit.blocks === undefined, 'a patch commit names segments, not blocks');
+    assert.equal((commit.segments as string[]).length, 3);
+    assert.equal((commit.newSegments as string[][]).length, 2);
+    assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true), 'the whole block list was never fetched');
+    const out = join(work, `patch-out-${encryptNew}`);
+    assert.deepEqual((await restoreShare(client, 'p', out)).failed, []);
+    assert.deepEqual(await readFile(join(out, 'big.bin')), await readFile(file));
 
-      // A hostile site: a segment's block list with one id swapped, then (encrypted: the list is bound to
-      // the sealed metadata; a plaintext repository trusts its site for lists) a segment list with one hash swapped.
-      const n = await versions();
-      tamper = (method, r) => {
-        if (method === 'object.stat' && Array.isArray(r.segmentBlocks)) {
-          const l = (r.segmentBlocks as string[][])[0];
-          [l[0], l[1]] = [l[1], l[0]];
-        }
-      };
-      await assert.rejects(sync.syncPath('big.bin', await poke([10])), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY' && /segment 0/.test(err.message));
-      tamper = (method, r) => {
-        if (method === 'object.stat' && Array.isArray(r.segments)) (r.segments as string[])[2] = (r.segments as string[])[1];
-      };
-      if (encryptNew) await assert.rejects(sync.syncPath('big.bin', await poke([11])), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY');
-      assert.equal(await versions(), n, 'nothing committed from a tampered answer');
+    // A hostile site: a segment's block list with one id swapped, then (encrypted: the list is bound to
+    // the sealed metadata; a plaintext repository trusts its site for lists) a segment list with one hash swapped.
+    const n = await versions();
+    tamper = (method, r) => {
+      if (method === 'object.stat' && Array.isArray(r.segmentBlocks)) {
+        const l = (r.segmentBlocks as string[][])[0];
+        [l[0], l[1]] = [l[1], l[0]];
+      }
+    };
+    await assert.rejects(sync.syncPath('big.bin', await poke([10])), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY' && /segment 0/.test(err.message));
+    tamper = (method, r) => {
+      if (method === 'object.stat' && Array.isArray(r.segments)) (r.segments as string[])[2] = (r.segments as string[])[1];
+    };
+    if (encryptNew) await assert.rejects(sync.syncPath('big.bin', await poke([11])), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_DR_BAD_REPLY');
+    assert.equal(await versions(), n, 'nothing committed from a tampered answer');
 
-      // A site from before patch commits (it refuses the parameter): the usual commit, still only the changed block sent.
-      tamper = null;
-      refuse = true;
-      seen.length = 0;
-      const b2 = stats.blocksSent;
-      await sync.syncPath('big.bin', await poke([12]));
-      assert.equal(stats.blocksSent - b2, 1);
-      assert.ok(seen.some(([m, p]) => m === 'object.commit' && Array.isArray(p.blocks)), 'the usual commit with the block list');
-      const out2 = join(work, `patch-out2-${encryptNew}`);
-      assert.deepEqual((await restoreShare(client, 'p', out2)).failed, []);
-      assert.deepEqual(await readFile(join(out2, 'big.bin')), await readFile(file));
-      tree.close();
-    } finally {
-      client.close();
-      await dr.destroy();
-    }
-  }
+    // A site from before patch commits (it refuses the parameter): the usual commit, still only the changed block sent.
+    tamper = null;
+    refuse = true;
+    seen.length = 0;
+    const b2 = stats.blocksSent;
+    await sync.syncPath('big.bin', await poke([12]));
+    assert.equal(stats.blocksSent - b2, 1);
+    assert.ok(seen.some(([m, p]) => m === 'object.commit' && Array.isArray(p.blocks)), 'the usual commit with the block list');
+    const out2 = join(work, `patch-out2-${encryptNew}`);
+    assert.deepEqual((await restoreShare(client, 'p', out2)).failed, []);
+    assert.deepEqual(await readFile(join(out2, 'big.bin')), await readFile(file));
+    tree.close();
+  });
 });
 
 test('a file of more blocks than one commit message holds commits by segments (segments.put in pieces, then its segment list), encrypted and plaintext: restore byte for byte, verify --content clean, a later change goes as a patch; a site without segments.put takes the block list; a file past the site\'s limit fails clearly before it is read', async () => {
-  for (const encryptNew of [true, false]) {
-    const dr = await DrSiteHarness.start();
-    const client = await dr.repo({ encryptNew });
-    try {
-      await client.call('bucket.ensure', { bucket: 's' });
-      const src = join(work, `seg-src-${encryptNew}`);
-      await mkdir(src, { recursive: true });
-      const file = join(src, 'image.vhdx');
-      // 4 KiB blocks: 2,600 blocks, 11 segments; committed by segments from 1,000 blocks, 4 segments per put.
-      await writeFile(file, randomBytes(2600 * 4096 - 123));
-      const link = encryptNew ? (client as unknown as { link: SiteClient }).link : client;
-      const realCall = link.call.bind(link);
-      const seen: Array<[string, Record<string, unknown>]> = [];
-      let oldSite = false;
-      (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
-        seen.push([method, params as Record<string, unknown>]);
-        if (oldSite && method === 'segments.put') throw new DrRpcError(-32601, 'method not found');
-        return realCall<T>(method, params);
-      };
-      const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
-      const tree = Tree.open(src);
-      const sync = new SiteSync({ site: client, bucket: 's', tree, blockSize: 4096, stats, segmented: { from: 1000, perPut: 4 } });
-      await sync.syncPath('image.vhdx');
-      const puts = seen.filter(([m]) => m === 'segments.put').map(([, p]) => (p.segments as string[][]).length);
-      assert.deepEqual(puts, [4, 4, 3], 'eleven segments in three puts');
-      const commit = seen.find(([m]) => m === 'object.commit')?.[1];
-      assert.ok(commit && Array.isArray(commit.segments) && commit.blocks === undefined && commit.newSegments === undefined, 'the commit names only its segment list');
-      assert.equal((commit.segments as string[]).length, 11);
-      const out = join(work, `seg-out-${encryptNew}`);
-      assert.deepEqual((await restoreShare(client, 's', out)).failed, []);
-      assert.deepEqual(await readFile(join(out, 'image.vhdx')), await readFile(file));
-      const { verifyTree } = await import('../src/replication/verify');
-      assert.deepEqual(await verifyTree(client, 's', tree, { content: true }), []);
+  await eachRepo('s', async ({ encryptNew, client, link }) => {
+    const src = join(work, `seg-src-${encryptNew}`);
+    await mkdir(src, { recursive: true });
+    const file = join(src, 'image.vhdx');
+    // 4 KiB blocks: 2,600 blocks, 11 segments; committed by segments from 1,000 blocks, 4 segments per put.
+    await writeFile(file, randomBytes(2600 * 4096 - 123));
+    const realCall = link.call.bind(link);
+    const seen: Array<[string, Record<string, unknown>]> = [];
+    let oldSite = false;
+    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+      seen.push([method, params as Record<string, unknown>]);
+      if (oldSite && method === 'segments.put') throw new DrRpcError(-32601, 'method not found');
+      return realCall<T>(method, params);
+    };
+    const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+    const tree = Tree.open(src);
+    const sync = new SiteSync({ site: client, bucket: 's', tree, blockSize: 4096, stats, segmented: { from: 1000, perPut: 4 } });
+    await sync.syncPath('image.vhdx');
+    const puts = seen.filter(([m]) => m === 'segments.put').map(([, p]) => (p.segments as string[][]).length);
+    assert.deepEqual(puts, [4, 4, 3], 'eleven segments in three puts');
+    const commit = seen.find(([m]) => m === 'object.commit')?.[1];
+    assert.ok(commit && Array.isArray(commit.segments) && commit.blocks === undefined && commit.newSegments === undefined, 'the commit names only its segment list');
+    assert.equal((commit.segments as string[]).length, 11);
+    const out = join(work, `seg-out-${encryptNew}`);
+    assert.deepEqual((await restoreShare(client, 's', out)).failed, []);
+    assert.deepEqual(await readFile(join(out, 'image.vhdx')), await readFile(file));
+    const { verifyTree } = await import('../src/replication/verify');
+    assert.deepEqual(await verifyTree(client, 's', tree, { content: true }), []);
 
-      // A byte changed in segment 5: a patch commit over the segmented version, one block sent.
-      const data = await readFile(file);
-      data[5 * 256 * 4096 + 9] ^= 0xff;
-      await writeFile(file, data);
-      const b0 = stats.blocksSent;
-      seen.length = 0;
-      await sync.syncPath('image.vhdx', [[5 * 256 * 4096 + 9, 1]]);
-      assert.equal(stats.blocksSent - b0, 1);
-      assert.equal((seen.find(([m]) => m === 'object.commit')?.[1].newSegments as unknown[]).length, 1);
+    // A byte changed in segment 5: a patch commit over the segmented version, one block sent.
+    const data = await readFile(file);
+    data[5 * 256 * 4096 + 9] ^= 0xff;
+    await writeFile(file, data);
+    const b0 = stats.blocksSent;
+    seen.length = 0;
+    await sync.syncPath('image.vhdx', [[5 * 256 * 4096 + 9, 1]]);
+    assert.equal(stats.blocksSent - b0, 1);
+    assert.equal((seen.find(([m]) => m === 'object.commit')?.[1].newSegments as unknown[]).length, 1);
 
-      // A site from before segments.put: the block list, as before.
-      oldSite = true;
-      seen.length = 0;
-      data[9] ^= 0xff;
-      await writeFile(file, data);
-      await sync.syncPath('image.vhdx');
-      assert.ok(seen.some(([m, p]) => m === 'object.commit' && Array.isArray(p.blocks) && (p.blocks as string[]).length === 2600), 'the usual commit with the block list');
-      const out2 = join(work, `seg-out2-${encryptNew}`);
-      assert.deepEqual((await restoreShare(client, 's', out2)).failed, []);
-      assert.deepEqual(await readFile(join(out2, 'image.vhdx')), data);
+    // A site from before segments.put: the block list, as before.
+    oldSite = true;
+    seen.length = 0;
+    data[9] ^= 0xff;
+    await writeFile(file, data);
+    await sync.syncPath('image.vhdx');
+    assert.ok(seen.some(([m, p]) => m === 'object.commit' && Array.isArray(p.blocks) && (p.blocks as string[]).length === 2600), 'the usual commit with the block list');
+    const out2 = join(work, `seg-out2-${encryptNew}`);
+    assert.deepEqual((await restoreShare(client, 's', out2)).failed, []);
+    assert.deepEqual(await readFile(join(out2, 'image.vhdx')), data);
 
-      // Past the limit (a sparse file: nothing to read): refused at once, nothing sent or committed.
-      const { MAX_FILE_BLOCKS } = await import('../src/replication/site-sync');
-      execFileSync('truncate', ['-s', String((MAX_FILE_BLOCKS + 1) * 4096), join(src, 'huge.img')]);
-      const b1 = stats.blocksSent;
-      const t0 = Date.now();
-      await assert.rejects(sync.syncPath('huge.img'), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_REPL_TOO_LARGE' && /huge\.img: .* blocks of 4096; the DR site takes files of at most 4194304 blocks/.test(err.message));
-      assert.ok(Date.now() - t0 < 5000, 'refused before reading 16 GiB');
-      assert.equal(stats.blocksSent, b1);
-      assert.equal(await client.call('object.stat', { bucket: 's', path: 'huge.img' }), null);
-      tree.close();
-    } finally {
-      client.close();
-      await dr.destroy();
-    }
-  }
+    // Past the limit (a sparse file: nothing to read): refused at once, nothing sent or committed.
+    const { MAX_FILE_BLOCKS } = await import('../src/replication/site-sync');
+    execFileSync('truncate', ['-s', String((MAX_FILE_BLOCKS + 1) * 4096), join(src, 'huge.img')]);
+    const b1 = stats.blocksSent;
+    const t0 = Date.now();
+    await assert.rejects(sync.syncPath('huge.img'), (err: Error & { code?: string }) => err.code === 'VFSX_ERR_REPL_TOO_LARGE' && /huge\.img: .* blocks of 4096; the DR site takes files of at most 4194304 blocks/.test(err.message));
+    assert.ok(Date.now() - t0 < 5000, 'refused before reading 16 GiB');
+    assert.equal(stats.blocksSent, b1);
+    assert.equal(await client.call('object.stat', { bucket: 's', path: 'huge.img' }), null);
+    tree.close();
+  });
 });
 
 test('a file of many blocks restores a window of segments at a time, each list checked against its segment, from one version even when a new one is committed meanwhile; a site that alters a window\'s list fails that file only', async () => {
-  for (const encryptNew of [true, false]) {
-    const dr = await DrSiteHarness.start();
-    const client = await dr.repo({ encryptNew });
-    try {
-      await client.call('bucket.ensure', { bucket: 'w' });
-      const src = join(work, `win-src-${encryptNew}`);
-      await mkdir(src, { recursive: true });
-      // 4 KiB blocks: 2,600 blocks, 11 segments; windows of 4 segments from 1,000 blocks.
-      const first = randomBytes(2600 * 4096 - 77);
-      await writeFile(join(src, 'big.bin'), first);
-      await writeFile(join(src, 'small.txt'), 'small');
-      const tree = Tree.open(src);
-      const sync = new SiteSync({ site: client, bucket: 'w', tree, blockSize: 4096, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } });
-      await sync.syncTree('');
-      const link = encryptNew ? (client as unknown as { link: SiteClient }).link : client;
-      const realCall = link.call.bind(link);
-      const stats: Array<Record<string, unknown>> = [];
-      let onStat: ((n: number, r: Record<string, unknown>) => Promise<void>) | null = null;
-      let syncing = false;
-      (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
-        const r = await realCall<T>(method, params);
-        if (method === 'object.stat' && !syncing) {
-          stats.push(params as Record<string, unknown>);
-          if (onStat && r) await onStat(stats.length, r as Record<string, unknown>);
-        }
-        return r;
-      };
-      const windowed = { from: 1000, segments: 4 };
-      // A new version committed after the first window: the restore finishes the version it started.
-      onStat = async (n) => {
-        if (n !== 1) return;
-        onStat = null;
-        syncing = true;
-        await writeFile(join(src, 'big.bin'), randomBytes(2600 * 4096));
-        await sync.syncPath('big.bin');
-        syncing = false;
-      };
-      const out = join(work, `win-out-${encryptNew}`);
-      const p = await restoreShare(client, 'w', out, { windowed });
-      assert.deepEqual(p.failed, []);
-      assert.deepEqual(await readFile(join(out, 'big.bin')), first, 'the version the restore started with');
-      assert.deepEqual(stats.map((x) => (x.segments as number[] | undefined)?.join(',')), ['0,1,2,3', '4,5,6,7', '8,9,10'], 'three windows, never the whole list');
-      assert.ok(stats.slice(1).every((x) => typeof x.at === 'number'), 'the later windows ask for that version by its time');
+  await eachRepo('w', async ({ encryptNew, client, link }) => {
+    const src = join(work, `win-src-${encryptNew}`);
+    await mkdir(src, { recursive: true });
+    // 4 KiB blocks: 2,600 blocks, 11 segments; windows of 4 segments from 1,000 blocks.
+    const first = randomBytes(2600 * 4096 - 77);
+    await writeFile(join(src, 'big.bin'), first);
+    await writeFile(join(src, 'small.txt'), 'small');
+    const tree = Tree.open(src);
+    const sync = new SiteSync({ site: client, bucket: 'w', tree, blockSize: 4096, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } });
+    await sync.syncTree('');
+    const realCall = link.call.bind(link);
+    const stats: Array<Record<string, unknown>> = [];
+    let onStat: ((n: number, r: Record<string, unknown>) => Promise<void>) | null = null;
+    let syncing = false;
+    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+      const r = await realCall<T>(method, params);
+      if (method === 'object.stat' && !syncing) {
+        stats.push(params as Record<string, unknown>);
+        if (onStat && r) await onStat(stats.length, r as Record<string, unknown>);
+      }
+      return r;
+    };
+    const windowed = { from: 1000, segments: 4 };
+    // A new version committed after the first window: the restore finishes the version it started.
+    onStat = async (n) => {
+      if (n !== 1) return;
+      onStat = null;
+      syncing = true;
+      await writeFile(join(src, 'big.bin'), randomBytes(2600 * 4096));
+      await sync.syncPath('big.bin');
+      syncing = false;
+    };
+    const out = join(work, `win-out-${encryptNew}`);
+    const p = await restoreShare(client, 'w', out, { windowed });
+    assert.deepEqual(p.failed, []);
+    assert.deepEqual(await readFile(join(out, 'big.bin')), first, 'the version the restore started with');
+    assert.deepEqual(stats.map((x) => (x.segments as number[] | undefined)?.join(',')), ['0,1,2,3', '4,5,6,7', '8,9,10'], 'three windows, never the whole list');
+    assert.ok(stats.slice(1).every((x) => typeof x.at === 'number'), 'the later windows ask for that version by its time');
 
-      // A site that swaps two ids in the second window's list: that file fails, nothing of it is left, the rest restores.
-      stats.length = 0;
-      onStat = async (n, r) => {
-        if (n === 2 && Array.isArray(r.segmentBlocks)) {
-          const l = (r.segmentBlocks as string[][])[1];
-          [l[0], l[1]] = [l[1], l[0]];
-        }
-      };
-      const out2 = join(work, `win-out2-${encryptNew}`);
-      const q = await restoreShare(client, 'w', out2, { windowed });
-      assert.equal(q.failed.length, 1);
-      assert.match(q.failed[0], /big\.bin.*segment 5/);
-      assert.deepEqual((await readdir(out2)).sort(), ['small.txt']);
-      tree.close();
-    } finally {
-      client.close();
-      await dr.destroy();
-    }
-  }
+    // A site that swaps two ids in the second window's list: that file fails, nothing of it is left, the rest restores.
+    stats.length = 0;
+    onStat = async (n, r) => {
+      if (n === 2 && Array.isArray(r.segmentBlocks)) {
+        const l = (r.segmentBlocks as string[][])[1];
+        [l[0], l[1]] = [l[1], l[0]];
+      }
+    };
+    const out2 = join(work, `win-out2-${encryptNew}`);
+    const q = await restoreShare(client, 'w', out2, { windowed });
+    assert.equal(q.failed.length, 1);
+    assert.match(q.failed[0], /big\.bin.*segment 5/);
+    assert.deepEqual((await readdir(out2)).sort(), ['small.txt']);
+    tree.close();
+  });
 });
