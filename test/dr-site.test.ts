@@ -37,6 +37,19 @@ after(async () => {
   await site?.destroy();
 });
 
+/** fn on a MetaStore of its own in a temp directory, with a clock it sets (clock.now, ms); both removed after. */
+function withMeta(fn: (m: MetaStore, clock: { now: number }) => void): void {
+  const clock = { now: 1000 };
+  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
+  const m = new MetaStore(join(dir, 'm.sqlite'), () => clock.now);
+  try {
+    fn(m, clock);
+  } finally {
+    m.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 function packRows(h: DrSiteHarness): Array<{ id: string; bytes: number }> {
   const m = new MetaStore(join(h.dataDir, 'meta.sqlite'));
   try {
@@ -248,15 +261,12 @@ test('a delete, move or listing takes exactly the path and its subtree, found by
 });
 
 test('a listing in pages (MetaStore): pages of any size join to the whole listing, for heads, a subtree and an earlier time, odd names in the site\'s (UTF-8 byte) order', () => {
-  let now = 1000;
-  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
-  const m = new MetaStore(join(dir, 'm.sqlite'), () => now);
-  try {
+  withMeta((m, clock) => {
     m.ensureBucket('b');
     // Siblings of the prefix that sort between "p" and "p/" ('-', '.', ' '), names beyond the BMP and at its top.
     const names = ['p', 'p-x', 'p.x', 'p x', 'p/a', 'p/a/b', 'p/é', 'p/😀', 'p/\uffff', 'p/\ufffd', 'q', 'a', 'p0'];
     for (const n of names) m.commit('b', n, { kind: 'dir', meta: {} });
-    now = 2000;
+    clock.now = 2000;
     m.delete('b', 'p/a/b');
     m.commit('b', 'p/late', { kind: 'dir', meta: {} });
     const byBytes = (xs: string[]) => [...xs].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
@@ -278,10 +288,7 @@ test('a listing in pages (MetaStore): pages of any size join to the whole listin
     }
     assert.deepEqual(m.list('b', undefined, 'p').map((v) => v.path), byBytes(['p', 'p/a', 'p/é', 'p/😀', 'p/\uffff', 'p/\ufffd', 'p/late']));
     assert.ok(m.list('b', 1500, 'p').some((v) => v.path === 'p/a/b'), 'at 1500 p/a/b was there');
-  } finally {
-    m.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('object.list through the client goes in pages of 10,000 and joins them: 25,000 objects whole and in order; a page answers at most limit and the next cursor; a site that does not move forward is refused', async () => {
@@ -342,9 +349,6 @@ test('object.list through the client goes in pages of 10,000 and joins them: 25,
 });
 
 test('segments stored ahead of their commit (segments.put): every block must be there; a commit naming them takes its blocks; one never committed is dropped after the orphan grace, and a block retention freed meanwhile is found missing', () => {
-  let now = 1000;
-  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
-  const m = new MetaStore(join(dir, 'm.sqlite'), () => now);
   const h = (c: string) => c.repeat(64);
   const missing = (f: () => unknown): unknown => {
     try {
@@ -354,7 +358,7 @@ test('segments stored ahead of their commit (segments.put): every block must be 
     }
     return 'no error';
   };
-  try {
+  withMeta((m, clock) => {
     m.ensureBucket('b');
     for (const x of ['a', 'b', 'c', 'd']) m.addBlock(h(x), 1);
     assert.deepEqual(missing(() => m.putSegments([[h('a'), h('e')]])), [h('e')], 'a segment with a block the site lacks is refused');
@@ -366,7 +370,7 @@ test('segments stored ahead of their commit (segments.put): every block must be 
     assert.deepEqual(m.blocksOf(v), [h('a'), h('b'), h('c')]);
     assert.deepEqual(missing(() => m.commit('b', 'other', { kind: 'file', meta: {}, size: 1, blockSize: 1, segments: [segmentHash([h('d')])] })), [], 'a segment neither stored nor given');
     // Stored at 2000, its block an orphan (a stored segment holds no block): retention frees the block; the commit finds it missing.
-    now = 2000;
+    clock.now = 2000;
     m.putSegments([[h('d')]]);
     const freed = m.collect(0, 1500);
     assert.deepEqual(freed, [h('d')]);
@@ -376,41 +380,33 @@ test('segments stored ahead of their commit (segments.put): every block must be 
     m.addBlock(h('d'), 1); // sent again, as the client does on that answer
     assert.deepEqual(m.blocksOf(m.commit('b', 'd1', { kind: 'file', meta: {}, size: 1, blockSize: 1, segments: [s3] })), [h('d')]);
     // One never committed is dropped once older than the orphan cut.
-    now = 3000;
+    clock.now = 3000;
     m.putSegments([[h('c'), h('d')]]);
     m.collect(0, 2999);
     assert.equal(m.putSegments([[h('c'), h('d')]]), 0, 'kept while younger than the cut');
     m.collect(0, 3001);
     assert.equal(m.putSegments([[h('c'), h('d')]]), 1, 'dropped once older: stored anew');
     assert.deepEqual(m.blocksOf(m.head('b', 'big') as NonNullable<ReturnType<typeof m.head>>), [h('a'), h('b'), h('c')], 'a committed segment is never dropped');
-  } finally {
-    m.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('retention keeps every block a retained version needs and frees the rest', () => {
-  let now = 1000;
-  const dir = mkdtempSync(join(tmpdir(), 'vfsx-meta-'));
-  const m = new MetaStore(join(dir, 'm.sqlite'), () => now);
-  try {
+  withMeta((m, clock) => {
     m.ensureBucket('b');
     for (const h of ['a', 'b', 'c'].map((x) => x.repeat(64))) m.addBlock(h, 1);
     m.commit('b', 'f', { kind: 'file', meta: {}, size: 1 }, ['a'.repeat(64)]);
-    now = 2000;
+    clock.now = 2000;
     m.commit('b', 'f', { kind: 'file', meta: {}, size: 1 }, ['b'.repeat(64)]);
-    now = 3000;
+    clock.now = 3000;
     m.commit('b', 'g', { kind: 'file', meta: {}, size: 1 }, ['a'.repeat(64)]);
-    now = 4000;
+    clock.now = 4000;
     m.delete('b', 'g');
-    now = 10000;
+    clock.now = 10000;
     // Keep what a restore at 2500 or later needs: f's second version; g is gone before 4000 only.
     assert.deepEqual(m.collect(2500, 9000).sort(), ['c'.repeat(64)], 'only the never-used block');
     assert.deepEqual(m.collect(5000, 9000).sort(), ['a'.repeat(64), 'c'.repeat(64)], 'g deleted before 5000: a is free');
     assert.equal(m.at('b', 'f', 2500)?.size, 1);
-  } finally {
-    m.close();
-  }
+  });
 });
 
 test('the site frees, on its retention timer, blocks that no retained version uses', async () => {
