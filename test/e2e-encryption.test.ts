@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -581,4 +581,77 @@ test('a file of many blocks restores a window of segments at a time, each list c
     assert.deepEqual((await readdir(out2)).sort(), ['small.txt']);
     tree.close();
   });
+});
+
+/** Every name below dir as hex bytes (the kernel's names, not what a decoder makes of them), with each file's contents. */
+async function byteTree(dir: string | Buffer, rel = ''): Promise<string[]> {
+  const here = Buffer.from(dir);
+  const out: string[] = [];
+  for (const name of await readdir(here, { encoding: 'buffer' })) {
+    const p = Buffer.concat([here, Buffer.from('/'), name]);
+    const relName = rel ? `${rel}/${name.toString('hex')}` : name.toString('hex');
+    const st = await lstat(p);
+    if (st.isDirectory()) out.push(`${relName}/`, ...await byteTree(p, relName));
+    else if (st.isSymbolicLink()) out.push(`${relName} -> ${(await readlink(p, { encoding: 'buffer' })).toString('hex')}`);
+    else out.push(`${relName} = ${(await readFile(p)).toString('hex')}`);
+  }
+  return out.sort();
+}
+
+test('names that are not UTF-8 (a share kept in Latin-1, a local user\'s odd bytes): an encrypted repository resyncs, verifies and restores them byte for byte; a plaintext one syncs the rest and names what it left out', async () => {
+  const src = join(work, 'latin-src');
+  const at = (...parts: Array<string | Buffer>) => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p) : p)));
+  const latin = (s: string) => Buffer.from(s, 'latin1');
+  await mkdir(src);
+  await mkdir(at(src, '/', latin('Übung')));
+  await writeFile(at(src, '/', latin('Übung'), '/', latin('résumé.txt')), 'cv');
+  await writeFile(at(src, '/', latin('café.txt')), 'latin-1 name');
+  await writeFile(join(src, 'café.txt'), 'the same name in UTF-8: another file');
+  await writeFile(at(src, '/', Buffer.from([0x66, 0xff, 0xfe, 0xed, 0xa0, 0x80])), 'bytes no decoder takes');
+  await symlink(at(latin('caf\xe9'), '.txt'), at(src, '/', latin('lien-vers-café')));
+  await writeFile(join(src, 'plain.txt'), 'plain');
+  const want = await byteTree(src);
+  assert.ok(want.some((l) => l.startsWith(latin('café.txt').toString('hex'))), want.join('\n'));
+
+  const enc = await DrSiteHarness.start();
+  try {
+    await writeFile(enc.passphraseFile, PASSPHRASE);
+    const r = await vfsx(enc, ['resync', 'docs', '--source', src, '--json']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const v = await vfsx(enc, ['verify', 'docs', '--source', src, '--content', '--json']);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    const dest = join(work, 'latin-restored');
+    const res = await vfsx(enc, ['restore', 'docs', dest, '--json']);
+    assert.equal(res.code, 0, res.stdout + res.stderr);
+    assert.deepEqual(await byteTree(dest), want);
+    diffR(src, dest);
+  } finally {
+    await enc.destroy();
+  }
+
+  const plainSite = await DrSiteHarness.start();
+  try {
+    const plain = { encryption: 'off' as const, passphraseFile: join(work, 'none') };
+    const r = await vfsx(plainSite, ['resync', 'docs', '--source', src], plain);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stderr, /4 name\(s\) are not UTF-8.*plaintext repository holds UTF-8 names only/);
+    // The site itself never stores another name in place of one it cannot hold.
+    const client = await plainSite.client();
+    try {
+      await assert.rejects(client.call('object.commit', { bucket: 'docs', path: 'caf\udce9', kind: 'dir', meta: {} }), /not UTF-8/);
+      await assert.rejects(client.call('object.commit', { bucket: 'docs', path: 'ln', kind: 'symlink', target: 'caf\udce9', meta: {} }), /not UTF-8/);
+    } finally {
+      client.close();
+    }
+    const v = await vfsx(plainSite, ['verify', 'docs', '--source', src, '--json'], plain);
+    assert.equal(v.code, 1, v.stdout + v.stderr);
+    const missing = JSON.parse(v.stdout).differences.map((d: { path: string; what: string }) => `${d.path}: ${d.what}`).sort();
+    assert.deepEqual(missing, ['caf\udce9.txt', 'f\udcff\udcfe\udced\udca0\udc80', 'lien-vers-caf\udce9', '\udcdcbung', '\udcdcbung/r\udce9sum\udce9.txt'].map((p) => `${p}: missing at the DR site`).sort());
+    const dest = join(work, 'latin-plain-restored');
+    const res = await vfsx(plainSite, ['restore', 'docs', dest], plain);
+    assert.equal(res.code, 0, res.stdout + res.stderr);
+    assert.deepEqual(await byteTree(dest), want.filter((l) => /^(?:636166c3a92e747874|706c61696e2e747874) /.test(l)));
+  } finally {
+    await plainSite.destroy();
+  }
 });

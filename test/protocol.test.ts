@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { isUtf8 } from 'node:buffer';
 import { test } from 'node:test';
 import { escapeBytes, unescapeBytes } from '../src/protocol/escape';
 import { encodeFrame, FrameDecoder } from '../src/protocol/frame-decoder';
@@ -7,6 +8,8 @@ import { VfsxError } from '../src/errors/vfsx-error';
 import { allocWithRoom, claimRoom } from '../src/protocol/frame-room';
 import { msgDriver } from './helpers/c-driver';
 import { Policy } from '../src/ops/policy';
+import { checkObjectPath } from '../src/dr-site/object-path';
+import { isUtf8Name, nameFromBytes, nameToBytes, sysName, withByteNames } from '../src/protocol/byte-names';
 
 const ALL = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 
@@ -168,4 +171,53 @@ test('frame room: a head goes in front of blocks only when they lie back to back
   assert.equal(claimRoom([a, b], 8), null, 'the room is used once');
   const plain = allocWithRoom(10, 0);
   assert.equal(claimRoom([plain], 0), null, 'no room asked for: none reserved');
+});
+
+test('names as bytes: any name (every byte but / and NUL) round-trips through its string; a UTF-8 name is its own string; only escapes are lone surrogates', () => {
+  // Every byte value in every position, UTF-8 mixed in, sequences cut short, overlongs, surrogates, past U+10FFFF.
+  const cases = [
+    Buffer.from('plain ascii'), Buffer.from('café ünïcödé 日本 🐨'), Buffer.from([0x61, 0xff, 0xfe]),
+    Buffer.from('caf\xe9', 'latin1'), Buffer.from([0xc3]), Buffer.from([0xe6, 0x97]), Buffer.from([0xc0, 0xaf]),
+    Buffer.from([0xed, 0xa0, 0x80]), Buffer.from([0xed, 0xb2, 0x80]), Buffer.from([0xf4, 0x90, 0x80, 0x80]),
+    Buffer.from([0xf0, 0x9f, 0x90, 0xa8, 0x80]), Buffer.concat([Buffer.from('🐨'), Buffer.from([0xdc])]),
+    Buffer.from(ALL.filter((c) => c !== 0 && c !== 0x2f)),
+  ];
+  let seed = 7;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
+  for (let i = 0; i < 2000; i++) {
+    const b = Buffer.from(Array.from({ length: 1 + (rnd() % 12) }, () => [0x61, 0xc3, 0xa9, 0xe6, 0x97, 0xa5, 0xf0, 0x9f, 0x90, 0xa8, 0x80, 0xff, 0xed][rnd() % 13]));
+    cases.push(b);
+  }
+  const seen = new Map<string, string>();
+  for (const b of cases) {
+    const s = nameFromBytes(b);
+    assert.deepEqual(nameToBytes(s), b, `${b.toString('hex')} -> ${JSON.stringify(s)}`);
+    assert.equal(isUtf8Name(s), isUtf8(b), b.toString('hex'));
+    if (isUtf8(b)) assert.equal(s, b.toString('utf8'));
+    else assert.ok(/^(?:[^\ud800-\udfff]|[\ud800-\udbff][\udc00-\udfff]|[\udc80-\udcff])*$/.test(s), JSON.stringify(s));
+    assert.ok(!s.includes('/') && !s.includes('\0') || b.includes(0x2f) || b.includes(0));
+    const other = seen.get(s);
+    assert.ok(other === undefined || other === b.toString('hex'), `two names, one string: ${other} and ${b.toString('hex')}`);
+    seen.set(s, b.toString('hex'));
+    // Through JSON (queue jobs, JSON-RPC) the escapes survive.
+    assert.equal(JSON.parse(JSON.stringify({ s })).s, s);
+  }
+  assert.equal(nameFromBytes(Buffer.from('caf\xe9', 'latin1')), 'caf\udce9');
+  assert.deepEqual(sysName('café'), 'café');
+  assert.deepEqual(sysName('caf\udce9'), Buffer.from('caf\xe9', 'latin1'));
+});
+
+test('names as bytes: a lone surrogate that stands for no byte is refused; journal names in base64 become escaped strings', () => {
+  for (const s of ['a\ud800', 'a\udc41', 'a\udd00', '\udbff']) {
+    assert.throws(() => nameToBytes(s), (e: unknown) => e instanceof VfsxError && e.code === 'VFSX_ERR_BAD_NAME', JSON.stringify(s));
+  }
+  const rec = { names: { pathB64: Buffer.from([0x61, 0xff]).toString('base64'), to: 'b' }, op: 'rename' };
+  assert.deepEqual(withByteNames(rec), { names: { path: 'a\udcff', to: 'b' }, op: 'rename' });
+  const plain = { names: { path: 'x' } };
+  assert.equal(withByteNames(plain), plain);
+  // A restore takes escaped names (from an encrypted repository) but never one that stands for no byte; the site takes neither.
+  assert.equal(checkObjectPath('d/caf\udce9', { anyName: true }), 'd/caf\udce9');
+  assert.throws(() => checkObjectPath('d/caf\udce9'), /not UTF-8/);
+  assert.throws(() => checkObjectPath('d/a\ud800', { anyName: true }), /stands for no byte/);
+  assert.throws(() => checkObjectPath('d/\udcff/..', { anyName: true }), /component/);
 });

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { readCached, useWalkFallback } from '../src/native/addon';
-import { readBlocks, streamBlocks } from '../src/replication/source-tree';
+import { readBlocks, streamBlocks, targetOf } from '../src/replication/source-tree';
+import { nameFromBytes } from '../src/protocol/byte-names';
 import { Slots } from '../src/replication/slots';
 import { Tree } from '../src/native/tree';
 
@@ -99,7 +100,8 @@ test('scan and scanAsync list every entry as lstat sees it, with targets, xattrs
     const viaPool = await t.scanAsync('', true);
     assert.deepEqual(viaPool, sync);
     const got = new Map(sync ?? []);
-    assert.deepEqual([...got.keys()].sort(), [...names, 'bad\ufffd\ufffd', 'fifo', 'link', 'sub'].sort());
+    // A name that is not UTF-8 comes escaped (src/protocol/byte-names.ts), never as U+FFFD.
+    assert.deepEqual([...got.keys()].sort(), [...names, 'bad\udcff\udcfe', 'fifo', 'link', 'sub'].sort());
     for (const [name, e] of got) {
       const st = lstatSync(name.startsWith('bad') ? Buffer.concat([Buffer.from(`${root}/bad`), Buffer.from([0xff, 0xfe])]) : join(root, name), { bigint: true });
       assert.deepEqual(
@@ -164,6 +166,37 @@ function coldFile(path: string, data: Buffer): void {
   closeSync(fd);
   execFileSync('dd', [`if=${path}`, 'iflag=nocache', 'count=0', 'status=none']);
 }
+
+test('names that are not UTF-8: stat, open, rename, symlink and mkdir by their escaped strings reach those bytes; a name with a NUL is refused', () => {
+  const root = join(dir, 'bytes');
+  mkdirSync(root);
+  const latin = Buffer.from('caf\xe9.txt', 'latin1');
+  writeFileSync(Buffer.concat([Buffer.from(`${root}/`), latin]), 'latin-1');
+  writeFileSync(join(root, 'café.txt'), 'utf-8'); // the same name in UTF-8: another file
+  const t = Tree.open(root);
+  try {
+    const esc = nameFromBytes(latin);
+    assert.equal(esc, 'caf\udce9.txt');
+    assert.equal(t.stat(esc)?.size, 7);
+    assert.equal(t.stat('café.txt')?.size, 5);
+    const fd = t.openRead(esc);
+    assert.equal(readFileSync(fd, 'utf8'), 'latin-1');
+    closeSync(fd);
+    const dirName = nameFromBytes(Buffer.from([0x64, 0xff]));
+    assert.equal(t.mkdir(dirName, 0o755), true);
+    t.rename(esc, `${dirName}/${esc}`);
+    t.symlink('ln', nameFromBytes(Buffer.from([0x2e, 0x2f, 0xfe])));
+    const onDisk = readdirSync(root, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort();
+    assert.deepEqual(onDisk, [Buffer.from('café.txt'), Buffer.from([0x64, 0xff]), Buffer.from('ln')].map((b) => b.toString('hex')).sort());
+    assert.deepEqual(t.scan(dirName)?.map(([n]) => n), [esc]);
+    assert.deepEqual(t.stat('ln')?.target, Buffer.from([0x2e, 0x2f, 0xfe]));
+    assert.equal(targetOf(t.stat('ln')!), './\udcfe');
+    assert.throws(() => t.stat('a\0b'), /NUL/);
+    assert.throws(() => t.stat('a\ud800'), (e: unknown) => (e as { code?: string }).code === 'VFSX_ERR_BAD_NAME');
+  } finally {
+    t.close();
+  }
+});
 
 test('readCached reads what the page cache holds without waiting for the disk, and -1 for a file that is not cached', () => {
   const f = join(dir, 'cached.bin');

@@ -55,13 +55,23 @@ bool ArgInt(const Napi::CallbackInfo &info, size_t i, long long *out) {
   return true;
 }
 
+// A name or path: a string (its UTF-8), or a Buffer of its bytes (a name
+// that is not UTF-8, src/protocol/byte-names.ts). Neither may hold a NUL.
 bool ArgStr(const Napi::CallbackInfo &info, size_t i, std::string *out) {
-  if (info.Length() <= i || !info[i].IsString()) {
-    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + ": expected a string")
+  if (info.Length() > i && info[i].IsBuffer()) {
+    Napi::Buffer<char> b = info[i].As<Napi::Buffer<char>>();
+    out->assign(b.Data(), b.Length());
+  } else if (info.Length() > i && info[i].IsString()) {
+    *out = info[i].As<Napi::String>().Utf8Value();
+  } else {
+    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + ": expected a string or a Buffer")
         .ThrowAsJavaScriptException();
     return false;
   }
-  *out = info[i].As<Napi::String>().Utf8Value();
+  if (out->find('\0') != std::string::npos) {
+    Napi::TypeError::New(info.Env(), "argument " + std::to_string(i) + ": holds a NUL byte").ThrowAsJavaScriptException();
+    return false;
+  }
   return true;
 }
 
@@ -312,13 +322,14 @@ void ScanInto(int root, const std::string &rel, bool want_xattrs, ScanResult *r)
   closedir(d);
 }
 
-// [text, nums, bin] of a scan, null when rel is not a directory of the tree.
+// [text, nums, bin] of a scan (text a Buffer), null when rel is not a directory of the tree.
 Napi::Value ScanValue(Napi::Env env, const ScanResult &r) {
   if (!r.found) return env.Null();
   Napi::Float64Array nums = Napi::Float64Array::New(env, r.nums.size());
   if (!r.nums.empty()) memcpy(nums.Data(), r.nums.data(), r.nums.size() * sizeof(double));
   Napi::Array out = Napi::Array::New(env, 3);
-  out.Set(0u, Napi::String::New(env, r.text.data(), r.text.size()));
+  // Bytes: a name need not be UTF-8 (the JS side decodes; src/native/tree.ts).
+  out.Set(0u, Napi::Buffer<char>::Copy(env, r.text.data(), r.text.size()));
   out.Set(1u, nums);
   out.Set(2u, Napi::Buffer<char>::Copy(env, r.bin.data(), r.bin.size()));
   return out;

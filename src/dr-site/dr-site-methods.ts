@@ -5,7 +5,7 @@
 import { VfsxError } from '../errors/vfsx-error';
 import { PackStore } from './pack-store';
 import { MetaStore, ObjectVersion, SEGMENT_BLOCKS } from './meta-store';
-import { checkObjectPath } from './object-path';
+import { checkObjectPath, checkTarget } from './object-path';
 
 export interface BinaryPart {
   hash: string;
@@ -77,7 +77,7 @@ export class DrSiteMethods {
     this.checkNotFreeing(newSegments.flat());
     return this.meta.commit(bucket, path, {
       kind, meta: p.meta as object, size: kind === 'file' ? (p.size as number) ?? 0 : 0,
-      blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? (p.target as string) ?? '' : null,
+      blockSize: (p.blockSize as number) ?? 0, target: kind === 'symlink' ? checkTarget(p.target) : null,
       ...(segments ? { segments } : {}),
     }, blocks, newSegments);
   }

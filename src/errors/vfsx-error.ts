@@ -16,6 +16,8 @@ export type VfsxErrorCode =
   | 'VFSX_ERR_JOURNAL_TIMEOUT'
   | 'VFSX_ERR_SOCKET_IN_USE'
   | 'VFSX_ERR_NATIVE_ADDON'
+  /** A name string with a lone surrogate that stands for no byte (src/protocol/byte-names.ts). */
+  | 'VFSX_ERR_BAD_NAME'
   | 'VFSX_ERR_DR_HASH_MISMATCH'
   | 'VFSX_ERR_DR_MISSING_BLOCKS'
   | 'VFSX_ERR_DR_INVALID_PATH'

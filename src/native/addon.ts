@@ -33,25 +33,28 @@ export interface TreeEntry {
 }
 
 /** What scanDir returns: see ScanResult in native/addon/tree_ops.cc. */
-export type PackedScan = [text: string, nums: Float64Array, bin: Buffer];
+export type PackedScan = [text: Buffer, nums: Float64Array, bin: Buffer];
+
+/** A name or path as the tree's calls take it: a string (its UTF-8) or its bytes. */
+export type Name = string | Buffer;
 
 export interface TreeOps {
   useWalk(on: boolean): void;
   openRoot(path: string): number;
-  openAt(root: number, rel: string, flags: number, mode: number): number;
-  statAt(root: number, rel: string, xattrs: boolean): TreeEntry | null;
+  openAt(root: number, rel: Name, flags: number, mode: number): number;
+  statAt(root: number, rel: Name, xattrs: boolean): TreeEntry | null;
   /** A directory's entries packed as [text, nums, bin] (unpacked by Tree), null when rel is not a directory of the tree. */
-  scanDir(root: number, rel: string, xattrs: boolean, async: false): PackedScan | null;
+  scanDir(root: number, rel: Name, xattrs: boolean, async: false): PackedScan | null;
   /** The same read on the thread pool, through a duplicate of root. */
-  scanDir(root: number, rel: string, xattrs: boolean, async: true): Promise<PackedScan | null>;
-  mkdirAt(root: number, rel: string, mode: number): boolean;
-  symlinkAt(root: number, rel: string, target: string): void;
-  unlinkAt(root: number, rel: string, dir: boolean): void;
-  renameAt(root: number, from: string, to: string): void;
-  chownAt(root: number, rel: string, uid: number, gid: number): void;
-  utimesAt(root: number, rel: string, mtimeNs: string): void;
-  chmodAt(root: number, rel: string, mode: number): void;
-  setXattrAt(root: number, rel: string, name: string, value: Buffer): void;
+  scanDir(root: number, rel: Name, xattrs: boolean, async: true): Promise<PackedScan | null>;
+  mkdirAt(root: number, rel: Name, mode: number): boolean;
+  symlinkAt(root: number, rel: Name, target: Name): void;
+  unlinkAt(root: number, rel: Name, dir: boolean): void;
+  renameAt(root: number, from: Name, to: Name): void;
+  chownAt(root: number, rel: Name, uid: number, gid: number): void;
+  utimesAt(root: number, rel: Name, mtimeNs: string): void;
+  chmodAt(root: number, rel: Name, mode: number): void;
+  setXattrAt(root: number, rel: Name, name: string, value: Buffer): void;
 }
 
 interface AddonExports extends TreeOps {

@@ -8,7 +8,9 @@
  * Used for everything a root process reads of a share (replicator, resync,
  * verify) and writes into a restore destination.
  */
+import { isUtf8 } from 'node:buffer';
 import { closeSync, constants, fstatSync } from 'node:fs';
+import { nameFromBytes, sysName } from '../protocol/byte-names';
 import { PackedScan, treeOps, TreeEntry, TreeOps } from './addon';
 
 export type { TreeEntry } from './addon';
@@ -22,11 +24,24 @@ function bytesAt(bin: Buffer, off: number, len: number): Buffer {
   return Buffer.from(bin.subarray(off, off + len));
 }
 
+/** A scan's NUL-ended text fields; names that are not UTF-8 escaped (src/protocol/byte-names.ts). */
+function textFields(text: Buffer): string[] {
+  if (isUtf8(text)) return text.toString('utf8').split('\0');
+  const out: string[] = [];
+  for (let i = 0; i < text.length;) {
+    const end = text.indexOf(0, i);
+    out.push(nameFromBytes(text.subarray(i, end)));
+    i = end + 1;
+  }
+  out.push('');
+  return out;
+}
+
 /** The entries of a packed scan (the layout is ScanResult's in native/addon/tree_ops.cc). */
 function unpackScan(packed: PackedScan | null): Array<[string, TreeEntry]> | null {
   if (packed === null) return null;
   const [text, nums, bin] = packed;
-  const fields = text.split('\0');
+  const fields = textFields(text);
   const out: Array<[string, TreeEntry]> = [];
   let t = 0;
   let b = 0;
@@ -88,7 +103,7 @@ export class Tree {
 
   /** The entry at rel (never following a symlink), or null when rel is not in the tree. */
   stat(rel: string, xattrs = false): TreeEntry | null {
-    return this.ops.statAt(this.root(), rel, xattrs);
+    return this.ops.statAt(this.root(), sysName(rel), xattrs);
   }
 
   /**
@@ -97,7 +112,7 @@ export class Tree {
    * directory of the tree.
    */
   scan(rel: string, xattrs = false): Array<[string, TreeEntry]> | null {
-    return unpackScan(this.ops.scanDir(this.root(), rel, xattrs, false));
+    return unpackScan(this.ops.scanDir(this.root(), sysName(rel), xattrs, false));
   }
 
   /**
@@ -106,7 +121,7 @@ export class Tree {
    * waits on the disk for each inode). Only the unpacking is on the caller's thread.
    */
   async scanAsync(rel: string, xattrs = false): Promise<Array<[string, TreeEntry]> | null> {
-    return unpackScan(await this.ops.scanDir(this.root(), rel, xattrs, true));
+    return unpackScan(await this.ops.scanDir(this.root(), sysName(rel), xattrs, true));
   }
 
   /**
@@ -114,7 +129,7 @@ export class Tree {
    * EINVAL for anything not a regular file (a FIFO swapped in never blocks).
    */
   openRead(rel: string): number {
-    const fd = this.ops.openAt(this.root(), rel, O_RDONLY | O_NONBLOCK, 0);
+    const fd = this.ops.openAt(this.root(), sysName(rel), O_RDONLY | O_NONBLOCK, 0);
     if (!fstatSync(fd).isFile()) {
       closeSync(fd);
       throw Object.assign(new Error(`EINVAL: not a regular file, open '${rel}'`), { code: 'EINVAL', path: rel });
@@ -124,43 +139,43 @@ export class Tree {
 
   /** Creates a new file (fails if anything is at rel) and opens it for writing. */
   createExclusive(rel: string, mode: number): number {
-    return this.ops.openAt(this.root(), rel, O_WRONLY | O_CREAT | O_EXCL, mode);
+    return this.ops.openAt(this.root(), sysName(rel), O_WRONLY | O_CREAT | O_EXCL, mode);
   }
 
   /** Makes a directory; false when one is there already; fails when anything else is. */
   mkdir(rel: string, mode: number): boolean {
-    return this.ops.mkdirAt(this.root(), rel, mode);
+    return this.ops.mkdirAt(this.root(), sysName(rel), mode);
   }
 
   symlink(rel: string, target: string): void {
-    this.ops.symlinkAt(this.root(), rel, target);
+    this.ops.symlinkAt(this.root(), sysName(rel), sysName(target));
   }
 
   unlink(rel: string, dir = false): void {
-    this.ops.unlinkAt(this.root(), rel, dir);
+    this.ops.unlinkAt(this.root(), sysName(rel), dir);
   }
 
   rename(from: string, to: string): void {
-    this.ops.renameAt(this.root(), from, to);
+    this.ops.renameAt(this.root(), sysName(from), sysName(to));
   }
 
   /** Owner of rel itself (a symlink's own owner). */
   chown(rel: string, uid: number, gid: number): void {
-    this.ops.chownAt(this.root(), rel, uid, gid);
+    this.ops.chownAt(this.root(), sysName(rel), uid, gid);
   }
 
   /** Access and modification time of rel itself, in ns since the epoch. */
   utimes(rel: string, mtimeNs: string): void {
-    this.ops.utimesAt(this.root(), rel, mtimeNs);
+    this.ops.utimesAt(this.root(), sysName(rel), mtimeNs);
   }
 
   /** Mode of a file or directory; fails with ELOOP on a symlink. */
   chmod(rel: string, mode: number): void {
-    this.ops.chmodAt(this.root(), rel, mode);
+    this.ops.chmodAt(this.root(), sysName(rel), mode);
   }
 
   setXattr(rel: string, name: string, value: Buffer): void {
-    this.ops.setXattrAt(this.root(), rel, name, value);
+    this.ops.setXattrAt(this.root(), sysName(rel), name, value);
   }
 
   /** Safe to call twice. */

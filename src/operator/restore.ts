@@ -107,10 +107,10 @@ const LARGE_FILES_AT_ONCE = 8;
  */
 const REFUSALS = new Set(['ELOOP', 'ENOTDIR', 'EINVAL', 'EEXIST', 'EISDIR', 'ENOTEMPTY', 'ENAMETOOLONG', 'EILSEQ', 'EPERM', 'EACCES']);
 
-/** The site's own rule for object names: a plain relative path. */
+/** The site's own rule for object names: a plain relative path (any bytes, from an encrypted repository). */
 const validRel = (p: unknown): p is string => {
   try {
-    checkObjectPath(p);
+    checkObjectPath(p, { anyName: true });
     return true;
   } catch {
     return false;

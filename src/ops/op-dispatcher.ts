@@ -12,6 +12,7 @@
 import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
 import { BridgeMessage } from '../protocol/message';
+import { withByteNames } from '../protocol/byte-names';
 import { encodeHelloReply, encodeVerdict, PROTOCOL_FOLDS, PROTOCOL_VERSION, Verdict } from '../protocol/reply';
 import { ChangeRecord, ChangeSink } from './change-record';
 import { isFolded, OP_TABLE, parseArgs } from './op-table';
@@ -182,7 +183,9 @@ export class OpDispatcher {
   }
 
   private policyInput(rec: ChangeRecord) {
-    const paths = [rec.names.path, rec.names.to, rec.names.from].filter((p): p is string => p !== undefined);
+    // A name that is not UTF-8 (kept as pathB64) is matched too, escaped: `x\xff.locked` ends in .locked.
+    const { names } = withByteNames(rec);
+    const paths = [names.path, names.to, names.from].filter((p): p is string => p !== undefined);
     return { share: rec.share, user: rec.user, op: rec.op, paths };
   }
 

@@ -28,6 +28,7 @@ import { Queue } from 'bullmq';
 import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
+import { withByteNames } from '../protocol/byte-names';
 import type { ChangeRecord } from '../ops/change-record';
 import { logLinkStatus } from '../journal/link-status';
 import { closeConnection, journalKeys, JournalKeys, queueNameOf, redisOptions, StateKeys, stateKeys } from '../journal/redis-connection';
@@ -308,7 +309,8 @@ export class JournalPump {
         this.stats.entries++;
         const at = `${sid}/${k++}`;
         if (kind === 'r') {
-          const rec = JSON.parse(value) as ChangeRecord;
+          // Names the journal keeps in base64 (not UTF-8) become escaped strings (src/protocol/byte-names.ts).
+          const rec = withByteNames(JSON.parse(value) as ChangeRecord);
           if (rec.outcome === 'pending') this.awaiting.set(rec.id, { rec, sid });
           else if (rec.outcome === 'failed') failed.push(rec);
           else hold(rec, sid, at);

@@ -14,6 +14,7 @@ import { hostname } from 'node:os';
 import IORedis, { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { VfsxConfig } from '../config/schema';
+import { withByteNames } from '../protocol/byte-names';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { Tree, TreeEntry } from '../native/tree';
@@ -351,7 +352,8 @@ export class Replicator {
   private async runJob(job: Job, token?: string): Promise<void> {
     if (job.name === BATCH) return this.runBatch(job, token);
     // A lone record: reconciled (outcome unknown), or split off a batch that kept failing.
-    const rec = job.data as ChangeRecord;
+    // withByteNames: a job queued by a version that passed base64 names on.
+    const rec = withByteNames(job.data as ChangeRecord);
     const bytesBefore = this.stats.bytesSent;
     const items = coalesce([rec]);
     if (this.stillWritten(items[0])) {
@@ -379,7 +381,7 @@ export class Replicator {
       () => job.promote().catch(() => undefined)); // raced with the batch before: it runs anyway
     if (!mine) throw new DelayedError();
     const bytesBefore = this.stats.bytesSent;
-    const all = coalesce(b.records);
+    const all = coalesce(b.records.map(withByteNames));
     // A file created (or truncated) and still being written: its close will
     // bring it; reading it now would race the writer. Look again later.
     const later = all.filter((it) => this.stillWritten(it));
@@ -426,7 +428,6 @@ export class Replicator {
   private stillWritten(it: WorkItem): boolean {
     const { rec } = it;
     if ((rec.op !== 'create' && rec.op !== 'truncate') || Date.now() - rec.ts > 30_000) return false;
-    if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) return false;
     try {
       const e = this.tree(rec.origpath).stat(rec.names.path, true);
       return e !== null && e.kind === 'file' && Date.now() - Number(BigInt(e.mtimeNs) / 1_000_000n) < Math.max(this.opts.replication.settleMs, 200);
@@ -499,7 +500,7 @@ export class Replicator {
   /** Whether a rename's both names are gone from the source now (then it is two deletes). */
   private bothGone(rec: ChangeRecord): boolean {
     const { path, to, stream } = rec.names;
-    if (to === undefined || stream !== undefined || Object.keys(rec.names).some((k) => k.endsWith('B64'))) return false;
+    if (to === undefined || stream !== undefined) return false;
     try {
       const tree = this.tree(rec.origpath, true);
       return tree.stat(path) === null && tree.stat(to) === null;
@@ -511,12 +512,11 @@ export class Replicator {
   /**
    * What the source has now at an item's path when the site can take it in
    * bulk (null: nothing, a delete); undefined when the item goes its own
-   * way: a larger file (its dirty ranges), a name that is not UTF-8, or an
-   * item covered already (those cost nothing anyway).
+   * way: a larger file (its dirty ranges), or an item covered already
+   * (those cost nothing anyway).
    */
   private bulkEntry(it: WorkItem): TreeEntry | null | undefined {
     const { rec } = it;
-    if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) return undefined;
     const key = `${rec.share}\u0000${rec.names.path}`;
     if (this.covered(key, it.ts, it.whole || (it.ranges !== undefined && it.ranges.length > 0))) return undefined;
     return this.bulkStat(rec.origpath, rec.names.path);
@@ -591,10 +591,6 @@ export class Replicator {
   /** Replicates one record (or the item it stands for, when records were coalesced). */
   async process(rec: ChangeRecord, item?: WorkItem): Promise<void> {
     this.stats.records += item?.merged ?? 1;
-    if (Object.keys(rec.names).some((k) => k.endsWith('B64'))) {
-      this.log.warn({ id: rec.id }, 'names that are not UTF-8 are not replicated yet');
-      return;
-    }
     const site = await this.site();
     if (!this.buckets.has(rec.share)) {
       await site.call('bucket.ensure', { bucket: rec.share });

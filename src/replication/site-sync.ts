@@ -5,6 +5,7 @@
  */
 import type { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
+import { isUtf8Name } from '../protocol/byte-names';
 import { SEGMENT_BLOCKS, segmentHash, segmentsOf } from '../protocol/segments';
 import { DrRpcError } from '../site-link/dr-client';
 import type { SiteClient } from '../site-link/site-client';
@@ -126,6 +127,8 @@ export class SiteSync {
   private heads: Map<string, ListedObject> | null = null;
   /** During syncTree: each directory's entries, scanned while the site's list was on its way. */
   private scanned: Map<string, Array<[string, TreeEntry]> | null> | null = null;
+  /** Paths a tree sync left out: names that are not UTF-8, which a plaintext repository cannot hold. */
+  private refused: string[] = [];
 
   constructor(o: SiteSyncOptions) {
     this.site = o.site;
@@ -161,6 +164,7 @@ export class SiteSync {
    * committed before anything below it is.
    */
   async syncTree(rel: string, prune = false): Promise<void> {
+    this.refused = [];
     // The site lists what it has while the source tree is scanned.
     const listing = this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
     let arrived = false;
@@ -182,6 +186,12 @@ export class SiteSync {
       this.scanned = null;
     }
     if (prune) await this.prune(rel, listed.map((o) => o.path));
+    if (this.refused.length > 0) {
+      const n = this.refused.length;
+      const some = this.refused.slice(0, 5).map((p) => JSON.stringify(p)).join(', ');
+      this.refused = [];
+      throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `${n} name(s) are not UTF-8 and were left out, with what is below them: a plaintext repository holds UTF-8 names only (an encrypted one, the default for new repositories, holds any name): ${some}${n > 5 ? ', ...' : ''}`);
+    }
   }
 
   /** Deletes at the site what it has below rel and the source does not (parents first; a delete takes the subtree). */
@@ -255,6 +265,10 @@ export class SiteSync {
     const single: string[] = [];
     for (const [name, e] of entries) {
       const child = rel ? `${rel}/${name}` : name;
+      if (!this.site.encrypted && !isUtf8Name(name)) {
+        this.refused.push(child); // the rest of the tree still syncs; syncTree then fails, naming it
+        continue;
+      }
       const head = this.heads?.get(child);
       if (e.kind === 'dir') {
         // The directory first, then what is below it; an unchanged one costs no round trip.

@@ -8,6 +8,7 @@ import { BigIntStats, closeSync, fstat, fstatSync, read, readSync } from 'node:f
 import { promisify } from 'node:util';
 import { getAttribute, listAttributes } from 'fs-xattr';
 import { VfsxError } from '../errors/vfsx-error';
+import { nameFromBytes } from '../protocol/byte-names';
 import { readCached } from '../native/addon';
 import type { Slots } from './slots';
 import type { Tree, TreeEntry } from '../native/tree';
@@ -61,7 +62,8 @@ export function metaOfEntry(e: TreeEntry): SourceMeta {
 }
 
 /** A symlink's target as the site stores it. */
-export const targetOf = (e: TreeEntry): string => (e.target ?? Buffer.alloc(0)).toString('utf8');
+/** A symlink's target as a name string (escaped where it is not UTF-8: src/protocol/byte-names.ts). */
+export const targetOf = (e: TreeEntry): string => nameFromBytes(e.target ?? Buffer.alloc(0));
 
 const sameFile = (a: BigIntStats, e: TreeEntry) =>
   e.kind === 'file' && a.size === BigInt(e.size) && a.mtimeNs.toString() === e.mtimeNs && a.ctimeNs.toString() === e.ctimeNs && a.ino.toString() === e.ino;

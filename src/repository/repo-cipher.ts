@@ -23,6 +23,7 @@ import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, ti
 import { compress, decompress } from 'zstd-napi';
 import { VfsxError } from '../errors/vfsx-error';
 import { hashBlocks, OPEN_STATUS, openBlocks, sealBlocks } from '../native/addon';
+import { nameFromBytes, nameToBytes } from '../protocol/byte-names';
 import { putFrameRoom } from '../protocol/frame-room';
 
 export const MASTER_KEY_BYTES = 64;
@@ -213,11 +214,11 @@ export class RepoCipher {
     return plain;
   }
 
-  /** One path component, sealed deterministically (base64url, no '/', never '.' or '..'). */
+  /** One path component's bytes (src/protocol/byte-names.ts), sealed deterministically (base64url, no '/', never '.' or '..'). */
   sealName(name: string): string {
     const hit = this.names.get(name);
     if (hit !== undefined) return hit;
-    const plain = Buffer.from(name, 'utf8');
+    const plain = nameToBytes(name);
     const pad = 16 - (plain.length % 16);
     const padded = Buffer.concat([plain, Buffer.alloc(pad, pad)]);
     const iv = createHmac('sha256', this.nameMacKey).update(padded).digest().subarray(0, 16);
@@ -237,7 +238,7 @@ export class RepoCipher {
     const mac = createHmac('sha256', this.nameMacKey).update(padded).digest().subarray(0, 16);
     const pad = padded[padded.length - 1];
     if (!timingSafeEqual(mac, iv) || pad < 1 || pad > 16) throw authFailed(`name ${sealed.slice(0, 40)}`);
-    return padded.subarray(0, padded.length - pad).toString('utf8');
+    return nameFromBytes(padded.subarray(0, padded.length - pad));
   }
 
   sealPath(path: string): string {

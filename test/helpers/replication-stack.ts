@@ -41,9 +41,12 @@ export class ReplicationStack {
   /**
    * Starts every part; `drExtra` goes into the site's drSite configuration,
    * `replExtra` into replication's; `remote` puts the DR site in a network
-   * namespace of its own behind a veth link of that many Mbit/s (a remote host).
+   * namespace of its own behind a veth link of that many Mbit/s (a remote host);
+   * `smbGlobal` goes into smb.conf's [global], `policy` into the service's rules.
    */
-  static async start(o: { share?: string; drExtra?: Record<string, unknown>; replExtra?: Record<string, unknown>; remote?: { mbit: number } } = {}): Promise<ReplicationStack> {
+  static async start(o: {
+    share?: string; drExtra?: Record<string, unknown>; replExtra?: Record<string, unknown>; remote?: { mbit: number }; smbGlobal?: string[]; policy?: unknown[];
+  } = {}): Promise<ReplicationStack> {
     const share = o.share ?? 'docs';
     const redis = await RedisHarness.start();
     const remote = o.remote ? createRemoteHost(o.remote.mbit, `vfsxt${process.pid % 10000}`, 1) : null;
@@ -56,13 +59,14 @@ export class ReplicationStack {
     }
     const svc = await ServiceHarness.create({
       redisSocket: redis.socket,
+      policy: o.policy,
       extra: { replication: { enabled: true, ...dr.replication, blockSize: 65536, maxBackoffMs: 1000, ...o.replExtra } },
     });
     (svc.config.redis as Record<string, unknown>).prefix = svc.prefix;
     await svc.rewriteConfig();
     await svc.start();
     // As a production share would stack it: NT ACLs and streams live in xattrs below vfsx.
-    const smbd = await SmbdHarness.start([{ name: share, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }]);
+    const smbd = await SmbdHarness.start([{ name: share, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }], o.smbGlobal);
     const s = new ReplicationStack(share, redis, dr, svc, smbd, await mkdtemp(join(tmpdir(), 'vfsx-repl-')));
     s.remote = remote;
     s.site = await dr.repo();

@@ -1,0 +1,59 @@
+/**
+ * Names that are not UTF-8 through the whole running system: a share whose
+ * smbd keeps names in Latin-1 (`unix charset = iso8859-1`, as servers
+ * migrated from older systems do), so every accented name a Windows client
+ * saves reaches the module, the journal and the replicator as bytes that
+ * are not UTF-8. Real smbd with the module, smbclient, redis-server,
+ * `vfsx serve` and `vfsx replicate`, and an encrypted DR site.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { ReplicationStack } from './helpers/replication-stack';
+import { q, smbclient } from './helpers/smbclient';
+
+let stack: ReplicationStack;
+
+before(async () => {
+  stack = await ReplicationStack.start({
+    share: 'latin',
+    smbGlobal: ['unix charset = iso8859-1'],
+    policy: [{ name: 'ransomware', action: 'deny', extensions: ['.locked'], ops: ['create', 'rename'] }],
+  });
+});
+
+after(async () => {
+  await stack?.destroy();
+});
+
+const latin = (s: string) => Buffer.from(s, 'latin1').toString('hex');
+/** The names in dir (below the share, given in Latin-1) as hex of their bytes. */
+const namesIn = (dir = '') => readdirSync(Buffer.from(join(stack.root, dir), 'latin1'), { encoding: 'buffer' }).map((b) => b.toString('hex')).sort();
+
+test('a Latin-1 share: accented names saved, renamed and deleted through SMB replicate to the encrypted site and restore with the same bytes; the ransomware policy denies .locked names too', async () => {
+  const f = join(stack.local, 'f.txt');
+  await writeFile(f, 'contenu\n'.repeat(1000));
+  const cmds = [
+    'mkdir Übung', `put ${f} ${q('Übung/résumé.txt')}`, `put ${f} ${q('café.txt')}`, `rename ${q('café.txt')} ${q('naïve.txt')}`,
+    `put ${f} ${q('à effacer.txt')}`, `del ${q('à effacer.txt')}`, 'mkdir Ärger', `put ${f} ${q('Ärger/ö.bin')}`, `rename Ärger Ærger`,
+    `put ${f} plain.txt`,
+  ];
+  const r = await smbclient(stack.smbd.port, stack.share, cmds.join('; '));
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  // On disk the names are Latin-1: every one of them reached the module as bytes that are not UTF-8.
+  assert.deepEqual(namesIn(), [latin('Übung'), latin('naïve.txt'), latin('Ærger'), latin('plain.txt')].sort());
+  assert.deepEqual(namesIn('Übung'), [latin('résumé.txt')]);
+  assert.deepEqual(namesIn('Ærger'), [latin('ö.bin')]);
+
+  // The policy matches them as well: a Windows name ending in .locked is denied, created or renamed to.
+  const denied = await smbclient(stack.smbd.port, stack.share, `put ${f} ${q('vérrouillé.locked')}`);
+  assert.ok(denied.statuses.includes('NT_STATUS_ACCESS_DENIED'), denied.stdout + denied.stderr);
+  const renamed = await smbclient(stack.smbd.port, stack.share, `rename ${q('naïve.txt')} ${q('naïve.locked')}`);
+  assert.ok(renamed.statuses.includes('NT_STATUS_ACCESS_DENIED'), renamed.stdout + renamed.stderr);
+  assert.ok(!namesIn().some((n) => Buffer.from(n, 'hex').toString('latin1').endsWith('.locked')));
+
+  // verify --content identical, and a restore is the share (diff -r compares the bytes of the names).
+  await stack.converged('latin1');
+});
