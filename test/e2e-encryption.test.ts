@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -632,9 +632,15 @@ test('names that are not UTF-8 (a share kept in Latin-1, a local user\'s odd byt
   const plainSite = await DrSiteHarness.start();
   try {
     const plain = { encryption: 'off' as const, passphraseFile: join(work, 'none') };
-    const r = await vfsx(plainSite, ['resync', 'docs', '--source', src], plain);
+    // And a file too large for the site (sparse, 300 GiB at 64 KiB blocks): left out too, the rest synced.
+    await writeFile(join(src, 'huge.img'), '');
+    await truncate(join(src, 'huge.img'), 300 * 2 ** 30);
+    const r = await vfsx(plainSite, ['resync', 'docs', '--source', src, '--json'], plain);
     assert.equal(r.code, 1, r.stdout + r.stderr);
-    assert.match(r.stderr, /4 name\(s\) are not UTF-8.*plaintext repository holds UTF-8 names only/);
+    assert.match(r.stderr, /5 path\(s\) left out.*not UTF-8: a plaintext repository holds UTF-8 names only/);
+    const leftOut = new Map((JSON.parse(r.stdout).leftOut as Array<{ path: string; why: string }>).map((x) => [x.path, x.why]));
+    assert.deepEqual([...leftOut.keys()].sort(), ['caf\udce9.txt', 'f\udcff\udcfe\udced\udca0\udc80', 'huge.img', 'lien-vers-caf\udce9', '\udcdcbung'].sort());
+    for (const [p, why] of leftOut) assert.match(why, p === 'huge.img' ? /takes files of at most 4194304 blocks/ : /^not UTF-8: a plaintext repository/, p);
     // The site itself never stores another name in place of one it cannot hold.
     const client = await plainSite.client();
     try {
@@ -646,7 +652,7 @@ test('names that are not UTF-8 (a share kept in Latin-1, a local user\'s odd byt
     const v = await vfsx(plainSite, ['verify', 'docs', '--source', src, '--json'], plain);
     assert.equal(v.code, 1, v.stdout + v.stderr);
     const missing = JSON.parse(v.stdout).differences.map((d: { path: string; what: string }) => `${d.path}: ${d.what}`).sort();
-    assert.deepEqual(missing, ['caf\udce9.txt', 'f\udcff\udcfe\udced\udca0\udc80', 'lien-vers-caf\udce9', '\udcdcbung', '\udcdcbung/r\udce9sum\udce9.txt'].map((p) => `${p}: missing at the DR site`).sort());
+    assert.deepEqual(missing, ['caf\udce9.txt', 'f\udcff\udcfe\udced\udca0\udc80', 'huge.img', 'lien-vers-caf\udce9', '\udcdcbung', '\udcdcbung/r\udce9sum\udce9.txt'].map((p) => `${p}: missing at the DR site`).sort());
     const dest = join(work, 'latin-plain-restored');
     const res = await vfsx(plainSite, ['restore', 'docs', dest], plain);
     assert.equal(res.code, 0, res.stdout + res.stderr);

@@ -5,7 +5,7 @@
  * in status, /metrics and events.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, truncate, utimes, writeFile } from 'node:fs/promises';
 import { statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -144,4 +144,25 @@ test('a change whose journal record was deleted by hand still reaches the site: 
   assert.ok((await recentEvents()).some((e) => e.type === 'scrub-repaired' && e.path === 'lost-record.txt'));
   // Scrub passes that ran while the site was down failed and were retried; none took the replicator's thread down.
   assert.deepEqual(svc.logs.filter((l) => l.msg === 'journal pump thread exited; restarting' || l.msg === 'journal pump thread failed; restarting'), []);
+});
+
+test('a difference the scrub cannot repair (a file made on disk, too large for the site) is reported in status and does not keep the differences after it from being repaired', async () => {
+  const root = smbd.sharePath(SHARE);
+  const huge = join(root, 'a-huge.img');
+  // Sparse: 300 GiB is more 64 KiB blocks than the site takes, refused before a byte is read.
+  await writeFile(huge, '');
+  await truncate(huge, 300 * 2 ** 30);
+  await writeFile(join(root, 'b-after-huge.txt'), 'repaired although a-huge.img cannot be');
+  try {
+    await waitFor('the scrub to repair the file after the one it cannot', () => siteHas('b-after-huge.txt'), 60000, 250);
+    const scrub = await waitFor('the scrub to report the file it cannot repair', async () => {
+      const s = (await status()).shares.find((x) => x.share === SHARE)?.scrub;
+      return s?.error?.includes('a-huge.img') ? s : null;
+    }, 60000, 250);
+    assert.match(scrub.error ?? '', /1 difference\(s\) could not be repaired.*a-huge\.img.*at most 4194304 blocks/);
+    assert.equal(await siteHas('a-huge.img'), false);
+  } finally {
+    await rm(huge);
+  }
+  await converged('the share and the site identical once the large file is gone');
 });

@@ -96,14 +96,26 @@ export async function resyncCommand(config: VfsxConfig, share: string, o: DrComm
     const sync = new SiteSync({ site, bucket: share, tree, blockSize: config.replication.blockSize, stats });
     const timer = setInterval(() => progressLine(o.json, `resync ${share}: ${stats.commits} objects, ${stats.bytesSent} bytes sent`), 250);
     try {
-      await sync.syncTree('');
+      // Paths that fail on their own (too large, a name the site cannot hold) are left out; the rest syncs and is pruned.
+      let partial: VfsxError | null = null;
+      try {
+        await sync.syncTree('');
+      } catch (err) {
+        if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_PARTIAL')) throw err;
+        partial = err;
+      }
       let deleted = 0;
       for (const obj of await site.call<Array<{ path: string }>>('object.list', { bucket: share })) {
         if (!sync.tree.stat(obj.path)) deleted += (await site.call<{ ended: number }>('object.delete', { bucket: share, path: obj.path })).ended;
       }
       progressLine(o.json, '');
-      const out = { share, objects: stats.commits, blocksSent: stats.blocksSent, bytesSent: stats.bytesSent, deleted };
-      process.stdout.write(o.json ? `${JSON.stringify(out)}\n` : `resync ${share}: ${out.objects} objects checked, ${out.blocksSent} blocks (${out.bytesSent} bytes) sent, ${deleted} deleted\n`);
+      const leftOut = sync.leftOut.map(([path, why]) => ({ path, why }));
+      const out = { share, objects: stats.commits, blocksSent: stats.blocksSent, bytesSent: stats.bytesSent, deleted, leftOut };
+      process.stdout.write(o.json ? `${JSON.stringify(out)}\n` : `resync ${share}: ${out.objects} objects checked, ${out.blocksSent} blocks (${out.bytesSent} bytes) sent, ${deleted} deleted${leftOut.length > 0 ? `, ${leftOut.length} left out` : ''}\n`);
+      if (partial) {
+        process.stderr.write(`vfsx resync: ${partial.message}\n`);
+        return 1;
+      }
       return 0;
     } finally {
       clearInterval(timer);

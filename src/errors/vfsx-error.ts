@@ -38,7 +38,9 @@ export type VfsxErrorCode =
   | 'VFSX_ERR_REPL_TORN'
   /** A file with more blocks than the DR site takes (site-sync.ts, MAX_FILE_BLOCKS). */
   | 'VFSX_ERR_REPL_TOO_LARGE'
-  | 'VFSX_ERR_REPL_SITE_DOWN';
+  | 'VFSX_ERR_REPL_SITE_DOWN'
+  /** A tree sync that left some paths out (each failed on its own: too large, a name the site cannot hold, unreadable); the rest is synced. */
+  | 'VFSX_ERR_REPL_PARTIAL';
 
 export class VfsxError extends Error {
   readonly code: VfsxErrorCode;

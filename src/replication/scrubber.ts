@@ -18,7 +18,7 @@ import type { SiteClient } from '../site-link/site-client';
 import { EventBus } from '../journal/events';
 import { PathLocks } from './path-locks';
 import { StateKeys, stateKeys } from '../journal/redis-connection';
-import { SiteSync, SyncStats } from './site-sync';
+import { isPathFault, SiteSync, SyncStats } from './site-sync';
 import { Difference, verifyTree } from './verify';
 
 export interface ScrubberOptions {
@@ -151,13 +151,26 @@ export class Scrubber {
       diffs = (await verifyTree(site, share, tree, { content: kind === 'content', pace }))
         .filter((d) => d.what !== 'changed while verified'); // being written now: its record syncs it
       const sync = new SiteSync({ site, bucket: share, tree, blockSize: this.o.blockSize, stats: this.o.stats });
+      const unrepaired: string[] = [];
       for (const d of diffs) {
         if (this.closed) break;
-        await this.o.locks.run(share, [d.path], () => (d.what === 'content differs' ? sync.resyncPath(d.path) : sync.syncPath(d.path)).then(() => undefined));
+        try {
+          await this.o.locks.run(share, [d.path], () => (d.what === 'content differs' ? sync.resyncPath(d.path) : sync.syncPath(d.path)).then(() => undefined));
+        } catch (err) {
+          // One path that cannot be repaired (too large, a name the site cannot hold) must not keep the rest unrepaired.
+          if (!isPathFault(err)) throw err;
+          unrepaired.push(`${JSON.stringify(d.path)}: ${(err as Error).message}`);
+          log.error({ path: d.path, what: d.what, err }, 'scrub could not repair a difference');
+          continue;
+        }
         repaired++;
         await renew();
         log.warn({ path: d.path, what: d.what }, 'scrub repaired a difference');
         await this.o.events.publish({ type: 'scrub-repaired', at: Date.now(), share, path: d.path, what: d.what });
+      }
+      if (unrepaired.length > 0) {
+        error = `${unrepaired.length} difference(s) could not be repaired (the rest were): ${unrepaired.slice(0, 5).join('; ')}${unrepaired.length > 5 ? '; ...' : ''}`;
+        log.error({ unrepaired: unrepaired.length }, 'scrub finished with differences it could not repair');
       }
     } catch (err) {
       error = (err as Error).message;

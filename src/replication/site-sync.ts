@@ -4,7 +4,7 @@
  * share by `vfsx resync`.
  */
 import type { Tree, TreeEntry } from '../native/tree';
-import { VfsxError } from '../errors/vfsx-error';
+import { isRetryable, VfsxError } from '../errors/vfsx-error';
 import { isUtf8Name } from '../protocol/byte-names';
 import { SEGMENT_BLOCKS, segmentHash, segmentsOf } from '../protocol/segments';
 import { DrRpcError } from '../site-link/dr-client';
@@ -87,6 +87,28 @@ const SEGMENTS_PER_PUT = 1024;
  */
 export const MAX_FILE_BLOCKS = (1 << 14) * SEGMENT_BLOCKS;
 
+const INVALID_PATH = -32002;
+/** Errors of one path (vfsx-error.ts codes) that say nothing of the others. */
+const PATH_FAULTS = new Set<string>(['VFSX_ERR_REPL_TOO_LARGE', 'VFSX_ERR_DR_INVALID_PATH', 'VFSX_ERR_BAD_NAME']);
+/** errnos of the process or the machine, not of a path: they stop a pass. */
+const NOT_PATH_ERRNOS = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'ENOSPC', 'EBADF']);
+
+/**
+ * Whether err is about one path only: a file too large for the site, a name
+ * it cannot hold, a source file that cannot be read (EACCES, EIO, ...). A
+ * tree sync or a scrub leaves that path out, goes on with the rest and
+ * reports it at the end. Anything else (the link down, the site's storage
+ * not answering, a token refused) stops them at once, as before.
+ */
+export function isPathFault(err: unknown): boolean {
+  if (err instanceof DrRpcError) return err.code === INVALID_PATH;
+  if (err instanceof VfsxError) return PATH_FAULTS.has(err.code);
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) && !NOT_PATH_ERRNOS.has(code) && !isRetryable(err);
+}
+
+const NOT_UTF8 = 'not UTF-8: a plaintext repository holds UTF-8 names only (an encrypted one, the default for new repositories, holds any name)';
+
 interface ListedObject {
   path: string;
   kind: string;
@@ -127,8 +149,8 @@ export class SiteSync {
   private heads: Map<string, ListedObject> | null = null;
   /** During syncTree: each directory's entries, scanned while the site's list was on its way. */
   private scanned: Map<string, Array<[string, TreeEntry]> | null> | null = null;
-  /** Paths a tree sync left out: names that are not UTF-8, which a plaintext repository cannot hold. */
-  private refused: string[] = [];
+  /** Paths the last tree sync left out, each with why (isPathFault; names a plaintext repository cannot hold). */
+  leftOut: Array<[path: string, why: string]> = [];
 
   constructor(o: SiteSyncOptions) {
     this.site = o.site;
@@ -164,7 +186,7 @@ export class SiteSync {
    * committed before anything below it is.
    */
   async syncTree(rel: string, prune = false): Promise<void> {
-    this.refused = [];
+    this.leftOut = [];
     // The site lists what it has while the source tree is scanned.
     const listing = this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
     let arrived = false;
@@ -186,11 +208,10 @@ export class SiteSync {
       this.scanned = null;
     }
     if (prune) await this.prune(rel, listed.map((o) => o.path));
-    if (this.refused.length > 0) {
-      const n = this.refused.length;
-      const some = this.refused.slice(0, 5).map((p) => JSON.stringify(p)).join(', ');
-      this.refused = [];
-      throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `${n} name(s) are not UTF-8 and were left out, with what is below them: a plaintext repository holds UTF-8 names only (an encrypted one, the default for new repositories, holds any name): ${some}${n > 5 ? ', ...' : ''}`);
+    if (this.leftOut.length > 0) {
+      const n = this.leftOut.length;
+      const some = this.leftOut.slice(0, 5).map(([p, why]) => `${JSON.stringify(p)}: ${why}`).join('; ');
+      throw new VfsxError('VFSX_ERR_REPL_PARTIAL', `${n} path(s) left out, with what is below them (the rest is synced): ${some}${n > 5 ? '; ...' : ''}`);
     }
   }
 
@@ -266,14 +287,14 @@ export class SiteSync {
     for (const [name, e] of entries) {
       const child = rel ? `${rel}/${name}` : name;
       if (!this.site.encrypted && !isUtf8Name(name)) {
-        this.refused.push(child); // the rest of the tree still syncs; syncTree then fails, naming it
+        this.leftOut.push([child, NOT_UTF8]); // the rest of the tree still syncs; syncTree then fails, naming it
         continue;
       }
       const head = this.heads?.get(child);
       if (e.kind === 'dir') {
         // The directory first, then what is below it; an unchanged one costs no round trip.
-        if (!(head && head.kind === 'dir' && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e)))) await this.syncPath(child);
-        enqueue(child);
+        if (head && head.kind === 'dir' && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) enqueue(child);
+        else if (await this.orLeaveOut(child, () => this.syncPath(child))) enqueue(child);
         continue;
       }
       if (e.kind !== 'file') {
@@ -286,8 +307,23 @@ export class SiteSync {
     // Batches of small files SMALL_LANES at a time: one is read and sealed while the site commits another.
     const batches: string[][] = [];
     for (let i = 0; i < small.length; i += BATCH_FILES) batches.push(small.slice(i, i + BATCH_FILES));
-    await inLanes(batches, SMALL_LANES, (b) => files.with(() => this.syncSmallFiles(b)));
-    await inLanes(single, TREE_CONCURRENCY, (f) => files.with(() => this.syncPath(f)));
+    await inLanes(batches, SMALL_LANES, (b) => files.with(() => this.syncSmallFiles(b).catch(async (err) => {
+      if (!isPathFault(err)) throw err;
+      for (const f of b) await this.orLeaveOut(f, () => this.syncPath(f)); // which one: each on its own
+    })));
+    await inLanes(single, TREE_CONCURRENCY, (f) => files.with(() => this.orLeaveOut(f, () => this.syncPath(f))));
+  }
+
+  /** Runs a path's sync; true when done, false when it failed with a fault of that path alone (left out). */
+  private async orLeaveOut(rel: string, fn: () => Promise<unknown>): Promise<boolean> {
+    try {
+      await fn();
+      return true;
+    } catch (err) {
+      if (!isPathFault(err)) throw err;
+      this.leftOut.push([rel, (err as Error).message]);
+      return false;
+    }
   }
 
   /**
