@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -17,6 +17,7 @@ import { after, before, test } from 'node:test';
 import { Tree } from '../src/native/tree';
 import { restoreShare } from '../src/operator/restore';
 import { SiteSync } from '../src/replication/site-sync';
+import { verifyShare } from '../src/replication/verify';
 import { DrRpcError } from '../src/site-link/dr-client';
 import type { SiteClient } from '../src/site-link/site-client';
 import { DrSiteHarness } from './helpers/dr-site-harness';
@@ -660,4 +661,55 @@ test('names that are not UTF-8 (a share kept in Latin-1, a local user\'s odd byt
   } finally {
     await plainSite.destroy();
   }
+});
+
+test('verify names every kind of difference (type, mode, mtime, size, xattrs, symlink target, content, missing, site only) from a pass that keeps only digests of the listing, encrypted and plaintext; the site listed a page at a time', async () => {
+  await eachRepo('v', async ({ encryptNew, client, link }) => {
+    const src = join(work, `verify-src-${encryptNew}`);
+    await mkdir(join(src, 'dir'), { recursive: true });
+    for (const n of ['same.txt', 'mode.txt', 'mtime.txt', 'size.txt', 'xattr.txt', 'content.txt', 'gone.txt', 'dir/inner.txt', 'type']) {
+      await writeFile(join(src, n), `${n} `.repeat(100));
+    }
+    await symlink('same.txt', join(src, 'link'));
+    const tree = Tree.open(src);
+    try {
+      await new SiteSync({ site: client, bucket: 'v', tree, blockSize: 4096, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } }).syncTree('');
+      assert.deepEqual(await verifyShare(client, 'v', src, { content: true }), []);
+      // Listed a page at a time: verify holds no joined listing.
+      const pages: number[] = [];
+      const realList = link.list.bind(link);
+      (link as { list: SiteClient['list'] }).list = (params, onPage) => realList(params, (objects) => {
+        pages.push(objects.length);
+        return onPage(objects);
+      });
+      await chmod(join(src, 'mode.txt'), 0o600);
+      await utimes(join(src, 'mtime.txt'), 1_000_000, 1_000_000);
+      await writeFile(join(src, 'size.txt'), 'longer now '.repeat(100));
+      tree.setXattr('xattr.txt', 'user.added', Buffer.from('x'));
+      await rm(join(src, 'link'));
+      await symlink('mode.txt', join(src, 'link'));
+      await rm(join(src, 'type'));
+      await mkdir(join(src, 'type'));
+      const before = await lstat(join(src, 'content.txt'), { bigint: true });
+      await writeFile(join(src, 'content.txt'), 'CONTENT.TXT '.repeat(100).slice(0, Number(before.size)));
+      tree.utimes('content.txt', String(before.mtimeNs)); // same size and mtime: only the content differs
+      await rm(join(src, 'gone.txt'));
+      await writeFile(join(src, 'dir', 'new.txt'), 'new');
+      const got = (await verifyShare(client, 'v', src, { content: true })).map((d) => `${d.path}: ${d.what}`);
+      assert.ok(pages.length > 0, 'listed through list()');
+      const expected = [
+        /^content\.txt: content differs$/, /^dir\/new\.txt: missing at the DR site$/, /^link: symlink target$/,
+        /^mode\.txt: mode: source 600, site 644$/, /^mtime\.txt: mtime: source 1000000000000000, site \d+$/, /^size\.txt: mtime: source \d+, site \d+$/,
+        /^size\.txt: size: source 1100, site 900$/, /^type: type: source dir, site file$/, /^xattr\.txt: xattrs differ: user\.added$/,
+        /^gone\.txt: at the DR site only$/, // what the site has and the source does not comes last
+      ];
+      assert.equal(got.length, expected.length, got.join('\n'));
+      got.forEach((line, i) => assert.match(line, expected[i], got.join('\n')));
+      // Without content: the same but content.txt.
+      const meta = (await verifyShare(client, 'v', src)).map((d) => `${d.path}: ${d.what}`);
+      assert.deepEqual(meta, got.filter((l) => !l.startsWith('content.txt')));
+    } finally {
+      tree.close();
+    }
+  });
 });

@@ -9,6 +9,7 @@
  * The source is read beneath its root, never through a symlink: a symlink
  * is compared as a symlink and what it points to is never read.
  */
+import { createHash } from 'node:crypto';
 import { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
 import type { BlockScope, SiteClient } from '../site-link/site-client';
@@ -47,15 +48,6 @@ interface SiteHead {
 
 const BLOCKS_PER_GET = 64;
 
-/** Every entry below rel, each directory read on the thread pool (a share of a million files never holds the event loop for its walk). */
-async function walk(tree: Tree, rel: string, out: Array<[string, TreeEntry]>): Promise<void> {
-  for (const [name, e] of (await tree.scanAsync(rel, true)) ?? []) {
-    const p = rel ? `${rel}/${name}` : name;
-    out.push([p, e]);
-    if (e.kind === 'dir') await walk(tree, p, out);
-  }
-}
-
 function compareMeta(rel: string, e: TreeEntry, o: SiteObject, diffs: Difference[]): void {
   const m = metaOfEntry(e);
   if (JSON.stringify(m.xattrs ?? {}) !== JSON.stringify(o.meta.xattrs ?? {})) {
@@ -70,20 +62,19 @@ function compareMeta(rel: string, e: TreeEntry, o: SiteObject, diffs: Difference
   if (o.size !== e.size) diffs.push({ path: rel, what: `size: source ${e.size}, site ${o.size}` });
 }
 
-/** Source block hashes against the site's block ids (listed with the objects): no block is downloaded. */
-async function compareContent(site: SiteClient, tree: Tree, rel: string, obj: SiteObject, diffs: Difference[]): Promise<number> {
-  const ids = obj.blocks ?? [];
+/** Source block hashes against the site's block ids (their digest, listed with the objects): no block is downloaded. */
+async function compareContent(site: SiteClient, tree: Tree, rel: string, blockSize: number, ids: string, diffs: Difference[]): Promise<number> {
   let fb;
   try {
     // Only the ids are kept: memory stays at two chunks whatever the file's size.
-    fb = await streamBlocks(tree, rel, obj.blockSize > 0 ? obj.blockSize : 65536, null, (run, bs) => site.blockIds(run, bs), async () => undefined);
+    fb = await streamBlocks(tree, rel, blockSize > 0 ? blockSize : 65536, null, (run, bs) => site.blockIds(run, bs), async () => undefined);
   } catch (err) {
     if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_TORN')) throw err;
     diffs.push({ path: rel, what: 'changed while verified' });
     return 0;
   }
   const src = Array.from({ length: fb.count }, (_, i) => fb.ids.get(i) as string);
-  if (src.length !== ids.length || src.some((h, i) => h !== ids[i])) diffs.push({ path: rel, what: 'content differs' });
+  if (blocksKey(src) !== ids) diffs.push({ path: rel, what: 'content differs' });
   return fb.entry.size;
 }
 
@@ -137,44 +128,85 @@ export async function verifyShare(site: SiteClient, bucket: string, root: string
   }
 }
 
+/**
+ * What a pass keeps of a listed object: its kind and block size, a digest
+ * of what compareMeta compares and, in a content pass, of its block ids.
+ * About 150 bytes with its path, where the listed object itself took about
+ * 2 KiB: a share of millions of files no longer has to fit its listing in
+ * the replicator's heap (the scrub runs there).
+ */
+type Kept = string;
+
+const digest = (s: string) => createHash('sha256').update(s).digest('base64').slice(0, 22);
+
+/** The fields compareMeta compares, of the site's object, or of a source entry of the same kind. */
+function metaKey(kind: string, xattrs: unknown, mode: unknown, target: unknown, mtimeNs: unknown, size: unknown): string {
+  return digest(JSON.stringify([JSON.stringify(xattrs ?? {}), mode ?? null, kind === 'symlink' ? target ?? null : null,
+    kind === 'file' ? mtimeNs ?? null : null, kind === 'file' ? size ?? null : null]));
+}
+
+const blocksKey = (ids: string[]) => digest(`${ids.length} ${ids.join(' ')}`);
+
+function keep(o: SiteObject, content: boolean): Kept {
+  const key = metaKey(o.kind, o.meta?.xattrs, o.meta?.mode, o.target, o.meta?.mtimeNs, o.size);
+  return `${o.kind}|${o.blockSize ?? 0}|${key}|${content && o.kind === 'file' ? blocksKey(o.blocks ?? []) : ''}`;
+}
+
 /** verifyShare over a tree the caller holds open (the replicator's scrub). */
 export async function verifyTree(site: SiteClient, bucket: string, tree: Tree, o: VerifyOptions = {}): Promise<Difference[]> {
-  const diffs: Difference[] = [];
-  // The site lists its objects while the source is walked.
-  const listing = site.call<SiteObject[]>('object.list', o.content ? { bucket, blocks: true } : { bucket });
-  const entries: Array<[string, TreeEntry]> = [];
-  try {
-    await walk(tree, '', entries);
-  } catch (err) {
-    listing.catch(() => undefined);
-    throw err;
-  }
-  const listed = await listing;
+  // The site's listing, a page at a time, kept as digests (Kept) by path.
+  const kept = new Map<string, Kept>();
+  const files: string[] = [];
+  await site.list(o.content ? { bucket, blocks: true } : { bucket }, (objects) => {
+    for (const x of objects as SiteObject[]) {
+      kept.set(x.path, keep(x, o.content === true));
+      if (o.deep && x.kind === 'file') files.push(x.path);
+    }
+  });
   // Objects whose sealed name or metadata fail authentication were left out of the listing: named here.
-  for (const u of site.takeUnreadable()) diffs.push({ path: u, what: 'fails authentication at the DR site' });
-  const objects = new Map(listed.map((x) => [x.path, x]));
-  entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const diffs: Difference[] = site.takeUnreadable().map((u) => ({ path: u, what: 'fails authentication at the DR site' }));
+  const found: Difference[] = [];
   let checked = 0;
   let bytesRead = 0;
-  for (const [rel, e] of entries) {
-    if (o.pace && ++checked % PACE_EVERY === 0) await o.pace(checked, bytesRead);
-    const obj = objects.get(rel);
-    objects.delete(rel);
-    if (!obj) {
-      diffs.push({ path: rel, what: 'missing at the DR site' });
-      continue;
+  // The source, a directory at a time (each read on the thread pool).
+  const dirs = [''];
+  while (dirs.length > 0) {
+    const dir = dirs.pop() as string;
+    for (const [name, e] of (await tree.scanAsync(dir, true)) ?? []) {
+      const rel = dir ? `${dir}/${name}` : name;
+      if (e.kind === 'dir') dirs.push(rel);
+      if (o.pace && ++checked % PACE_EVERY === 0) await o.pace(checked, bytesRead);
+      const k = kept.get(rel);
+      kept.delete(rel);
+      if (k === undefined) {
+        found.push({ path: rel, what: 'missing at the DR site' });
+        continue;
+      }
+      const [siteKind, blockSize, key, ids] = k.split('|');
+      const kind = e.kind === 'other' ? 'special file' : e.kind;
+      if (siteKind !== kind) {
+        found.push({ path: rel, what: `type: source ${kind}, site ${siteKind}` });
+        continue;
+      }
+      const m = metaOfEntry(e);
+      let [bs, blocks] = [Number(blockSize), ids];
+      if (metaKey(e.kind, m.xattrs, m.mode, e.kind === 'symlink' ? targetOf(e) : null, m.mtimeNs, e.size) !== key) {
+        // They differ: the site's object again, whole, to say how.
+        const obj = await site.call<SiteObject | null>('object.stat', { bucket, path: rel, ...(o.content && e.kind === 'file' ? { blocks: true } : {}) });
+        const before = found.length;
+        if (obj === null) found.push({ path: rel, what: 'missing at the DR site' });
+        else if (obj.kind !== kind) found.push({ path: rel, what: `type: source ${kind}, site ${obj.kind}` });
+        else compareMeta(rel, e, obj, found);
+        if (found.length > before || obj === null) continue;
+        [bs, blocks] = [obj.blockSize, blocksKey(obj.blocks ?? [])]; // it changed at the site meanwhile, to match
+      }
+      if (o.content && e.kind === 'file') bytesRead += await compareContent(site, tree, rel, bs, blocks, found);
     }
-    const kind = e.kind === 'other' ? 'special file' : e.kind;
-    if (obj.kind !== kind) {
-      diffs.push({ path: rel, what: `type: source ${kind}, site ${obj.kind}` });
-      continue;
-    }
-    const before = diffs.length;
-    compareMeta(rel, e, obj, diffs);
-    if (o.content && e.kind === 'file' && diffs.length === before) bytesRead += await compareContent(site, tree, rel, obj, diffs);
   }
-  await o.pace?.(entries.length, bytesRead);
-  for (const rel of objects.keys()) diffs.push({ path: rel, what: 'at the DR site only' });
-  if (o.deep) await checkSiteBlocks(site, bucket, listed.filter((x) => x.kind === 'file').map((x) => x.path), diffs);
+  if (o.pace) await o.pace(checked, bytesRead);
+  found.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  diffs.push(...found);
+  for (const rel of kept.keys()) diffs.push({ path: rel, what: 'at the DR site only' });
+  if (o.deep) await checkSiteBlocks(site, bucket, files, diffs);
   return diffs;
 }

@@ -221,13 +221,27 @@ export class DrClient implements SiteClient {
   }
 
   async call<T = unknown>(method: string, params: unknown): Promise<T> {
-    if (method === 'object.list' && !this.wholeLists) return this.listPaged(params as object) as T;
+    if (method === 'object.list') {
+      const all: unknown[] = [];
+      await this.list(params as object, (objects) => {
+        for (const o of objects) all.push(o);
+      });
+      return all as T;
+    }
     return (await this.send(method, params)).result as T;
   }
 
-  /** object.list in pages of LIST_PAGE (each reply bounded at the site), joined: callers get the whole list as before. */
-  private async listPaged(params: object): Promise<unknown> {
-    const all: unknown[] = [];
+  /**
+   * object.list page by page (LIST_PAGE objects, each reply bounded at the
+   * site), each handed to onPage before the next is asked for: a pass over
+   * a share of millions holds a page, not the listing. A site from before
+   * paging lists in one piece (one call of onPage).
+   */
+  async list(params: object, onPage: (objects: unknown[]) => void | Promise<void>): Promise<void> {
+    if (this.wholeLists) {
+      await onPage(this.wholeList((await this.send('object.list', params)).result));
+      return;
+    }
     let after: string | undefined;
     for (;;) {
       let page: { objects?: unknown; next?: unknown };
@@ -238,17 +252,23 @@ export class DrClient implements SiteClient {
         // A site from before paging refuses the parameters: it lists in one piece.
         const whole = (await this.send('object.list', params)).result;
         this.wholeLists = true;
-        return whole;
+        await onPage(this.wholeList(whole));
+        return;
       }
       const { objects, next } = page ?? {};
       // Pages move forward in the site's order (SQLite's: of the UTF-8 bytes), so a site cannot keep us listing in circles.
       if (!Array.isArray(objects) || (next !== null && typeof next !== 'string') || (next !== null && after !== undefined && Buffer.compare(Buffer.from(next), Buffer.from(after)) <= 0)) {
         throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list answered a page that is not a page after the last');
       }
-      for (const o of objects) all.push(o);
-      if (next === null) return all;
+      await onPage(objects);
+      if (next === null) return;
       after = next;
     }
+  }
+
+  private wholeList(r: unknown): unknown[] {
+    if (!Array.isArray(r)) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list did not answer a list');
+    return r;
   }
 
   /** Sends blocks (hashes computed here unless given); the site verifies every hash. */

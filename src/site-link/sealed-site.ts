@@ -73,21 +73,32 @@ export class SealedSite implements SiteClient {
       case 'object.stat':
         return this.openVersion(await this.link.call<Obj | null>(method, p)) as T;
       case 'object.list': {
-        const r = await this.link.call<Obj[]>(method, p);
-        if (!Array.isArray(r)) return r as T;
         const out: Obj[] = [];
-        for (const v of r) {
-          try {
-            out.push(this.openVersion(v) as Obj);
-          } catch (err) {
-            this.unreadable.push(`${String((v as Obj | null)?.path).slice(0, 80)}: ${(err as Error).message}`);
-          }
-        }
+        await this.list(params as object, (objects) => {
+          for (const o of objects) out.push(o as Obj);
+        });
         return out as T;
       }
       default:
         return this.link.call<T>(method, p);
     }
+  }
+
+  /** Each page opened: an object that fails authentication is left out and named by takeUnreadable(). */
+  async list(params: object, onPage: (objects: unknown[]) => void | Promise<void>): Promise<void> {
+    const p = { ...(params as Obj) };
+    for (const k of ['path', 'prefix']) if (typeof p[k] === 'string' && p[k] !== '') p[k] = this.cipher.sealPath(p[k] as string);
+    await this.link.list(p, (r) => {
+      const out: Obj[] = [];
+      for (const v of r) {
+        try {
+          out.push(this.openVersion(v as Obj | null) as Obj);
+        } catch (err) {
+          this.unreadable.push(`${String((v as Obj | null)?.path).slice(0, 80)}: ${(err as Error).message}`);
+        }
+      }
+      return onPage(out);
+    });
   }
 
   private sealCommit(o: Obj): Obj {

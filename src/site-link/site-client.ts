@@ -15,6 +15,8 @@ export interface SiteClient {
   /** True when everything goes to the site sealed with the repository's keys. */
   readonly encrypted: boolean;
   call<T = unknown>(method: string, params: unknown): Promise<T>;
+  /** object.list a page at a time (each handed to onPage before the next is asked for); call('object.list') joins them. */
+  list(params: object, onPage: (objects: unknown[]) => void | Promise<void>): Promise<void>;
   /** The id the site knows a block by (sha256, or a keyed HMAC in an encrypted repository). */
   blockId(data: Buffer): string;
   /** The ids of a run's blocks (blockSize bytes each, the last may be shorter); large runs are hashed on the thread pool. */
