@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, lstat, mkdir, open, mkdtemp, readdir, readFile, readlink, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -711,5 +711,77 @@ test('verify names every kind of difference (type, mode, mtime, size, xattrs, sy
     } finally {
       tree.close();
     }
+  });
+});
+
+test('a large file grown (an append) or changed in metadata only commits its segment list with the touched segments: the head\'s whole block list is never fetched, only the new blocks are read and sent; encrypted and plaintext, restore byte for byte', async () => {
+  await eachRepo('g', async ({ encryptNew, client, link }) => {
+    const src = join(work, `grow-src-${encryptNew}`);
+    await mkdir(src, { recursive: true });
+    const file = join(src, 'backup.bak');
+    // 4 KiB blocks, and "large" from 512 blocks: 1,000 blocks and a bit, in four segments (the last partial).
+    await writeFile(file, randomBytes(1000 * 4096 + 100));
+    const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
+    const tree = Tree.open(src);
+    const sync = new SiteSync({ site: client, bucket: 'g', tree, blockSize: 4096, stats, wholeListBlocks: 512 });
+    await sync.syncPath('backup.bak');
+    const realCall = link.call.bind(link);
+    const seen: Array<[string, Record<string, unknown>]> = [];
+    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+      seen.push([method, params as Record<string, unknown>]);
+      return realCall<T>(method, params);
+    };
+    const restored = async (tag: string) => {
+      const out = join(work, `grow-out-${encryptNew}-${tag}`);
+      assert.deepEqual((await restoreShare(client, 'g', out)).failed, []);
+      assert.deepEqual(await readFile(join(out, 'backup.bak')), await readFile(file), tag);
+      assert.deepEqual(await verifyShare(client, 'g', src, { content: true }), [], tag);
+    };
+    const append = async (bytes: number): Promise<Array<[number, number]>> => {
+      const off = (await lstat(file)).size;
+      await appendFile(file, randomBytes(bytes));
+      return [[off, bytes]];
+    };
+    const commits = () => seen.filter(([m]) => m === 'object.commit').map(([, p]) => p);
+
+    // An append of 300 blocks: the partial last block and the new ones are read; segment 3 (the partial one) is asked for, and nothing else.
+    const b0 = stats.blocksSent;
+    await sync.syncPath('backup.bak', await append(300 * 4096));
+    assert.equal(stats.blocksSent - b0, 301);
+    assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true), 'the whole block list was never fetched');
+    assert.deepEqual(seen.filter(([m, p]) => m === 'object.stat' && Array.isArray(p.segments)).map(([, p]) => p.segments), [[], [3]]);
+    assert.equal(commits().length, 1);
+    assert.equal((commits()[0].segments as string[]).length, 6);
+    assert.equal((commits()[0].newSegments as string[][]).length, 3, 'segment 3 grown, segments 4 and 5 new');
+    await restored('append');
+
+    // Written in place and appended to at once.
+    seen.length = 0;
+    const fd = await open(file, 'r+');
+    await fd.write(randomBytes(10), 0, 10, 5000);
+    await fd.close();
+    const b1 = stats.blocksSent;
+    await sync.syncPath('backup.bak', [[5000, 10], ...await append(5000)]);
+    assert.ok(stats.blocksSent - b1 <= 4, `${stats.blocksSent - b1} blocks sent`);
+    assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true));
+    await restored('write and append');
+
+    // Metadata only (an attribute): no block read or sent, the head's segment list committed with the new metadata.
+    seen.length = 0;
+    const b2 = stats.blocksSent;
+    tree.setXattr('backup.bak', 'user.DOSATTRIB', Buffer.from([0x20, 0]));
+    await sync.syncPath('backup.bak');
+    assert.equal(stats.blocksSent - b2, 0);
+    assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true));
+    assert.deepEqual(commits().map((p) => (p.newSegments as unknown[] | undefined)?.length), [0]);
+    await restored('metadata');
+
+    // Shrunk: not an append; the whole file is read (still without the head's list) and committed.
+    seen.length = 0;
+    await truncate(file, 700 * 4096);
+    await sync.syncPath('backup.bak', [[0, 0]]);
+    assert.ok(!seen.some(([m, p]) => m === 'object.stat' && p.blocks === true));
+    await restored('truncated');
+    tree.close();
   });
 });

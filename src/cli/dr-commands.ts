@@ -104,10 +104,13 @@ export async function resyncCommand(config: VfsxConfig, share: string, o: DrComm
         if (!(err instanceof VfsxError && err.code === 'VFSX_ERR_REPL_PARTIAL')) throw err;
         partial = err;
       }
+      // What the source no longer has: the site's listing a page at a time (a share of millions is not held whole).
       let deleted = 0;
-      for (const obj of await site.call<Array<{ path: string }>>('object.list', { bucket: share })) {
-        if (!sync.tree.stat(obj.path)) deleted += (await site.call<{ ended: number }>('object.delete', { bucket: share, path: obj.path })).ended;
-      }
+      await site.list({ bucket: share }, async (objects) => {
+        for (const obj of objects as Array<{ path: string }>) {
+          if (!sync.tree.stat(obj.path)) deleted += (await site.call<{ ended: number }>('object.delete', { bucket: share, path: obj.path })).ended;
+        }
+      });
       progressLine(o.json, '');
       const leftOut = sync.leftOut.map(([path, why]) => ({ path, why }));
       const out = { share, objects: stats.commits, blocksSent: stats.blocksSent, bytesSent: stats.bytesSent, deleted, leftOut };

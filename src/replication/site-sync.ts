@@ -10,7 +10,7 @@ import { SEGMENT_BLOCKS, segmentHash, segmentsOf } from '../protocol/segments';
 import { DrRpcError } from '../site-link/dr-client';
 import type { SiteClient } from '../site-link/site-client';
 import { Slots } from './slots';
-import { CHUNK_BYTES, metaOfEntry, readBlocks, streamBlocks, targetOf } from './source-tree';
+import { CHUNK_BYTES, digestOf, metaOfEntry, readBlocks, streamBlocks, targetOf } from './source-tree';
 
 interface Head {
   kind: string;
@@ -66,6 +66,11 @@ interface PatchHead {
   segmentBlocks?: string[][];
 }
 
+/**
+ * A file of more blocks than this (4 GiB at 64 KiB) is never synced from
+ * its head's whole block list: its segments, or the whole file read.
+ */
+const WHOLE_LIST_BLOCKS = 1 << 16;
 /** A patch commit spells out at most this many segments (the site takes 1,024); more changes take the usual way. */
 const PATCH_SEGMENTS = 64;
 const INVALID_PARAMS = -32602;
@@ -116,6 +121,9 @@ interface ListedObject {
   meta: object;
 }
 
+/** What a tree sync keeps of a listed object to tell an unchanged entry: its kind, size and a digest of its metadata. */
+const headKey = (kind: string, size: number, meta: object) => `${kind}|${kind === 'file' ? size : 0}|${digestOf(JSON.stringify(meta))}`;
+
 export interface SyncStats {
   commits: number;
   blocksSent: number;
@@ -131,6 +139,8 @@ export interface SiteSyncOptions {
   stats: SyncStats;
   /** Files of more blocks than `from` commit by segments, `perPut` per segments.put (SEGMENTED_FROM, SEGMENTS_PER_PUT; lower in tests). */
   segmented?: { from: number; perPut: number };
+  /** Files of more blocks than this never fetch their head's whole block list (WHOLE_LIST_BLOCKS; lower in tests). */
+  wholeListBlocks?: number;
 }
 
 export class SiteSync {
@@ -140,13 +150,15 @@ export class SiteSync {
   readonly blockSize: number;
   private readonly stats: SyncStats;
   private readonly segmented: { from: number; perPut: number };
+  private readonly wholeListBlocks: number;
   private readonly idsOf = (run: Buffer, bs: number) => this.site.blockIds(run, bs);
   /** File data in memory at once, across every file this sync streams (bytes). */
   private readonly memory = new Slots(STREAM_MEMORY);
   /** The site refused a patch commit's stat (older than them): never ask again on this link. */
   private noPatch = false;
   /** During syncTree: what the site has below the tree's root, so unchanged files cost no round trip. */
-  private heads: Map<string, ListedObject> | null = null;
+  /** headKey of each object the site listed below the synced tree (a digest: a share of millions is not held whole). */
+  private heads: Map<string, string> | null = null;
   /** During syncTree: each directory's entries, scanned while the site's list was on its way. */
   private scanned: Map<string, Array<[string, TreeEntry]> | null> | null = null;
   /** Paths the last tree sync left out, each with why (isPathFault; names a plaintext repository cannot hold). */
@@ -159,6 +171,7 @@ export class SiteSync {
     this.blockSize = o.blockSize;
     this.stats = o.stats;
     this.segmented = o.segmented ?? { from: SEGMENTED_FROM, perPut: SEGMENTS_PER_PUT };
+    this.wholeListBlocks = o.wholeListBlocks ?? WHOLE_LIST_BLOCKS;
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -187,8 +200,11 @@ export class SiteSync {
    */
   async syncTree(rel: string, prune = false): Promise<void> {
     this.leftOut = [];
-    // The site lists what it has while the source tree is scanned.
-    const listing = this.site.call<ListedObject[]>('object.list', { bucket: this.bucket, prefix: rel });
+    // The site lists what it has (a page at a time, kept as digests) while the source tree is scanned.
+    const heads = new Map<string, string>();
+    const listing = this.site.list({ bucket: this.bucket, prefix: rel }, (objects) => {
+      for (const o of objects as ListedObject[]) heads.set(o.path, headKey(o.kind, o.size, o.meta));
+    });
     let arrived = false;
     listing.then(() => { arrived = true; }, () => { arrived = true; });
     try {
@@ -199,15 +215,15 @@ export class SiteSync {
       this.scanned = null;
       throw err;
     }
-    const listed = await listing;
-    this.heads = new Map(listed.map((o) => [o.path, o]));
+    await listing;
+    this.heads = heads;
     try {
       await this.walkTree(rel);
     } finally {
       this.heads = null;
       this.scanned = null;
     }
-    if (prune) await this.prune(rel, listed.map((o) => o.path));
+    if (prune) await this.prune(rel, [...heads.keys()]);
     if (this.leftOut.length > 0) {
       const n = this.leftOut.length;
       const some = this.leftOut.slice(0, 5).map(([p, why]) => `${JSON.stringify(p)}: ${why}`).join('; ');
@@ -293,7 +309,7 @@ export class SiteSync {
       const head = this.heads?.get(child);
       if (e.kind === 'dir') {
         // The directory first, then what is below it; an unchanged one costs no round trip.
-        if (head && head.kind === 'dir' && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) enqueue(child);
+        if (head === headKey('dir', 0, metaOfEntry(e))) enqueue(child);
         else if (await this.orLeaveOut(child, () => this.syncPath(child))) enqueue(child);
         continue;
       }
@@ -301,7 +317,7 @@ export class SiteSync {
         single.push(child);
         continue;
       }
-      if (head && head.kind === 'file' && head.size === e.size && JSON.stringify(head.meta) === JSON.stringify(metaOfEntry(e))) continue;
+      if (head === headKey('file', e.size, metaOfEntry(e))) continue;
       (e.size <= SMALL_FILE ? small : single).push(child);
     }
     // Batches of small files SMALL_LANES at a time: one is read and sealed while the site commits another.
@@ -521,7 +537,7 @@ export class SiteSync {
    * the caller takes the usual way.
    */
   private async patchFile(rel: string, ranges: Array<[number, number]>, st: TreeEntry | null): Promise<boolean | null> {
-    const { site, bucket, blockSize: bs } = this;
+    const bs = this.blockSize;
     if (this.noPatch || !st || st.kind !== 'file' || st.size === 0) return null;
     const count = Math.ceil(st.size / bs);
     // Ranges reaching past the file: it was truncated since (or is another file); the usual way reads it.
@@ -533,28 +549,10 @@ export class SiteSync {
     }
     const segIdx = [...new Set([...which].map((i) => Math.floor(i / SEGMENT_BLOCKS)))].sort((a, b) => a - b);
     if (which.size === 0 || segIdx.length > PATCH_SEGMENTS) return null;
-    let head: PatchHead | null;
-    try {
-      head = await site.call<PatchHead | null>('object.stat', { bucket, path: rel, segments: segIdx });
-    } catch (err) {
-      if (!(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
-      this.noPatch = true; // a site from before patch commits
-      return null;
-    }
-    if (!head || head.kind !== 'file' || head.blockSize !== bs || head.size !== st.size
-      || !Array.isArray(head.segments) || !Array.isArray(head.segmentBlocks)) return null;
+    const head = await this.patchHead(rel, segIdx);
+    if (!head || head.blockSize !== bs || head.size !== st.size) return null;
     const headSegments = head.segments;
-    const headLists = head.segmentBlocks;
-    if (headLists.length !== segIdx.length) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site answered ${headLists.length} segments for ${segIdx.length} asked`);
-    // Each segment's block list must be the one its hash names (what a hostile site cannot fake).
-    const lists = new Map<number, string[]>();
-    for (let k = 0; k < segIdx.length; k++) {
-      const list = headLists[k];
-      if (!Array.isArray(list) || segmentHash(list) !== headSegments[segIdx[k]]) {
-        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment ${segIdx[k]} is not the one its list names`);
-      }
-      lists.set(segIdx[k], [...list]);
-    }
+    const lists = head.lists;
     // A head whose segments do not tile the file as this client cuts it: the usual way rewrites it whole.
     const nseg = Math.ceil(count / SEGMENT_BLOCKS);
     const fits = (si: number) => (lists.get(si) as string[]).length === (si === nseg - 1 ? count - si * SEGMENT_BLOCKS : SEGMENT_BLOCKS);
@@ -562,24 +560,125 @@ export class SiteSync {
     const fb = await streamBlocks(this.tree, rel, bs, which, this.idsOf, this.chunkSender(), CHUNK_BYTES, this.memory);
     if (fb.count !== count) return null; // resized meanwhile: the usual way reads what it is now
     for (const i of which) (lists.get(Math.floor(i / SEGMENT_BLOCKS)) as string[])[i % SEGMENT_BLOCKS] = fb.ids.get(i) as string;
+    return this.commitSegments(rel, fb.entry, bs, headSegments, lists);
+  }
+
+  /**
+   * The head's segment list and the block lists of the segments asked for
+   * (each checked against the hash the list names: what a hostile site
+   * cannot fake). Null when there is no file head to patch, or the site
+   * (from before patch commits) or the head (encrypted and sealed before
+   * segment lists were bound) does not give them.
+   */
+  private async patchHead(rel: string, segIdx: number[]): Promise<(PatchHead & { segments: string[]; lists: Map<number, string[]> }) | null> {
+    let head: PatchHead | null;
+    try {
+      head = await this.site.call<PatchHead | null>('object.stat', { bucket: this.bucket, path: rel, segments: segIdx });
+    } catch (err) {
+      if (!(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
+      this.noPatch = true; // a site from before patch commits
+      return null;
+    }
+    if (!head || head.kind !== 'file' || !Array.isArray(head.segments) || !Array.isArray(head.segmentBlocks)) return null;
+    const { segments, segmentBlocks } = head;
+    if (segIdx.some((si) => si >= segments.length)) return null; // a shorter head than the file now (grown): not a patch
+    if (segmentBlocks.length !== segIdx.length) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site answered ${segmentBlocks.length} segments for ${segIdx.length} asked`);
+    const lists = new Map<number, string[]>();
+    for (let k = 0; k < segIdx.length; k++) {
+      const list = segmentBlocks[k];
+      if (!Array.isArray(list) || segmentHash(list) !== segments[segIdx[k]]) {
+        throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', `${rel}: the DR site's segment ${segIdx[k]} is not the one its list names`);
+      }
+      lists.set(segIdx[k], [...list]);
+    }
+    return { ...head, segments, lists };
+  }
+
+  /**
+   * Commits a file by its segment list: the head's, with the segments in
+   * `lists` (changed or new) in their place. New lists go with the commit,
+   * or ahead of it by segments.put when there are many. A segment or block
+   * gone meanwhile (retention raced us): the whole file is sent.
+   */
+  private async commitSegments(rel: string, entry: TreeEntry, bs: number, headSegments: string[], lists: Map<number, string[]>): Promise<boolean> {
     const segments = [...headSegments];
     const newSegments: string[][] = [];
-    for (const [si, list] of lists) {
+    for (const [si, list] of [...lists].sort(([a], [b]) => a - b)) {
       const h = segmentHash(list);
       if (h === segments[si]) continue;
       segments[si] = h;
       newSegments.push(list);
     }
+    const params = { bucket: this.bucket, path: rel, kind: 'file', meta: metaOfEntry(entry), size: entry.size, blockSize: bs, segments };
     try {
-      await site.call('object.commit', {
-        bucket, path: rel, kind: 'file', meta: metaOfEntry(fb.entry), size: fb.entry.size, blockSize: bs, segments, newSegments,
-      });
+      if (newSegments.length > PATCH_SEGMENTS) {
+        for (let i = 0; i < newSegments.length; i += this.segmented.perPut) await this.site.call('segments.put', { segments: newSegments.slice(i, i + this.segmented.perPut) });
+        await this.site.call('object.commit', params);
+      } else {
+        await this.site.call('object.commit', { ...params, newSegments });
+      }
     } catch (err) {
-      // A segment or block went away meanwhile (retention raced us): send everything.
       if (err instanceof DrRpcError && err.code === -32001) return this.syncFile(rel, undefined, true);
       throw err;
     }
     return false;
+  }
+
+  /**
+   * A file of more than wholeListBlocks blocks changed without a change
+   * of its size (metadata: an attribute, an ACL) or grown (written past
+   * its end: an append, a log, a backup written in pieces): commits the
+   * head's segment list with only the segments touched spelt out, reading
+   * only the blocks written and those past the head's end. Its whole block
+   * list (up to 4 million ids, about 600 MiB of heap) is never fetched.
+   * Null when this cannot apply: the usual way then reads the whole file,
+   * still without the head's list.
+   */
+  private async growFile(rel: string, ranges: Array<[number, number]> | undefined, st: TreeEntry): Promise<boolean | null> {
+    if (this.noPatch) return null;
+    const top = await this.patchHead(rel, []);
+    if (!top || top.blockSize <= 0) return null;
+    const bs = top.blockSize;
+    const headCount = Math.ceil(top.size / bs);
+    const count = Math.ceil(st.size / bs);
+    if (top.segments.length !== Math.ceil(headCount / SEGMENT_BLOCKS) || count > MAX_FILE_BLOCKS) return null;
+    const which = new Set<number>();
+    if (!ranges) {
+      // Only metadata changed when size and mtime still match what the site has.
+      if (st.size !== top.size || st.mtimeNs !== (top as { meta?: { mtimeNs?: string } }).meta?.mtimeNs) return null;
+    } else {
+      const end = ranges.reduce((m, [off, len]) => Math.max(m, off + len), 0);
+      // Writes in the ranges over the site's copy give this size; another means another change.
+      if (st.size < top.size || st.size !== Math.max(top.size, end)) return null;
+      for (const [off, len] of ranges) {
+        if (len === 0) continue;
+        for (let i = Math.floor(off / bs); i <= Math.min(count - 1, Math.floor((off + len - 1) / bs)); i++) which.add(i);
+      }
+      for (let i = Math.floor(top.size / bs); i < count; i++) which.add(i); // past the head's end: read whatever the ranges say
+    }
+    // The head's segments the writes fall in (the grown file's new ones have no list at the site yet).
+    const touched = [...new Set([...which].map((i) => Math.floor(i / SEGMENT_BLOCKS)))].filter((si) => si < top.segments.length).sort((a, b) => a - b);
+    if (touched.length > PATCH_SEGMENTS) return null;
+    const head = touched.length > 0 ? await this.patchHead(rel, touched) : { ...top, lists: new Map<number, string[]>() };
+    if (!head || head.blockSize !== bs || head.size !== top.size || head.segments.join() !== top.segments.join()) return null; // changed meanwhile
+    const lists = head.lists;
+    const fits = (si: number) => (lists.get(si) as string[]).length === Math.min(SEGMENT_BLOCKS, headCount - si * SEGMENT_BLOCKS);
+    if (!touched.every(fits)) return null;
+    const fb = await streamBlocks(this.tree, rel, bs, which, this.idsOf, this.chunkSender(), CHUNK_BYTES, this.memory);
+    if (fb.count !== count) return null; // resized meanwhile: the usual way reads what it is now
+    if (!ranges && fb.entry.mtimeNs !== st.mtimeNs) return null; // written meanwhile: not metadata only any more
+    for (const i of which) {
+      const si = Math.floor(i / SEGMENT_BLOCKS);
+      let list = lists.get(si);
+      if (!list) lists.set(si, (list = []));
+      list[i % SEGMENT_BLOCKS] = fb.ids.get(i) as string;
+    }
+    // Every list whole: the head's blocks where not written, the written and the new ones read.
+    for (const [si, list] of lists) {
+      if (list.length !== Math.min(SEGMENT_BLOCKS, count - si * SEGMENT_BLOCKS)) return null;
+      for (let k = 0; k < list.length; k++) if (typeof list[k] !== 'string') return null; // a hole: a block not read
+    }
+    return this.commitSegments(rel, fb.entry, bs, top.segments, lists);
   }
 
   /** Whether st is the regular file with inode `ino` (hex, as the module reports it). */
@@ -606,13 +705,16 @@ export class SiteSync {
       ranges = undefined;
       full = true;
     }
-    if (!full && ranges) {
-      const patched = await this.patchFile(rel, ranges, st);
+    // A large file: never its whole block list (up to 4 million ids); its segments where that applies, else read it all.
+    const local = st ?? this.tree.stat(rel);
+    const large = local?.kind === 'file' && Math.ceil(local.size / this.blockSize) > this.wholeListBlocks;
+    if (!full && (ranges || large)) {
+      const patched = large ? await this.growFile(rel, ranges, local) : await this.patchFile(rel, ranges as Array<[number, number]>, st);
       if (patched !== null) return patched;
     }
-    const head = await site.call<Head | null>('object.stat', { bucket, path: rel, blocks: true });
+    const head = await site.call<Head | null>('object.stat', { bucket, path: rel, ...(large ? {} : { blocks: true }) });
     const bs = head?.kind === 'file' && head.blockSize > 0 ? head.blockSize : this.blockSize;
-    const size = (st ?? this.tree.stat(rel))?.size ?? 0;
+    const size = local?.size ?? 0;
     if (Math.ceil(size / bs) > MAX_FILE_BLOCKS) {
       throw new VfsxError('VFSX_ERR_REPL_TOO_LARGE', `${rel}: ${size} bytes is ${Math.ceil(size / bs)} blocks of ${bs}; the DR site takes files of at most ${MAX_FILE_BLOCKS} blocks (a larger replication.blockSize for new files raises the limit)`);
     }

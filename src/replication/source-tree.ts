@@ -4,6 +4,7 @@
  * it is read is reported, not returned half old, half new). Everything is
  * read beneath the share root without following a symlink (Tree).
  */
+import { createHash } from 'node:crypto';
 import { BigIntStats, closeSync, fstat, fstatSync, read, readSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { getAttribute, listAttributes } from 'fs-xattr';
@@ -62,6 +63,9 @@ export function metaOfEntry(e: TreeEntry): SourceMeta {
 }
 
 /** A symlink's target as the site stores it. */
+/** A short digest of s (SHA-256, 22 base64 characters): what a whole-share pass keeps of an object's metadata. */
+export const digestOf = (s: string): string => createHash('sha256').update(s).digest('base64').slice(0, 22);
+
 /** A symlink's target as a name string (escaped where it is not UTF-8: src/protocol/byte-names.ts). */
 export const targetOf = (e: TreeEntry): string => nameFromBytes(e.target ?? Buffer.alloc(0));
 

@@ -9,11 +9,10 @@
  * The source is read beneath its root, never through a symlink: a symlink
  * is compared as a symlink and what it points to is never read.
  */
-import { createHash } from 'node:crypto';
 import { Tree, TreeEntry } from '../native/tree';
 import { VfsxError } from '../errors/vfsx-error';
 import type { BlockScope, SiteClient } from '../site-link/site-client';
-import { metaOfEntry, streamBlocks, targetOf } from './source-tree';
+import { digestOf, metaOfEntry, streamBlocks, targetOf } from './source-tree';
 
 export interface Difference {
   path: string;
@@ -137,15 +136,13 @@ export async function verifyShare(site: SiteClient, bucket: string, root: string
  */
 type Kept = string;
 
-const digest = (s: string) => createHash('sha256').update(s).digest('base64').slice(0, 22);
-
 /** The fields compareMeta compares, of the site's object, or of a source entry of the same kind. */
 function metaKey(kind: string, xattrs: unknown, mode: unknown, target: unknown, mtimeNs: unknown, size: unknown): string {
-  return digest(JSON.stringify([JSON.stringify(xattrs ?? {}), mode ?? null, kind === 'symlink' ? target ?? null : null,
+  return digestOf(JSON.stringify([JSON.stringify(xattrs ?? {}), mode ?? null, kind === 'symlink' ? target ?? null : null,
     kind === 'file' ? mtimeNs ?? null : null, kind === 'file' ? size ?? null : null]));
 }
 
-const blocksKey = (ids: string[]) => digest(`${ids.length} ${ids.join(' ')}`);
+const blocksKey = (ids: string[]) => digestOf(`${ids.length} ${ids.join(' ')}`);
 
 function keep(o: SiteObject, content: boolean): Kept {
   const key = metaKey(o.kind, o.meta?.xattrs, o.meta?.mode, o.target, o.meta?.mtimeNs, o.size);
