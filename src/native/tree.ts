@@ -29,7 +29,8 @@ function textFields(text: Buffer): string[] {
   if (isUtf8(text)) return text.toString('utf8').split('\0');
   const out: string[] = [];
   for (let i = 0; i < text.length;) {
-    const end = text.indexOf(0, i);
+    let end = text.indexOf(0, i);
+    if (end < 0) end = text.length; // every field ends in NUL; never loop on a text that does not
     out.push(nameFromBytes(text.subarray(i, end)));
     i = end + 1;
   }
