@@ -88,6 +88,20 @@ async function eachRepo(bucket: string, fn: (r: { encryptNew: boolean; client: S
   }
 }
 
+/**
+ * Records every call made on link (method, params) from now on; `around`
+ * may refuse a call or alter its answer (real() makes the call itself).
+ */
+function watchCalls(link: SiteClient, around: (method: string, params: Record<string, unknown>, real: () => Promise<unknown>) => Promise<unknown> = (_m, _p, real) => real()): Array<[string, Record<string, unknown>]> {
+  const realCall = link.call.bind(link);
+  const seen: Array<[string, Record<string, unknown>]> = [];
+  (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
+    seen.push([method, params as Record<string, unknown>]);
+    return (await around(method, params as Record<string, unknown>, () => realCall(method, params))) as T;
+  };
+  return seen;
+}
+
 function diffR(a: string, b: string): void {
   const d = spawnSync('diff', ['-r', '--no-dereference', a, b], { encoding: 'utf8' });
   assert.equal(d.status, 0, d.stdout + d.stderr);
@@ -400,17 +414,14 @@ test("a few bytes changed in place go as a patch commit (the changed blocks and 
     const tree = Tree.open(src);
     const sync = new SiteSync({ site: client, bucket: 'p', tree, blockSize: 4096, stats });
     await sync.syncPath('big.bin');
-    const realCall = link.call.bind(link);
-    const seen: Array<[string, Record<string, unknown>]> = [];
     let tamper: ((method: string, r: Record<string, unknown>) => void) | null = null;
     let refuse = false;
-    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
-      seen.push([method, params as Record<string, unknown>]);
-      if (refuse && method === 'object.stat' && (params as { segments?: unknown }).segments) throw new DrRpcError(-32602, 'invalid params');
-      const r = await realCall<T>(method, params);
+    const seen = watchCalls(link, async (method, params, real) => {
+      if (refuse && method === 'object.stat' && params.segments) throw new DrRpcError(-32602, 'invalid params');
+      const r = await real();
       if (tamper && r && typeof r === 'object') tamper(method, r as Record<string, unknown>);
       return r;
-    };
+    });
     const poke = async (offs: number[]) => {
       const data = await readFile(file);
       for (const o of offs) data[o] ^= 0x5a;
@@ -470,14 +481,11 @@ test('a file of more blocks than one commit message holds commits by segments (s
     const file = join(src, 'image.vhdx');
     // 4 KiB blocks: 2,600 blocks, 11 segments; committed by segments from 1,000 blocks, 4 segments per put.
     await writeFile(file, randomBytes(2600 * 4096 - 123));
-    const realCall = link.call.bind(link);
-    const seen: Array<[string, Record<string, unknown>]> = [];
     let oldSite = false;
-    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
-      seen.push([method, params as Record<string, unknown>]);
+    const seen = watchCalls(link, async (method, _params, real) => {
       if (oldSite && method === 'segments.put') throw new DrRpcError(-32601, 'method not found');
-      return realCall<T>(method, params);
-    };
+      return real();
+    });
     const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
     const tree = Tree.open(src);
     const sync = new SiteSync({ site: client, bucket: 's', tree, blockSize: 4096, stats, segmented: { from: 1000, perPut: 4 } });
@@ -725,12 +733,7 @@ test('a large file grown (an append) or changed in metadata only commits its seg
     const tree = Tree.open(src);
     const sync = new SiteSync({ site: client, bucket: 'g', tree, blockSize: 4096, stats, wholeListBlocks: 512 });
     await sync.syncPath('backup.bak');
-    const realCall = link.call.bind(link);
-    const seen: Array<[string, Record<string, unknown>]> = [];
-    (link as { call: SiteClient['call'] }).call = async <T>(method: string, params: unknown): Promise<T> => {
-      seen.push([method, params as Record<string, unknown>]);
-      return realCall<T>(method, params);
-    };
+    const seen = watchCalls(link);
     const restored = async (tag: string) => {
       const out = join(work, `grow-out-${encryptNew}-${tag}`);
       assert.deepEqual((await restoreShare(client, 'g', out)).failed, []);
