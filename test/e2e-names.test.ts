@@ -11,6 +11,11 @@ import { readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { DEFAULT_SITE } from '../src/config/schema';
+import { validateConfig } from '../src/config/load-config';
+import { StatusReader, type Status } from '../src/operator/status';
+import { why } from '../src/operator/why';
+import { nameFromBytes } from '../src/protocol/byte-names';
 import { ReplicationStack } from './helpers/replication-stack';
 import { q, smbclient } from './helpers/smbclient';
 
@@ -56,4 +61,52 @@ test('a Latin-1 share: accented names saved, renamed and deleted through SMB rep
 
   // verify --content identical, and a restore is the share (diff -r compares the bytes of the names).
   await stack.converged('latin1');
+});
+
+test('a plaintext repository cannot hold a Latin-1 name: its records are left out after a few attempts (named in status and `vfsx why`, out of the RPO), the rest replicates, and deleting the file clears it', async () => {
+  const plain = await ReplicationStack.start({ share: 'latinplain', smbGlobal: ['unix charset = iso8859-1'], replExtra: { encryption: 'off' } });
+  try {
+    const f = join(plain.local, 'f.txt');
+    await writeFile(f, 'contenu\n');
+    const r = await smbclient(plain.smbd.port, plain.share, `put ${f} ${q('café.txt')}; put ${f} plain.txt`);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const cafe = Buffer.from('café.txt', 'latin1');
+    const name = nameFromBytes(cafe);
+    const st = async () => {
+      const res = await plain.svc.cli(['status', '--json']);
+      assert.equal(res.code, 0, res.stderr);
+      return (JSON.parse(res.stdout) as Status).shares.find((s) => s.share === plain.share);
+    };
+    // Its records fail on the site's answer alone, not retried forever: the backlog drains.
+    await plain.drained(90000);
+    const s = await st();
+    assert.ok(s, 'the share in status');
+    assert.equal(s.leftOut.count, 1, JSON.stringify(s.leftOut));
+    assert.equal(s.leftOut.paths[0].path, name);
+    assert.match(s.leftOut.paths[0].error, /not UTF-8/);
+    assert.equal(s.rpoAgeSeconds, 0);
+    assert.equal(s.backlog.records, 0);
+    assert.ok(await plain.site.call('object.stat', { bucket: plain.share, path: 'plain.txt' }), 'the rest replicated');
+    // `vfsx why` as the CLI and the dashboard run it (a shell's argv cannot carry the name's bytes to Node).
+    const cfg = validateConfig(plain.svc.config);
+    const reader = new StatusReader(cfg);
+    try {
+      const w = await why(reader.queueOf(DEFAULT_SITE), reader.redis, cfg, plain.share, name);
+      assert.equal(w.verdict, 'left out', JSON.stringify(w));
+      assert.match(w.leftOut?.error ?? '', /not UTF-8/);
+      // The batch that carried its records split them off; the lone job then left them out. None says committed.
+      assert.ok(w.records.some((x) => x.state === 'left out') && w.records.every((x) => x.state === 'left out' || x.state === 'split off'), JSON.stringify(w.records));
+    } finally {
+      await reader.close();
+    }
+    const human = await plain.svc.cli(['status']);
+    assert.match(human.stdout, /LEFT OUT/);
+    // Deleted on the share: the site holds no such object, so the delete commits and the entry goes.
+    const d = await smbclient(plain.smbd.port, plain.share, `del ${q('café.txt')}`);
+    assert.equal(d.code, 0, d.stdout + d.stderr);
+    await plain.drained();
+    assert.equal((await st())?.leftOut.count, 0);
+  } finally {
+    await plain.destroy();
+  }
 });

@@ -66,13 +66,22 @@ export function renderStatus(st: Status): string {
     for (const r of retrying.slice(0, 10)) out.push(`  ${many && r.site ? `[${r.site}] ` : ''}${r.share}:${r.path} ${r.op} after ${r.attempts} attempts: ${r.error}`);
     if (retrying.length > 10) out.push(`  ... and ${retrying.length - 10} more`);
   }
+  const leftOut = st.sites.flatMap(({ site, shares }) => shares.filter((s) => s.leftOut.count > 0).map((s) => ({ site: site.name, s })));
+  if (leftOut.length > 0) {
+    out.push('', 'LEFT OUT: paths the DR site cannot take (retried at their next change and at every scrub):');
+    for (const { site, s } of leftOut) {
+      for (const e of s.leftOut.paths.slice(0, 10)) out.push(`  ${many ? `[${site}] ` : ''}${s.share}:${e.path} ${e.op} since ${when(e.since, st.at)}: ${e.error}`);
+      if (s.leftOut.count > 10) out.push(`  ... and ${s.leftOut.count - 10} more in ${s.share}`);
+    }
+  }
   return `${out.join('\n')}\n`;
 }
 
 function scrubText(sc: ShareStatus['scrub'], now: number): string {
   if (sc.state === 'never') return 'not yet';
   if (sc.state === 'running') return `${sc.kind} pass: ${sc.checked} checked`;
-  const found = sc.error ? `FAILED: ${sc.error}` : sc.differences === 0 ? 'no differences' : `${sc.repaired}/${sc.differences} differences repaired`;
+  const found = sc.error ? `FAILED: ${sc.error}` : sc.differences === 0 ? 'no differences'
+    : `${sc.repaired}/${sc.differences} differences repaired${sc.leftOut > 0 ? `, ${sc.leftOut} left out` : ''}`;
   return `${sc.kind} ${when(sc.finishedAt, now)}: ${found}`;
 }
 
@@ -167,7 +176,7 @@ export async function whyCommand(config: VfsxConfig, share: string, path: string
     // Every site's view of the path (or the one asked for); a single-site system shows its one site as before.
     const names = o.site ? [siteNamed(config.replication, o.site).name] : sitesOf(config.replication).map((x) => x.name);
     const reports = [];
-    for (const name of names) reports.push({ name, r: await why(reader.queueOf(name), config, share, path, o.source, name) });
+    for (const name of names) reports.push({ name, r: await why(reader.queueOf(name), reader.redis, config, share, path, o.source, name) });
     if (o.json) {
       process.stdout.write(`${JSON.stringify(names.length === 1 && !o.site ? reports[0].r : reports.map(({ name, r }) => ({ ...r, siteName: name })))}\n`);
       return 0;
@@ -178,10 +187,12 @@ export async function whyCommand(config: VfsxConfig, share: string, path: string
       lines.push(`  source: ${r.source.exists ? `${r.source.kind}, ${r.source.size} bytes, modified ${new Date(r.source.mtimeMs ?? 0).toISOString()}` : r.source.root ? 'does not exist' : 'unknown (no record names the share root; pass --source)'}`);
       lines.push(`  DR site ${r.site.url}: ${r.site.reachable ? (r.site.head ? `${r.site.head.kind}, ${r.site.head.size} bytes, committed ${new Date(r.site.head.ts).toISOString()}, ${r.site.versions.length} versions kept` : 'no such object') : `unreachable (${r.site.error})`}`);
       if (r.heldBackBy) lines.push(`  held back by: ${r.heldBackBy}`);
+      if (r.leftOut) lines.push(`  left out since ${new Date(r.leftOut.since).toISOString()}: the site cannot take it: ${r.leftOut.error}`);
       lines.push(`  ${r.pending} pending record(s); recent records (newest first):`);
       for (const x of r.records.slice(0, 15)) {
         // BullMQ counts the successful attempt too.
-        const failedAttempts = x.state === 'committed' ? x.attempts - 1 : x.attempts;
+        const finished = x.state === 'committed' || x.state === 'left out';
+        const failedAttempts = finished ? x.attempts - 1 : x.attempts;
         lines.push(`    ${new Date(x.at).toISOString()} ${x.op} ${x.state}${failedAttempts > 0 ? ` after ${failedAttempts} failed attempt(s)` : ''}${x.error && x.state !== 'committed' ? `: ${x.error}` : ''}`);
       }
       if (r.records.length === 0) lines.push('    none kept (replicated records are kept for the last 1000 jobs)');
@@ -200,11 +211,12 @@ function renderEvent(e: VfsxEvent): string {
   if (e.latencyMs !== undefined) parts.push(`${e.latencyMs} ms after the change`);
   if (e.rpoAgeMs !== undefined) parts.push(`rpo ${age(e.rpoAgeMs / 1000)} (threshold ${age((e.thresholdMs ?? 0) / 1000)})`);
   if (e.type === 'scrub-finished') {
-    parts.push(`${e.scrub} pass: ${e.files} checked, ${e.differences} differences, ${e.repaired} repaired`);
+    parts.push(`${e.scrub} pass: ${e.files} checked, ${e.differences} differences, ${e.repaired} repaired${e.leftOut ? `, ${e.leftOut} left out (the site cannot take them)` : ''}`);
     if (e.error) parts.push(`error: ${e.error}`);
     return parts.join(' ');
   }
   if (e.type === 'scrub-repaired') return [...parts, `repaired: ${e.what}`].join(' ');
+  if (e.type === 'left-out') return [...parts, ...(e.site ? [e.site] : []), `the site cannot take it: ${e.error ?? ''}`].join(' ');
   if (e.files !== undefined) parts.push(`${e.files} spool files`);
   if (e.site) parts.push(e.site);
   if (e.error) parts.push(`error: ${e.error}`);

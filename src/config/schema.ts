@@ -233,7 +233,7 @@ export const configSchema = {
             type: 'object',
             additionalProperties: false,
             properties: {
-              events: { type: 'array', items: { enum: ['failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered'] } },
+              events: { type: 'array', items: { enum: ['failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered', 'left-out', 'scrub-finished'] } },
               command: { type: 'string', minLength: 1, description: 'run with /bin/sh -c; the event is in $VFSX_EVENT (JSON)' },
               url: { type: 'string', pattern: '^https?://', description: 'POSTed the event as JSON' },
               timeoutMs: { type: 'integer', minimum: 100, default: 10000 },
@@ -435,7 +435,7 @@ export interface ScrubConfig {
 }
 
 export interface AlertHookConfig {
-  /** Event types that trigger the hook (default: site-down, site-up, fail-open, rpo-threshold-crossed, rpo-recovered). */
+  /** Event types that trigger the hook (default: site-down, site-up, fail-open, rpo-threshold-crossed, rpo-recovered, left-out). */
   events?: string[];
   command?: string;
   url?: string;

@@ -9,10 +9,11 @@ import { closeConnection, redisOptions, stateKeys } from './redis-connection';
 
 export const EVENT_TYPES = [
   'committed', 'failed', 'site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered', 'scrub-finished', 'scrub-repaired',
+  'left-out',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 /** The events alert hooks may react to by default. */
-export const ALERT_EVENTS: EventType[] = ['site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered'];
+export const ALERT_EVENTS: EventType[] = ['site-down', 'site-up', 'fail-open', 'rpo-threshold-crossed', 'rpo-recovered', 'left-out'];
 
 export interface VfsxEvent {
   type: EventType;
@@ -29,10 +30,11 @@ export interface VfsxEvent {
   thresholdMs?: number;
   files?: number;
   records?: number;
-  /** scrub-finished: which pass, what it found and repaired. */
+  /** scrub-finished: which pass, what it found and repaired (leftOut: differences the site cannot take). */
   scrub?: 'metadata' | 'content';
   differences?: number;
   repaired?: number;
+  leftOut?: number;
   /** scrub-repaired: the difference found. */
   what?: string;
 }

@@ -60,6 +60,12 @@ export interface StateKeys {
   share: (name: string) => string;
   /** Hash per share: the scrub's state, progress and last passes (src/replication/scrubber.ts). */
   scrub: (name: string) => string;
+  /**
+   * Hash per share: path -> JSON {op, error, since, at} of a path replication
+   * cannot carry to the site (too large, a name it cannot hold, unreadable):
+   * left out of the RPO, retried at its next change and at every scrub.
+   */
+  leftOut: (name: string) => string;
   /** Sorted set per share: job id -> ms of the change; the oldest member gives the RPO age. */
   rpo: (name: string) => string;
   /** Hash: fail-open engagement (spool files ingested, lastAt). */
@@ -91,6 +97,7 @@ export function stateKeys(prefix: string, site = DEFAULT_SITE): StateKeys {
     shares: `${prefix}:state:shares`,
     share: (name) => `${prefix}:state:share${at}:${name}`,
     scrub: (name) => `${prefix}:state:scrub${at}:${name}`,
+    leftOut: (name) => `${prefix}:state:left-out${at}:${name}`,
     rpo: (name) => `${prefix}:rpo${at}:${name}`,
     failOpen: `${prefix}:state:fail-open`,
     totals: `${prefix}:state:replication${at}`,

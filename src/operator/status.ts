@@ -14,6 +14,7 @@ import { closeConnection, journalKeys, queueNameOf, redisOptions, stateKeys } fr
 import { sitesOf } from '../config/schema';
 import { Schedule } from '../config/bwlimit';
 import { parseRpoMember, recordsOf } from '../replication-queue/batch';
+import { LeftOutPath, readLeftOut } from '../replication/left-out';
 import { entryPairs, heldSummary, nextId, recordField } from '../journal/stream-ids';
 
 /** Backlog details (files, bytes) come from this many oldest records; counts are always exact. */
@@ -65,6 +66,8 @@ export interface ShareStatus {
   bytesSent: number;
   throughput: { opsPerSec: number; bytesPerSec: number };
   retrying: RetryingRecord[];
+  /** Paths the site cannot take (src/replication/left-out.ts): how many, and the first 20 by path. */
+  leftOut: { count: number; paths: LeftOutPath[] };
   scrub: ScrubStatus;
 }
 
@@ -79,6 +82,8 @@ export interface ScrubStatus {
   checked: number;
   differences: number;
   repaired: number;
+  /** Differences the last pass found that the site cannot take (left out). */
+  leftOut: number;
   lastMetadataAt: number | null;
   lastContentAt: number | null;
   error: string | null;
@@ -171,6 +176,11 @@ export class StatusReader {
   }
 
   /** A site's queue (opened once). */
+  /** The connection status reads with (for `vfsx why`). */
+  get redis(): Redis {
+    return this.conn;
+  }
+
   queueOf(site: string): Queue {
     let q = this.queues.get(site);
     if (!q) {
@@ -356,7 +366,7 @@ export class StatusReader {
 
   private async share(site: string, share: string, now: number, unpumpedAt: number | null, retrying: RetryingRecord[]): Promise<ShareStatus> {
     const sk = stateKeys(this.cfg.redis.prefix, site);
-    const [hash, scrub] = await Promise.all([this.conn.hgetall(sk.share(share)), this.conn.hgetall(sk.scrub(share))]);
+    const [hash, scrub, leftOut] = await Promise.all([this.conn.hgetall(sk.share(share)), this.conn.hgetall(sk.scrub(share)), readLeftOut(this.conn, sk.leftOut(share))]);
     let oldest = await this.oldest(site, share, now);
     if (unpumpedAt !== null && Number.isFinite(unpumpedAt) && (oldest === null || unpumpedAt < oldest)) oldest = unpumpedAt;
     // The count and the oldest SAMPLE members are read in one transaction: replication adds and
@@ -386,6 +396,7 @@ export class StatusReader {
       bytesSent: Number(hash.bytesSent ?? 0),
       throughput: fresh ? { opsPerSec: Number(hash.opsPerSec ?? 0), bytesPerSec: Number(hash.bytesPerSec ?? 0) } : { opsPerSec: 0, bytesPerSec: 0 },
       retrying,
+      leftOut,
       scrub: {
         state: scrub.state === 'running' || scrub.state === 'idle' ? scrub.state : 'never',
         kind: scrub.kind === 'metadata' || scrub.kind === 'content' ? scrub.kind : null,
@@ -394,6 +405,7 @@ export class StatusReader {
         checked: Number(scrub.checked ?? 0),
         differences: Number(scrub.differences ?? 0),
         repaired: Number(scrub.repaired ?? 0),
+        leftOut: Number(scrub.leftOut ?? 0),
         lastMetadataAt: num(scrub.lastMetadataAt),
         lastContentAt: num(scrub.lastContentAt),
         error: scrub.error || null,

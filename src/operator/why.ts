@@ -4,7 +4,10 @@
  * (and the error holding them back), and what the DR site has committed.
  */
 import type { Queue } from 'bullmq';
-import { siteNamed, type VfsxConfig } from '../config/schema';
+import type { Redis } from 'ioredis';
+import { siteNamed, sitesOf, type VfsxConfig } from '../config/schema';
+import { stateKeys } from '../journal/redis-connection';
+import { BatchResult, LEFT_OUT, leftOutEntry } from '../replication/left-out';
 import { VfsxError } from '../errors/vfsx-error';
 import type { ChangeRecord } from '../ops/change-record';
 import { recordsOf } from '../replication-queue/batch';
@@ -37,12 +40,21 @@ export interface WhyReport {
     head: { kind: string; size: number; ts: number; mtimeNs?: string } | null;
     versions: Array<{ version: number; ts: number; kind: string; size: number }>;
   };
-  verdict: 'in sync' | 'pending' | 'held back' | 'site unreachable' | 'not at the site' | 'differs' | 'never seen';
+  /** When the site cannot take the path (too large, a name it cannot hold): what it said, since when. */
+  leftOut: { op: string; error: string; since: number; at: number } | null;
+  verdict: 'in sync' | 'pending' | 'held back' | 'left out' | 'site unreachable' | 'not at the site' | 'differs' | 'never seen';
+}
+
+/** A finished job's record: committed, left out, or split off its batch into a lone job of its own. */
+function finishedState(ret: unknown, rec: ChangeRecord): string {
+  if (ret === LEFT_OUT) return LEFT_OUT;
+  const split = (ret as Partial<BatchResult> | null)?.splitOff;
+  return Array.isArray(split) && split.includes(rec.names.path) ? 'split off' : 'committed';
 }
 
 const names = (r: ChangeRecord): string[] => [r.names.path, r.names.to, r.names.from].filter((p): p is string => typeof p === 'string');
 
-export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, share: string, path: string, sourceRoot?: string, siteName?: string): Promise<WhyReport> {
+export async function why(queue: Queue, conn: Redis, cfg: Pick<VfsxConfig, 'replication' | 'redis'>, share: string, path: string, sourceRoot?: string, siteName?: string): Promise<WhyReport> {
   const rel = path.replace(/^\/+/, '').replace(/\/+$/, '');
   if (rel.includes('\u0000') || rel.split('/').some((c) => c === '..' || c === '.')) {
     throw new VfsxError('VFSX_ERR_DR_INVALID_PATH', `not a path inside a share: ${JSON.stringify(path)}`);
@@ -56,13 +68,15 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
       if (rec.share !== share) continue;
       root ??= rec.origpath;
       if (!names(rec).includes(rel)) continue;
-      const state = j.finishedOn ? 'committed' : j.attemptsMade > 0 ? 'retrying' : j.processedOn ? 'active' : 'queued';
+      const state = j.finishedOn ? finishedState(j.returnvalue, rec) : j.attemptsMade > 0 ? 'retrying' : j.processedOn ? 'active' : 'queued';
       records.push({ jobId: String(j.id), op: rec.op, at: rec.ts, state, attempts: j.attemptsMade, error: j.failedReason || null, finishedAt: j.finishedOn ?? null });
     }
   }
   records.sort((a, b) => b.at - a.at);
-  const pending = records.filter((r) => r.state !== 'committed');
+  const pending = records.filter((r) => r.state !== 'committed' && r.state !== LEFT_OUT && r.state !== 'split off');
   const heldBackBy = pending.find((r) => r.state === 'retrying')?.error ?? null;
+  const left = await leftOutEntry(conn, stateKeys(cfg.redis.prefix, siteName ?? sitesOf(cfg.replication)[0].name).leftOut(share), rel);
+  const leftOut = left && { op: left.op, error: left.error, since: left.since, at: left.at };
 
   const st = root ? sourceEntry(root, rel) : null;
   const source: WhyReport['source'] = st
@@ -88,10 +102,11 @@ export async function why(queue: Queue, cfg: Pick<VfsxConfig, 'replication'>, sh
   if (!site.reachable) verdict = 'site unreachable';
   else if (heldBackBy) verdict = 'held back';
   else if (pending.length > 0) verdict = 'pending';
+  else if (leftOut) verdict = 'left out';
   else if (source.exists && !site.head) verdict = records.length === 0 ? 'never seen' : 'not at the site';
   else if (source.exists && site.head && (site.head.kind !== source.kind || (source.kind === 'file' && site.head.size !== source.size))) verdict = 'differs';
   else verdict = 'in sync';
-  return { share, path: rel, source, records: records.slice(0, 50), pending: pending.length, heldBackBy, site, verdict };
+  return { share, path: rel, source, records: records.slice(0, 50), pending: pending.length, heldBackBy, site, leftOut, verdict };
 }
 
 /** The path's entry beneath the share root (never through a symlink); null when it is not in the tree. */

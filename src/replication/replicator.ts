@@ -30,7 +30,8 @@ import { RateWindow } from './rate-window';
 import { Scrubber } from './scrubber';
 import { ShareOrder } from '../replication-queue/share-order';
 import { markForFullSync } from '../replication-queue/site-state';
-import { SiteSync, SMALL_FILE } from './site-sync';
+import { isPathFault, SiteSync, SMALL_FILE } from './site-sync';
+import { BatchResult, LEFT_OUT, leaveOut, leftOutField } from './left-out';
 
 export interface ReplicatorOptions {
   redis: VfsxConfig['redis'];
@@ -47,6 +48,8 @@ export interface ReplicatorOptions {
 
 /** Attempts after which a batch whose records fail while the site answers splits them off. */
 const SPLIT_AFTER_ATTEMPTS = 5;
+/** A lone record failing on its path alone (isPathFault) this many times while the site answers is left out. */
+const LEAVE_OUT_AFTER_ATTEMPTS = 5;
 /** How often the replicator looks whether a share's root directory was replaced (it then opens the new one). */
 const TREE_CHECK_MS = 1000;
 
@@ -349,7 +352,7 @@ export class Replicator {
     return this.connecting;
   }
 
-  private async runJob(job: Job, token?: string): Promise<void> {
+  private async runJob(job: Job, token?: string): Promise<void | typeof LEFT_OUT | BatchResult> {
     if (job.name === BATCH) return this.runBatch(job, token);
     // A lone record: reconciled (outcome unknown), or split off a batch that kept failing.
     // withByteNames: a job queued by a version that passed base64 names on.
@@ -362,8 +365,27 @@ export class Replicator {
       return;
     }
     const failed = await this.runItems(rec.share, items);
-    if (failed.length > 0) throw failed[0].err;
+    if (failed.length > 0) {
+      const { err } = failed[0];
+      // A path the site cannot take, whatever is tried: left out (status, event) rather than retried forever.
+      if (!isPathFault(err) || job.attemptsMade + 1 < LEAVE_OUT_AFTER_ATTEMPTS || this.link !== 'up') throw err;
+      await this.leaveOut(rec, err, String(job.id));
+      return LEFT_OUT; // the job's return value: `vfsx why` tells it from a commit
+    }
     await this.committed(rec.share, items, [String(job.id)], this.stats.bytesSent - bytesBefore);
+  }
+
+  /** A lone record that keeps failing on its path alone: named as left out, out of the RPO; its job completes. */
+  private async leaveOut(rec: ChangeRecord, err: Error, jobId: string): Promise<void> {
+    const now = Date.now();
+    const path = rec.op === 'rename' && rec.names.to !== undefined ? rec.names.to : rec.names.path;
+    const p = leaveOut(this.conn.pipeline(), this.state.leftOut(rec.share), { path, op: rec.op, error: err.message, since: rec.ts, at: now });
+    const [[, added]] = ((await p.zrem(this.state.rpo(rec.share), jobId).exec()) ?? [[null, 0]]) as Array<[unknown, number]>;
+    // Once per path (a file's create, writes and close each leave it out): the first says it.
+    if (added === 1) {
+      await this.events.publish({ type: 'left-out', at: now, share: rec.share, path, op: rec.op, error: err.message, ...(this.siteCfg.name === DEFAULT_SITE ? {} : { site: this.siteCfg.name }) });
+      this.log.error({ share: rec.share, path, op: rec.op, err }, 'the site cannot take this path: left out (retried at its next change and at every scrub)');
+    }
   }
 
   /**
@@ -373,7 +395,7 @@ export class Replicator {
    * (a path the site refuses) splits its failing records off as lone jobs,
    * retried on their own, so they cannot hold up the share.
    */
-  private async runBatch(job: Job, token?: string): Promise<void> {
+  private async runBatch(job: Job, token?: string): Promise<void | BatchResult> {
     const b = job.data as BatchJob;
     const hasJob = async (seq: number) => (await this.queue.getJob(batchJobId(b.share, seq))) != null;
     const mine = await this.order.waitTurn(b.share, b.seq, hasJob,
@@ -387,9 +409,11 @@ export class Replicator {
     const later = all.filter((it) => this.stillWritten(it));
     const items = all.filter((it) => !later.includes(it));
     const failed = await this.runSegments(b.share, items);
+    let result: BatchResult | undefined;
     if (failed.length > 0) {
       if (job.attemptsMade + 1 < SPLIT_AFTER_ATTEMPTS || this.link !== 'up') throw failed[0].err;
       await this.splitOff(b, failed.map((f) => f.item));
+      result = { splitOff: failed.map((f) => f.item.rec.names.path) };
     }
     if (later.length > 0) await this.requeue(later.map((it) => it.rec), 'd', this.opts.replication.settleMs || 500);
     this.stats.coalesced += b.records.length - all.length;
@@ -401,6 +425,7 @@ export class Replicator {
       const j = await this.queue.getJob(batchJobId(b.share, next));
       if (j && (await j.isDelayed())) await j.promote().catch(() => undefined); // raced: it runs anyway
     }
+    return result;
   }
 
   /** Records of items that keep failing become lone jobs (each keeps its RPO time). */
@@ -577,6 +602,8 @@ export class Replicator {
     if (rpoMembers.length > 0) p.zrem(this.state.rpo(share), ...rpoMembers);
     const last = items[items.length - 1];
     if (last) p.hset(this.state.roots, share, last.rec.origpath);
+    // A path left out before is at the site now (or gone from it, as from the source).
+    if (items.length > 0) p.hdel(this.state.leftOut(share), ...items.flatMap(({ rec }) => (rec.names.to === undefined ? [rec.names.path] : [rec.names.path, rec.names.to])).map(leftOutField));
     p.hset(this.state.share(share), { lastCommitAt: now, ...(last ? { lastCommitPath: last.rec.names.path ?? '', root: last.rec.origpath } : {}) })
       .hincrby(this.state.share(share), 'commits', items.length)
       .hincrby(this.state.share(share), 'bytesSent', bytes);

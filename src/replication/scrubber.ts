@@ -20,6 +20,7 @@ import { PathLocks } from './path-locks';
 import { StateKeys, stateKeys } from '../journal/redis-connection';
 import { isPathFault, SiteSync, SyncStats } from './site-sync';
 import { Difference, verifyTree } from './verify';
+import { leaveOut, leftOutEntry, pruneLeftOut } from './left-out';
 
 export interface ScrubberOptions {
   config: ScrubConfig;
@@ -127,7 +128,7 @@ export class Scrubber {
   }
 
   /** One pass over one share: compare, then repair every difference. */
-  async pass(share: string, root: string, kind: ScrubKind, renew: () => Promise<void> = async () => undefined): Promise<{ checked: number; differences: number; repaired: number; ok: boolean }> {
+  async pass(share: string, root: string, kind: ScrubKind, renew: () => Promise<void> = async () => undefined): Promise<{ checked: number; differences: number; repaired: number; leftOut: number; ok: boolean }> {
     const { conn, state, config, log } = { ...this.o, log: this.o.logger.child({ share, kind }) };
     const key = state.scrub(share);
     const t0 = Date.now();
@@ -145,22 +146,28 @@ export class Scrubber {
     let diffs: Difference[] = [];
     let repaired = 0;
     let error = '';
+    const leftOut = new Set<string>();
     try {
       const site = await this.o.site();
       const tree = this.o.tree(root);
-      diffs = (await verifyTree(site, share, tree, { content: kind === 'content', pace }))
-        .filter((d) => d.what !== 'changed while verified'); // being written now: its record syncs it
+      const found = await verifyTree(site, share, tree, { content: kind === 'content', pace });
+      // Being written now: its record syncs it; a path left out before keeps its entry until a pass judges it.
+      const busy = new Set(found.filter((d) => d.what === 'changed while verified').map((d) => d.path));
+      diffs = found.filter((d) => !busy.has(d.path));
       const sync = new SiteSync({ site, bucket: share, tree, blockSize: this.o.blockSize, stats: this.o.stats });
-      const unrepaired: string[] = [];
       for (const d of diffs) {
         if (this.closed) break;
         try {
           await this.o.locks.run(share, [d.path], () => (d.what === 'content differs' ? sync.resyncPath(d.path) : sync.syncPath(d.path)).then(() => undefined));
         } catch (err) {
-          // One path that cannot be repaired (too large, a name the site cannot hold) must not keep the rest unrepaired.
+          // One path the site cannot take (too large, a name it cannot hold) must not keep the rest unrepaired: it is left out.
           if (!isPathFault(err)) throw err;
-          unrepaired.push(`${JSON.stringify(d.path)}: ${(err as Error).message}`);
-          log.error({ path: d.path, what: d.what, err }, 'scrub could not repair a difference');
+          leftOut.add(d.path);
+          const at = Date.now();
+          const before = await leftOutEntry(conn, state.leftOut(share), d.path);
+          await leaveOut(conn.pipeline(), state.leftOut(share), { path: d.path, op: before?.op ?? 'scrub', error: (err as Error).message, since: before?.since ?? at, at }).exec();
+          if (!before) await this.o.events.publish({ type: 'left-out', at, share, path: d.path, op: 'scrub', error: (err as Error).message });
+          log.error({ path: d.path, what: d.what, err }, 'scrub could not repair a difference: the site cannot take it; left out');
           continue;
         }
         repaired++;
@@ -168,16 +175,15 @@ export class Scrubber {
         log.warn({ path: d.path, what: d.what }, 'scrub repaired a difference');
         await this.o.events.publish({ type: 'scrub-repaired', at: Date.now(), share, path: d.path, what: d.what });
       }
-      if (unrepaired.length > 0) {
-        error = `${unrepaired.length} difference(s) could not be repaired (the rest were): ${unrepaired.slice(0, 5).join('; ')}${unrepaired.length > 5 ? '; ...' : ''}`;
-        log.error({ unrepaired: unrepaired.length }, 'scrub finished with differences it could not repair');
-      }
+      // A whole pass: what it did not find again is at the site now, or gone from the share.
+      if (!this.closed) await pruneLeftOut(conn, state.leftOut(share), t0, leftOut, busy);
+      if (leftOut.size > 0) log.error({ leftOut: leftOut.size }, 'scrub finished with differences the site cannot take (left out)');
     } catch (err) {
       error = (err as Error).message;
       log.error({ err }, 'scrub failed');
     }
     const finishedAt = Date.now();
-    const done = { checked, differences: diffs.length, repaired };
+    const done = { checked, differences: diffs.length, repaired, leftOut: leftOut.size };
     await conn.hset(key, {
       state: 'idle', kind, finishedAt, durationMs: finishedAt - t0, ...done, error,
       ...(error ? {} : { [kind === 'content' ? 'lastContentAt' : 'lastMetadataAt']: t0 }),
@@ -185,7 +191,7 @@ export class Scrubber {
       ...(error || kind !== 'content' ? {} : { lastMetadataAt: t0 }),
       retryAt: error ? finishedAt + Math.min(config.intervalMs, 60_000) : 0,
     });
-    await this.o.events.publish({ type: 'scrub-finished', at: finishedAt, share, scrub: kind, files: checked, differences: diffs.length, repaired, ...(error ? { error } : {}) });
+    await this.o.events.publish({ type: 'scrub-finished', at: finishedAt, share, scrub: kind, files: checked, differences: diffs.length, repaired, leftOut: leftOut.size, ...(error ? { error } : {}) });
     log.info({ ...done, ms: finishedAt - t0, error: error || undefined }, 'scrub finished');
     return { ...done, ok: error === '' && !this.closed };
   }

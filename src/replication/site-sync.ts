@@ -174,10 +174,16 @@ export class SiteSync {
     this.wholeListBlocks = o.wholeListBlocks ?? WHOLE_LIST_BLOCKS;
   }
 
+  /** Whether the site's repository can hold the name (a plaintext one holds UTF-8 names only). */
+  private canHold(rel: string): boolean {
+    return this.site.encrypted || isUtf8Name(rel);
+  }
+
   async rename(from: string, to: string): Promise<void> {
     const src = this.tree.stat(from);
     const dst = this.tree.stat(to);
-    if (!src && dst) {
+    // A plaintext repository holds no name that is not UTF-8: nothing there to move (syncing `to` brings it, or leaves it out).
+    if (!src && dst && this.canHold(from) && this.canHold(to)) {
       try {
         await this.site.call('object.move', { bucket: this.bucket, from, to });
       } catch (err) {
@@ -467,7 +473,8 @@ export class SiteSync {
     const { site, bucket } = this;
     let whole = true;
     if (!e) {
-      await site.call('object.delete', { bucket, path: rel });
+      // A name a plaintext repository cannot hold was never there: its delete has nothing to do.
+      if (this.canHold(rel)) await site.call('object.delete', { bucket, path: rel });
     } else if (e.kind === 'dir') {
       await site.call('object.commit', { bucket, path: rel, kind: 'dir', meta: metaOfEntry(e) });
     } else if (e.kind === 'symlink') {

@@ -25,6 +25,8 @@ th{background:#f0f0f0}.up{color:#080;font-weight:bold}.down,.unknown{color:#b00;
 <div class="charts" id="charts"></div>
 <h2>Records waiting to be retried</h2>
 <table id="retrying"><caption id="retry-note"></caption><thead><tr><th>share</th><th>path</th><th>op</th><th>attempts</th><th>last error</th><th></th></tr></thead><tbody></tbody></table>
+<h2>Left out: paths the DR site cannot take</h2>
+<table id="left-out"><thead><tr><th>site</th><th>share</th><th>path</th><th>op</th><th>since</th><th>why</th></tr></thead><tbody></tbody></table>
 <h2>Recent events</h2>
 <ul id="events"></ul>
 <h2>Why?</h2>
@@ -78,7 +80,7 @@ async function refresh() {
     + '</td><td>' + s.throughput.opsPerSec.toFixed(2) + '</td><td>' + s.throughput.bytesPerSec.toFixed(0) + '</td><td>' + when(s.lastCommitAt) + ' ' + esc(s.lastCommitPath || '')
     + '</td><td class="scrub">' + (s.scrub.state === 'running' ? esc(s.scrub.kind) + ' pass: ' + s.scrub.checked + ' checked'
       : s.scrub.state === 'never' ? 'not yet' : esc(s.scrub.kind) + ' ' + when(s.scrub.finishedAt) + ': '
-      + (s.scrub.error ? 'FAILED ' + esc(s.scrub.error) : s.scrub.repaired + '/' + s.scrub.differences + ' repaired')) + '</td></tr>').join('');
+      + (s.scrub.error ? 'FAILED ' + esc(s.scrub.error) : s.scrub.repaired + '/' + s.scrub.differences + ' repaired' + (s.scrub.leftOut ? ', ' + s.scrub.leftOut + ' left out' : ''))) + '</td></tr>').join('');
   document.getElementById('charts').innerHTML = st.shares.map((s) => {
     const pts = hist.map((h) => h.shares[s.share]).filter(Boolean);
     return chart('chart-backlog-' + s.share, s.share + ' backlog (records)', pts.map((p) => ({ v: p.records })), 'records', '#36c')
@@ -87,6 +89,9 @@ async function refresh() {
   const retrying = st.shares.flatMap((s) => s.retrying);
   document.querySelector('#retrying tbody').innerHTML = retrying.length === 0 ? '<tr><td colspan="6">none</td></tr>' : retrying.map((r) => '<tr><td>' + esc(r.share) + '</td><td>' + esc(r.path)
     + '</td><td>' + esc(r.op) + '</td><td>' + r.attempts + '</td><td>' + esc(r.error) + '</td><td><button class="retry" data-job="' + esc(r.jobId) + '">retry now</button></td></tr>').join('');
+  const leftOut = st.sites.flatMap((v) => v.shares.flatMap((s) => s.leftOut.paths.map((e) => ({ site: v.site.name, share: s.share, e }))));
+  document.querySelector('#left-out tbody').innerHTML = leftOut.length === 0 ? '<tr><td colspan="6">none</td></tr>' : leftOut.map(({ site, share, e }) => '<tr><td>' + esc(site) + '</td><td>' + esc(share)
+    + '</td><td>' + esc(e.path) + '</td><td>' + esc(e.op) + '</td><td>' + esc(when(e.since)) + '</td><td>' + esc(e.error) + '</td></tr>').join('');
   document.getElementById('events').innerHTML = evs.map((e) => '<li>' + esc(new Date(e.at).toLocaleTimeString() + ' ' + e.type + ' ' + (e.share || e.site || '') + ' ' + (e.path || '') + ' ' + (e.error || '')
     + (e.rpoAgeMs !== undefined ? ' rpo ' + age(e.rpoAgeMs / 1000) : '')) + '</li>').join('');
 }

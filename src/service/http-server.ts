@@ -117,7 +117,7 @@ export class HttpServer {
         const path = url.searchParams.get('path');
         if (!share || path === null) return send(res, 400, { error: 'share and path are required' });
         try {
-          return send(res, 200, await why(status.queue, this.opts.config, share, path));
+          return send(res, 200, await why(status.queue, status.redis, this.opts.config, share, path));
         } catch (err) {
           if (err instanceof VfsxError && err.code === 'VFSX_ERR_DR_INVALID_PATH') return send(res, 400, { error: err.message });
           throw err;

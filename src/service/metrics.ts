@@ -73,6 +73,7 @@ export class Metrics {
     const commits = g('vfsx_share_commits', 'Changes committed at the DR site since the journal began (per share).', ['share', 'site']);
     const lastCommit = g('vfsx_last_commit_timestamp_seconds', 'When the last change of the share was committed.', ['share', 'site']);
     const retrying = g('vfsx_retrying_records', 'Records that failed at least once and wait to be retried.', ['share', 'site']);
+    const leftOut = g('vfsx_left_out_paths', 'Paths the DR site cannot take (too large, a name it cannot hold, unreadable): not replicated, retried at their next change and at every scrub.', ['share', 'site']);
     const scrubRunning = g('vfsx_scrub_running', '1 while a scrub pass of the share runs.', ['share', 'kind', 'site']);
     const scrubChecked = g('vfsx_scrub_checked_entries', 'Entries the running (or last) scrub pass checked.', ['share', 'site']);
     const scrubDiffs = g('vfsx_scrub_differences', 'Differences the last scrub pass found between the share and the DR site.', ['share', 'site']);
@@ -116,7 +117,7 @@ export class Metrics {
       commitLatency.hash = lat ?? {};
       totals = st?.site.totals ?? null;
       conns.set(counters.connections());
-      for (const m of [siteUp, replicatorUp, bwLimit, bwSent, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, queue,
+      for (const m of [siteUp, replicatorUp, bwLimit, bwSent, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, leftOut, queue,
         scrubRunning, scrubChecked, scrubDiffs, scrubRepaired, scrubLast]) m.reset();
       up.set(st ? 1 : 0);
       if (!st) return;
@@ -137,6 +138,7 @@ export class Metrics {
         commits.set(l, s.commits);
         if (s.lastCommitAt) lastCommit.set(l, s.lastCommitAt / 1000);
         retrying.set(l, s.retrying.length);
+        leftOut.set(l, s.leftOut.count);
         const sc = s.scrub;
         if (sc.kind) scrubRunning.set({ share: s.share, kind: sc.kind, site: site.name }, sc.state === 'running' ? 1 : 0);
         scrubChecked.set(l, sc.checked);

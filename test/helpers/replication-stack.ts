@@ -69,7 +69,8 @@ export class ReplicationStack {
     const smbd = await SmbdHarness.start([{ name: share, vfsObjects: 'vfsx streams_xattr acl_xattr', vfsx: { socket: svc.socket, spool: svc.spool } }], o.smbGlobal);
     const s = new ReplicationStack(share, redis, dr, svc, smbd, await mkdtemp(join(tmpdir(), 'vfsx-repl-')));
     s.remote = remote;
-    s.site = await dr.repo();
+    // A system configured for a plaintext repository gets one: the test's own client must not make it encrypted first.
+    s.site = await dr.repo({ encryptNew: o.replExtra?.encryption !== 'off' });
     return s;
   }
 
@@ -80,7 +81,7 @@ export class ReplicationStack {
   /** After the site restarted: a new connection to it. */
   async reconnect(): Promise<void> {
     this.site.close();
-    this.site = await this.dr.repo();
+    this.site = await this.dr.repo({ encryptNew: this.site.encrypted });
   }
 
   async drained(timeoutMs = 60000): Promise<void> {
