@@ -7,7 +7,7 @@
  * `vfsx serve` and `vfsx replicate`, and an encrypted DR site.
  */
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, renameSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -63,7 +63,7 @@ test('a Latin-1 share: accented names saved, renamed and deleted through SMB rep
   await stack.converged('latin1');
 });
 
-test('a plaintext repository cannot hold a Latin-1 name: its records are left out after a few attempts (named in status and `vfsx why`, out of the RPO), the rest replicates, and deleting the file clears it', async () => {
+test('a plaintext repository cannot hold a Latin-1 name: its records are left out after a few attempts (named in status and `vfsx why`, out of the RPO), the rest replicates, and its delete, or a resync that finds it gone, clears it; a resync names it too', async () => {
   const plain = await ReplicationStack.start({ share: 'latinplain', smbGlobal: ['unix charset = iso8859-1'], replExtra: { encryption: 'off' } });
   try {
     const f = join(plain.local, 'f.txt');
@@ -101,11 +101,26 @@ test('a plaintext repository cannot hold a Latin-1 name: its records are left ou
     }
     const human = await plain.svc.cli(['status']);
     assert.match(human.stdout, /LEFT OUT/);
+    // A resync cannot take it either: it names it, and the entry stays (its first operation kept).
+    const rs = await plain.svc.cli(['resync', plain.share, '--source', plain.root, '--json']);
+    assert.equal(rs.code, 1, rs.stdout + rs.stderr);
+    assert.deepEqual(JSON.parse(rs.stdout).leftOut.map((l: { path: string }) => l.path), [name]);
+    assert.deepEqual((await st())?.leftOut.paths.map((e) => [e.path, e.op]), [[name, 'close']]);
     // Deleted on the share: the site holds no such object, so the delete commits and the entry goes.
     const d = await smbclient(plain.smbd.port, plain.share, `del ${q('café.txt')}`);
     assert.equal(d.code, 0, d.stdout + d.stderr);
     await plain.drained();
     assert.equal((await st())?.leftOut.count, 0);
+    // Left out again, then renamed behind smbd (no record says so): a whole resync finds the old name gone and drops it.
+    const n = await smbclient(plain.smbd.port, plain.share, `put ${f} ${q('né.txt')}`);
+    assert.equal(n.code, 0, n.stdout + n.stderr);
+    await plain.drained(90000);
+    assert.equal((await st())?.leftOut.count, 1);
+    renameSync(Buffer.from(join(plain.root, 'né.txt'), 'latin1'), join(plain.root, 'ne.txt'));
+    const rs2 = await plain.svc.cli(['resync', plain.share, '--source', plain.root, '--json']);
+    assert.equal(rs2.code, 0, rs2.stdout + rs2.stderr);
+    assert.equal((await st())?.leftOut.count, 0);
+    assert.ok(await plain.site.call('object.stat', { bucket: plain.share, path: 'ne.txt' }));
   } finally {
     await plain.destroy();
   }

@@ -10,6 +10,7 @@ import { siteOpenerOf } from '../site-link/site-opener';
 import { Bandwidth, bandwidthOf } from '../site-link/bandwidth';
 import { restoreShare } from '../operator/restore';
 import { SiteSync } from '../replication/site-sync';
+import { recordWholePass } from '../replication/left-out';
 import { Tree } from '../native/tree';
 import { verifyShare } from '../replication/verify';
 
@@ -94,6 +95,7 @@ export async function resyncCommand(config: VfsxConfig, share: string, o: DrComm
     const tree = Tree.open(root);
     trees.push(tree);
     const sync = new SiteSync({ site, bucket: share, tree, blockSize: config.replication.blockSize, stats });
+    const startedAt = Date.now();
     const timer = setInterval(() => progressLine(o.json, `resync ${share}: ${stats.commits} objects, ${stats.bytesSent} bytes sent`), 250);
     try {
       // Paths that fail on their own (too large, a name the site cannot hold) are left out; the rest syncs and is pruned.
@@ -113,6 +115,8 @@ export async function resyncCommand(config: VfsxConfig, share: string, o: DrComm
       });
       progressLine(o.json, '');
       const leftOut = sync.leftOut.map(([path, why]) => ({ path, why }));
+      // What `vfsx status` lists as left out, brought up to date (when Redis answers).
+      await recordWholePass(config.redis, siteNamed(config.replication, o.site).name, share, startedAt, leftOut);
       const out = { share, objects: stats.commits, blocksSent: stats.blocksSent, bytesSent: stats.bytesSent, deleted, leftOut };
       process.stdout.write(o.json ? `${JSON.stringify(out)}\n` : `resync ${share}: ${out.objects} objects checked, ${out.blocksSent} blocks (${out.bytesSent} bytes) sent, ${deleted} deleted${leftOut.length > 0 ? `, ${leftOut.length} left out` : ''}\n`);
       if (partial) {

@@ -12,7 +12,9 @@
  * other (a commit of the path clears it), and every scrub pass compares it
  * and repairs it once the site can take it, or names it again.
  */
-import type { ChainableCommander, Redis } from 'ioredis';
+import IORedis, { type ChainableCommander, type Redis } from 'ioredis';
+import type { VfsxConfig } from '../config/schema';
+import { dropConnection, redisOptions, stateKeys } from '../journal/redis-connection';
 import { nameFromBytes, nameToBytes } from '../protocol/byte-names';
 
 /** The return value of a job whose record was left out. */
@@ -105,3 +107,31 @@ for i = 1, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]); n = n + 1 end
 end
 return n`;
+
+/**
+ * After `vfsx resync` of a whole share (begun at `startedAt`): the paths it
+ * left out are named, the entries it found in sync or gone are dropped, as
+ * a scrub pass would. Best effort: a resync runs without Redis too (a
+ * disaster), and then the next scrub pass does this. Returns whether it did.
+ */
+export async function recordWholePass(redis: VfsxConfig['redis'], site: string, share: string, startedAt: number, leftOut: Array<{ path: string; why: string }>): Promise<boolean> {
+  const c = new IORedis(redisOptions(redis, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 }));
+  c.on('error', () => undefined);
+  try {
+    await c.connect();
+    const key = stateKeys(redis.prefix, site).leftOut(share);
+    const now = Date.now();
+    const p = c.pipeline();
+    for (const { path, why } of leftOut) {
+      const before = await leftOutEntry(c, key, path);
+      leaveOut(p, key, { path, op: before?.op ?? 'resync', error: why, since: before?.since ?? now, at: now });
+    }
+    await p.exec();
+    await pruneLeftOut(c, key, startedAt, new Set(leftOut.map((l) => l.path)), new Set());
+    return true;
+  } catch {
+    return false;
+  } finally {
+    dropConnection(c);
+  }
+}
