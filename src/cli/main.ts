@@ -90,15 +90,16 @@ Usage:
   vfsx status [--config FILE] [--json] [--watch]
       Per share: backlog (records, files, dirty bytes), RPO age (oldest
       change not yet at the DR site), throughput over the last minute,
-      records being retried and their error; the DR site link; fail-open
-      spooling. --watch redraws every 2 s; --json prints one object (a line
+      records being retried and their error, paths left out (the site
+      cannot take them); the DR site link; fail-open spooling. --watch redraws every 2 s; --json prints one object (a line
       per refresh with --watch).
   vfsx why SHARE PATH [--config FILE] [--source DIR] [--site NAME] [--json]
       Everything known about one path: the source's state, the journal's
       records of it, what holds it back, the DR site's versions.
   vfsx events [--config FILE] [--json] [--recent]
-      Follow replication events live (committed, failed, site-down/up,
-      fail-open, rpo-threshold-crossed/recovered); --recent first prints the
+      Follow replication events live (committed, failed, left-out,
+      site-down/up, fail-open, rpo-threshold-crossed/recovered,
+      scrub-finished/repaired); --recent first prints the
       last ones kept (all but commits).
   vfsx doctor [--config FILE] [--json] [--modules-dir DIR] [--smb-conf FILE] [--hook-status FILE]
       Check the module (installed, built for this smbd), the shares using
