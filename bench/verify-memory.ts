@@ -71,12 +71,13 @@ async function main(): Promise<void> {
       });
       process.stdout.write(`| verify${content ? ' --content' : ''} | ${N} | ${(retained / 2 ** 20).toFixed(0)} MiB (${(retained / N).toFixed(0)} B/object) | ${(r.peak / 2 ** 20).toFixed(0)} MiB | ${(r.ms / 1000).toFixed(1)} s |\n`);
     }
-    // Restore: retained once past 1,024 objects written (it holds the listing then).
+    // Restore: retained once 90% of the objects are written (it holds every path listed so far then;
+    // before 2026-12-07 it held the whole listing from the start, measured past 1,024 objects).
     gc();
     const base = used();
     let retained = 0;
     const onProgress = (p: { done: number }) => {
-      if (retained > 0 || p.done < 1024) return;
+      if (retained > 0 || p.done < Math.floor(N * 0.9)) return;
       gc();
       retained = used() - base;
     };

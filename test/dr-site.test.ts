@@ -820,6 +820,11 @@ test('object.list carries the block lists of files of up to blocksUpTo blocks; r
       if (oldSite && method === 'object.list' && (params as { blocksUpTo?: number }).blocksUpTo !== undefined) throw new DrRpcError(-32602, 'params: unknown property blocksUpTo');
       return c.call<T>(method, params);
     };
+    counting.list = async (params, onPage) => {
+      calls.push('object.list');
+      if (oldSite && (params as { blocksUpTo?: number }).blocksUpTo !== undefined) throw new DrRpcError(-32602, 'params: unknown property blocksUpTo');
+      return c.list(params, onPage);
+    };
     const dest = mkdtempSync(join(tmpdir(), 'vfsx-listed-'));
     try {
       const p = await restoreShare(counting, bucket, dest);

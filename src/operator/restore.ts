@@ -127,11 +127,10 @@ export async function restoreShare(site: SiteClient, bucket: string, dest: strin
   if (!o.force && readdirSync(root).length > 0) {
     throw new VfsxError('VFSX_ERR_RESTORE_DEST_NOT_EMPTY', `${root} is not empty: restore into an empty directory, or pass --force to replace what is there`);
   }
-  const listed = await listObjects(site, o.at === undefined ? { bucket } : { bucket, at: o.at });
-  if (!Array.isArray(listed)) throw new VfsxError('VFSX_ERR_DR_BAD_REPLY', 'object.list did not answer a list');
+  const params = o.at === undefined ? { bucket } : { bucket, at: o.at };
   const tree = Tree.open(root);
   try {
-    const p = await new Restore(site, bucket, tree, o).run(listed);
+    const p = await new Restore(site, bucket, tree, o).run((onPage) => listObjects(site, params, onPage));
     // Objects whose sealed name or metadata failed authentication never reached the listing: they failed.
     for (const u of site.takeUnreadable()) p.failed.push(`${u} (not restored)`);
     return p;
@@ -140,14 +139,24 @@ export async function restoreShare(site: SiteClient, bucket: string, dest: strin
   }
 }
 
-/** The bucket's objects, small files with their block lists; a site from before blocksUpTo lists them without. */
-async function listObjects(site: SiteClient, params: { bucket: string; at?: number }): Promise<SiteObject[]> {
+type OnPage = (objects: unknown[]) => Promise<void>;
+
+/**
+ * The bucket's objects a page at a time, small files with their block
+ * lists; a site from before blocksUpTo lists them without.
+ */
+async function listObjects(site: SiteClient, params: { bucket: string; at?: number }, onPage: OnPage): Promise<void> {
+  let pages = 0;
   try {
-    return await site.call<SiteObject[]>('object.list', { ...params, blocksUpTo: LISTED_BLOCKS });
+    await site.list({ ...params, blocksUpTo: LISTED_BLOCKS }, (objects) => {
+      pages++;
+      return onPage(objects);
+    });
+    return;
   } catch (err) {
-    if (!(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
+    if (pages > 0 || !(err instanceof DrRpcError && err.code === INVALID_PARAMS)) throw err;
   }
-  return site.call<SiteObject[]>('object.list', params);
+  await site.list(params, onPage);
 }
 
 /** from, from + 1, ..., to - 1 */
@@ -170,9 +179,18 @@ class Restore {
     this.window = o.windowed ?? { from: WINDOWED_FROM, segments: WINDOW_SEGMENTS };
   }
 
-  async run(listed: SiteObject[]): Promise<RestoreProgress> {
-    const objects = this.admit(listed);
-    this.progress.objects = listed.length;
+  /**
+   * Restores the listing as its pages come: what is held is every path
+   * listed so far (whether it is a directory: to refuse what lies below a
+   * non-directory, or is listed twice), the directories and symlinks (their
+   * metadata and links come last), and the files in flight; not the
+   * listing (restoring a share of millions held some 570 B per object).
+   * The site lists parents before what is below them; a listing that does
+   * not (a hostile site) cannot make a restore write through a file or a
+   * link: the late parent is refused where the child is in the way.
+   */
+  async run(list: (onPage: OnPage) => Promise<void>): Promise<RestoreProgress> {
+    const kinds = new Map<string, boolean>();
     const dirs: SiteObject[] = [];
     const links: SiteObject[] = [];
     // Files are fetched several at a time (a round trip each would otherwise add up);
@@ -180,40 +198,51 @@ class Restore {
     const inflight = new Set<Promise<void>>();
     const large = new Set<Promise<void>>();
     let fatal: { err: unknown } | null = null;
-    for (const obj of objects) {
-      if (fatal) break;
-      if (obj.kind === 'symlink') {
-        links.push(obj);
-        continue;
-      }
-      if (obj.kind === 'dir') {
-        await this.attempt(obj, async () => {
-          this.mkdirs(parentOf(obj.path));
-          this.tree.mkdir(obj.path, 0o700);
-          dirs.push(obj);
-        });
-        continue;
-      }
-      // attempt() runs the step at once up to its first await: the parent is made now, in listing order.
-      const p: Promise<void> = this.attempt(obj, async () => {
-        this.mkdirs(parentOf(obj.path));
-        await this.file(obj);
-      }).catch((err: unknown) => {
-        fatal ??= { err };
-      }).finally(() => {
-        inflight.delete(p);
-        large.delete(p);
+    let listErr: { err: unknown } | null = null;
+    try {
+      await list(async (page) => {
+        this.progress.objects += page.length;
+        for (const obj of page as SiteObject[]) {
+          if (fatal) throw (fatal as { err: unknown }).err; // stops the listing; the files in flight are awaited below
+          if (!this.admit(obj, kinds)) continue;
+          if (obj.kind === 'symlink') {
+            links.push(obj);
+            continue;
+          }
+          if (obj.kind === 'dir') {
+            await this.attempt(obj, async () => {
+              this.mkdirs(parentOf(obj.path));
+              this.tree.mkdir(obj.path, 0o700);
+              dirs.push(obj);
+            });
+            continue;
+          }
+          // attempt() runs the step at once up to its first await: the parent is made now, in listing order.
+          const p: Promise<void> = this.attempt(obj, async () => {
+            this.mkdirs(parentOf(obj.path));
+            await this.file(obj);
+          }).catch((err: unknown) => {
+            fatal ??= { err };
+          }).finally(() => {
+            inflight.delete(p);
+            large.delete(p);
+          });
+          inflight.add(p);
+          if (!(isBlockList(obj.blocks) && obj.blocks.length <= LISTED_BLOCKS)) large.add(p);
+          while (inflight.size >= FILES_AT_ONCE || large.size >= LARGE_FILES_AT_ONCE) await Promise.race(large.size >= LARGE_FILES_AT_ONCE ? large : inflight);
+        }
       });
-      inflight.add(p);
-      if (!(isBlockList(obj.blocks) && obj.blocks.length <= LISTED_BLOCKS)) large.add(p);
-      while (inflight.size >= FILES_AT_ONCE || large.size >= LARGE_FILES_AT_ONCE) await Promise.race(large.size >= LARGE_FILES_AT_ONCE ? large : inflight);
+    } catch (err) {
+      listErr = { err };
     }
     await Promise.all(inflight);
     if (fatal) throw (fatal as { err: unknown }).err;
+    if (listErr) throw listErr.err;
     // Symlinks last: nothing is written below one, so none is ever traversed.
     for (const obj of links) await this.attempt(obj, async () => this.symlink(obj));
     // Directories' metadata last, deepest first: filling them changed their times.
-    for (const d of dirs.reverse()) {
+    dirs.sort((a, b) => (a.path < b.path ? 1 : a.path > b.path ? -1 : 0));
+    for (const d of dirs) {
       await this.attempt(d, async () => {
         this.owner(d);
         this.xattrs(d);
@@ -224,41 +253,33 @@ class Restore {
     return this.progress;
   }
 
-  /** Keeps the objects that may be restored; refuses the rest with the reason. */
-  private admit(listed: SiteObject[]): SiteObject[] {
-    const nonDirs = new Set<string>();
-    const seen = new Set<string>();
-    const ok: SiteObject[] = [];
-    for (const obj of listed) {
-      const path = (obj as { path?: unknown } | null)?.path;
-      if (!validRel(path)) {
-        this.progress.refused.push(`${JSON.stringify(path)}: not a relative path inside the share`);
-        continue;
-      }
-      if (!['file', 'dir', 'symlink'].includes(obj.kind) || typeof obj.meta !== 'object' || obj.meta === null) {
-        this.progress.refused.push(`${path}: malformed object at the DR site`);
-        continue;
-      }
-      if (seen.has(path)) {
-        this.progress.refused.push(`${path}: listed twice by the DR site`);
-        continue;
-      }
-      seen.add(path);
-      if (obj.kind !== 'dir') nonDirs.add(path);
-      ok.push(obj);
+  /**
+   * Whether an object may be restored; refuses it with the reason when not.
+   * `kinds`: every valid path listed before, and whether it is a directory.
+   */
+  private admit(obj: SiteObject, kinds: Map<string, boolean>): boolean {
+    const path = (obj as { path?: unknown } | null)?.path;
+    if (!validRel(path)) {
+      this.progress.refused.push(`${JSON.stringify(path)}: not a relative path inside the share`);
+      return false;
     }
-    ok.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-    return ok.filter((obj) => {
-      const parts = obj.path.split('/');
-      for (let i = 1; i < parts.length; i++) {
-        const anc = parts.slice(0, i).join('/');
-        if (nonDirs.has(anc)) {
-          this.progress.refused.push(`${obj.path}: below ${anc}, which the DR site has as a non-directory`);
-          return false;
-        }
+    if (!['file', 'dir', 'symlink'].includes(obj.kind) || typeof obj.meta !== 'object' || obj.meta === null) {
+      this.progress.refused.push(`${path}: malformed object at the DR site`);
+      return false;
+    }
+    if (kinds.has(path)) {
+      this.progress.refused.push(`${path}: listed twice by the DR site`);
+      return false;
+    }
+    kinds.set(path, obj.kind === 'dir');
+    for (let i = path.indexOf('/'); i !== -1; i = path.indexOf('/', i + 1)) {
+      const anc = path.slice(0, i);
+      if (kinds.get(anc) === false) {
+        this.progress.refused.push(`${path}: below ${anc}, which the DR site has as a non-directory`);
+        return false;
       }
-      return true;
-    });
+    }
+    return true;
   }
 
   /** Runs one object's step; a refusal (something in the way) or a bad block is recorded, not thrown. */

@@ -27,6 +27,8 @@ export interface FuzzResult {
   refused: number;
   findings: string[];
   ms: number;
+  /** Restore only: rounds whose restore ran through the whole listing (with or without refusals). */
+  restored?: number;
 }
 
 /** A small fast seeded PRNG (mulberry32): runs are reproducible from the seed. */
@@ -237,7 +239,19 @@ async function hostileSite(r: Rng): Promise<{ url: string; close: () => Promise<
     }
     const send = (result: unknown) => ws.send(JSON.stringify({ jsonrpc: '2.0', id: req.id, result }));
     if (r.int(40) === 0) return ws.send(r.bytes(r.int(50)), { binary: r.int(2) === 0 }); // garbage instead of an answer
-    if (req.method === 'object.list') return send(objects);
+    if (req.method === 'object.list') {
+      const q = req.params as { limit?: unknown; after?: unknown };
+      if (typeof q.limit !== 'number') return send(objects);
+      // Paged: the hostile objects in one or two pages, or now and then a page that is no page.
+      const half = Math.ceil(objects.length / 2);
+      if (q.after === 'page-2') return send({ objects: objects.slice(half), next: null });
+      switch (r.int(12)) {
+        case 0: return send(objects); // a list where a page was asked
+        case 1: return send({ objects: objects.slice(0, half), next: typeof q.after === 'string' ? q.after : '' }); // a page that does not move on
+        case 2: case 3: case 4: return send({ objects: objects.slice(0, half), next: 'page-2' });
+        default: return send({ objects, next: null });
+      }
+    }
     if (req.method === 'object.stat') {
       const o = objects.find((x) => (x as { path?: unknown })?.path === req.params.path) as { size?: number; blocks?: string[] } | undefined;
       return send(o ? { ...o, blocks: o.blocks ?? [...blocks.keys()].slice(0, 1 + r.int(3)) } : null);
@@ -305,6 +319,7 @@ export async function fuzzRestore(sandbox: string, rounds: number, seed: number)
       try {
         c = await DrClient.connect({ url: site.url, token: 'fuzz' });
         const p = await restoreShare(c, 'fuzz', dest, {});
+        res.restored = (res.restored ?? 0) + 1;
         if (p.refused.length + p.failed.length > 0) res.refused++;
       } catch (err) {
         const m = (err as Error).message;
