@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -19,6 +19,8 @@ import { Tree } from '../src/native/tree';
 import { blockHash, DrClient, DrRpcError } from '../src/site-link/dr-client';
 import { SiteSync } from '../src/replication/site-sync';
 import { verifyShare } from '../src/replication/verify';
+import { restoreShare } from '../src/operator/restore';
+import type { SiteClient } from '../src/site-link/site-client';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { VFSX_BIN } from './helpers/service-harness';
 
@@ -138,6 +140,25 @@ test('a hostile DR site cannot make restore write outside DEST or restore damage
   assert.equal(await readFile(join(dest, 'ok.txt'), 'utf8'), good.toString());
   assert.equal(await readlink(join(dest, 'evil')), outside);
   assert.equal(await readlink(join(dest, 'up')), '..');
+
+  // The same objects listed children first (the site lists parents first; a hostile one need not):
+  // the late parents are refused where the children are in the way, and nothing is written through them.
+  const rc = await site.client();
+  const reversed = Object.create(rc) as SiteClient;
+  reversed.list = (params, onPage) => rc.list(params, (objects) => onPage([...objects].reverse()));
+  const dest2 = join(work, 'restore-hostile-reversed');
+  try {
+    const p = await restoreShare(reversed, 'hostile', dest2);
+    assert.deepEqual(p.refused.map((x) => x.split(':')[0]).sort(), ['evil', 'sub/file-as-dir', 'up'], p.refused.join('\n'));
+    assert.deepEqual(p.failed.map((x) => x.split(':')[0]), ['victim.bin']);
+  } finally {
+    rc.close();
+  }
+  assert.deepEqual(readdirSync(outside), []);
+  assert.ok(!existsSync(join(work, 'escaped.txt')));
+  assert.equal((await lstat(join(dest2, 'evil'))).isDirectory(), true, 'evil stays the directory its child made, not a link');
+  assert.equal(await readFile(join(dest2, 'up', 'escaped.txt'), 'utf8'), good.toString(), 'written beneath DEST, not through ..');
+  assert.equal(await readFile(join(dest2, 'ok.txt'), 'utf8'), good.toString());
 
   // verify --deep finds the damaged block at the site.
   const src = join(work, 'hostile-src');
