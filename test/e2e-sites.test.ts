@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { chromium } from 'playwright-core';
 import { validateConfig } from '../src/config/load-config';
 import { EventBus } from '../src/journal/events';
 import { verifyShare } from '../src/replication/verify';
@@ -161,6 +162,23 @@ test('the random workload converges at both sites while one is stopped; the heal
   assert.match(metrics, /vfsx_site_up\{site="far"\} 0/);
   assert.match(metrics, /vfsx_site_up\{site="near"\} 1/);
   assert.match(metrics, new RegExp(`vfsx_backlog_records\\{share="${SHARE}",site="far"\\} [1-9]`));
+  // The dashboard shows every site's shares and charts, not only the first site's.
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
+  try {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${svc.httpUrl}/`);
+    await page.waitForSelector(`#shares tr[data-site="far"][data-share="${SHARE}"]`, { timeout: 15000 });
+    await page.waitForSelector(`#shares tr[data-site="near"][data-share="${SHARE}"]`, { timeout: 15000 });
+    assert.ok(Number(await page.textContent(`#shares tr[data-site="far"] td.records`)) > 0, 'far\'s backlog on its own row');
+    assert.equal(Number(await page.textContent(`#shares tr[data-site="near"] td.records`)), 0);
+    // far is the second site: its charts end in @far, and they plot its backlog.
+    await page.waitForFunction(`Number(document.getElementById('chart-backlog-${SHARE}@far')?.dataset.last) > 0`, undefined, { timeout: 15000 });
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+  }
 
   const p99 = { normal: pct(normal, 0.99), during: pct(during, 0.99) };
   process.stdout.write(`# near close->committed: both up p50 ${pct(normal, 0.5)} p99 ${p99.normal} ms (${normal.length}); far down p50 ${pct(during, 0.5)} p99 ${p99.during} ms (${during.length})\n`);

@@ -20,11 +20,11 @@ th{background:#f0f0f0}.up{color:#080;font-weight:bold}.down,.unknown{color:#b00;
 <h2>DR sites</h2>
 <table id="sites"><thead><tr><th>site</th><th>url</th><th>link</th><th>bandwidth</th><th>backlog records</th><th>worst RPO age</th></tr></thead><tbody></tbody></table>
 <h2>Shares</h2>
-<table id="shares"><thead><tr><th>share</th><th>backlog records</th><th>files</th><th>dirty bytes</th><th>RPO age</th><th>ops/s (1 min)</th><th>bytes/s (1 min)</th><th>last commit</th><th>scrub</th></tr></thead><tbody></tbody></table>
+<table id="shares"><thead><tr><th>site</th><th>share</th><th>backlog records</th><th>files</th><th>dirty bytes</th><th>RPO age</th><th>ops/s (1 min)</th><th>bytes/s (1 min)</th><th>last commit</th><th>scrub</th></tr></thead><tbody></tbody></table>
 <h2>Backlog and RPO over time</h2>
 <div class="charts" id="charts"></div>
 <h2>Records waiting to be retried</h2>
-<table id="retrying"><caption id="retry-note"></caption><thead><tr><th>share</th><th>path</th><th>op</th><th>attempts</th><th>last error</th><th></th></tr></thead><tbody></tbody></table>
+<table id="retrying"><caption id="retry-note"></caption><thead><tr><th>site</th><th>share</th><th>path</th><th>op</th><th>attempts</th><th>last error</th><th></th></tr></thead><tbody></tbody></table>
 <h2>Left out: paths the DR site cannot take</h2>
 <table id="left-out"><thead><tr><th>site</th><th>share</th><th>path</th><th>op</th><th>since</th><th>why</th></tr></thead><tbody></tbody></table>
 <h2>Recent events</h2>
@@ -75,20 +75,24 @@ async function refresh() {
   sp.textContent = st.spool.failOpenEngaged ? 'FAIL-OPEN: ' + st.spool.files + ' files, ' + st.spool.bytes + ' bytes' : 'empty';
   sp.className = st.spool.failOpenEngaged ? 'warn' : 'ok';
   document.getElementById('updated').textContent = new Date(st.at).toLocaleTimeString();
-  document.querySelector('#shares tbody').innerHTML = st.shares.map((s) => '<tr data-share="' + esc(s.share) + '"><td>' + esc(s.share) + '</td><td class="records">' + s.backlog.records
+  // Every share at every site: a site that falls behind shows on its own rows and charts.
+  const rows = st.sites.flatMap((v, k) => v.shares.map((s) => ({ site: v.site.name, first: k === 0, s })));
+  document.querySelector('#shares tbody').innerHTML = rows.map(({ site, s }) => '<tr data-share="' + esc(s.share) + '" data-site="' + esc(site) + '"><td>' + esc(site) + '</td><td>' + esc(s.share) + '</td><td class="records">' + s.backlog.records
     + '</td><td>' + s.backlog.files + '</td><td>' + s.backlog.bytes + '</td><td class="rpo ' + (s.rpoAgeSeconds > 60 ? 'warn' : 'ok') + '">' + age(s.rpoAgeSeconds)
     + '</td><td>' + s.throughput.opsPerSec.toFixed(2) + '</td><td>' + s.throughput.bytesPerSec.toFixed(0) + '</td><td>' + when(s.lastCommitAt) + ' ' + esc(s.lastCommitPath || '')
     + '</td><td class="scrub">' + (s.scrub.state === 'running' ? esc(s.scrub.kind) + ' pass: ' + s.scrub.checked + ' checked'
       : s.scrub.state === 'never' ? 'not yet' : esc(s.scrub.kind) + ' ' + when(s.scrub.finishedAt) + ': '
       + (s.scrub.error ? 'FAILED ' + esc(s.scrub.error) : s.scrub.repaired + '/' + s.scrub.differences + ' repaired' + (s.scrub.leftOut ? ', ' + s.scrub.leftOut + ' left out' : ''))) + '</td></tr>').join('');
-  document.getElementById('charts').innerHTML = st.shares.map((s) => {
-    const pts = hist.map((h) => h.shares[s.share]).filter(Boolean);
-    return chart('chart-backlog-' + s.share, s.share + ' backlog (records)', pts.map((p) => ({ v: p.records })), 'records', '#36c')
-      + chart('chart-rpo-' + s.share, s.share + ' RPO age', pts.map((p) => ({ v: p.rpoAgeSeconds })), 'rpo', '#c33');
+  // The first site's charts keep their ids (chart-backlog-SHARE); another site's end in @SITE.
+  document.getElementById('charts').innerHTML = rows.map(({ site, first, s }) => {
+    const pts = hist.map((h) => (first ? h.shares : (h.sites || {})[site] || {})[s.share]).filter(Boolean);
+    const id = s.share + (first ? '' : '@' + site), title = s.share + (st.sites.length > 1 ? ' at ' + site : '');
+    return chart('chart-backlog-' + id, title + ' backlog (records)', pts.map((p) => ({ v: p.records })), 'records', '#36c')
+      + chart('chart-rpo-' + id, title + ' RPO age', pts.map((p) => ({ v: p.rpoAgeSeconds })), 'rpo', '#c33');
   }).join('');
-  const retrying = st.shares.flatMap((s) => s.retrying);
-  document.querySelector('#retrying tbody').innerHTML = retrying.length === 0 ? '<tr><td colspan="6">none</td></tr>' : retrying.map((r) => '<tr><td>' + esc(r.share) + '</td><td>' + esc(r.path)
-    + '</td><td>' + esc(r.op) + '</td><td>' + r.attempts + '</td><td>' + esc(r.error) + '</td><td><button class="retry" data-job="' + esc(r.jobId) + '">retry now</button></td></tr>').join('');
+  const retrying = st.sites.flatMap((v) => v.shares.flatMap((s) => s.retrying.map((r) => ({ site: v.site.name, r }))));
+  document.querySelector('#retrying tbody').innerHTML = retrying.length === 0 ? '<tr><td colspan="7">none</td></tr>' : retrying.map(({ site, r }) => '<tr><td>' + esc(site) + '</td><td>' + esc(r.share) + '</td><td>' + esc(r.path)
+    + '</td><td>' + esc(r.op) + '</td><td>' + r.attempts + '</td><td>' + esc(r.error) + '</td><td><button class="retry" data-job="' + esc(r.jobId) + '" data-site="' + esc(site) + '">retry now</button></td></tr>').join('');
   const leftOut = st.sites.flatMap((v) => v.shares.flatMap((s) => s.leftOut.paths.map((e) => ({ site: v.site.name, share: s.share, e }))));
   document.querySelector('#left-out tbody').innerHTML = leftOut.length === 0 ? '<tr><td colspan="6">none</td></tr>' : leftOut.map(({ site, share, e }) => '<tr><td>' + esc(site) + '</td><td>' + esc(share)
     + '</td><td>' + esc(e.path) + '</td><td>' + esc(e.op) + '</td><td>' + esc(when(e.since)) + '</td><td>' + esc(e.error) + '</td></tr>').join('');
@@ -101,7 +105,7 @@ document.addEventListener('click', async (ev) => {
   b.disabled = true;
   // The answer also goes to the table's caption: the next refresh redraws the rows (and drops a record that committed).
   const note = (t) => { b.textContent = t; document.getElementById('retry-note').textContent = 'job ' + b.dataset.job + ': ' + t; };
-  try { const r = await api('/api/retry?job=' + encodeURIComponent(b.dataset.job), { method: 'POST' }); note('retried (' + r.was + ')'); }
+  try { const r = await api('/api/retry?job=' + encodeURIComponent(b.dataset.job) + '&site=' + encodeURIComponent(b.dataset.site), { method: 'POST' }); note('retried (' + r.was + ')'); }
   catch (e) { note('failed: ' + e.message); }
 });
 document.getElementById('why-form').addEventListener('submit', async (ev) => {

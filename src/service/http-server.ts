@@ -15,10 +15,15 @@ import { why } from '../operator/why';
 import { DASHBOARD_HTML } from './dashboard-page';
 import type { Metrics } from './metrics';
 
+type SharePoint = Record<string, { records: number; rpoAgeSeconds: number; opsPerSec: number }>;
+
 export interface HistoryPoint {
   at: number;
   siteUp: boolean;
-  shares: Record<string, { records: number; rpoAgeSeconds: number; opsPerSec: number }>;
+  /** Every share at the first site. */
+  shares: SharePoint;
+  /** Every share at each other site (several sites only). */
+  sites?: Record<string, SharePoint>;
 }
 
 export interface HttpServerOptions {
@@ -149,7 +154,14 @@ function send(res: ServerResponse, code: number, body: unknown): void {
 
 /** One history point from a status (what the charts plot). */
 export function historyPoint(st: Status): HistoryPoint {
-  const shares: HistoryPoint['shares'] = {};
-  for (const s of st.shares) shares[s.share] = { records: s.backlog.records, rpoAgeSeconds: s.rpoAgeSeconds, opsPerSec: s.throughput.opsPerSec };
-  return { at: st.at, siteUp: st.site.state === 'up', shares };
+  const point = (shares: Status['shares']): SharePoint => {
+    const out: SharePoint = {};
+    for (const s of shares) out[s.share] = { records: s.backlog.records, rpoAgeSeconds: s.rpoAgeSeconds, opsPerSec: s.throughput.opsPerSec };
+    return out;
+  };
+  const others = st.sites.slice(1);
+  return {
+    at: st.at, siteUp: st.site.state === 'up', shares: point(st.shares),
+    ...(others.length > 0 ? { sites: Object.fromEntries(others.map((v) => [v.site.name, point(v.shares)])) } : {}),
+  };
 }

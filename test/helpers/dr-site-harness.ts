@@ -80,6 +80,10 @@ export class DrSiteHarness {
     this.proc = p;
     collectJsonLines(p.stdout, this.logs);
     p.stderr?.on('data', (c: Buffer) => this.logs.push({ stderr: c.toString() }));
+    // A site that ends without stop(): its last words go to the test's output, so a failure far from here says why.
+    p.once('exit', (code, sig) => {
+      if (this.proc === p) process.stderr.write(`# dr-site ${p.pid} exited unasked (code ${code}, signal ${sig}); last log lines: ${JSON.stringify(this.logs.slice(-20))}\n`);
+    });
     await waitFor('dr site to listen', () => this.logs.slice(from).some((l) => l.msg === 'vfsx dr-site serving') || p.exitCode !== null);
     if (p.exitCode !== null) throw new Error(`dr-site exited: ${JSON.stringify(this.logs.slice(from))}`);
   }
