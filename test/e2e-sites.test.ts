@@ -162,6 +162,9 @@ test('the random workload converges at both sites while one is stopped; the heal
   assert.match(metrics, /vfsx_site_up\{site="far"\} 0/);
   assert.match(metrics, /vfsx_site_up\{site="near"\} 1/);
   assert.match(metrics, new RegExp(`vfsx_backlog_records\\{share="${SHARE}",site="far"\\} [1-9]`));
+  // Close -> committed per site: each site's commits (far's from before its outage) under its own label.
+  assert.match(metrics, /vfsx_change_to_commit_seconds_count\{site="near"\} [1-9]/);
+  assert.match(metrics, /vfsx_change_to_commit_seconds_count\{site="far"\} [1-9]/);
   // The dashboard shows every site's shares and charts, not only the first site's.
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
   try {

@@ -212,6 +212,13 @@ export class StatusReader {
     return this.conn.hgetall(stateKeys(this.cfg.redis.prefix, site).latency);
   }
 
+  /** Every configured site's commit-latency histogram (site -> its hash). */
+  async commitLatencies(): Promise<Record<string, Record<string, string>>> {
+    const names = sitesOf(this.cfg.replication).map((x) => x.name);
+    const hashes = await Promise.all(names.map((n) => this.commitLatency(n)));
+    return Object.fromEntries(names.map((n, i) => [n, hashes[i]]));
+  }
+
   async read(now = Date.now()): Promise<Status> {
     const sk = stateKeys(this.cfg.redis.prefix);
     const [shareNames, failOpen] = await Promise.all([this.conn.smembers(sk.shares), this.conn.hgetall(sk.failOpen)]);

@@ -15,30 +15,32 @@ export interface ServiceCounters {
   frames: () => { reports: number; folded: number; outcomes: number };
   connections: () => number;
   spoolFilesIngested: () => number;
-  /** The commit-latency hash (see StateKeys.latency), or null when it cannot be read. */
-  commitLatency: () => Promise<Record<string, string> | null>;
+  /** Each site's commit-latency hash (see StateKeys.latency), or null when they cannot be read. */
+  commitLatency: () => Promise<Record<string, Record<string, string>> | null>;
 }
 
 /** A histogram kept by other processes (as bucket counts in Redis), exposed as is. */
 class RemoteHistogram {
   readonly name = 'vfsx_change_to_commit_seconds';
-  readonly help = 'From the service receiving a change (close, rename, ...) to the DR site committing it (every replicator process).';
+  readonly help = 'From the service receiving a change (close, rename, ...) to the DR site committing it (every replicator process), per site.';
   readonly type = 'histogram';
   readonly aggregator = 'sum';
-  hash: Record<string, string> = {};
+  /** site -> its hash. */
+  hashes: Record<string, Record<string, string>> = {};
 
   async get(): Promise<Omit<MetricObjectWithValues<MetricValueWithName<string>>, 'collect'>> {
-    const h = this.hash;
     const values: Array<MetricValueWithName<string>> = [];
-    let acc = 0;
-    COMMIT_LATENCY_BUCKETS.forEach((le, i) => {
-      acc += Number(h[`b${i}`] ?? 0);
-      values.push({ labels: { le }, value: acc, metricName: `${this.name}_bucket` });
-    });
-    acc += Number(h.inf ?? 0);
-    values.push({ labels: { le: '+Inf' }, value: acc, metricName: `${this.name}_bucket` });
-    values.push({ labels: {}, value: Number(h.sum ?? 0), metricName: `${this.name}_sum` });
-    values.push({ labels: {}, value: Number(h.count ?? 0), metricName: `${this.name}_count` });
+    for (const [site, h] of Object.entries(this.hashes)) {
+      let acc = 0;
+      COMMIT_LATENCY_BUCKETS.forEach((le, i) => {
+        acc += Number(h[`b${i}`] ?? 0);
+        values.push({ labels: { site, le }, value: acc, metricName: `${this.name}_bucket` });
+      });
+      acc += Number(h.inf ?? 0);
+      values.push({ labels: { site, le: '+Inf' }, value: acc, metricName: `${this.name}_bucket` });
+      values.push({ labels: { site }, value: Number(h.sum ?? 0), metricName: `${this.name}_sum` });
+      values.push({ labels: { site }, value: Number(h.count ?? 0), metricName: `${this.name}_count` });
+    }
     return { name: this.name, help: this.help, type: 'histogram' as never, aggregator: 'sum', values };
   }
 }
@@ -114,7 +116,7 @@ export class Metrics {
       const t0 = performance.now();
       const [st, lat] = await Promise.all([readStatus(), counters.commitLatency()]);
       readSeconds.set((performance.now() - t0) / 1000);
-      commitLatency.hash = lat ?? {};
+      commitLatency.hashes = lat ?? {};
       totals = st?.site.totals ?? null;
       conns.set(counters.connections());
       for (const m of [siteUp, replicatorUp, bwLimit, bwSent, records, files, bytes, rpo, opsRate, bytesRate, commits, lastCommit, retrying, leftOut, queue,

@@ -60,7 +60,7 @@ export class VfsxService {
       frames: () => this.server.frames,
       connections: () => this.server.connections.size,
       spoolFilesIngested: () => this.spool.files,
-      commitLatency: () => this.status.commitLatency().catch(() => null),
+      commitLatency: () => this.status.commitLatencies().catch(() => null),
     });
     this.alerts = new Alerts({ config, bus: this.bus, logger: logger.child({ c: 'alerts' }) });
     this.server = new SocketServer({
