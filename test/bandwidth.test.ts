@@ -10,6 +10,8 @@ import { createServer, type AddressInfo } from 'node:net';
 import { Bandwidth, bwlimitOverride } from '../src/site-link/bandwidth';
 import { redisHealth } from '../src/journal/redis-connection';
 import { validateConfig } from '../src/config/load-config';
+import IORedis from 'ioredis';
+import { RedisHarness } from './helpers/redis-harness';
 
 test('rates: units are powers of 1024, off is no limit, nonsense is refused', () => {
   assert.equal(parseRate('off'), 0);
@@ -112,4 +114,35 @@ test('a command that asks an unreachable Redis leaves no timer behind: it exits 
   assert.equal((await redisHealth(cfg.redis)).reachable, false);
   // ioredis's disconnect() on a socket that had closed already left a 2 s timer holding the process.
   assert.equal(timers(), before, process.getActiveResourcesInfo().join(' '));
+});
+
+test('a limit shared through Redis holds for two processes\' buckets together (a real redis-server); without Redis each paces alone', async () => {
+  const redis = await RedisHarness.start();
+  // As `vfsx replicate` makes its connection for the shared bucket: a take never queues behind a Redis that is away.
+  const conns = [0, 1].map(() => new IORedis({ path: redis.socket, maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true }));
+  const bws = [new Bandwidth('2M'), new Bandwidth('2M')];
+  try {
+    for (const c of conns) {
+      c.on('error', () => undefined);
+      await c.connect();
+    }
+    bws.forEach((bw, i) => bw.shareThrough(conns[i], 'vfsx-test:bwlimit-bucket'));
+    // 1 MiB through each at once: 2 MiB at 2 MiB/s together (less the full bucket's 204 KiB), not 1 MiB each at 2 MiB/s (0.5 s).
+    let t0 = Date.now();
+    await Promise.all(bws.map((bw) => bw.take(1024 * 1024)));
+    let ms = Date.now() - t0;
+    assert.ok(ms >= 800 && ms < 1600, `2 x 1 MiB through a shared 2 MiB/s took ${ms} ms`);
+    assert.equal(bws[0].sharedFailing, false);
+    // Redis gone: each paces alone with its own bucket, and says so.
+    await redis.stop();
+    t0 = Date.now();
+    await bws[0].take(512 * 1024);
+    ms = Date.now() - t0;
+    assert.ok(ms >= 150 && ms < 900, `512 KiB at 2 MiB/s without Redis took ${ms} ms`);
+    assert.equal(bws[0].sharedFailing, true);
+  } finally {
+    for (const bw of bws) bw.close();
+    for (const c of conns) c.disconnect();
+    await redis.stop().catch(() => undefined);
+  }
 });

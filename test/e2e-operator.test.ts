@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import IORedis from 'ioredis';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
-import { chromium } from 'playwright-core';
 import type { Status } from '../src/operator/status';
 import { DrSiteHarness } from './helpers/dr-site-harness';
 import { RandomWorkload } from './helpers/random-workload';
@@ -22,6 +21,7 @@ import { smbclient } from './helpers/smbclient';
 import { SmbdHarness } from './helpers/smbd-harness';
 import { freePort } from './helpers/ports';
 import { waitFor } from './helpers/wait-for';
+import { onDashboard } from './helpers/dashboard';
 
 let redis: RedisHarness;
 let dr: DrSiteHarness;
@@ -291,12 +291,7 @@ test('vfsx doctor passes on a healthy system and fails with the right message fo
 });
 
 test('the dashboard in headless Chromium: shows the share, its charts move during a workload, a retry works', async () => {
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
-  try {
-    const page = await browser.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(`${svc.httpUrl}/`);
+  await onDashboard(`${svc.httpUrl}/`, async (page) => {
     await page.waitForSelector(`#shares tr[data-share="${SHARE}"]`, { timeout: 15000 });
     // The site was restarted by the test before: the link reconnects by itself, and the page shows it.
     await page.waitForFunction("document.querySelector('#site-state').textContent === 'up'", undefined, { timeout: 15000 });
@@ -347,10 +342,7 @@ test('the dashboard in headless Chromium: shows the share, its charts move durin
     await page.click('#why-go');
     await page.waitForFunction(`document.querySelector('#why-out').textContent.includes('"verdict"')`);
     assert.match((await page.textContent('#why-out')) ?? '', /"verdict": "in sync"/);
-    assert.deepEqual(errors, []);
-  } finally {
-    await browser.close();
-  }
+  });
 });
 
 test('records of one path queued behind an outage coalesce: one sync covers them, the others complete without a site call', async () => {

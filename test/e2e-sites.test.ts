@@ -12,7 +12,6 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import { validateConfig } from '../src/config/load-config';
 import { EventBus } from '../src/journal/events';
 import { verifyShare } from '../src/replication/verify';
@@ -25,6 +24,7 @@ import { SiteMeter } from './helpers/site-meter';
 import { putRandomFiles } from './helpers/smbclient';
 import { SmbdHarness } from './helpers/smbd-harness';
 import { waitFor } from './helpers/wait-for';
+import { onDashboard } from './helpers/dashboard';
 import { drained as drainedAll } from './helpers/replication-stack';
 
 const SHARE = 'multi';
@@ -166,22 +166,14 @@ test('the random workload converges at both sites while one is stopped; the heal
   assert.match(metrics, /vfsx_change_to_commit_seconds_count\{site="near"\} [1-9]/);
   assert.match(metrics, /vfsx_change_to_commit_seconds_count\{site="far"\} [1-9]/);
   // The dashboard shows every site's shares and charts, not only the first site's.
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox'] });
-  try {
-    const page = await browser.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(`${svc.httpUrl}/`);
+  await onDashboard(`${svc.httpUrl}/`, async (page) => {
     await page.waitForSelector(`#shares tr[data-site="far"][data-share="${SHARE}"]`, { timeout: 15000 });
     await page.waitForSelector(`#shares tr[data-site="near"][data-share="${SHARE}"]`, { timeout: 15000 });
     assert.ok(Number(await page.textContent(`#shares tr[data-site="far"] td.records`)) > 0, 'far\'s backlog on its own row');
     assert.equal(Number(await page.textContent(`#shares tr[data-site="near"] td.records`)), 0);
     // far is the second site: its charts end in @far, and they plot its backlog.
     await page.waitForFunction(`Number(document.getElementById('chart-backlog-${SHARE}@far')?.dataset.last) > 0`, undefined, { timeout: 15000 });
-    assert.deepEqual(errors, []);
-  } finally {
-    await browser.close();
-  }
+  });
 
   const p99 = { normal: pct(normal, 0.99), during: pct(during, 0.99) };
   process.stdout.write(`# near close->committed: both up p50 ${pct(normal, 0.5)} p99 ${p99.normal} ms (${normal.length}); far down p50 ${pct(during, 0.5)} p99 ${p99.during} ms (${during.length})\n`);
@@ -273,4 +265,24 @@ test('a third site added to the running system is brought to identical without p
   for (const s of sites) await identicalAt(s, 'three');
   const list = await svc.cli(['site', 'list', '--json']);
   assert.deepEqual(JSON.parse(list.stdout).map((x: { name: string }) => x.name), ['near', 'far', 'third']);
+});
+
+test('the limit on all sites together holds across replicator processes (near and far in one, third in its own): the three sites together receive at most the limit +15%', async () => {
+  const set = await svc.cli(['bwlimit', '3M', '--json']);
+  assert.equal(set.code, 0, set.stderr);
+  assert.equal(JSON.parse(set.stdout).limit, 3 * MiB);
+  // Every replicator looks for the limit each second.
+  await new Promise((r) => setTimeout(r, 2000));
+  const meters = sites.map((s) => new SiteMeter(s.dr.pid as number, s.host.iface));
+  // 8 MiB to each of the three sites: 24 MiB at 3 MiB/s together, about 8 s.
+  await putRandomFiles(smbd.port, SHARE, local, 'all-sites', 8, MiB);
+  await drained(180_000);
+  for (const m of meters) m.stop();
+  const together = SiteMeter.maxCombinedRate(meters, 3000);
+  const each = meters.map((m) => (m.maxRate(3000) / MiB).toFixed(2)).join(', ');
+  process.stdout.write(`# all sites limited to 3 MiB/s: together max ${(together / MiB).toFixed(2)} MiB/s over 3 s (each: ${each})\n`);
+  assert.ok(together <= 3 * MiB * 1.15, `the three sites together received ${together} B/s over 3 s under a 3 MiB/s limit on all sites (each: ${each} MiB/s)`);
+  assert.ok(together >= 3 * MiB * 0.6, `the limit should bound the sites' rate together: ${together} B/s`);
+  for (const m of meters) assert.ok(m.total >= 8 * MiB, 'every site received the 8 MiB');
+  await svc.cli(['bwlimit', 'config']);
 });

@@ -78,6 +78,10 @@ export interface StateKeys {
   latency: string;
   /** String: the bandwidth limit set while running (`vfsx bwlimit`), overriding replication.bwlimit; absent: the configured one. */
   bwlimit: string;
+  /** Hash: the token bucket of the limit on all sites together, shared by every replicator process (tokens, at). */
+  bwBucket: string;
+  /** Hash: the token bucket of this site's own limit, shared by every replicator process of the site. */
+  siteBwBucket: string;
   /** Pub/sub channel of events, and a capped list of recent ones (commits are published only). */
   events: string;
   recent: string;
@@ -104,6 +108,8 @@ export function stateKeys(prefix: string, site = DEFAULT_SITE): StateKeys {
     replicators: `${prefix}:state:replicators${at}`,
     latency: `${prefix}:state:commit-latency${at}`,
     bwlimit: `${prefix}:config:bwlimit`,
+    bwBucket: `${prefix}:state:bwlimit-bucket`,
+    siteBwBucket: `${prefix}:state:bwlimit-bucket@${site}`,
     events: `${prefix}:events`,
     recent: `${prefix}:events:recent`,
   };

@@ -38,7 +38,7 @@ export async function dropSite(config: Pick<VfsxConfig, 'redis' | 'journal'>, si
     await queue.obliterate({ force: true });
     const at = site === 'default' ? '' : `@${site}`;
     const patterns = [`${p}:rpo${at}:*`, `${p}:order${at}:*`, `${p}:state:share${at}:*`, `${p}:state:scrub${at}:*`, `${p}:state:left-out${at}:*`];
-    const keys = [sk.site, sk.totals, sk.replicators, sk.latency, sk.siteBwlimit];
+    const keys = [sk.site, sk.totals, sk.replicators, sk.latency, sk.siteBwlimit, sk.siteBwBucket];
     for (const pat of patterns) {
       let cursor = '0';
       do {

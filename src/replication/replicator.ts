@@ -113,6 +113,8 @@ export class Replicator {
     this.queue.on('error', (err) => this.log.debug({ err }, 'replicator queue error'));
     this.order = new ShareOrder(this.conn, options.redis.prefix, undefined, this.siteCfg.name);
     this.pace = new SitePace(new Bandwidth(this.siteCfg.bwlimit), options.allSites ?? new Bandwidth(options.replication.bwlimit));
+    // Several replicator processes of one site keep to its limit together.
+    this.pace.site.shareThrough(this.conn, this.state.siteBwBucket);
     this.opener = new SiteOpener({
       url: this.siteCfg.url, token: this.siteCfg.token, passphraseFile: this.siteCfg.passphraseFile, encryptNew: this.siteCfg.encryption === 'on',
       log: (msg, o) => this.log.warn(o, msg), pace: this.pace,

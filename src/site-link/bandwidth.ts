@@ -4,13 +4,34 @@
  * system runs (`vfsx bwlimit`, kept in Redis). The pacing itself is the
  * `limiter` package's token bucket.
  */
-import IORedis from 'ioredis';
+import IORedis, { type Redis } from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
 import { siteNamed, type VfsxConfig } from '../config/schema';
 import { dropConnection, redisOptions, stateKeys } from '../journal/redis-connection';
 
 const PIECE = 64 * 1024;
+
+/**
+ * A token bucket in Redis, for a limit several processes share (every
+ * replicator process takes from the limit on all sites together). Each take
+ * reserves its bytes at once, going into debt when the bucket is short, and
+ * answers how long to wait before sending: one round trip per piece, taken
+ * in turn by whichever process asks, on Redis's clock.
+ */
+const TAKE = `local rate = tonumber(ARGV[1])
+local size = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(v[1]) or size
+local at = tonumber(v[2]) or now
+tokens = math.min(size, tokens + math.max(0, now - at) * rate / 1000) - want
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], 600000)
+if tokens >= 0 then return 0 end
+return math.ceil(-tokens * 1000 / rate)`;
 
 /**
  * Paces bytes sent to one site. `take(n)` resolves when n bytes may go
@@ -27,6 +48,8 @@ export class Bandwidth {
   private timer: NodeJS.Timeout | null = null;
   /** Bytes paced through here (limited or not), for rates shown to operators. */
   sent = 0;
+  /** The bucket in Redis, when this limit is shared with other processes. */
+  private shared: { conn: Redis; key: string; failing: boolean } | null = null;
 
   constructor(configured: string, private readonly now: () => Date = () => new Date()) {
     this.schedule = Schedule.parse(configured);
@@ -62,6 +85,16 @@ export class Bandwidth {
     this.apply();
   }
 
+  /**
+   * Keeps the bucket in Redis at `key`, shared by every process that does
+   * the same (the limit on all sites together, one replicator process per
+   * site). While Redis does not answer, the bucket of this process paces
+   * alone.
+   */
+  shareThrough(conn: Redis, key: string): void {
+    this.shared = { conn, key, failing: false };
+  }
+
   take(n: number): Promise<void> | undefined {
     this.sent += n;
     if (this.bucket === null || n <= 0) return undefined;
@@ -74,9 +107,30 @@ export class Bandwidth {
       const b = this.bucket;
       if (b === null) return;
       const piece = Math.min(left, PIECE);
-      await b.removeTokens(piece);
+      if (!(await this.takeShared(piece, b.bucketSize))) await b.removeTokens(piece);
       left -= piece;
     }
+  }
+
+  /** Takes a piece from the shared bucket (waiting its turn); false when there is none or Redis does not answer. */
+  private async takeShared(piece: number, size: number): Promise<boolean> {
+    const sh = this.shared;
+    if (sh === null) return false;
+    let wait: number;
+    try {
+      wait = Number(await sh.conn.eval(TAKE, 1, sh.key, this.rate, size, piece));
+      sh.failing = false;
+    } catch {
+      sh.failing = true;
+      return false;
+    }
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    return true;
+  }
+
+  /** Whether the shared bucket could not be reached at the last take (this process then paces alone). */
+  get sharedFailing(): boolean {
+    return this.shared?.failing ?? false;
   }
 
   close(): void {

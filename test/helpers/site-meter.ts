@@ -50,6 +50,29 @@ export class SiteMeter {
     return out.join(' ');
   }
 
+  /** Bytes received by time t (linear between samples). */
+  bytesAt(t: number): number {
+    const s = this.samples;
+    if (t <= s[0].t) return s[0].bytes;
+    for (let i = 1; i < s.length; i++) {
+      if (s[i].t >= t) return s[i - 1].bytes + ((s[i].bytes - s[i - 1].bytes) * (t - s[i - 1].t)) / Math.max(1, s[i].t - s[i - 1].t);
+    }
+    return s[s.length - 1].bytes;
+  }
+
+  /** The highest rate (bytes/s) of several sites together over any window of `ms` (their samples taken at their own times). */
+  static maxCombinedRate(meters: SiteMeter[], ms: number): number {
+    const starts = meters.flatMap((m) => m.samples.map((x) => x.t)).sort((a, b) => a - b);
+    const end = Math.min(...meters.map((m) => m.samples[m.samples.length - 1].t));
+    let best = 0;
+    for (const t of starts) {
+      if (t + ms > end) break;
+      const bytes = meters.reduce((a, m) => a + m.bytesAt(t + ms) - m.bytesAt(t), 0);
+      best = Math.max(best, bytes / (ms / 1000));
+    }
+    return best;
+  }
+
   /** The highest rate (bytes/s) over any window of `ms` between `from` and `to` (ms timestamps). */
   maxRate(ms: number, from = 0, to = Infinity): number {
     const s = this.samples.filter((x) => x.t >= from && x.t <= to);
