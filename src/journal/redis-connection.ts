@@ -131,19 +131,32 @@ export async function closeConnection(c: IORedis): Promise<void> {
   await c.quit().catch(() => dropConnection(c));
 }
 
-/** What `vfsx doctor` needs to know about Redis: reachable, AOF on, noeviction. */
-export async function redisHealth(cfg: VfsxConfig['redis']): Promise<{ reachable: boolean; error?: string; appendonly?: string; policy?: string }> {
-  const c = new IORedis(redisOptions(cfg, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
+/**
+ * One short piece of work with Redis for a command (doctor, bwlimit, a
+ * resync's bookkeeping): a connection that does not retry, gone when `f`
+ * is done; rejects when Redis does not answer within `connectTimeoutMs`.
+ */
+export async function withRedisOnce<T>(cfg: VfsxConfig['redis'], f: (c: IORedis) => Promise<T>, connectTimeoutMs = 3000): Promise<T> {
+  const c = new IORedis(redisOptions(cfg, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: connectTimeoutMs }));
   c.on('error', () => undefined);
   try {
     await c.connect();
-    await c.ping();
-    const aof = (await c.config('GET', 'appendonly')) as string[];
-    const pol = (await c.config('GET', 'maxmemory-policy')) as string[];
-    return { reachable: true, appendonly: aof[1], policy: pol[1] };
-  } catch (err) {
-    return { reachable: false, error: (err as Error).message };
+    return await f(c);
   } finally {
     dropConnection(c);
+  }
+}
+
+/** What `vfsx doctor` needs to know about Redis: reachable, AOF on, noeviction. */
+export async function redisHealth(cfg: VfsxConfig['redis']): Promise<{ reachable: boolean; error?: string; appendonly?: string; policy?: string }> {
+  try {
+    return await withRedisOnce(cfg, async (c) => {
+      await c.ping();
+      const aof = (await c.config('GET', 'appendonly')) as string[];
+      const pol = (await c.config('GET', 'maxmemory-policy')) as string[];
+      return { reachable: true, appendonly: aof[1], policy: pol[1] };
+    });
+  } catch (err) {
+    return { reachable: false, error: (err as Error).message };
   }
 }

@@ -12,9 +12,9 @@
  * other (a commit of the path clears it), and every scrub pass compares it
  * and repairs it once the site can take it, or names it again.
  */
-import IORedis, { type ChainableCommander, type Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import type { VfsxConfig } from '../config/schema';
-import { dropConnection, redisOptions, stateKeys } from '../journal/redis-connection';
+import { stateKeys, withRedisOnce } from '../journal/redis-connection';
 import { nameFromBytes, nameToBytes } from '../protocol/byte-names';
 
 /** The return value of a job whose record was left out. */
@@ -109,29 +109,32 @@ end
 return n`;
 
 /**
+ * Names a path a whole pass (a scrub, a resync) found the site cannot take,
+ * keeping the operation and time of an entry already there. Returns
+ * whether the path was not left out before (announce it then).
+ */
+export async function noteLeftOut(conn: Redis, key: string, path: string, op: string, error: string): Promise<boolean> {
+  const at = Date.now();
+  const before = await leftOutEntry(conn, key, path);
+  await leaveOut(conn.pipeline(), key, { path, op: before?.op ?? op, error, since: before?.since ?? at, at }).exec();
+  return before === null;
+}
+
+/**
  * After `vfsx resync` of a whole share (begun at `startedAt`): the paths it
  * left out are named, the entries it found in sync or gone are dropped, as
  * a scrub pass would. Best effort: a resync runs without Redis too (a
  * disaster), and then the next scrub pass does this. Returns whether it did.
  */
 export async function recordWholePass(redis: VfsxConfig['redis'], site: string, share: string, startedAt: number, leftOut: Array<{ path: string; why: string }>): Promise<boolean> {
-  const c = new IORedis(redisOptions(redis, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 }));
-  c.on('error', () => undefined);
+  const key = stateKeys(redis.prefix, site).leftOut(share);
   try {
-    await c.connect();
-    const key = stateKeys(redis.prefix, site).leftOut(share);
-    const now = Date.now();
-    const p = c.pipeline();
-    for (const { path, why } of leftOut) {
-      const before = await leftOutEntry(c, key, path);
-      leaveOut(p, key, { path, op: before?.op ?? 'resync', error: why, since: before?.since ?? now, at: now });
-    }
-    await p.exec();
-    await pruneLeftOut(c, key, startedAt, new Set(leftOut.map((l) => l.path)), new Set());
+    await withRedisOnce(redis, async (c) => {
+      for (const { path, why } of leftOut) await noteLeftOut(c, key, path, 'resync', why);
+      await pruneLeftOut(c, key, startedAt, new Set(leftOut.map((l) => l.path)), new Set());
+    }, 2000);
     return true;
   } catch {
     return false;
-  } finally {
-    dropConnection(c);
   }
 }

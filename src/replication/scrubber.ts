@@ -20,7 +20,7 @@ import { PathLocks } from './path-locks';
 import { StateKeys, stateKeys } from '../journal/redis-connection';
 import { isPathFault, SiteSync, SyncStats } from './site-sync';
 import { Difference, verifyTree } from './verify';
-import { leaveOut, leftOutEntry, pruneLeftOut } from './left-out';
+import { noteLeftOut, pruneLeftOut } from './left-out';
 
 export interface ScrubberOptions {
   config: ScrubConfig;
@@ -163,10 +163,9 @@ export class Scrubber {
           // One path the site cannot take (too large, a name it cannot hold) must not keep the rest unrepaired: it is left out.
           if (!isPathFault(err)) throw err;
           leftOut.add(d.path);
-          const at = Date.now();
-          const before = await leftOutEntry(conn, state.leftOut(share), d.path);
-          await leaveOut(conn.pipeline(), state.leftOut(share), { path: d.path, op: before?.op ?? 'scrub', error: (err as Error).message, since: before?.since ?? at, at }).exec();
-          if (!before) await this.o.events.publish({ type: 'left-out', at, share, path: d.path, op: 'scrub', error: (err as Error).message });
+          if (await noteLeftOut(conn, state.leftOut(share), d.path, 'scrub', (err as Error).message)) {
+            await this.o.events.publish({ type: 'left-out', at: Date.now(), share, path: d.path, op: 'scrub', error: (err as Error).message });
+          }
           log.error({ path: d.path, what: d.what, err }, 'scrub could not repair a difference: the site cannot take it; left out');
           continue;
         }

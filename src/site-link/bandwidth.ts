@@ -4,11 +4,11 @@
  * system runs (`vfsx bwlimit`, kept in Redis). The pacing itself is the
  * `limiter` package's token bucket.
  */
-import IORedis, { type Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
 import { siteNamed, type VfsxConfig } from '../config/schema';
-import { dropConnection, redisOptions, stateKeys } from '../journal/redis-connection';
+import { stateKeys, withRedisOnce } from '../journal/redis-connection';
 
 const PIECE = 64 * 1024;
 
@@ -175,18 +175,13 @@ export class Bandwidth {
  * Redis, where every replicator looks for it each second.
  */
 export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string | null, site?: string): Promise<string | null> {
-  const conn = new IORedis(redisOptions(redis, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3000 }));
-  conn.on('error', () => undefined);
   const keys = stateKeys(redis.prefix, site);
   const key = site === undefined ? keys.bwlimit : keys.siteBwlimit;
-  try {
-    await conn.connect();
+  return withRedisOnce(redis, async (conn) => {
     if (set === null) await conn.del(key);
     else if (set !== undefined) await conn.set(key, set);
-    return await conn.get(key);
-  } finally {
-    dropConnection(conn);
-  }
+    return conn.get(key);
+  });
 }
 
 /** A pacer for a command that sends to a site (resync): the site's and all sites' limits, configured or set while running. */
