@@ -159,11 +159,8 @@ async function replicate(configFile: string | undefined, only?: string): Promise
   // One replicator per DR site: each its own queue, link, progress and limit; the limit on all sites together is shared.
   const allSites = new Bandwidth(r.bwlimit);
   // Shared with every other replicator process through Redis (one process per site keeps to it together).
-  const { default: IORedis } = await import('ioredis');
-  const { redisOptions, stateKeys, dropConnection } = await import('../journal/redis-connection');
-  const bucketConn = new IORedis(redisOptions(config.redis, { maxRetriesPerRequest: 1, enableOfflineQueue: false }));
-  bucketConn.on('error', () => undefined);
-  allSites.shareThrough(bucketConn, stateKeys(config.redis.prefix).bwBucket);
+  const { stateKeys } = await import('../journal/redis-connection');
+  allSites.shareThroughRedis(config.redis, stateKeys(config.redis.prefix).bwBucket);
   // --site NAME[,NAME]: only those (a replicator per site in its own unit; a site added while the others run).
   const picked = only === undefined ? sitesOf(r) : only.split(',').map((n) => siteNamed(r, n.trim()));
   const replicators = picked.map((site) => new Replicator({
@@ -173,7 +170,6 @@ async function replicate(configFile: string | undefined, only?: string): Promise
   const running = runUntilSignal(logger, async () => {
     await Promise.all(replicators.map((x) => x.close()));
     allSites.close();
-    dropConnection(bucketConn);
   });
   await Promise.all(replicators.map((x) => x.start()));
   logger.info({ sites: picked.map((x) => `${x.name} ${x.url}`), nice: r.nice, io: `${r.ioClass}/${r.ioLevel}` }, 'vfsx replicating');

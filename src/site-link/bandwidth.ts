@@ -4,11 +4,11 @@
  * system runs (`vfsx bwlimit`, kept in Redis). The pacing itself is the
  * `limiter` package's token bucket.
  */
-import type { Redis } from 'ioredis';
+import IORedis, { type Redis } from 'ioredis';
 import { TokenBucket } from 'limiter';
 import { Rate, Schedule } from '../config/bwlimit';
 import { siteNamed, type VfsxConfig } from '../config/schema';
-import { stateKeys, withRedisOnce } from '../journal/redis-connection';
+import { dropConnection, redisOptions, stateKeys, withRedisOnce } from '../journal/redis-connection';
 
 const PIECE = 64 * 1024;
 
@@ -50,6 +50,7 @@ export class Bandwidth {
   sent = 0;
   /** The bucket in Redis, when this limit is shared with other processes. */
   private shared: { conn: Redis; key: string; failing: boolean } | null = null;
+  private ownConn: Redis | null = null;
 
   constructor(configured: string, private readonly now: () => Date = () => new Date()) {
     this.schedule = Schedule.parse(configured);
@@ -95,6 +96,14 @@ export class Bandwidth {
     this.shared = { conn, key, failing: false };
   }
 
+  /** As shareThrough, on a connection of its own (close() ends it) that never queues a take while Redis is away. */
+  shareThroughRedis(redis: VfsxConfig['redis'], key: string): void {
+    const conn = new IORedis(redisOptions(redis, { maxRetriesPerRequest: 1, enableOfflineQueue: false }));
+    conn.on('error', () => undefined);
+    this.ownConn = conn;
+    this.shareThrough(conn, key);
+  }
+
   take(n: number): Promise<void> | undefined {
     this.sent += n;
     if (this.bucket === null || n <= 0) return undefined;
@@ -134,6 +143,12 @@ export class Bandwidth {
   }
 
   close(): void {
+    this.disarm();
+    if (this.ownConn) dropConnection(this.ownConn);
+    this.ownConn = null;
+  }
+
+  private disarm(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
   }
@@ -159,7 +174,7 @@ export class Bandwidth {
         }
       }
     }
-    this.close();
+    this.disarm();
     const next = s.nextChangeIn(now);
     if (next !== null) {
       // At most a minute at a time: the wall clock may jump (NTP, DST).
