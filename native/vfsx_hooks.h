@@ -10,6 +10,13 @@
 #define F_TRUNCATED 0x2u
 #define F_APPEND 0x4u	/* a write at an unknown offset (append) */
 
+/* Metadata set through a handle whose content report will follow (meta_rides). */
+#define M_ATTRS 0x1u
+#define M_ATIME 0x2u
+#define M_MTIME 0x4u
+#define M_CTIME 0x8u
+#define M_BTIME 0x10u
+
 struct vfsx_share {
 	const char *share;
 	const char *origpath;
@@ -19,11 +26,16 @@ struct vfsx_share {
 	int deny_errno;
 	bool async;	/* vfsx:async: ops no policy rule can deny do not wait */
 	bool strict;	/* vfsx:strict: a verdict waits until the report is durable */
+	bool meta_rides;	/* vfsx:fold metadata: see meta_rides() */
 };
 
 struct vfsx_fsp {
 	unsigned flags;
 	struct vfsx_ranges ranges;
+	/* M_* set through this handle, reported with its content (meta_rides) */
+	unsigned meta;
+	uint32_t attrs;
+	struct timespec atime, mtime, ctime, btime;
 };
 
 /* One report in flight; smbd runs every VFS call on its main thread. */
@@ -35,6 +47,8 @@ struct vfsx_call {
 	bool asked;
 	const char *path;	/* the names the policy looks at */
 	const char *to;
+	/* A name smbd may set DOS attributes on right after (vfsx_link_amend) */
+	const char *amend;
 };
 
 extern struct vfsx_msg g_msg;	/* one report at a time: smbd's main thread */
@@ -59,6 +73,26 @@ bool tmp_mkdir_end(const char *path, int ret);
 struct vfsx_fsp *fsp_ext(vfs_handle_struct *handle, files_struct *fsp,
 			 bool create);
 void flags_arg(struct vfsx_msg *m, unsigned flags);
+/*
+ * The state of fsp when metadata set through it (op "setdosattr" or
+ * "utimes") rides on the handle's content report instead of a report of
+ * its own; else NULL (report it as usual).
+ */
+struct vfsx_fsp *meta_rides(vfs_handle_struct *handle, files_struct *fsp,
+			    const char *op);
+/* Adds what rode on x to its content report m. */
+void meta_args(struct vfsx_msg *m, const struct vfsx_fsp *x);
+/*
+ * Reports what rode on x as setdosattr and utimes reports of their own
+ * (the service no longer takes it on a content report), and clears it.
+ */
+void meta_alone(vfs_handle_struct *handle, files_struct *fsp,
+		struct vfsx_fsp *x);
+/*
+ * Whether DOS attributes set through fsp may join the report of the mkdir
+ * or rename that made its name (vfsx_link_amend).
+ */
+bool attrs_may_amend(vfs_handle_struct *handle, files_struct *fsp);
 
 /* vfsx_hooks_ns.c: names and metadata */
 int vfsx_mkdirat(vfs_handle_struct *handle, struct files_struct *dirfsp,

@@ -46,6 +46,9 @@ static struct vfsx_msg *begin_content(vfs_handle_struct *handle,
 		return NULL;
 	}
 	g_depth = 0;	/* content changes are reported even when nested */
+	if (x->meta != 0 && !vfsx_link_meta_rides()) {
+		meta_alone(handle, fsp, x);
+	}
 	m = report_begin(handle, c, op, fsp->fsp_name);
 	g_depth = depth;
 	if (m != NULL) {
@@ -61,6 +64,7 @@ static struct vfsx_msg *begin_content(vfs_handle_struct *handle,
 			vfsx_msg_arg_hex(m, "ino",
 					 (uint64_t)fsp->fsp_name->st.st_ex_ino);
 		}
+		meta_args(m, x);
 		*x = (struct vfsx_fsp){ 0 };
 	}
 	return m;

@@ -63,6 +63,7 @@ int vfsx_mkdirat(vfs_handle_struct *handle, struct files_struct *dirfsp,
 	}
 	if (m != NULL) {
 		vfsx_msg_arg_oct(m, "mode", mode);
+		c.amend = final == NULL ? full->base_name : NULL;
 	}
 	err = lost_name(&c, full);
 	if (err != 0) {
@@ -138,6 +139,10 @@ int vfsx_renameat(vfs_handle_struct *handle, struct files_struct *srcfsp,
 		} else {
 			arg_name(m, "to", "to_stream", to);
 			c.to = to->base_name;
+			if (full->stream_name == NULL &&
+			    to->stream_name == NULL) {
+				c.amend = to->base_name;
+			}
 		}
 #if SMB_VFS_INTERFACE_VERSION >= 50
 		if (how != NULL && (how->flags & VFS_RENAME_HOW_NO_REPLACE)) {
@@ -380,11 +385,22 @@ static void time_arg(struct vfsx_msg *m, const char *key,
 	}
 }
 
+/* A time set through a handle whose report it rides on (meta_rides). */
+static void note_time(struct vfsx_fsp *x, unsigned bit, struct timespec *to,
+		      const struct timespec *ts)
+{
+	if (!is_omit_timespec(ts)) {
+		*to = *ts;
+		x->meta |= bit;
+	}
+}
+
 int vfsx_fntimes(vfs_handle_struct *handle, files_struct *fsp,
 		 struct smb_file_time *ft)
 {
 	struct vfsx_call c;
 	struct vfsx_msg *m = NULL;
+	struct vfsx_fsp *x = NULL;
 	int ret, err;
 
 	if (is_omit_timespec(&ft->atime) && is_omit_timespec(&ft->mtime) &&
@@ -392,6 +408,22 @@ int vfsx_fntimes(vfs_handle_struct *handle, files_struct *fsp,
 	    is_omit_timespec(&ft->create_time)) {
 		/* smbd sets "no change" to all four on some info levels */
 		return SMB_VFS_NEXT_FNTIMES(handle, fsp, ft);
+	}
+	x = meta_rides(handle, fsp, "utimes");
+	if (x != NULL) {
+		/* What was asked: the layers below fill in the times omitted */
+		struct smb_file_time asked = *ft;
+
+		g_depth++;
+		ret = SMB_VFS_NEXT_FNTIMES(handle, fsp, ft);
+		g_depth--;
+		if (ret == 0) {
+			note_time(x, M_ATIME, &x->atime, &asked.atime);
+			note_time(x, M_MTIME, &x->mtime, &asked.mtime);
+			note_time(x, M_CTIME, &x->ctime, &asked.ctime);
+			note_time(x, M_BTIME, &x->btime, &asked.create_time);
+		}
+		return ret;
 	}
 	m = report_begin(handle, &c, "utimes", fsp->fsp_name);
 	if (m != NULL) {
@@ -496,9 +528,35 @@ NTSTATUS vfsx_fset_dos_attributes(vfs_handle_struct *handle,
 {
 	struct vfsx_call c;
 	struct vfsx_msg *m = NULL;
+	struct vfsx_fsp *x = meta_rides(handle, fsp, "setdosattr");
 	NTSTATUS status;
 	int err;
 
+	if (x != NULL) {
+		g_depth++;
+		status = SMB_VFS_NEXT_FSET_DOS_ATTRIBUTES(handle, fsp, dosmode);
+		g_depth--;
+		if (NT_STATUS_IS_OK(status)) {
+			x->attrs = dosmode;
+			x->meta |= M_ATTRS;
+		}
+		return status;
+	}
+	if (attrs_may_amend(handle, fsp)) {
+		/* the attributes of a directory just made, a file just renamed */
+		g_depth++;
+		status = SMB_VFS_NEXT_FSET_DOS_ATTRIBUTES(handle, fsp, dosmode);
+		g_depth--;
+		if (NT_STATUS_IS_OK(status) &&
+		    !vfsx_link_amend(fsp->fsp_name->base_name, "attrs",
+				     dosmode)) {
+			struct vfsx_fsp alone = { .meta = M_ATTRS,
+						  .attrs = dosmode };
+
+			meta_alone(handle, fsp, &alone);
+		}
+		return status;
+	}
 	m = report_begin(handle, &c, "setdosattr", fsp->fsp_name);
 	if (m != NULL) {
 		vfsx_msg_arg_hex(m, "attrs", dosmode);

@@ -50,6 +50,7 @@ struct vfsx_link {
 	struct tevent_timer *spool_timer;
 	uint32_t verdict_mask;	/* ops that must wait for a verdict */
 	bool folds;		/* the service takes folded reports (hello 3) */
+	bool meta;		/* ... and metadata on content reports (hello 4) */
 	uint64_t sent;		/* frames sent on this connection (hello = 1) */
 	size_t rlen;
 	uint8_t rbuf[4096];
@@ -100,6 +101,15 @@ static int gather_ms;
  */
 static struct vfsx_msg held;
 static uint64_t held_seq;	/* 0: nothing held */
+/*
+ * Amending: a folded report of a mkdir or rename stays held (done) until
+ * anything else is sent, because smbd sets the DOS attributes of the
+ * directory it made, or of the file it renamed, right after: those join
+ * the report as attrs= (vfsx_link_amend; the service said hello:4) instead
+ * of a setdosattr report of its own. held_key: the name they must be set on.
+ */
+static bool held_done;
+static char held_key[1024];
 
 static struct vfsx_link L = {
 	.fd = -1, .spool_fd = -1, .verdict_mask = (1u << VFSX_N_OPS) - 1
@@ -160,6 +170,7 @@ static void build_hello(void)
 	vfsx_msg_arg_u64(&hello_msg, "start", L.start);
 	vfsx_msg_arg_str(&hello_msg, "module", VFSX_MODULE_VERSION);
 	vfsx_msg_arg_u64(&hello_msg, "fold", 1);
+	vfsx_msg_arg_u64(&hello_msg, "meta", 1);
 	vfsx_msg_end(&hello_msg);
 }
 
@@ -406,6 +417,7 @@ static int take_reply(char *kind, uint64_t *seq, int *err, uint32_t *mask)
 	if (rc == 0 && *kind == 'H') {
 		*mask = vfsx_ops_mask(ops, ops_len);
 		L.folds = *seq >= VFSX_PROTO_FOLDS;
+		L.meta = *seq >= VFSX_PROTO_META;
 		have_rules = vfsx_rules_parse(ops, ops_len, &rules) == 0;
 	}
 	memmove(L.rbuf, L.rbuf + 4 + n, L.rlen - 4 - n);
@@ -895,6 +907,11 @@ bool vfsx_link_alive(void)
 	return L.state == LINK_UP;
 }
 
+bool vfsx_link_meta_rides(void)
+{
+	return L.state == LINK_UP && L.meta;
+}
+
 bool vfsx_link_needs_verdict(int op_index)
 {
 	return op_index < 0 || (L.verdict_mask & (1u << op_index)) != 0;
@@ -945,9 +962,17 @@ void vfsx_link_post(struct vfsx_msg *m)
 	}
 }
 
-/* Sends the held report as it is (its outcome follows in a "done" frame). */
+/*
+ * Sends the held report as it is: folded (done), or not yet (its outcome
+ * follows in a "done" frame).
+ */
 static void release_held(void)
 {
+	if (held_done) {
+		held_done = false;
+		vfsx_link_post(&held);
+		return;
+	}
 	if (held_seq == 0) {
 		return;
 	}
@@ -955,9 +980,13 @@ static void release_held(void)
 	vfsx_link_post(&held);
 }
 
-void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq)
+void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq, const char *key)
 {
 	release_held();
+	held_key[0] = '\0';
+	if (key != NULL && strlen(key) < sizeof(held_key)) {
+		memcpy(held_key, key, strlen(key) + 1);
+	}
 	if (L.ev != NULL && flush_im == NULL) {
 		flush_im = tevent_create_immediate(NULL);
 	}
@@ -993,6 +1022,39 @@ bool vfsx_link_fold(uint64_t seq, int err)
 		return false;
 	}
 	held_seq = 0;
+	if (held_key[0] != '\0' && L.state == LINK_UP && L.meta) {
+		held_done = true;	/* attrs= may join it (vfsx_link_amend) */
+		flush_schedule();
+		return true;
+	}
 	vfsx_link_post(&held);
+	return true;
+}
+
+bool vfsx_link_amendable(const char *key)
+{
+	return held_done && L.state == LINK_UP && L.meta && key != NULL &&
+	       strcmp(key, held_key) == 0;
+}
+
+bool vfsx_link_amend(const char *key, const char *arg, uint64_t val)
+{
+	size_t len = held.len;
+	unsigned nargs = held.nargs;
+
+	if (!vfsx_link_amendable(key)) {
+		return false;
+	}
+	vfsx_msg_arg_hex(&held, arg, val);
+	if (vfsx_msg_end(&held) != 0) {
+		/* no room: the report goes as it is */
+		held.len = len;
+		held.nargs = nargs;
+		held.overflow = false;
+		vfsx_msg_end(&held);
+		release_held();
+		return false;
+	}
+	release_held();
 	return true;
 }

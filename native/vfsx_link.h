@@ -40,8 +40,16 @@ void vfsx_link_post(struct vfsx_msg *m);
  * goes out as one folded frame (report + err=). Returns true when folded;
  * false: the report was already sent, send a "done" frame as before.
  */
-void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq);
+void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq, const char *key);
 bool vfsx_link_fold(uint64_t seq, int err);
+/*
+ * A folded report held with a key (the name a mkdir made, a rename's
+ * target) stays held until anything else is sent; while it does, the DOS
+ * attributes smbd then sets on that name may join it as arg (hex). Returns
+ * true when they did (the report is sent then); false: report them alone.
+ */
+bool vfsx_link_amendable(const char *key);
+bool vfsx_link_amend(const char *key, const char *arg, uint64_t val);
 bool vfsx_link_up(void);
 /* As vfsx_link_up, after reading what the service sent (an EOF: down). */
 bool vfsx_link_alive(void);
@@ -52,6 +60,8 @@ const struct vfsx_rules *vfsx_link_rules(void);
  * without a verdict is acknowledged, and spools whatever is not.
  */
 void vfsx_link_drain(void);
+/* Whether the link is up and its service takes metadata on content reports (hello:4). */
+bool vfsx_link_meta_rides(void);
 /* Whether the service's policy may deny op (index in vfsx_op_names). */
 bool vfsx_link_needs_verdict(int op_index);
 /* Appends a finished frame to this process's spool file. */

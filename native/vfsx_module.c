@@ -116,6 +116,7 @@ static int vfsx_connect(vfs_handle_struct *handle, const char *service,
 	sh->deny_errno = EACCES;
 	sh->async = lp_parm_bool(snum, "vfsx", "async", true);
 	sh->strict = lp_parm_bool(snum, "vfsx", "strict", false);
+	sh->meta_rides = lp_parm_bool(snum, "vfsx", "fold metadata", true);
 	if (sh->share == NULL || sh->origpath == NULL || sh->user == NULL) {
 		TALLOC_FREE(sh);
 		SMB_VFS_NEXT_DISCONNECT(handle);

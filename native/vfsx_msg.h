@@ -13,6 +13,8 @@
 #define VFSX_PROTO_VERSION 2
 /* A hello answer of this version or later: the service takes folded reports (docs/protocol.md). */
 #define VFSX_PROTO_FOLDS 3
+/* ... and metadata set through a handle on its close/fsync report (attrs=, mtime=, ...). */
+#define VFSX_PROTO_META 4
 #define VFSX_FRAME_MAX 65536	/* payload bytes; the server enforces it too */
 #define VFSX_MAX_RANGES 32
 

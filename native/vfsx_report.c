@@ -197,7 +197,8 @@ int report_ask(struct vfsx_call *c)
 				c->seq);
 			return c->sh->deny ? c->sh->deny_errno : 0;
 		}
-		vfsx_link_hold(&g_msg, c->seq);
+		vfsx_link_hold(&g_msg, c->seq,
+			       c->sh->meta_rides ? c->amend : NULL);
 		c->asked = true;
 		return 0;
 	}
@@ -292,3 +293,104 @@ void flags_arg(struct vfsx_msg *m, unsigned flags)
 	s[n] = '\0';
 	vfsx_msg_arg_str(m, "flags", s);
 }
+
+/*
+ * smbd sets the DOS attributes of a file it creates, and the write time of
+ * a file written through a handle when it closes it. Reported alone, that
+ * is four frames and four records per file put (create, setdosattr,
+ * utimes, close), each woken for and handled by the service and the
+ * replicator, though the close makes the replicator read the file's
+ * metadata anyway. So metadata set through a handle whose content report
+ * (close, fsync) will follow rides on that report as its arguments: two
+ * frames per put. Only when nothing waits for it (an async, non-strict
+ * share, an operation the policy cannot deny), the link is up and the
+ * service said it takes it (hello:4). A call that fails changed nothing and
+ * is not reported then. What rides is lost with the content state if smbd
+ * dies before the close, as the dirty ranges are (the scrub repairs both).
+ */
+static bool may_ride(vfs_handle_struct *handle, files_struct *fsp,
+		     const char *op)
+{
+	struct vfsx_share *sh = NULL;
+
+	if (g_depth > 0 || fsp->fsp_name->stream_name != NULL) {
+		return false;
+	}
+	SMB_VFS_HANDLE_GET_DATA(handle, sh, struct vfsx_share, return false);
+	return sh->meta_rides && sh->async && !sh->strict &&
+	       vfsx_link_meta_rides() &&
+	       !vfsx_link_needs_verdict(vfsx_op_index(op));
+}
+
+/*
+ * The same for the DOS attributes smbd sets on a directory it made or a
+ * file it renamed: they join that report, still held (vfsx_link_amend).
+ */
+bool attrs_may_amend(vfs_handle_struct *handle, files_struct *fsp)
+{
+	return may_ride(handle, fsp, "setdosattr") &&
+	       vfsx_link_amendable(fsp->fsp_name->base_name);
+}
+
+struct vfsx_fsp *meta_rides(vfs_handle_struct *handle, files_struct *fsp,
+			    const char *op)
+{
+	struct vfsx_fsp *x = NULL;
+
+	if (!may_ride(handle, fsp, op)) {
+		return NULL;
+	}
+	x = fsp_ext(handle, fsp, false);
+	if (x == NULL || (x->flags == 0 && x->ranges.n == 0)) {
+		return NULL;
+	}
+	return x;
+}
+
+static void times_args(struct vfsx_msg *m, const struct vfsx_fsp *x)
+{
+	if (x->meta & M_ATIME) {
+		vfsx_msg_arg_time(m, "atime", x->atime.tv_sec, x->atime.tv_nsec);
+	}
+	if (x->meta & M_MTIME) {
+		vfsx_msg_arg_time(m, "mtime", x->mtime.tv_sec, x->mtime.tv_nsec);
+	}
+	if (x->meta & M_CTIME) {
+		vfsx_msg_arg_time(m, "ctime", x->ctime.tv_sec, x->ctime.tv_nsec);
+	}
+	if (x->meta & M_BTIME) {
+		vfsx_msg_arg_time(m, "btime", x->btime.tv_sec, x->btime.tv_nsec);
+	}
+}
+
+void meta_args(struct vfsx_msg *m, const struct vfsx_fsp *x)
+{
+	if (x->meta & M_ATTRS) {
+		vfsx_msg_arg_hex(m, "attrs", x->attrs);
+	}
+	times_args(m, x);
+}
+
+void meta_alone(vfs_handle_struct *handle, files_struct *fsp,
+		struct vfsx_fsp *x)
+{
+	struct vfsx_call c;
+	struct vfsx_msg *m = NULL;
+
+	if (x->meta & M_ATTRS) {
+		m = report_begin(handle, &c, "setdosattr", fsp->fsp_name);
+		if (m != NULL) {
+			vfsx_msg_arg_hex(m, "attrs", x->attrs);
+			report_after(&c, 0, 0);
+		}
+	}
+	if (x->meta & ~M_ATTRS) {
+		m = report_begin(handle, &c, "utimes", fsp->fsp_name);
+		if (m != NULL) {
+			times_args(m, x);
+			report_after(&c, 0, 0);
+		}
+	}
+	x->meta = 0;
+}
+

@@ -32,7 +32,10 @@ before(async () => {
     policy: [{ name: 'ransomware', action: 'deny', extensions: ['.locked'], ops: ['create', 'rename'] }],
   });
   await svc.start();
-  smbd = await SmbdHarness.start([{ name: SHARE, vfsx: { socket: svc.socket, spool: svc.spool } }]);
+  smbd = await SmbdHarness.start([
+    { name: SHARE, vfsx: { socket: svc.socket, spool: svc.spool } },
+    { name: 'vsplit', vfsx: { socket: svc.socket, spool: svc.spool }, extra: ['vfsx:fold metadata = no'] },
+  ]);
   share = smbd.sharePath(SHARE);
   local = await mkdtemp(join(tmpdir(), 'vfsx-local-'));
 });
@@ -58,17 +61,27 @@ async function recordsFor(path: string, until: (r: ChangeRecord[]) => boolean): 
 
 const ops = (recs: ChangeRecord[]) => recs.map((r) => r.op);
 
-test('mkdir through SMB records mkdir (and the directory DOS attribute) for the user and share', async () => {
-  await smb('mkdir dir1');
-  const recs = await recordsFor('dir1', (r) => r.some((x) => x.op === 'setdosattr'));
-  assert.deepEqual(ops(recs), ['mkdir', 'setdosattr']);
+test('mkdir through SMB records mkdir, with the directory DOS attribute smbd set on it, for the user and share', async () => {
+  // A new smbd process's first report asks for its verdict (the policy is not known before the hello's answer):
+  // from the second on, the link is up and what smbd sets on a new directory may join its mkdir.
+  await smb('mkdir dir0; mkdir dir1');
+  const recs = await recordsFor('dir1', (r) => r.some((x) => x.op === 'mkdir'));
+  assert.deepEqual(ops(recs), ['mkdir']);
   const [mk] = recs;
   assert.equal(mk.user, SMB_USER);
   assert.equal(mk.share, SHARE);
   assert.equal(mk.origpath, share);
   assert.equal(mk.outcome, 'confirmed');
   assert.match(String(mk.args.mode), /^[0-7]+$/);
-  assert.equal(recs[1].args.attrs, '10'); // FILE_ATTRIBUTE_DIRECTORY
+  assert.equal(mk.args.attrs, '10'); // FILE_ATTRIBUTE_DIRECTORY, joined to the mkdir's report
+  // vfsx:fold metadata = no: the attribute is a report of its own.
+  const r = await smbclient(smbd.port, 'vsplit', 'mkdir splitdir0; mkdir splitdir');
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  const split = await waitForRecords(svc, 'splitdir', (all) => all.some((x) => x.share === 'vsplit' && x.op === 'setdosattr' && x.names.path === 'splitdir'));
+  const mine = split.filter((x) => x.share === 'vsplit' && x.names.path === 'splitdir');
+  assert.deepEqual(ops(mine), ['mkdir', 'setdosattr']);
+  assert.equal(mine[0].args.attrs, undefined);
+  assert.equal(mine[1].args.attrs, '10');
 });
 
 test('a several-MB put records create, then a close whose dirty ranges cover exactly the file', async () => {
@@ -84,6 +97,30 @@ test('a several-MB put records create, then a close whose dirty ranges cover exa
   // The file the ranges were written to, by inode: the replicator trusts the ranges only for it.
   assert.equal(close.args.ino, statSync(join(share, 'big.bin')).ino.toString(16));
   assert.deepEqual(await readFile(join(share, 'big.bin')), data);
+});
+
+test('a put is two records: the DOS attributes and the write time smbd sets ride on the close', async () => {
+  await writeFile(join(local, 'rides.bin'), randomBytes(4096));
+  await smb(`put ${join(local, 'rides.bin')} rides.bin`);
+  const recs = await recordsFor('rides.bin', (r) => r.some((x) => x.op === 'close'));
+  assert.deepEqual(ops(recs), ['create', 'close']);
+  const close = recs[1];
+  assert.equal(close.outcome, 'confirmed');
+  assert.equal(close.args.attrs, '20'); // FILE_ATTRIBUTE_ARCHIVE, set by smbd on the new file
+  // The write time smbd set at close, as asked (not the times the layers below filled in).
+  const st = statSync(join(share, 'rides.bin'), { bigint: true });
+  assert.equal(close.args.mtime, `${st.mtimeNs / 1_000_000_000n}.${String(st.mtimeNs % 1_000_000_000n).padStart(9, '0')}`);
+  assert.equal(close.args.atime, undefined);
+  // Metadata set through a handle with no content to report still goes alone.
+  await smb('setmode rides.bin +r');
+  const after = await waitForRecords(svc, 'setmode of rides.bin', (all) =>
+    all.some((r) => r.op === 'setdosattr' && r.names.path === 'rides.bin' && r.args.attrs === '21'));
+  assert.equal(after.filter((r) => r.names.path === 'rides.bin' && r.op === 'utimes').length, 0);
+  // vfsx:fold metadata = no: each goes alone, as modules before it did.
+  const r = await smbclient(smbd.port, 'vsplit', `put ${join(local, 'rides.bin')} split.bin`);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  const split = await waitForRecords(svc, 'split.bin', (all) => all.some((x) => x.share === 'vsplit' && x.op === 'close'));
+  assert.deepEqual(ops(split.filter((x) => x.share === 'vsplit' && x.names.path === 'split.bin')), ['create', 'setdosattr', 'utimes', 'close']);
 });
 
 /** Minor page faults of smbd's reaped children (the sessions), from the parent's /proc stat. */
@@ -178,11 +215,15 @@ test('overwrite, write at end (append), write in the middle and truncate each re
 
 test('rename of a file and of a directory record source and target', async () => {
   await smb('mkdir rdir; put /etc/hostname rdir/a.txt');
-  await smb('rename rdir/a.txt rdir/b.txt; rename rdir rdir2');
+  await smb('mkdir rwarm; rename rdir/a.txt rdir/b.txt; rename rdir rdir2'); // the mkdir: see the first test
   const recs = await waitForRecords(svc, 'renames', (all) => all.filter((r) => r.op === 'rename').length >= 2);
   const renames = recs.filter((r) => r.op === 'rename').map((r) => [r.names.path, r.names.to]);
   assert.deepEqual(renames, [['rdir/a.txt', 'rdir/b.txt'], ['rdir', 'rdir2']]);
   assert.ok(existsSync(join(share, 'rdir2/b.txt')));
+  // smbd sets the archive attribute on the renamed file: it joins the rename's report, no report of its own.
+  const fileRename = recs.find((r) => r.op === 'rename' && r.names.path === 'rdir/a.txt')!;
+  assert.equal(fileRename.args.attrs, '20');
+  assert.equal(recs.some((r) => r.op === 'setdosattr' && r.names.path === 'rdir/b.txt'), false);
 });
 
 test('delete and rmdir record unlink and rmdir', async () => {

@@ -127,6 +127,27 @@ test('folded reports carry their own outcome: confirmed or failed at once, never
   c.close();
 });
 
+test('metadata set through a handle rides on its close (hello 4): recorded as the close\'s arguments, checked like any', async () => {
+  const c = await RawClient.connect(svc.socket);
+  const start = await startTime(process.pid);
+  // A module that offers folding and metadata on content reports is told both are taken.
+  assert.equal(await c.hello(process.pid, start, [['fold', 1], ['meta', 1]]), 'hello:4:');
+  c.send(formatMessage('hal', 'create', '/srv/share', [['seq', 1], ['share', 'sh'], ['path', 'rides.txt'], ['flags', 'cx'], ['mode', '744'], ['async', 1], ['err', 0]]));
+  c.send(formatMessage('hal', 'close', '/srv/share', [['seq', 2], ['share', 'sh'], ['path', 'rides.txt'], ['flags', 'c'], ['ranges', '0+4096'],
+    ['err', 0], ['ino', '1f'], ['attrs', '20'], ['mtime', '1700000000.123456789'], ['btime', '1690000000.000000001'], ['async', 1]]));
+  // Malformed metadata refuses the frame like any bad argument.
+  c.send(formatMessage('hal', 'close', '/srv/share', [['seq', 3], ['share', 'sh'], ['path', 'rides-bad.txt'], ['flags', 'c'], ['ranges', ''],
+    ['err', 0], ['attrs', 'zz'], ['async', 1]]));
+  c.send(formatMessage('hal', 'mkdir', '/srv/share', [['seq', 4], ['share', 'sh'], ['path', 'rides-last'], ['mode', '755'], ['async', 1], ['err', 0]]));
+  const recs = await waitForRecords(svc, 'rides-last', (r) => r.some((x) => x.names.path === 'rides-last'));
+  const close = recs.find((x) => x.names.path === 'rides.txt' && x.op === 'close');
+  assert.deepEqual(close?.args, { flags: 'c', ino: '1f', attrs: '20', mtime: '1700000000.123456789', btime: '1690000000.000000001' });
+  assert.deepEqual(close?.ranges, [[0, 4096]]);
+  assert.equal(recs.some((x) => x.names.path === 'rides-bad.txt'), false);
+  assert.ok(svc.logs.some((l) => l.msg === 'rejected malformed report' && JSON.stringify(l.err).includes('bad attrs')), 'the bad frame was logged');
+  c.close();
+});
+
 test('while Redis is down the service answers unavailable at once, and records again after Redis returns', async () => {
   const c = await RawClient.connect(svc.socket);
   await c.hello(process.pid, await startTime(process.pid));

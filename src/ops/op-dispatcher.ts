@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { VfsxError } from '../errors/vfsx-error';
 import { BridgeMessage } from '../protocol/message';
 import { withByteNames } from '../protocol/byte-names';
-import { encodeHelloReply, encodeVerdict, PROTOCOL_FOLDS, PROTOCOL_VERSION, Verdict } from '../protocol/reply';
+import { encodeHelloReply, encodeVerdict, PROTOCOL_FOLDS, PROTOCOL_META, PROTOCOL_VERSION, Verdict } from '../protocol/reply';
 import { ChangeRecord, ChangeSink } from './change-record';
 import { isFolded, OP_TABLE, parseArgs } from './op-table';
 import { Policy } from './policy';
@@ -163,8 +163,9 @@ export class OpDispatcher {
     const pid = uintArg(msg, 'pid');
     session.pid = pid;
     session.instance = `${pid}-${uintArg(msg, 'start')}`;
-    const folds = msg.args.get('fold')?.toString('latin1') === '1';
-    return encodeHelloReply(folds ? PROTOCOL_FOLDS : PROTOCOL_VERSION, this.verdictOps, this.localRules);
+    const offers = (key: string) => msg.args.get(key)?.toString('latin1') === '1';
+    const version = !offers('fold') ? PROTOCOL_VERSION : offers('meta') ? PROTOCOL_META : PROTOCOL_FOLDS;
+    return encodeHelloReply(version, this.verdictOps, this.localRules);
   }
 
   private write(rec: ChangeRecord, urgent = false): Promise<void> {

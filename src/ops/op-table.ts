@@ -36,14 +36,16 @@ const times = { atime: 'time', mtime: 'time', ctime: 'time', btime: 'time' } as 
 export const OP_TABLE: ReadonlyMap<string, OpHandler> = new Map(
   [
     handler('create', 'pre', { flags: 'flags', mode: 'octal' }),
-    // ino (hex): the file the ranges were written to (modules before it omit it).
-    handler('close', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }, { ino: 'hex' }),
-    handler('fsync', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }, { ino: 'hex' }),
+    // ino (hex): the file the ranges were written to (modules before it omit it). attrs and times: DOS
+    // attributes and times set through the handle, riding on its report (protocol 4, docs/protocol.md).
+    handler('close', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }, { ino: 'hex', attrs: 'hex', ...times }),
+    handler('fsync', 'post', { flags: 'flags', ranges: 'ranges', err: 'uint' }, { ino: 'hex', attrs: 'hex', ...times }),
     handler('truncate', 'pre', { size: 'int' }),
-    handler('mkdir', 'pre', { mode: 'octal' }),
+    // attrs: the DOS attributes smbd set on the directory it made, or on the renamed file (protocol 4).
+    handler('mkdir', 'pre', { mode: 'octal' }, { attrs: 'hex' }),
     handler('rmdir', 'pre', {}),
     handler('unlink', 'pre', {}),
-    handler('rename', 'pre', { to: 'name' }, { to_stream: 'name', noreplace: 'uint' }),
+    handler('rename', 'pre', { to: 'name' }, { to_stream: 'name', noreplace: 'uint', attrs: 'hex' }),
     handler('symlink', 'pre', { target: 'name' }),
     handler('link', 'pre', { from: 'name' }, { from_stream: 'name' }),
     handler('mknod', 'pre', { mode: 'octal', dev: 'uint' }),

@@ -10,6 +10,13 @@ export const PROTOCOL_VERSION = 2;
  * later "done" frame. Modules that do not offer it get PROTOCOL_VERSION.
  */
 export const PROTOCOL_FOLDS = 3;
+/**
+ * The hello answer's version to a module that offers folded reports and
+ * metadata on content reports (`fold=1,meta=1`): DOS attributes and times
+ * set through a handle may ride on its close or fsync report (`attrs=`,
+ * `mtime=`, ...) instead of setdosattr and utimes reports of their own.
+ */
+export const PROTOCOL_META = 4;
 
 export type Verdict =
   | { kind: 'transparent' }
