@@ -72,6 +72,8 @@ interface Row {
   paired: Record<string, [number, number, number]>;
   /** CPU seconds per 1000 operations on the vfsx share: vfsx serve, vfsx replicate, Redis (null: not measured). */
   cpu: { serve: number; replicate: number; redis: number } | null;
+  /** The same over the third column's rounds, when it is a VFSX_BENCH_ALT share (an A/B of module settings). */
+  altCpu: { serve: number; replicate: number; redis: number } | null;
   /** Wake-ups (context switches of every thread) per operation on the vfsx share: vfsx serve, vfsx replicate, Redis. */
   wakes: { serve: number; replicate: number; redis: number } | null;
   /** change -> committed at the site during the vfsx rounds (ms). */
@@ -185,6 +187,7 @@ async function benchAll(): Promise<void> {
       const pids = () => [svc.pid, svc.replicatorPid, redis.pid];
       const sample = () => [...pids().map(cpuSeconds), ...pids().map(wakeUps)];
       const used = [0, 0, 0, 0, 0, 0];
+      const usedAlt = [0, 0, 0];
       commits.length = 0;
       for (let i = 0; i < rounds; i++) {
         // Every share takes every position in turn (the 6 orders of 3): on this VM the first run after a
@@ -204,6 +207,7 @@ async function benchAll(): Promise<void> {
           await drained();
           recording = false;
           if (share === 'vfsx') sample().forEach((v, k) => { used[k] += v - c0[k]; });
+          if (share === 'strict' && ALT !== null) sample().slice(0, 3).forEach((v, k) => { usedAlt[k] += v - c0[k]; });
         }
       }
       const spread = Object.fromEntries(SHARES.map((x) => [x, [Math.min(...r[x]), Math.max(...r[x])] as [number, number]]));
@@ -212,10 +216,12 @@ async function benchAll(): Promise<void> {
         return [x, [median(q), Math.min(...q), Math.max(...q)] as [number, number, number]];
       }));
       const n = rounds * ops;
-      const cpu = ops > 0 ? { serve: (used[0] / n) * 1000, replicate: (used[1] / n) * 1000, redis: (used[2] / n) * 1000 } : null;
+      const perK = (u: number[]) => ({ serve: (u[0] / n) * 1000, replicate: (u[1] / n) * 1000, redis: (u[2] / n) * 1000 });
+      const cpu = ops > 0 ? perK(used) : null;
+      const altCpu = ops > 0 && ALT !== null ? perK(usedAlt) : null;
       const wakes = ops > 0 ? { serve: used[3] / n, replicate: used[4] / n, redis: used[5] / n } : null;
       const commit = commits.length > 0 ? { p50: pct(commits, 0.5), p99: pct(commits, 0.99), n: commits.length } : null;
-      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher, spread, paired, cpu, wakes, commit });
+      rows.push({ name, unit, plain: median(r.plain), vfsx: median(r.vfsx), strict: median(r.strict), higherIsBetter: higher, spread, paired, cpu, altCpu, wakes, commit });
       process.stderr.write(`bench: ${name}: ${SHARES.map((x) => `${x} ${median(r[x]).toFixed(3)}`).join(' ')} ${unit}\n`);
     };
 
@@ -394,7 +400,8 @@ function printReport(rows: Row[], j: { p50: number; p99: number; p999: number; m
   for (const r of rows) {
     const ratio = (v: number) => (r.higherIsBetter ? v / r.plain : r.plain / v).toFixed(2);
     const f = (v: number) => `${v.toFixed(r.unit === 'ms/op' ? 3 : 0)} ${r.unit}`;
-    const cpu = r.cpu ? `${r.cpu.serve.toFixed(2)} / ${r.cpu.replicate.toFixed(2)} / ${r.cpu.redis.toFixed(2)}` : '';
+    const three = (c: NonNullable<Row['cpu']>) => `${c.serve.toFixed(2)} / ${c.replicate.toFixed(2)} / ${c.redis.toFixed(2)}`;
+    const cpu = r.cpu ? `${three(r.cpu)}${r.altCpu ? ` (third column: ${three(r.altCpu)})` : ''}` : '';
     const wakes = r.wakes ? `${r.wakes.serve.toFixed(1)} / ${r.wakes.replicate.toFixed(1)} / ${r.wakes.redis.toFixed(1)}` : '';
     const commit = r.commit ? `${Math.round(r.commit.p50)} / ${Math.round(r.commit.p99)} ms` : '';
     const pair = (x: string) => `${r.paired[x][0].toFixed(2)}x (${r.paired[x][1].toFixed(2)}-${r.paired[x][2].toFixed(2)})`;
