@@ -1003,6 +1003,23 @@ void vfsx_link_hold(struct vfsx_msg *m, uint64_t seq, const char *key)
 	flush_schedule();
 }
 
+/*
+ * Ends the held frame after an argument was added to it (it was len bytes
+ * with nargs arguments before). When it does not fit, takes it back: the
+ * frame is as it was, and false.
+ */
+static bool held_end(size_t len, unsigned nargs)
+{
+	if (vfsx_msg_end(&held) == 0) {
+		return true;
+	}
+	held.len = len;
+	held.nargs = nargs;
+	held.overflow = false;
+	vfsx_msg_end(&held);
+	return false;
+}
+
 bool vfsx_link_fold(uint64_t seq, int err)
 {
 	size_t len = held.len;
@@ -1012,12 +1029,8 @@ bool vfsx_link_fold(uint64_t seq, int err)
 		return false;
 	}
 	vfsx_msg_arg_u64(&held, "err", (uint64_t)err);
-	if (vfsx_msg_end(&held) != 0) {
+	if (!held_end(len, nargs)) {
 		/* no room for err= in this frame: send it as it is, "done" follows */
-		held.len = len;
-		held.nargs = nargs;
-		held.overflow = false;
-		vfsx_msg_end(&held);
 		release_held();
 		return false;
 	}
@@ -1041,20 +1054,13 @@ bool vfsx_link_amend(const char *key, const char *arg, uint64_t val)
 {
 	size_t len = held.len;
 	unsigned nargs = held.nargs;
+	bool ok;
 
 	if (!vfsx_link_amendable(key)) {
 		return false;
 	}
 	vfsx_msg_arg_hex(&held, arg, val);
-	if (vfsx_msg_end(&held) != 0) {
-		/* no room: the report goes as it is */
-		held.len = len;
-		held.nargs = nargs;
-		held.overflow = false;
-		vfsx_msg_end(&held);
-		release_held();
-		return false;
-	}
+	ok = held_end(len, nargs);	/* no room: the report goes as it is */
 	release_held();
-	return true;
+	return ok;
 }
