@@ -4,9 +4,10 @@
  * hang, and no change may be lost.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
-import { constants } from 'node:os';
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { readFailed, waitForRecords } from './helpers/journal-client';
@@ -68,6 +69,41 @@ test('with the service stopped the same SMB session keeps working, the spool hol
     await waitFor('spool ingested and removed', async () => (await spoolFiles()).length === 0);
   } finally {
     await s.close();
+  }
+});
+
+test('metadata riding on an open file\'s close is reported alone, through the spool, when the service is gone before the close', async () => {
+  // The put reads a FIFO, so its handle stays open (created, written, its DOS attributes riding on it) until
+  // the FIFO is closed, after the service stopped.
+  const dir = await mkdtemp(join(tmpdir(), 'vfsx-fifo-'));
+  const fifo = join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const s = await SmbSession.open(smbd.port, 'open');
+  try {
+    await s.run('mkdir riding'); // the link is up and the policy known from here on
+    const put = s.run(`put ${fifo} riding/held.txt`);
+    const w = await open(fifo, 'w');
+    await w.write(Buffer.alloc(10_000, 65));
+    await waitForRecords(svc, 'the live create', (r) => r.some((x) => x.op === 'create' && x.names.path === 'riding/held.txt'));
+    await svc.stop();
+    await w.close();
+    assert.deepEqual((await put).statuses, []);
+    await svc.start();
+    assert.deepEqual((await s.run('mkdir riding/after')).statuses, []);
+    const recs = await waitForRecords(svc, 'the spooled close', (r) => r.some((x) => x.op === 'close' && x.names.path === 'riding/held.txt'));
+    const mine = recs.filter((x) => x.names.path === 'riding/held.txt');
+    // The attributes smbd set at create went alone, before the close, which carries none.
+    const attrs = mine.find((x) => x.op === 'setdosattr');
+    assert.equal(attrs?.args.attrs, '20', JSON.stringify(mine));
+    assert.equal(attrs?.source, 'spool');
+    const close = mine.find((x) => x.op === 'close')!;
+    assert.equal(close.source, 'spool');
+    assert.equal(close.args.attrs, undefined);
+    assert.ok(mine.indexOf(attrs!) < mine.indexOf(close), JSON.stringify(mine.map((x) => x.op)));
+    assert.deepEqual(close.ranges, [[0, 10_000]]);
+  } finally {
+    await s.close();
+    await rm(dir, { recursive: true, force: true });
   }
 });
 
