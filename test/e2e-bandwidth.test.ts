@@ -7,6 +7,9 @@
  */
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ReplicationStack } from './helpers/replication-stack';
 import { SiteMeter } from './helpers/site-meter';
 import { putRandomFiles } from './helpers/smbclient';
@@ -103,4 +106,28 @@ test('a timetable switches the limit mid-run: 1 MiB/s until the next minute, the
   assert.ok(afterSwitch > MiB * 3, `after the timetable's switch to off the rest went faster: ${mb(afterSwitch)}`);
   await stack.svc.cli(['bwlimit', 'config']);
   await stack.converged('timetable');
+});
+
+test('vfsx resync beside the replicator keeps to the limit together with it: the site receives at most the limit +10%', async () => {
+  const set = await stack.svc.cli(['bwlimit', 'config']);
+  assert.equal(set.code, 0, set.stderr);
+  await stack.drained(120_000);
+  // Files no record describes (made on disk, not through SMB): only the resync sends them.
+  const direct = join(stack.root, 'resynced');
+  await mkdir(direct);
+  for (let i = 0; i < 4; i++) await writeFile(join(direct, `d${i}.bin`), randomBytes(4 * MiB));
+  const meter = new SiteMeter(stack.dr.pid as number, stack.remote!.iface);
+  const t0 = Date.now();
+  // 16 MiB through SMB for the replicator and 16 MiB for the resync, at once.
+  await putFiles('beside', 4, 4 * MiB);
+  const r = await stack.svc.cli(['resync', stack.share, '--source', stack.root, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /bandwidth limit: 4M/);
+  await stack.drained(120_000);
+  meter.stop();
+  const max = meter.maxRate(5000, t0);
+  process.stdout.write(`# resync beside the replicator: max ${mb(max)} over 5 s windows (limit ${mb(LIMIT)}); ${(meter.total / MiB).toFixed(1)} MiB in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  assert.ok(max <= LIMIT * 1.1, `the site received ${mb(max)} over 5 s from a resync and the replicator under a ${mb(LIMIT)} limit`);
+  assert.ok(meter.total >= 28 * MiB, `the site received ${meter.total} bytes for 32 MiB of new files`);
+  await stack.converged('resync beside the replicator');
 });

@@ -7,7 +7,7 @@ import { siteNamed, type VfsxConfig } from '../config/schema';
 import { VfsxError } from '../errors/vfsx-error';
 import type { SiteClient } from '../site-link/site-client';
 import { siteOpenerOf } from '../site-link/site-opener';
-import { Bandwidth, bandwidthOf } from '../site-link/bandwidth';
+import { Bandwidth, bandwidthOf, type SitePace } from '../site-link/bandwidth';
 import { restoreShare } from '../operator/restore';
 import { SiteSync } from '../replication/site-sync';
 import { recordWholePass } from '../replication/left-out';
@@ -44,13 +44,15 @@ function shareRoot(share: string, source?: string): string {
   throw new VfsxError('VFSX_ERR_CONFIG_INVALID', `cannot find the path of share ${share}: pass --source DIR`);
 }
 
-/** Opens the site's repository; only a writing command (resync) may make a new one encrypted. */
-async function connect(config: VfsxConfig, o: DrCommandOptions, writes = false): Promise<SiteClient> {
+/**
+ * Opens the site's repository; only a writing command (resync, given the
+ * pace its sends keep to) may make a new one encrypted.
+ */
+async function connect(config: VfsxConfig, o: DrCommandOptions, pace?: SitePace): Promise<SiteClient> {
   const r = config.replication;
+  const writes = pace !== undefined;
   if (!siteNamed(r, o.site).token) throw new VfsxError('VFSX_ERR_CONFIG_INVALID', 'replication.token (or the site\'s token) is required to reach the DR site');
   const log = (msg: string, x: object) => process.stderr.write(`${msg} ${JSON.stringify(x)}\n`);
-  // What is sent obeys the bandwidth limit the replicator keeps to (a resync is an initial sync).
-  const pace = writes ? await bandwidthOf(config, o.site) : undefined;
   if (pace && pace.limit > 0) process.stderr.write(`bandwidth limit: ${pace.binding.text}${pace.binding.source === 'override' ? ' (set by vfsx bwlimit)' : ''}\n`);
   // What is read is limited only when asked: a restore in a disaster wants the whole link.
   const receivePace = o.bwlimit === undefined ? undefined : receiveLimit(o.bwlimit);
@@ -86,7 +88,16 @@ export async function verifyCommand(config: VfsxConfig, share: string, o: DrComm
 }
 
 export async function resyncCommand(config: VfsxConfig, share: string, o: DrCommandOptions): Promise<number> {
-  const site = await connect(config, o, true);
+  // What is sent obeys the bandwidth limits the replicators keep to, together with them (a resync is an initial sync).
+  const pace = await bandwidthOf(config, o.site);
+  try {
+    return await resync(config, share, o, await connect(config, o, pace));
+  } finally {
+    pace.close();
+  }
+}
+
+async function resync(config: VfsxConfig, share: string, o: DrCommandOptions, site: SiteClient): Promise<number> {
   const root = shareRoot(share, o.source);
   const stats = { commits: 0, blocksSent: 0, bytesSent: 0 };
   const trees: Tree[] = [];

@@ -199,7 +199,13 @@ export async function bwlimitOverride(redis: VfsxConfig['redis'], set?: string |
   });
 }
 
-/** A pacer for a command that sends to a site (resync): the site's and all sites' limits, configured or set while running. */
+/**
+ * A pacer for a command that sends to a site (resync): the site's and all
+ * sites' limits, configured or set while running, taken from the same
+ * buckets in Redis as the running replicators' (a resync beside them keeps
+ * to the limit together with them); close() when done. Without Redis (a
+ * resync in a disaster) each limit is kept alone.
+ */
 export async function bandwidthOf(config: Pick<VfsxConfig, 'redis' | 'replication'>, site?: string): Promise<SitePace> {
   const s = siteNamed(config.replication, site);
   const pace = new SitePace(new Bandwidth(s.bwlimit), new Bandwidth(config.replication.bwlimit));
@@ -209,6 +215,8 @@ export async function bandwidthOf(config: Pick<VfsxConfig, 'redis' | 'replicatio
   } catch {
     // no Redis here, or an override that does not parse: the configured limits
   }
+  pace.all.shareThroughRedis(config.redis, stateKeys(config.redis.prefix).bwBucket);
+  pace.site.shareThroughRedis(config.redis, stateKeys(config.redis.prefix, s.name).siteBwBucket);
   return pace;
 }
 
@@ -226,6 +234,12 @@ export class SitePace {
     if (a === undefined) return b;
     if (b === undefined) return a;
     return Promise.all([a, b]).then(() => undefined);
+  }
+
+  /** Ends both limits' own connections to Redis, if they have them. */
+  close(): void {
+    this.site.close();
+    this.all.close();
   }
 
   /** The rate in force for this site (the lower of the two; 0 = none). */
