@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(samba samba-vfs-modules smbclient samba-testsuite redis-server
       dpkg-dev flex bison libparse-yapp-perl libkeyutils-dev libjson-perl libkrb5-dev
-      gcc make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
+      gcc g++ make perl python3 pkg-config libgnutls28-dev zlib1g-dev libtirpc-dev
       libssl-dev  # the addon's block sealing, where Node's own headers lack OpenSSL's
       rsync sqlite3 util-linux procps iproute2
       debootstrap python3-impacket  # the Samba version matrix; SMB2 stream renames
