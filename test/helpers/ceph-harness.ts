@@ -7,7 +7,7 @@
  */
 import { ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +23,19 @@ export interface S3Target {
   bucket: string;
   accessKeyId: string;
   secretAccessKey: string;
+}
+
+/**
+ * Where this system's RADOS object classes are (radosgw needs cls_rgw,
+ * cls_version, ... in the OSD). Debian 13's Ceph 18 compiles its default in
+ * as a relative path (lib/x86_64-linux-gnu/rados-classes), which the OSD
+ * resolves against its working directory: every class call then fails with
+ * EOPNOTSUPP and radosgw cannot start. Null when none is found (Ceph's
+ * own default then).
+ */
+function radosClassDir(): string | null {
+  const multiarch = readdirSync('/usr/lib').filter((d) => d.includes('-linux-')).map((d) => `/usr/lib/${d}/rados-classes`);
+  return [...multiarch, '/usr/lib64/rados-classes', '/usr/lib/rados-classes'].find((d) => existsSync(join(d, 'libcls_rgw.so'))) ?? null;
 }
 
 export class CephHarness {
@@ -137,6 +150,7 @@ export class CephHarness {
     const fsid = randomUUID();
     for (const sub of ['mon', 'osd/ceph-0', 'run', 'log', 'crash', 'rgw']) await mkdir(join(d, sub), { recursive: true });
     const monAddr = `[v2:127.0.0.1:${v2},v1:127.0.0.1:${v1}]`;
+    const classDir = radosClassDir();
     await writeFile(this.conf, `[global]
 fsid = ${fsid}
 mon host = ${monAddr}
@@ -175,7 +189,7 @@ osd objectstore = bluestore
 bluestore block create = true
 bluestore block size = 10737418240
 osd memory target = 939524096
-[client.rgw.a]
+${classDir ? `osd class dir = ${classDir}\n` : ''}[client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:${rgw}
 rgw data = ${d}/rgw
 objecter tick interval = 1
