@@ -229,7 +229,9 @@ test('with on_failure = deny and the service stopped, operations fail cleanly an
       const f = (await readFailed(svc)).filter((x) => x.names.path === 'refused.txt');
       return f.length > 0 ? f : undefined;
     });
-    assert.deepEqual(failed.map((x) => [x.op, x.outcome, x.errno]), [['create', 'failed', constants.errno.EACCES]]);
+    // With Samba 4.22 (Debian 13) the put tries the refused create twice, with 4.17 once: each attempt is listed, each as failed.
+    assert.ok(failed.length <= 2, JSON.stringify(failed));
+    for (const x of failed) assert.deepEqual([x.op, x.outcome, x.errno], ['create', 'failed', constants.errno.EACCES]);
   } finally {
     await s.close();
   }
