@@ -13,8 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-suite=${1:?usage: fresh-debian.sh SUITE demo|test|stop|shell [--fresh]}
-what=${2:?usage: fresh-debian.sh SUITE demo|test|stop|shell [--fresh]}
+usage='usage: fresh-debian.sh SUITE demo|test|stop|shell [--fresh]'
+suite=${1:?$usage}
+what=${2:?$usage}
 case "$suite" in *[!a-z0-9-]*) echo "bad suite: $suite" >&2; exit 2 ;; esac
 base=${VFSX_FRESH_DIR:-/var/tmp/vfsx-fresh}/$suite
 root=$base/root
@@ -68,10 +69,11 @@ case "$what" in
 stop) inside sh -c 'cd /root/vfsx && npm run demo -- stop' ;;
 shell) inside bash ;;
 demo | test)
+	cmd=$([ "$what" = demo ] && echo "npm run demo" || echo "npm test")
 	rm -rf "$root/root/vfsx"
 	git clone -q "$repo" "$root/root/vfsx"
-	log "$(git -C "$root/root/vfsx" log --oneline -1) in Debian $suite: npm $( [ "$what" = demo ] && echo "run demo" || echo test)"
-	if [ "$what" = demo ]; then inside sh -c 'cd /root/vfsx && npm run demo'; else inside sh -c 'cd /root/vfsx && npm test'; fi
+	log "$(git -C "$root/root/vfsx" log --oneline -1) in Debian $suite: $cmd"
+	inside sh -c "cd /root/vfsx && $cmd"
 	;;
-*) echo "usage: fresh-debian.sh SUITE demo|test|stop|shell [--fresh]" >&2; exit 2 ;;
+*) echo "$usage" >&2; exit 2 ;;
 esac
