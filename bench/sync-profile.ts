@@ -2,14 +2,16 @@
  * A diagnostic, not part of `npm run bench`: one initial sync of the mixed
  * tree (2,000 x 4 KiB + 4 x 64 MiB) into a fresh encrypted site, printing
  * wall time and the CPU time of both processes. With VFSX_PROF=dir both
- * write V8 CPU profiles there (this process: run it with --cpu-prof).
+ * write V8 CPU profiles there (this process: of the timed syncs only, not
+ * of making the tree).
  * With `phases`, each round syncs small/ first and then the rest (the four
  * large files), each timed, next to `rsync -a --fsync` of the same two
  * parts into an empty directory: where the time goes against rsync.
- *   node [--cpu-prof --cpu-prof-dir=D] dist/bench/sync-profile.js [rounds] [plain] [phases]
+ *   [VFSX_PROF=D] node dist/bench/sync-profile.js [rounds] [plain] [phases]
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +36,9 @@ async function main(): Promise<void> {
   const phases = process.argv.slice(3).includes('phases');
   if (process.env.VFSX_PROF) process.env.VFSX_SITE_PROF = process.env.VFSX_PROF;
   const work = await mkdtemp(join(tmpdir(), 'vfsx-sprof-'));
+  const prof = process.env.VFSX_PROF ? new Session() : null;
+  prof?.connect();
+  await prof?.post('Profiler.enable');
   try {
     const src = join(work, 'src');
     mixedTree(src);
@@ -50,15 +55,21 @@ async function main(): Promise<void> {
           settle();
           const c0 = process.cpuUsage();
           const s0 = cpuOf(pid);
+          await prof?.post('Profiler.start');
           const t0 = process.hrtime.bigint();
           await sync.syncTree(rel);
           const wall = ms(t0);
+          if (prof) {
+            const { profile } = await prof.post('Profiler.stop');
+            writeFileSync(join(process.env.VFSX_PROF as string, `replicator-${r + 1}-${rel || 'rest'}.cpuprofile`), JSON.stringify(profile));
+          }
           const c = process.cpuUsage(c0);
           const s1 = cpuOf(pid);
           cpu.user += c.user / 1e6;
           cpu.sys += c.system / 1e6;
           cpu.siteUser += s1.user - s0.user;
           cpu.siteSys += s1.sys - s0.sys;
+          if (phases) console.log(`  ${rel || 'large files'}: ${(wall / 1000).toFixed(2)} s; CPU s user/sys: replicator ${(c.user / 1e6).toFixed(2)}/${(c.system / 1e6).toFixed(2)}, site ${(s1.user - s0.user).toFixed(2)}/${(s1.sys - s0.sys).toFixed(2)}`);
           return wall;
         };
         let split = '';
