@@ -21,6 +21,13 @@ import { SiteSync } from '../src/replication/site-sync';
 import { DrSiteHarness } from '../test/helpers/dr-site-harness';
 import { baselineEnv, mixedTree, ms, settle } from './bench-util';
 
+interface Cpu { user: number; sys: number; siteUser: number; siteSys: number }
+
+/** "1.23 s; CPU s user/sys: replicator a/b, site c/d" */
+function describe(wallMs: number, c: Cpu): string {
+  return `${(wallMs / 1000).toFixed(2)} s; CPU s user/sys: replicator ${c.user.toFixed(2)}/${c.sys.toFixed(2)}, site ${c.siteUser.toFixed(2)}/${c.siteSys.toFixed(2)}`;
+}
+
 /** User + system CPU seconds of a process so far (/proc/PID/stat). */
 function cpuOf(pid: number): { user: number; sys: number } {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -49,7 +56,7 @@ async function main(): Promise<void> {
         await client.call('bucket.ensure', { bucket: 'bench' });
         const sync = new SiteSync({ site: client, bucket: 'bench', tree: Tree.open(src), blockSize: 65536, stats: { commits: 0, blocksSent: 0, bytesSent: 0 } });
         const pid = site.pid as number;
-        const cpu = { user: 0, sys: 0, siteUser: 0, siteSys: 0 };
+        const cpu: Cpu = { user: 0, sys: 0, siteUser: 0, siteSys: 0 };
         /** Syncs rel with caches dropped first; the wall time, and the CPU of both processes added to cpu. */
         const timed = async (rel: string): Promise<number> => {
           settle();
@@ -65,11 +72,9 @@ async function main(): Promise<void> {
           }
           const c = process.cpuUsage(c0);
           const s1 = cpuOf(pid);
-          cpu.user += c.user / 1e6;
-          cpu.sys += c.system / 1e6;
-          cpu.siteUser += s1.user - s0.user;
-          cpu.siteSys += s1.sys - s0.sys;
-          if (phases) console.log(`  ${rel || 'large files'}: ${(wall / 1000).toFixed(2)} s; CPU s user/sys: replicator ${(c.user / 1e6).toFixed(2)}/${(c.system / 1e6).toFixed(2)}, site ${(s1.user - s0.user).toFixed(2)}/${(s1.sys - s0.sys).toFixed(2)}`);
+          const phase: Cpu = { user: c.user / 1e6, sys: c.system / 1e6, siteUser: s1.user - s0.user, siteSys: s1.sys - s0.sys };
+          for (const k of ['user', 'sys', 'siteUser', 'siteSys'] as const) cpu[k] += phase[k];
+          if (phases) console.log(`  ${rel || 'large files'}: ${describe(wall, phase)}`);
           return wall;
         };
         let split = '';
@@ -93,7 +98,7 @@ async function main(): Promise<void> {
         } else {
           wall = await timed('');
         }
-        console.log(`round ${r + 1}: ${(wall / 1000).toFixed(2)} s; CPU s user/sys: replicator ${cpu.user.toFixed(2)}/${cpu.sys.toFixed(2)}, site ${cpu.siteUser.toFixed(2)}/${cpu.siteSys.toFixed(2)}${split}`);
+        console.log(`round ${r + 1}: ${describe(wall, cpu)}${split}`);
       } finally {
         client.close();
         await site.stop('SIGTERM');
@@ -101,6 +106,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
+    prof?.disconnect();
     await rm(work, { recursive: true, force: true });
   }
 }
